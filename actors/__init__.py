@@ -1,0 +1,1 @@
+"""The actors: one package per actor, all built on `actors.runtime`."""

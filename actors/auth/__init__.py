@@ -1,0 +1,1 @@
+"""The auth actor: organisations and API keys (people, sessions and magic links arrive with identity)."""

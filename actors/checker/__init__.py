@@ -1,0 +1,1 @@
+"""The checker actor (its check step arrives with a later issue)."""

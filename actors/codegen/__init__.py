@@ -1,0 +1,1 @@
+"""The codegen actor (its generate step arrives with a later issue)."""

@@ -1,0 +1,1 @@
+"""The deployer actor (its deploy step arrives with a later issue)."""

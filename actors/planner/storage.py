@@ -1,0 +1,87 @@
+"""The planner's tables: the build registry."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import asyncpg
+
+from bus_schemas.builds import BuildStatus, BuildSummary
+
+MILESTONES: frozenset[str] = frozenset({"requested", "planned", "generated", "checked", "deployed", "failed"})
+"""Event kinds that move a build's status; the others (step, log) only advance its last sequence."""
+
+
+def _rfc3339(value: dt.datetime) -> str:
+    return value.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+async def insert_build(
+    conn: asyncpg.Connection,
+    *,
+    build_id: str,
+    org_id: str,
+    name: str,
+    requested_by: str,
+    source_json: str,
+    idempotency_key: str | None,
+) -> tuple[str, int | None]:
+    """Record a build, or find the one already recorded under the same idempotency key.
+
+    Returns the build id and the stream sequence of its `requested` event if that was published.
+    """
+    row = await conn.fetchrow(
+        """
+        INSERT INTO builds (build_id, org_id, name, requested_by, source, idempotency_key)
+        VALUES ($1, $2, $3, $4, $5::jsonb, $6)
+        ON CONFLICT (org_id, idempotency_key) DO UPDATE SET idempotency_key = EXCLUDED.idempotency_key
+        RETURNING build_id, requested_seq
+        """,
+        build_id, org_id, name, requested_by, source_json, idempotency_key,
+    )
+    assert row is not None
+    return str(row["build_id"]), row["requested_seq"]
+
+
+async def mark_requested(conn: asyncpg.Connection, build_id: str, seq: int) -> None:
+    """Remember the sequence of the build's published `requested` event."""
+    await conn.execute("UPDATE builds SET requested_seq = $2 WHERE build_id = $1", build_id, seq)
+
+
+async def apply_event(conn: asyncpg.Connection, build_id: str, kind: str, seq: int, failure: str | None) -> None:
+    """Project one build event; safe under redelivery and out-of-order handling (guarded by sequence)."""
+    if kind in MILESTONES:
+        await conn.execute(
+            """
+            UPDATE builds SET status = $2, status_seq = $3, failure = $4, updated_at = now()
+            WHERE build_id = $1 AND status_seq < $3
+            """,
+            build_id, kind, seq, failure,
+        )
+    await conn.execute(
+        "UPDATE builds SET last_seq = $2, updated_at = now() WHERE build_id = $1 AND last_seq < $2", build_id, seq
+    )
+
+
+async def find_build(conn: asyncpg.Connection, org_id: str, build_id: str) -> BuildSummary | None:
+    """One build of one organisation; None when absent or another organisation's."""
+    row = await conn.fetchrow(
+        """
+        SELECT build_id, org_id, name, status, failure, last_seq, created_at, updated_at
+        FROM builds WHERE build_id = $1 AND org_id = $2
+        """,
+        build_id, org_id,
+    )
+    if row is None:
+        return None
+    status: BuildStatus = row["status"]
+    return BuildSummary(
+        build_id=row["build_id"],
+        org_id=row["org_id"],
+        name=row["name"],
+        status=status,
+        created_at=_rfc3339(row["created_at"]),
+        updated_at=_rfc3339(row["updated_at"]),
+        last_seq=row["last_seq"],
+        failure=row["failure"],
+    )

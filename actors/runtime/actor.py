@@ -1,0 +1,331 @@
+"""The actor: typed RPC endpoints (nats.micro in a queue group) and durable pull consumers.
+
+Delivery rules for consumers, the same for every actor:
+- the handler's effect must be durable before the ack, and safe to apply twice;
+- a message that cannot be decoded is poison: parked in the dead-letter stream at once;
+- a handler exception naks with backoff; after `max_deliveries` the message is parked with the reason;
+- a message delivered more than `max_deliveries` times without an answer (its holder crashed every
+  time) is parked before the handler runs again, so a crash loop ends;
+- on stop, no new messages are fetched, in-flight ones get `drain_timeout` to finish, and anything
+  unfinished is simply not acked, so JetStream redelivers it to another copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import asyncpg
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats import micro
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from actors.runtime.bus import connect, publish_event
+from actors.runtime.codec import decode, encode
+from actors.runtime.logs import new_trace_id, trace_id_var
+from actors.runtime.settings import Settings
+from actors.runtime.storage import open_pool
+from bus_schemas.base import Failed, FailureCode
+from bus_schemas.ops import DeadLetter
+from bus_schemas.registry import DEAD_LETTERS, TRACE_HEADER, Consumer, Rpc
+
+Req = TypeVar("Req")
+Rep = TypeVar("Rep")
+M = TypeVar("M")
+
+
+class TransientError(Exception):
+    """A fault worth retrying later (a dependency is down); the message is nak'ed with backoff."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """Where a consumed message came from and how often it has been delivered."""
+
+    subject: str
+    stream_seq: int
+    deliveries: int
+
+
+@dataclass
+class Context:
+    """What a handler receives besides its typed input."""
+
+    actor: str
+    nc: Client
+    js: JetStreamContext
+    db: asyncpg.Pool | None
+    log: logging.Logger
+    delivery: Delivery | None = None
+    _msg: Msg | None = None
+
+    async def publish(self, subject: str, message: object, msg_id: str) -> int:
+        """Publish an event to JetStream, de-duplicated by `msg_id`; returns its stream sequence."""
+        return await publish_event(self.js, subject, message, msg_id)
+
+    async def still_working(self) -> None:
+        """Tell JetStream a long handler is alive, so the message is not redelivered meanwhile."""
+        if self._msg is not None:
+            await self._msg.in_progress()
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The actor's database pool; only actors declared with migrations have one."""
+        if self.db is None:
+            raise RuntimeError(f"actor {self.actor} has no database")
+        return self.db
+
+
+RpcHandler = Callable[[Req, Context], Awaitable[Rep]]
+ConsumerHandler = Callable[[M, Context], Awaitable[None]]
+ParkHook = Callable[[bytes, str, Context], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class _Endpoint(Generic[Req, Rep]):
+    spec: Rpc[Any, Any]
+    handler: RpcHandler[Any, Any]
+
+
+@dataclass(frozen=True)
+class _Subscription:
+    spec: Consumer[Any]
+    handler: ConsumerHandler[Any]
+    on_park: ParkHook | None
+    max_in_flight: int
+
+
+def utc_now() -> str:
+    """Now as RFC 3339 UTC with milliseconds, the timestamp format of every event."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Actor:
+    """One actor: declare its endpoints and consumers with the decorators, then `serve`."""
+
+    def __init__(self, name: str, *, migrations: Path | None = None, version: str = "0.1.0") -> None:
+        self.name = name
+        self.migrations = migrations
+        self.version = version
+        self.log = logging.getLogger(f"bmms.{name}")
+        self._endpoints: list[_Endpoint[Any, Any]] = []
+        self._subscriptions: list[_Subscription] = []
+        self.ready = asyncio.Event()
+        """Set once every endpoint and consumer is listening."""
+
+    def rpc(self, spec: Rpc[Req, Rep]) -> Callable[[RpcHandler[Req, Rep]], RpcHandler[Req, Rep]]:
+        """Serve `spec` with the decorated handler."""
+
+        def register(handler: RpcHandler[Req, Rep]) -> RpcHandler[Req, Rep]:
+            if spec.service != self.name:
+                raise ValueError(f"{spec.subject} belongs to {spec.service}, not {self.name}")
+            self._endpoints.append(_Endpoint(spec, handler))
+            return handler
+
+        return register
+
+    def consumer(
+        self, spec: Consumer[M], *, on_park: ParkHook | None = None, max_in_flight: int = 16
+    ) -> Callable[[ConsumerHandler[M]], ConsumerHandler[M]]:
+        """Handle the messages of durable consumer `spec`; `on_park` runs when a message is parked."""
+
+        def register(handler: ConsumerHandler[M]) -> ConsumerHandler[M]:
+            if spec.owner != self.name:
+                raise ValueError(f"consumer {spec.durable} belongs to {spec.owner}, not {self.name}")
+            self._subscriptions.append(_Subscription(spec, handler, on_park, max_in_flight))
+            return handler
+
+        return register
+
+    async def serve(self, settings: Settings, stop: asyncio.Event) -> None:
+        """Run until `stop` is set, then drain: finish in-flight work or leave it to redelivery."""
+        db = None
+        if self.migrations is not None:
+            if not settings.database_url:
+                raise RuntimeError(f"actor {self.name} needs BMMS_DATABASE_URL")
+            db = await open_pool(settings.database_url, self.name, self.migrations, settings.db_pool_max)
+        nc = await connect(settings, f"bmms-{self.name}")
+        js = nc.jetstream()
+        base = Context(actor=self.name, nc=nc, js=js, db=db, log=self.log)
+        service = None
+        try:
+            if self._endpoints:
+                service = await micro.add_service(
+                    nc, name=self.name, version=self.version, queue_group=self.name,
+                    description=f"Build My MCP Server {self.name} actor",
+                )
+                for endpoint in self._endpoints:
+                    await service.add_endpoint(
+                        name=endpoint.spec.endpoint,
+                        subject=endpoint.spec.subject,
+                        handler=self._rpc_entry(endpoint, base),
+                    )
+            stopping = asyncio.Event()
+            loops = [
+                asyncio.create_task(self._consume(sub, base, stopping, settings.drain_timeout))
+                for sub in self._subscriptions
+            ]
+            await asyncio.gather(*(self._bound(sub, js) for sub in self._subscriptions))
+            self.ready.set()
+            self.log.info("actor %s serving", self.name, extra={"copy_of": self.name})
+            await stop.wait()
+            self.log.info("actor %s draining", self.name)
+            if service is not None:
+                await service.stop()
+                service = None
+            stopping.set()
+            await asyncio.gather(*loops, return_exceptions=True)
+        finally:
+            if service is not None:
+                await service.stop()
+            try:
+                await nc.drain()
+            except Exception:  # already closed or the server went away; nothing left to flush
+                self.log.debug("drain after stop failed", exc_info=True)
+            if db is not None:
+                await db.close()
+            self.log.info("actor %s stopped", self.name)
+
+    # --- request/reply ---
+
+    def _rpc_entry(self, endpoint: _Endpoint[Any, Any], base: Context) -> Callable[[micro.Request], Awaitable[None]]:
+        spec = endpoint.spec
+
+        async def entry(request: micro.Request) -> None:
+            headers = request.headers or {}
+            token = trace_id_var.set(headers.get(TRACE_HEADER) or new_trace_id())
+            try:
+                try:
+                    message = decode(spec.request, request.data)
+                except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                    self.log.warning("rejected %s: %s", spec.subject, exc)
+                    result: object = Failed(code=FailureCode.INVALID, detail=f"invalid {spec.request.__name__}: {exc}")
+                else:
+                    try:
+                        result = await endpoint.handler(message, base)
+                    except Exception:
+                        self.log.exception("%s failed", spec.subject)
+                        trace = trace_id_var.get()
+                        result = Failed(code=FailureCode.INTERNAL, detail=f"internal error, trace id {trace}")
+                await request.respond(encode(result))
+            finally:
+                trace_id_var.reset(token)
+
+        return entry
+
+    # --- pipeline consumers ---
+
+    async def _bound(self, sub: _Subscription, js: JetStreamContext) -> None:
+        # Fail fast with a clear message when provisioning has not run.
+        try:
+            await js.consumer_info(sub.spec.stream.name, sub.spec.durable)
+        except nats.js.errors.NotFoundError:
+            raise RuntimeError(
+                f"consumer {sub.spec.stream.name}/{sub.spec.durable} does not exist: run `bmms migrate`"
+            ) from None
+
+    async def _consume(self, sub: _Subscription, base: Context, stopping: asyncio.Event, drain: float) -> None:
+        spec = sub.spec
+        pull = await base.js.pull_subscribe_bind(durable=spec.durable, stream=spec.stream.name)
+        in_flight: set[asyncio.Task[None]] = set()
+        try:
+            while not stopping.is_set():
+                if len(in_flight) >= sub.max_in_flight:
+                    await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                try:
+                    msgs = await pull.fetch(batch=sub.max_in_flight - len(in_flight), timeout=0.5)
+                except (nats.errors.TimeoutError, TimeoutError):
+                    continue
+                except nats.errors.ConnectionClosedError:
+                    break
+                except Exception:
+                    self.log.warning("fetch from %s failed; retrying", spec.durable, exc_info=True)
+                    await asyncio.sleep(0.5)  # the server is restarting; try again shortly
+                    continue
+                for msg in msgs:
+                    task = asyncio.create_task(self._deliver(sub, base, msg))
+                    in_flight.add(task)
+                    task.add_done_callback(in_flight.discard)
+            if in_flight:
+                done, pending = await asyncio.wait(in_flight, timeout=drain)
+                for task in pending:
+                    task.cancel()  # not acked: JetStream redelivers it to another copy
+                if pending:
+                    self.log.warning("left %d unfinished message(s) of %s to redelivery", len(pending), spec.durable)
+        finally:
+            try:
+                await pull.unsubscribe()
+            except Exception:
+                self.log.debug("unsubscribe after stop failed", exc_info=True)
+
+    async def _deliver(self, sub: _Subscription, base: Context, msg: Msg) -> None:
+        spec = sub.spec
+        meta = msg.metadata
+        deliveries = int(meta.num_delivered)
+        trace = (msg.headers or {}).get(TRACE_HEADER) or new_trace_id()
+        token = trace_id_var.set(trace)
+        delivery = Delivery(subject=msg.subject, stream_seq=int(meta.sequence.stream), deliveries=deliveries)
+        ctx = Context(actor=self.name, nc=base.nc, js=base.js, db=base.db, log=self.log, delivery=delivery, _msg=msg)
+        try:
+            if deliveries > spec.max_deliveries:
+                await self._park(sub, ctx, msg, f"delivered {deliveries - 1} times without an answer (crash or timeout)")
+                return
+            try:
+                message = decode(spec.message, msg.data)
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                await self._park(sub, ctx, msg, f"undecodable message: {exc}")
+                return
+            try:
+                await sub.handler(message, ctx)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                transient = isinstance(exc, TransientError | OSError | asyncpg.PostgresConnectionError)
+                if deliveries >= spec.max_deliveries:
+                    self.log.error("%s: giving up on %s after %d deliveries", spec.durable, msg.subject, deliveries,
+                                   exc_info=True)
+                    await self._park(sub, ctx, msg, f"handler failed {deliveries} times; last error: {exc!r}")
+                    return
+                backoff = spec.backoff_seconds[min(deliveries, len(spec.backoff_seconds)) - 1]
+                self.log.warning("%s: %s fault on %s (delivery %d), retry in %.1fs: %r", spec.durable,
+                                 "transient" if transient else "handler", msg.subject, deliveries, backoff, exc)
+                await msg.nak(delay=backoff)
+                return
+            await msg.ack_sync()
+        finally:
+            trace_id_var.reset(token)
+
+    async def _park(self, sub: _Subscription, ctx: Context, msg: Msg, reason: str) -> None:
+        """Record the message and the reason in the dead-letter stream, then stop its redelivery."""
+        spec = sub.spec
+        assert ctx.delivery is not None
+        letter = DeadLetter(
+            stream=spec.stream.name,
+            consumer=spec.durable,
+            subject=msg.subject,
+            stream_seq=ctx.delivery.stream_seq,
+            deliveries=ctx.delivery.deliveries,
+            reason=reason,
+            payload=msg.data,
+            headers=dict(msg.headers or {}),
+            parked_at=utc_now(),
+        )
+        subject = DEAD_LETTERS.subject(stream=spec.stream.name, consumer=spec.durable)
+        await ctx.publish(subject, letter, msg_id=f"dl:{spec.stream.name}:{spec.durable}:{ctx.delivery.stream_seq}")
+        self.log.error("parked %s seq %d from %s: %s", msg.subject, ctx.delivery.stream_seq, spec.durable, reason)
+        if sub.on_park is not None:
+            try:
+                await sub.on_park(msg.data, reason, ctx)
+            except Exception:
+                self.log.exception("on_park hook of %s failed", spec.durable)
+        await msg.term()

@@ -1,0 +1,47 @@
+"""Publishing a build's events, shared by every pipeline actor."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from actors.runtime.actor import Actor, Context, utc_now
+from bus_schemas.base import FailureCode
+from bus_schemas.builds import BuildEvent, BuildFailed, BuildKind, LogLine, StepChanged
+from bus_schemas.registry import Consumer, build_subject
+
+Step = Literal["plan", "generate", "check", "deploy"]
+
+
+async def emit(ctx: Context, event: BuildEvent, kind: BuildKind, key: str) -> int:
+    """Publish one event of a build; `key` names it within the build, so a redelivered handler that
+    emits the same key again is de-duplicated by JetStream instead of doubling the history."""
+    return await ctx.publish(build_subject(event.org_id, event.build_id, kind), event, msg_id=f"{event.build_id}:{key}")
+
+
+async def fail_step(ctx: Context, build: BuildEvent, step: Step, code: str, detail: str) -> None:
+    """Record in the build's history that `step` failed and why: an error log line and `failed`."""
+    ids = {"build_id": build.build_id, "org_id": build.org_id}
+    await emit(ctx, LogLine(**ids, at=utc_now(), step=step, level="error", message=detail), "log", f"{step}:error")
+    await emit(ctx, BuildFailed(**ids, at=utc_now(), step=step, code=code, detail=detail), "failed", f"{step}:failed")
+
+
+async def start_step(ctx: Context, build: BuildEvent, step: Step) -> None:
+    """Record that `step` started."""
+    event = StepChanged(build_id=build.build_id, org_id=build.org_id, at=utc_now(), step=step, state="started")
+    await emit(ctx, event, "step", f"{step}:started")
+
+
+def unbuilt_stage(name: str, consumer: Consumer[Any], step: Step) -> Actor:
+    """An actor wired to its pipeline consumer whose step is not built yet: it fails the build at
+    `step` and says so plainly, instead of pretending to do the work."""
+    actor = Actor(name)
+
+    @actor.consumer(consumer)
+    async def refuse(event: BuildEvent, ctx: Context) -> None:
+        await start_step(ctx, event, step)
+        await fail_step(
+            ctx, event, step, FailureCode.NOT_IMPLEMENTED,
+            f"the {name} actor cannot {step} servers yet: this platform build only has the foundation",
+        )
+
+    return actor

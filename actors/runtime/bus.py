@@ -1,0 +1,136 @@
+"""Connecting to NATS, publishing events, calling RPC endpoints, and provisioning JetStream."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, TypeVar
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+from actors.runtime.codec import decode, encode
+from actors.runtime.logs import trace_id_var
+from actors.runtime.settings import Settings
+from bus_schemas.base import Failed, FailureCode
+from bus_schemas.registry import CONSUMERS, STREAMS, TRACE_HEADER, Consumer, Rpc, Stream
+
+log = logging.getLogger("bmms.bus")
+
+Rep = TypeVar("Rep")
+
+
+async def connect(settings: Settings, name: str) -> Client:
+    """Connect with endless reconnects; `name` shows in the server's connection list."""
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats error: %s", exc)
+
+    async def on_disconnect() -> None:
+        log.warning("disconnected from nats")
+
+    async def on_reconnect() -> None:
+        log.info("reconnected to nats")
+
+    return await nats.connect(
+        settings.nats_url,
+        name=name,
+        user=settings.nats_user,
+        password=settings.nats_password,
+        # each role reads replies only on its own inbox prefix (see nats.conf)
+        inbox_prefix=f"_INBOX_{settings.nats_user}" if settings.nats_user else "_INBOX",
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        connect_timeout=5,
+        allow_reconnect=True,
+        error_cb=on_error,
+        disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
+    )
+
+
+def trace_headers(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Headers that carry the current trace id onward."""
+    headers = dict(extra or {})
+    trace = trace_id_var.get()
+    if trace:
+        headers[TRACE_HEADER] = trace
+    return headers
+
+
+async def publish_event(js: JetStreamContext, subject: str, message: object, msg_id: str) -> int:
+    """Publish to JetStream de-duplicated by `msg_id`; returns the stream sequence."""
+    ack = await js.publish(subject, encode(message), headers=trace_headers({"Nats-Msg-Id": msg_id}))
+    return int(ack.seq)
+
+
+async def call(nc: Client, rpc: Rpc[Any, Rep], request: object, timeout: float) -> Rep:
+    """Call an RPC endpoint; transport failures come back as `Failed(unavailable)` values."""
+    try:
+        reply = await nc.request(rpc.subject, encode(request), timeout=timeout, headers=trace_headers())
+    except nats.errors.NoRespondersError:
+        return Failed(code=FailureCode.UNAVAILABLE, detail=f"no {rpc.service} actor is running")  # type: ignore[return-value]
+    except (nats.errors.TimeoutError, TimeoutError):
+        return Failed(code=FailureCode.UNAVAILABLE, detail=f"the {rpc.service} actor did not answer in time")  # type: ignore[return-value]
+    if reply.headers and reply.headers.get("Nats-Service-Error-Code"):
+        detail = reply.headers.get("Nats-Service-Error", "")
+        return Failed(code=FailureCode.INTERNAL, detail=f"{rpc.service} failed: {detail}")  # type: ignore[return-value]
+    result: Rep = decode(rpc.reply, reply.data)
+    return result
+
+
+def stream_config(stream: Stream) -> StreamConfig:
+    """The JetStream configuration of a declared stream."""
+    return StreamConfig(
+        name=stream.name,
+        subjects=list(stream.subjects),
+        description=stream.description,
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        max_age=float(stream.max_age_seconds),
+        duplicate_window=float(stream.duplicate_window_seconds),
+        max_consumers=stream.max_consumers,
+        allow_direct=True,
+    )
+
+
+def consumer_config(consumer: Consumer[Any]) -> ConsumerConfig:
+    """The JetStream configuration of a declared durable pull consumer.
+
+    The server never gives up on a message (max_deliver unset); the runtime parks it in the dead-letter
+    stream after `max_deliveries`, so a crash loop also ends in a recorded failure.
+    """
+    return ConsumerConfig(
+        durable_name=consumer.durable,
+        name=consumer.durable,
+        description=consumer.description,
+        filter_subject=consumer.filter_subject,
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=consumer.ack_wait_seconds,
+        max_ack_pending=1000,
+    )
+
+
+async def provision(js: JetStreamContext) -> None:
+    """Create or update every declared stream and durable consumer; safe to run any number of times."""
+    for stream in STREAMS:
+        config = stream_config(stream)
+        try:
+            await js.update_stream(config)
+        except nats.js.errors.NotFoundError:
+            await js.add_stream(config)
+    for consumer in CONSUMERS:
+        await js.add_consumer(consumer.stream.name, consumer_config(consumer))

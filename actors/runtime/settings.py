@@ -1,0 +1,55 @@
+"""Process settings, read once from `BMMS_*` environment variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import msgspec
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything a process may be configured with; each field is `BMMS_<FIELD>` in the environment."""
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    """Where the NATS server answers."""
+    nats_user: str | None = None
+    """This process's NATS user (its role in nats.conf)."""
+    nats_password: str | None = None
+    """Password of `nats_user`."""
+    database_url: str | None = None
+    """PostgreSQL DSN; actors that own tables need it."""
+    data_dir: str = ".bmms"
+    """Where `bmms dev` keeps the embedded NATS store, PostgreSQL data and dev secrets."""
+    log_level: str = "INFO"
+    """Root log level."""
+    log_json: bool = True
+    """One JSON object per log line (set false for plain text)."""
+    http_host: str = "127.0.0.1"
+    """Gateway bind address."""
+    http_port: int = 8080
+    """Gateway port; 0 picks a free one."""
+    public_url: str | None = None
+    """The gateway's public base URL, when it differs from http://host:port."""
+    rpc_timeout: float = 5.0
+    """Seconds the gateway waits for an RPC answer before answering 503."""
+    drain_timeout: float = 20.0
+    """Seconds a stopping actor waits for in-flight work before leaving it to redelivery."""
+    db_pool_max: int = 10
+    """Upper bound of an actor's asyncpg pool."""
+    uvloop: bool = True
+    """Run on uvloop (faster request/reply and pull consumers)."""
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read `BMMS_*` variables into Settings; raise ValueError naming the bad variable."""
+    env = os.environ if environ is None else environ
+    raw = {
+        name: env[f"BMMS_{name.upper()}"]
+        for name in Settings.__struct_fields__
+        if f"BMMS_{name.upper()}" in env
+    }
+    try:
+        return msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"bad BMMS_* setting: {exc}") from None

@@ -1,0 +1,46 @@
+"""Base message types shared by every domain module."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+import msgspec
+
+SUBJECT_TOKEN = r"^[A-Za-z0-9_-]{1,64}$"
+"""What an id must look like to be used as one token of a NATS subject."""
+
+SUBJECT_TOKEN_RE = re.compile(SUBJECT_TOKEN)
+
+Id = Annotated[str, msgspec.Meta(pattern=SUBJECT_TOKEN)]
+"""An identifier that is safe to embed in a subject (no dots, wildcards or spaces)."""
+
+
+class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Base of every bus message: immutable, keyword-only, tagged with a versioned type name."""
+
+
+class Failed(Message, kw_only=True, tag="failed.v1"):
+    """An expected failure returned by an RPC endpoint instead of a result."""
+
+    code: str
+    """Machine-readable failure code (see FailureCode)."""
+    detail: str
+    """A sentence a person can act on."""
+    field: str | None = None
+    """The input field the failure is about, when there is one."""
+
+
+class FailureCode:
+    """Failure codes every endpoint may return; the gateway maps each to one HTTP status."""
+
+    INVALID = "invalid"
+    NOT_FOUND = "not_found"
+    UNAUTHENTICATED = "unauthenticated"
+    FORBIDDEN = "forbidden"
+    CONFLICT = "conflict"
+    RATE_LIMITED = "rate_limited"
+    QUOTA_EXCEEDED = "quota_exceeded"
+    UNAVAILABLE = "unavailable"
+    INTERNAL = "internal"
+    NOT_IMPLEMENTED = "not_implemented"

@@ -1,0 +1,175 @@
+"""Build requests, the build's event history and the build registry's RPC messages."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+from bus_schemas.base import Failed, Id, Message
+
+BuildKind = Literal["requested", "step", "log", "planned", "generated", "checked", "deployed", "failed"]
+"""The last token of a build event subject: `builds.<org>.<build>.<kind>`."""
+
+BuildStatus = Literal["requested", "planned", "generated", "checked", "deployed", "failed"]
+"""Where a build stands; the latest milestone event it has reached."""
+
+NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=20_000)]
+
+
+class PlainWords(msgspec.Struct, frozen=True, kw_only=True, tag="plain_words"):
+    """A server described in a person's own words."""
+
+    text: NonEmpty
+
+
+class OpenApiSource(msgspec.Struct, frozen=True, kw_only=True, tag="openapi"):
+    """An OpenAPI 3.0/3.1 document, inline or by URL."""
+
+    document: str | None = None
+    url: str | None = None
+    base_url: str | None = None
+
+
+class ToolParameter(msgspec.Struct, frozen=True, kw_only=True):
+    """One typed parameter of an explicitly specified tool."""
+
+    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
+    type: Literal["string", "integer", "number", "boolean"]
+    description: str = ""
+    required: bool = True
+
+
+class ToolSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """An explicitly specified tool."""
+
+    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
+    description: NonEmpty
+    parameters: tuple[ToolParameter, ...] = ()
+
+
+class ToolSpecSource(msgspec.Struct, frozen=True, kw_only=True, tag="tool_spec"):
+    """A list of explicitly specified tools."""
+
+    tools: Annotated[tuple[ToolSpec, ...], msgspec.Meta(min_length=1, max_length=200)]
+
+
+BuildSource = PlainWords | OpenApiSource | ToolSpecSource
+"""What a person gives to describe the server; tagged by `kind`."""
+
+
+class SubmitBuild(Message, kw_only=True, tag="builds.submit.v1"):
+    """Ask the build registry to accept a build request."""
+
+    org_id: Id
+    requested_by: str
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    source: BuildSource
+    idempotency_key: str | None = None
+    """Same key from the same org returns the same build instead of a new one."""
+
+
+class BuildAccepted(Message, kw_only=True, tag="builds.accepted.v1"):
+    """The build was recorded and its `requested` event published."""
+
+    build_id: Id
+    org_id: Id
+    status: BuildStatus
+
+
+class GetBuild(Message, kw_only=True, tag="builds.get.v1"):
+    """Read a build's summary; answers not_found for another organisation's build."""
+
+    org_id: Id
+    build_id: Id
+
+
+class BuildSummary(Message, kw_only=True, tag="builds.summary.v1"):
+    """Where a build stands, from the build registry's projection of its event stream."""
+
+    build_id: Id
+    org_id: Id
+    name: str
+    status: BuildStatus
+    created_at: str
+    updated_at: str
+    last_seq: int
+    """Stream sequence of the last event the projection applied."""
+    failure: str | None = None
+
+
+SubmitBuildReply = BuildAccepted | Failed
+GetBuildReply = BuildSummary | Failed
+
+
+# --- the build's event history: one subject per kind, all in the BUILDS stream ---
+
+
+class BuildEvent(Message, kw_only=True):
+    """Base of every event in a build's history."""
+
+    build_id: Id
+    org_id: Id
+    at: str
+    """When it happened, RFC 3339 UTC."""
+
+
+class BuildRequested(BuildEvent, kw_only=True, tag="build.requested.v1"):
+    """A person asked for a server; the first event of every build."""
+
+    name: str
+    requested_by: str
+    source: BuildSource
+
+
+class StepChanged(BuildEvent, kw_only=True, tag="build.step.v1"):
+    """A pipeline step started or finished."""
+
+    step: Literal["plan", "generate", "check", "deploy"]
+    state: Literal["started", "finished"]
+
+
+class LogLine(BuildEvent, kw_only=True, tag="build.log.v1"):
+    """One line of a build's log, meant for the person watching."""
+
+    step: str
+    level: Literal["info", "warning", "error"]
+    message: str
+
+
+class BuildPlanned(BuildEvent, kw_only=True, tag="build.planned.v1"):
+    """The planner produced a tool plan, stored content-addressed."""
+
+    plan_hash: str
+    tool_count: int
+
+
+class BuildGenerated(BuildEvent, kw_only=True, tag="build.generated.v1"):
+    """Codegen rendered the plan into an artifact, stored content-addressed."""
+
+    artifact_hash: str
+
+
+class BuildChecked(BuildEvent, kw_only=True, tag="build.checked.v1"):
+    """The checker passed the artifact."""
+
+    artifact_hash: str
+
+
+class BuildDeployed(BuildEvent, kw_only=True, tag="build.deployed.v1"):
+    """The server runs and answers at its stable URL."""
+
+    url: str
+
+
+class BuildFailed(BuildEvent, kw_only=True, tag="build.failed.v1"):
+    """The build stopped; `step` says where and `detail` says why."""
+
+    step: str
+    code: str
+    detail: str
+
+
+AnyBuildEvent = (
+    BuildRequested | StepChanged | LogLine | BuildPlanned | BuildGenerated | BuildChecked | BuildDeployed | BuildFailed
+)

@@ -1,0 +1,261 @@
+"""The one place where every subject, stream and durable consumer is declared with its message types.
+
+Nothing outside this module writes a subject string; code asks the declarations below for subjects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from bus_schemas.base import SUBJECT_TOKEN_RE, Message
+from bus_schemas.builds import (
+    AnyBuildEvent,
+    BuildKind,
+    BuildRequested,
+    GetBuild,
+    GetBuildReply,
+    SubmitBuild,
+    SubmitBuildReply,
+)
+from bus_schemas.identity import Authenticate, AuthenticateReply, CreateApiKey, CreateApiKeyReply
+from bus_schemas.ops import DeadLetter
+from bus_schemas.usage import ToolCalled
+
+Req = TypeVar("Req", bound=Message)
+Rep = TypeVar("Rep")
+Msg = TypeVar("Msg")
+
+
+def subject_token(value: str) -> str:
+    """Return `value` if it can stand as one subject token, else raise ValueError."""
+    if not SUBJECT_TOKEN_RE.match(value):
+        raise ValueError(f"{value!r} cannot be a subject token")
+    return value
+
+
+@dataclass(frozen=True)
+class Rpc(Generic[Req, Rep]):
+    """A request/reply endpoint served by a `nats.micro` service in a queue group."""
+
+    service: str
+    """The micro service (one per actor) that serves it."""
+    endpoint: str
+    subject: str
+    request: type[Req]
+    reply: Any
+    """The reply type: a union of the result Struct and `Failed`."""
+    description: str
+
+
+@dataclass(frozen=True)
+class EventSubject(Generic[Msg]):
+    """A family of event subjects, `pattern` with `{name}` placeholders, and the messages on it."""
+
+    pattern: str
+    message: Any
+    description: str
+
+    def subject(self, **tokens: str) -> str:
+        """The concrete subject for these tokens; each token is checked to be subject-safe."""
+        return self.pattern.format(**{k: subject_token(v) for k, v in tokens.items()})
+
+    def wildcard(self, **tokens: str) -> str:
+        """The subject with the given tokens filled in and every other placeholder as `*`."""
+        names = [part[1:-1] for part in self.pattern.split(".") if part.startswith("{")]
+        filled = {n: subject_token(tokens[n]) if n in tokens else "*" for n in names}
+        return self.pattern.format(**filled)
+
+
+@dataclass(frozen=True)
+class Stream:
+    """A JetStream stream."""
+
+    name: str
+    subjects: tuple[str, ...]
+    description: str
+    max_age_seconds: int = 0
+    duplicate_window_seconds: int = 120
+    max_consumers: int = -1
+
+
+@dataclass(frozen=True)
+class Consumer(Generic[Msg]):
+    """A durable pull consumer shared by every copy of the actor that owns it."""
+
+    stream: Stream
+    durable: str
+    filter_subject: str
+    message: Any
+    owner: str
+    description: str
+    max_deliveries: int = 5
+    """After this many deliveries without an ack the message is parked in the dead-letter stream."""
+    ack_wait_seconds: float = 30.0
+    backoff_seconds: tuple[float, ...] = field(default=(0.2, 1.0, 5.0))
+
+
+# --- streams ---
+
+BUILDS = Stream(
+    name="BUILDS",
+    subjects=("builds.>",),
+    description="Every build's whole history: builds.<org>.<build>.<kind>.",
+    max_age_seconds=90 * 24 * 3600,
+)
+USAGE = Stream(
+    name="USAGE",
+    subjects=("usage.>",),
+    description="Usage events from runners and the pipeline, for the metering actor.",
+    max_age_seconds=35 * 24 * 3600,
+)
+DEADLETTER = Stream(
+    name="DEADLETTER",
+    subjects=("deadletter.>",),
+    description="Messages a consumer gave up on, with the reason: deadletter.<stream>.<consumer>.",
+    max_age_seconds=30 * 24 * 3600,
+)
+STREAMS = (BUILDS, USAGE, DEADLETTER)
+
+# --- event subjects ---
+
+BUILD_EVENTS: EventSubject[AnyBuildEvent] = EventSubject(
+    pattern="builds.{org}.{build}.{kind}",
+    message=AnyBuildEvent,
+    description="One build's events; subscribe to builds.<org>.> for an organisation's builds.",
+)
+TOOL_USAGE: EventSubject[ToolCalled] = EventSubject(
+    pattern="usage.{server}.tool",
+    message=ToolCalled,
+    description="One event per MCP tool call, published by the runner of that server.",
+)
+DEAD_LETTERS: EventSubject[DeadLetter] = EventSubject(
+    pattern="deadletter.{stream}.{consumer}",
+    message=DeadLetter,
+    description="A parked message and why it was parked.",
+)
+EVENT_SUBJECTS = (BUILD_EVENTS, TOOL_USAGE, DEAD_LETTERS)
+
+
+def build_subject(org: str, build: str, kind: BuildKind) -> str:
+    """The subject of one kind of event of one build."""
+    return BUILD_EVENTS.subject(org=org, build=build, kind=kind)
+
+
+def build_kind_filter(kind: BuildKind) -> str:
+    """The filter matching one kind of event across all builds."""
+    return BUILD_EVENTS.wildcard(kind=kind)
+
+
+# --- RPC endpoints ---
+
+SUBMIT_BUILD: Rpc[SubmitBuild, SubmitBuildReply] = Rpc(
+    service="planner",
+    endpoint="submit_build",
+    subject="rpc.builds.submit",
+    request=SubmitBuild,
+    reply=SubmitBuildReply,
+    description="Record a build request and publish its `requested` event.",
+)
+GET_BUILD: Rpc[GetBuild, GetBuildReply] = Rpc(
+    service="planner",
+    endpoint="get_build",
+    subject="rpc.builds.get",
+    request=GetBuild,
+    reply=GetBuildReply,
+    description="Where one build of the caller's organisation stands.",
+)
+AUTHENTICATE: Rpc[Authenticate, AuthenticateReply] = Rpc(
+    service="auth",
+    endpoint="authenticate",
+    subject="rpc.auth.authenticate",
+    request=Authenticate,
+    reply=AuthenticateReply,
+    description="Resolve an API key to the principal it acts for.",
+)
+CREATE_API_KEY: Rpc[CreateApiKey, CreateApiKeyReply] = Rpc(
+    service="auth",
+    endpoint="create_api_key",
+    subject="rpc.auth.api_keys.create",
+    request=CreateApiKey,
+    reply=CreateApiKeyReply,
+    description="Create an organisation's API key (operator CLI); the secret is returned once.",
+)
+RPCS: tuple[Rpc[Any, Any], ...] = (SUBMIT_BUILD, GET_BUILD, AUTHENTICATE, CREATE_API_KEY)
+
+# --- durable consumers ---
+
+PLANNER_REQUESTED: Consumer[BuildRequested] = Consumer(
+    stream=BUILDS,
+    durable="planner",
+    filter_subject=build_kind_filter("requested"),
+    message=AnyBuildEvent,
+    owner="planner",
+    description="Plans each requested build.",
+)
+BUILD_STATUS: Consumer[AnyBuildEvent] = Consumer(
+    stream=BUILDS,
+    durable="build-status",
+    filter_subject=BUILDS.subjects[0],
+    message=AnyBuildEvent,
+    owner="planner",
+    description="Projects every build event into the build registry's summary table.",
+)
+CODEGEN_PLANNED: Consumer[AnyBuildEvent] = Consumer(
+    stream=BUILDS,
+    durable="codegen",
+    filter_subject=build_kind_filter("planned"),
+    message=AnyBuildEvent,
+    owner="codegen",
+    description="Renders each planned build into an artifact.",
+)
+CHECKER_GENERATED: Consumer[AnyBuildEvent] = Consumer(
+    stream=BUILDS,
+    durable="checker",
+    filter_subject=build_kind_filter("generated"),
+    message=AnyBuildEvent,
+    owner="checker",
+    description="Checks each generated artifact.",
+)
+DEPLOYER_CHECKED: Consumer[AnyBuildEvent] = Consumer(
+    stream=BUILDS,
+    durable="deployer",
+    filter_subject=build_kind_filter("checked"),
+    message=AnyBuildEvent,
+    owner="deployer",
+    description="Deploys each checked artifact.",
+)
+METERING_USAGE: Consumer[ToolCalled] = Consumer(
+    stream=USAGE,
+    durable="metering",
+    filter_subject=USAGE.subjects[0],
+    message=ToolCalled,
+    owner="metering",
+    description="Aggregates usage events.",
+)
+CONSUMERS: tuple[Consumer[Any], ...] = (
+    PLANNER_REQUESTED,
+    BUILD_STATUS,
+    CODEGEN_PLANNED,
+    CHECKER_GENERATED,
+    DEPLOYER_CHECKED,
+    METERING_USAGE,
+)
+
+TRACE_HEADER = "Bmms-Trace-Id"
+"""NATS header carrying the trace id from the HTTP edge through every actor."""
+
+ALL_MESSAGES: tuple[type[Message], ...] = tuple(
+    {
+        t
+        for union in (
+            [r.request for r in RPCS]
+            + [r.reply for r in RPCS]
+            + [s.message for s in EVENT_SUBJECTS]
+            + [c.message for c in CONSUMERS]
+        )
+        for t in getattr(union, "__args__", (union,))
+        if isinstance(t, type) and issubclass(t, Message)
+    }
+)
+"""Every concrete message type that can travel on the bus."""

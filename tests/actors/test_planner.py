@@ -1,0 +1,49 @@
+"""The build registry: accepting builds, projecting their status, and the plan step's honest refusal."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from actors.catalog import create_actor
+from actors.runtime.bus import call
+from bus_schemas.base import Failed
+from bus_schemas.builds import BuildAccepted, BuildSummary, GetBuild, PlainWords, SubmitBuild
+from bus_schemas.registry import GET_BUILD, SUBMIT_BUILD
+from tests.conftest import Stack, eventually, running
+
+
+async def test_submitted_build_is_recorded_and_fails_at_plan_with_the_reason(stack: Stack, admin_nc) -> None:
+    async with running(create_actor("planner"), stack.settings("planner")):
+        request = SubmitBuild(org_id="org1", requested_by="tester", name="weather", source=PlainWords(text="weather"))
+        accepted = await call(admin_nc, SUBMIT_BUILD, request, timeout=5)
+        assert isinstance(accepted, BuildAccepted)
+
+        async def failed_summary() -> BuildSummary | None:
+            summary = await call(admin_nc, GET_BUILD, GetBuild(org_id="org1", build_id=accepted.build_id), timeout=5)
+            assert isinstance(summary, BuildSummary)
+            return summary if summary.status == "failed" else None
+
+        summary = await eventually(failed_summary)
+        assert isinstance(summary, BuildSummary)
+        assert summary.failure is not None and summary.failure.startswith("plan: the planner cannot plan")
+
+
+async def test_same_idempotency_key_returns_the_same_build(stack: Stack, admin_nc, db: asyncpg.Connection) -> None:
+    async with running(create_actor("planner"), stack.settings("planner")):
+        request = SubmitBuild(
+            org_id="org2", requested_by="t", name="x", source=PlainWords(text="x"), idempotency_key="k-1"
+        )
+        first = await call(admin_nc, SUBMIT_BUILD, request, timeout=5)
+        second = await call(admin_nc, SUBMIT_BUILD, request, timeout=5)
+        assert isinstance(first, BuildAccepted) and isinstance(second, BuildAccepted)
+        assert first.build_id == second.build_id
+        assert await db.fetchval("SELECT count(*) FROM builds WHERE org_id = 'org2'") == 1
+
+
+async def test_another_organisations_build_is_not_found(stack: Stack, admin_nc) -> None:
+    async with running(create_actor("planner"), stack.settings("planner")):
+        request = SubmitBuild(org_id="org3", requested_by="t", name="x", source=PlainWords(text="x"))
+        accepted = await call(admin_nc, SUBMIT_BUILD, request, timeout=5)
+        assert isinstance(accepted, BuildAccepted)
+        reply = await call(admin_nc, GET_BUILD, GetBuild(org_id="org4", build_id=accepted.build_id), timeout=5)
+        assert isinstance(reply, Failed) and reply.code == "not_found"
