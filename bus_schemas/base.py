@@ -7,7 +7,7 @@ from typing import Annotated
 
 import msgspec
 
-SUBJECT_TOKEN = r"^[A-Za-z0-9_-]{1,64}$"
+SUBJECT_TOKEN = r"^[A-Za-z0-9_-]{1,64}$"  # noqa: S105 (a pattern, not a secret)
 """What an id must look like to be used as one token of a NATS subject."""
 
 SUBJECT_TOKEN_RE = re.compile(SUBJECT_TOKEN)
@@ -20,7 +20,7 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     """Base of every bus message: immutable, keyword-only, tagged with a versioned type name."""
 
 
-class Failed(Message, kw_only=True, tag="failed.v1"):
+class Failed(Message, frozen=True, kw_only=True, tag="failed.v1"):
     """An expected failure returned by an RPC endpoint instead of a result."""
 
     code: str

@@ -17,13 +17,13 @@ BuildStatus = Literal["requested", "planned", "generated", "checked", "deployed"
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=20_000)]
 
 
-class PlainWords(msgspec.Struct, frozen=True, kw_only=True, tag="plain_words"):
+class PlainWords(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="plain_words"):
     """A server described in a person's own words."""
 
     text: NonEmpty
 
 
-class OpenApiSource(msgspec.Struct, frozen=True, kw_only=True, tag="openapi"):
+class OpenApiSource(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="openapi"):
     """An OpenAPI 3.0/3.1 document, inline or by URL."""
 
     document: str | None = None
@@ -48,7 +48,7 @@ class ToolSpec(msgspec.Struct, frozen=True, kw_only=True):
     parameters: tuple[ToolParameter, ...] = ()
 
 
-class ToolSpecSource(msgspec.Struct, frozen=True, kw_only=True, tag="tool_spec"):
+class ToolSpecSource(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="tool_spec"):
     """A list of explicitly specified tools."""
 
     tools: Annotated[tuple[ToolSpec, ...], msgspec.Meta(min_length=1, max_length=200)]
@@ -58,7 +58,7 @@ BuildSource = PlainWords | OpenApiSource | ToolSpecSource
 """What a person gives to describe the server; tagged by `kind`."""
 
 
-class SubmitBuild(Message, kw_only=True, tag="builds.submit.v1"):
+class SubmitBuild(Message, frozen=True, kw_only=True, tag="builds.submit.v1"):
     """Ask the build registry to accept a build request."""
 
     org_id: Id
@@ -69,7 +69,7 @@ class SubmitBuild(Message, kw_only=True, tag="builds.submit.v1"):
     """Same key from the same org returns the same build instead of a new one."""
 
 
-class BuildAccepted(Message, kw_only=True, tag="builds.accepted.v1"):
+class BuildAccepted(Message, frozen=True, kw_only=True, tag="builds.accepted.v1"):
     """The build was recorded and its `requested` event published."""
 
     build_id: Id
@@ -77,14 +77,14 @@ class BuildAccepted(Message, kw_only=True, tag="builds.accepted.v1"):
     status: BuildStatus
 
 
-class GetBuild(Message, kw_only=True, tag="builds.get.v1"):
+class GetBuild(Message, frozen=True, kw_only=True, tag="builds.get.v1"):
     """Read a build's summary; answers not_found for another organisation's build."""
 
     org_id: Id
     build_id: Id
 
 
-class BuildSummary(Message, kw_only=True, tag="builds.summary.v1"):
+class BuildSummary(Message, frozen=True, kw_only=True, tag="builds.summary.v1"):
     """Where a build stands, from the build registry's projection of its event stream."""
 
     build_id: Id
@@ -105,7 +105,7 @@ GetBuildReply = BuildSummary | Failed
 # --- the build's event history: one subject per kind, all in the BUILDS stream ---
 
 
-class BuildEvent(Message, kw_only=True):
+class BuildEvent(Message, frozen=True, kw_only=True):
     """Base of every event in a build's history."""
 
     build_id: Id
@@ -114,7 +114,7 @@ class BuildEvent(Message, kw_only=True):
     """When it happened, RFC 3339 UTC."""
 
 
-class BuildRequested(BuildEvent, kw_only=True, tag="build.requested.v1"):
+class BuildRequested(BuildEvent, frozen=True, kw_only=True, tag="build.requested.v1"):
     """A person asked for a server; the first event of every build."""
 
     name: str
@@ -122,14 +122,14 @@ class BuildRequested(BuildEvent, kw_only=True, tag="build.requested.v1"):
     source: BuildSource
 
 
-class StepChanged(BuildEvent, kw_only=True, tag="build.step.v1"):
+class StepChanged(BuildEvent, frozen=True, kw_only=True, tag="build.step.v1"):
     """A pipeline step started or finished."""
 
     step: Literal["plan", "generate", "check", "deploy"]
     state: Literal["started", "finished"]
 
 
-class LogLine(BuildEvent, kw_only=True, tag="build.log.v1"):
+class LogLine(BuildEvent, frozen=True, kw_only=True, tag="build.log.v1"):
     """One line of a build's log, meant for the person watching."""
 
     step: str
@@ -137,32 +137,32 @@ class LogLine(BuildEvent, kw_only=True, tag="build.log.v1"):
     message: str
 
 
-class BuildPlanned(BuildEvent, kw_only=True, tag="build.planned.v1"):
+class BuildPlanned(BuildEvent, frozen=True, kw_only=True, tag="build.planned.v1"):
     """The planner produced a tool plan, stored content-addressed."""
 
     plan_hash: str
     tool_count: int
 
 
-class BuildGenerated(BuildEvent, kw_only=True, tag="build.generated.v1"):
+class BuildGenerated(BuildEvent, frozen=True, kw_only=True, tag="build.generated.v1"):
     """Codegen rendered the plan into an artifact, stored content-addressed."""
 
     artifact_hash: str
 
 
-class BuildChecked(BuildEvent, kw_only=True, tag="build.checked.v1"):
+class BuildChecked(BuildEvent, frozen=True, kw_only=True, tag="build.checked.v1"):
     """The checker passed the artifact."""
 
     artifact_hash: str
 
 
-class BuildDeployed(BuildEvent, kw_only=True, tag="build.deployed.v1"):
+class BuildDeployed(BuildEvent, frozen=True, kw_only=True, tag="build.deployed.v1"):
     """The server runs and answers at its stable URL."""
 
     url: str
 
 
-class BuildFailed(BuildEvent, kw_only=True, tag="build.failed.v1"):
+class BuildFailed(BuildEvent, frozen=True, kw_only=True, tag="build.failed.v1"):
     """The build stopped; `step` says where and `detail` says why."""
 
     step: str

@@ -5,13 +5,13 @@ from __future__ import annotations
 from bus_schemas.base import Failed, Id, Message
 
 
-class Authenticate(Message, kw_only=True, tag="auth.authenticate.v1"):
+class Authenticate(Message, frozen=True, kw_only=True, tag="auth.authenticate.v1"):
     """Resolve a bearer credential (API key) presented at the edge to a principal."""
 
     token: str
 
 
-class Principal(Message, kw_only=True, tag="auth.principal.v1"):
+class Principal(Message, frozen=True, kw_only=True, tag="auth.principal.v1"):
     """The caller on whose behalf a request runs; every resource check uses org_id."""
 
     org_id: Id
@@ -20,14 +20,14 @@ class Principal(Message, kw_only=True, tag="auth.principal.v1"):
     scopes: tuple[str, ...] = ()
 
 
-class CreateApiKey(Message, kw_only=True, tag="auth.create_api_key.v1"):
+class CreateApiKey(Message, frozen=True, kw_only=True, tag="auth.create_api_key.v1"):
     """Create an API key for an organisation, creating the organisation if it does not exist."""
 
     org_name: str
     label: str = "default"
 
 
-class ApiKeyCreated(Message, kw_only=True, tag="auth.api_key_created.v1"):
+class ApiKeyCreated(Message, frozen=True, kw_only=True, tag="auth.api_key_created.v1"):
     """A new API key; `secret` is shown once and never stored in clear."""
 
     org_id: Id

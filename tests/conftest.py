@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import secrets
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 from actors.runtime.actor import Actor
 from actors.runtime.bus import connect, provision
 from actors.runtime.settings import Settings
-from ops.infra import NATS_ROLES, NatsServer, start_nats, start_postgres
+from ops.infra import NATS_ROLES, NatsServer, new_nats_password, start_nats, start_postgres
 
 
 class Stack:
@@ -63,7 +62,7 @@ def stack_root() -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def nats_server(stack_root: Path) -> Iterator[NatsServer]:
-    passwords = {role: secrets.token_urlsafe(16) for role in NATS_ROLES}
+    passwords = {role: new_nats_password() for role in NATS_ROLES}
     server = start_nats(stack_root / "nats", passwords)
     yield server
     server.stop()

@@ -6,10 +6,10 @@ import secrets
 import time
 from pathlib import Path
 
+from actors.planner import storage
 from actors.runtime.actor import Actor, Context, utc_now
 from actors.runtime.build_events import emit, fail_step, start_step
 from actors.runtime.codec import decode, encode
-from actors.planner import storage
 from bus_schemas.base import Failed, FailureCode
 from bus_schemas.builds import (
     AnyBuildEvent,

@@ -25,6 +25,7 @@ import msgspec
 import nats.errors
 import nats.js.errors
 from nats import micro
+from nats.micro.request import Request as MicroRequest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -34,11 +35,11 @@ from actors.runtime.codec import decode, encode
 from actors.runtime.logs import new_trace_id, trace_id_var
 from actors.runtime.settings import Settings
 from actors.runtime.storage import open_pool
-from bus_schemas.base import Failed, FailureCode
+from bus_schemas.base import Failed, FailureCode, Message
 from bus_schemas.ops import DeadLetter
 from bus_schemas.registry import DEAD_LETTERS, TRACE_HEADER, Consumer, Rpc
 
-Req = TypeVar("Req")
+Req = TypeVar("Req", bound=Message)
 Rep = TypeVar("Rep")
 M = TypeVar("M")
 
@@ -54,6 +55,9 @@ class Delivery:
     subject: str
     stream_seq: int
     deliveries: int
+    stored_at_us: int
+    """When the stream stored the message (µs since the epoch); with the sequence it names the message
+    uniquely even across a stream that was recreated."""
 
 
 @dataclass
@@ -197,10 +201,10 @@ class Actor:
 
     # --- request/reply ---
 
-    def _rpc_entry(self, endpoint: _Endpoint[Any, Any], base: Context) -> Callable[[micro.Request], Awaitable[None]]:
+    def _rpc_entry(self, endpoint: _Endpoint[Any, Any], base: Context) -> Callable[[MicroRequest], Awaitable[None]]:
         spec = endpoint.spec
 
-        async def entry(request: micro.Request) -> None:
+        async def entry(request: MicroRequest) -> None:
             headers = request.headers or {}
             token = trace_id_var.set(headers.get(TRACE_HEADER) or new_trace_id())
             try:
@@ -257,7 +261,7 @@ class Actor:
                     in_flight.add(task)
                     task.add_done_callback(in_flight.discard)
             if in_flight:
-                done, pending = await asyncio.wait(in_flight, timeout=drain)
+                _, pending = await asyncio.wait(in_flight, timeout=drain)
                 for task in pending:
                     task.cancel()  # not acked: JetStream redelivers it to another copy
                 if pending:
@@ -274,11 +278,17 @@ class Actor:
         deliveries = int(meta.num_delivered)
         trace = (msg.headers or {}).get(TRACE_HEADER) or new_trace_id()
         token = trace_id_var.set(trace)
-        delivery = Delivery(subject=msg.subject, stream_seq=int(meta.sequence.stream), deliveries=deliveries)
+        delivery = Delivery(
+            subject=msg.subject,
+            stream_seq=int(meta.sequence.stream),
+            deliveries=deliveries,
+            stored_at_us=int(meta.timestamp.timestamp() * 1_000_000),
+        )
         ctx = Context(actor=self.name, nc=base.nc, js=base.js, db=base.db, log=self.log, delivery=delivery, _msg=msg)
         try:
             if deliveries > spec.max_deliveries:
-                await self._park(sub, ctx, msg, f"delivered {deliveries - 1} times without an answer (crash or timeout)")
+                reason = f"delivered {deliveries - 1} times without an answer (crash or timeout)"
+                await self._park(sub, ctx, msg, reason)
                 return
             try:
                 message = decode(spec.message, msg.data)
@@ -321,7 +331,8 @@ class Actor:
             parked_at=utc_now(),
         )
         subject = DEAD_LETTERS.subject(stream=spec.stream.name, consumer=spec.durable)
-        await ctx.publish(subject, letter, msg_id=f"dl:{spec.stream.name}:{spec.durable}:{ctx.delivery.stream_seq}")
+        letter_id = f"dl:{spec.stream.name}:{spec.durable}:{ctx.delivery.stream_seq}:{ctx.delivery.stored_at_us}"
+        await ctx.publish(subject, letter, msg_id=letter_id)
         self.log.error("parked %s seq %d from %s: %s", msg.subject, ctx.delivery.stream_seq, spec.durable, reason)
         if sub.on_park is not None:
             try:

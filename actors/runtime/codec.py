@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import msgspec
@@ -16,7 +16,7 @@ def encode(message: object) -> bytes:
     return encoder.encode(message)
 
 
-@lru_cache(maxsize=None)
+@cache
 def decoder_for(message_type: Any) -> msgspec.json.Decoder[Any]:
     """The one decoder for a message type or tagged union, built once."""
     return msgspec.json.Decoder(message_type)
