@@ -1,0 +1,69 @@
+"""The gateway application: `create_app(settings)` builds the Litestar app."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+
+from actors.runtime.settings import Settings
+from gateway.auth import Authenticator
+from gateway.builds import BuildsController
+from gateway.bus import BusClient
+from gateway.config import GatewayConfig
+from gateway.feeds import BuildFeeds
+from gateway.health import HealthController
+from gateway.problems import problem_response
+from gateway.services import EdgeServices
+from gateway.tracing import trace_middleware
+
+
+def create_app(settings: Settings, config: GatewayConfig | None = None) -> Litestar:
+    """The gateway app; it connects to NATS (and the readiness pool) in its lifespan.
+
+    The running services are at `app.state.services` (an `EdgeServices`)."""
+    services = EdgeServices(settings, config or GatewayConfig())
+
+    @asynccontextmanager
+    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        await services.start()
+        try:
+            yield
+        finally:
+            await services.stop()
+
+    def provide_services() -> EdgeServices:
+        return services
+
+    def provide_bus() -> BusClient:
+        return services.bus
+
+    def provide_authenticator() -> Authenticator:
+        return services.authenticator
+
+    def provide_feeds() -> BuildFeeds:
+        return services.feeds
+
+    return Litestar(
+        route_handlers=[HealthController, BuildsController],
+        dependencies={
+            "services": Provide(provide_services, sync_to_thread=False),
+            "bus": Provide(provide_bus, sync_to_thread=False),
+            "authenticator": Provide(provide_authenticator, sync_to_thread=False),
+            "feeds": Provide(provide_feeds, sync_to_thread=False),
+        },
+        lifespan=[lifespan],
+        middleware=[trace_middleware],
+        # One handler for everything: every error is a problem document (gateway.problems).
+        exception_handlers={Exception: problem_response},
+        openapi_config=OpenAPIConfig(
+            title="Build My MCP Server", version="0.1.0", description="Describe an MCP server; get it built."
+        ),
+        state=State({"services": services}),
+        # The process's one log handler is installed by actors.runtime.logs; Litestar must not add its own.
+        logging_config=None,
+    )

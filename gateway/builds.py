@@ -1,0 +1,184 @@
+"""/v1/builds: submit a build, read it, and stream its events over a WebSocket."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Annotated, Any
+
+from litestar import Controller, Request, Response, WebSocket, get, post, websocket
+from litestar.di import NamedDependency, Provide
+from litestar.exceptions import WebSocketDisconnect
+from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
+
+from bus_schemas.base import SUBJECT_TOKEN_RE, FailureCode
+from bus_schemas.builds import BuildAccepted, BuildSummary, GetBuild, SubmitBuild
+from bus_schemas.identity import Principal
+from bus_schemas.registry import GET_BUILD, SUBMIT_BUILD
+from gateway.auth import WEBSOCKET_BEARER_PROTOCOL, Authenticator, bearer_token
+from gateway.bus import BusClient
+from gateway.feeds import BuildFeeds, FeedClosed, SocketLagging, Watcher
+from gateway.problems import Problem
+from gateway.schemas import BuildCreated, BuildView, CreateBuild, build_links
+
+log = logging.getLogger("bmms.gateway.builds")
+
+CLOSE_TOO_SLOW = 4008
+"""WebSocket close code for a client that fell too far behind; the reason says which `after=` to use."""
+CLOSE_GOING_AWAY = 1001
+"""The gateway is shutting down; reconnect (to another copy) with `after=`."""
+
+
+async def provide_principal(
+    request: Request[Any, Any, Any], authenticator: NamedDependency[Authenticator]
+) -> Principal:
+    """The caller of a /v1 request, from its bearer API key; 401 without a valid one."""
+    return await authenticator.principal(bearer_token(request))
+
+
+async def require_json(request: Request[Any, Any, Any]) -> None:
+    """Refuse bodies that are not JSON before anything tries to parse them."""
+    media_type = request.content_type[0]
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        raise Problem(415, f"send the build as application/json, not {media_type or 'an untyped body'}",
+                      code=FailureCode.INVALID)
+
+
+def checked_build_id(build_id: str) -> str:
+    """A build id that can exist; anything else cannot name a build of the caller's."""
+    if not SUBJECT_TOKEN_RE.match(build_id):
+        raise Problem(404, f"no build {build_id[:80]!r} in this organisation", code=FailureCode.NOT_FOUND)
+    return build_id
+
+
+def _close_reason(text: str) -> str:
+    # A close frame's reason holds at most 123 bytes of UTF-8.
+    data = text.encode()
+    return text if len(data) <= 123 else data[:120].decode(errors="ignore") + "..."
+
+
+class BuildsController(Controller):
+    """Builds of the caller's organisation."""
+
+    path = "/v1/builds"
+    tags = ["builds"]
+    dependencies = {"principal": Provide(provide_principal)}
+
+    @post(
+        "/",
+        status_code=202,
+        before_request=require_json,
+        summary="Submit a build",
+        response_headers=None,
+    )
+    async def create_build(
+        self,
+        data: JSONBody[CreateBuild],
+        principal: NamedDependency[Principal],
+        bus: NamedDependency[BusClient],
+        idempotency_key: Annotated[
+            str | None,
+            HeaderParameter(name="Idempotency-Key", min_length=1, max_length=200,
+                            description="Retrying with the same key returns the same build instead of a new one."),
+        ] = None,
+    ) -> Response[BuildCreated]:
+        """Accept a build request and start the pipeline; watch it at `links.stream`."""
+        request = SubmitBuild(
+            org_id=principal.org_id, requested_by=principal.subject, name=data.name, source=data.source,
+            idempotency_key=idempotency_key,
+        )
+        accepted = await bus.ask(SUBMIT_BUILD, request, BuildAccepted)
+        links = build_links(accepted.build_id)
+        return Response(
+            BuildCreated(build_id=accepted.build_id, status=accepted.status, links=links),
+            status_code=202,
+            headers={"Location": links.self_},
+        )
+
+    @get("/{build_id:str}", summary="Read a build")
+    async def get_build(
+        self, build_id: FromPath[str], principal: NamedDependency[Principal], bus: NamedDependency[BusClient]
+    ) -> BuildView:
+        """Where one build of the caller's organisation stands; 404 for any other build."""
+        summary = await bus.ask(
+            GET_BUILD, GetBuild(org_id=principal.org_id, build_id=checked_build_id(build_id)), BuildSummary
+        )
+        return BuildView(
+            build_id=summary.build_id, name=summary.name, status=summary.status, created_at=summary.created_at,
+            updated_at=summary.updated_at, last_seq=summary.last_seq, failure=summary.failure,
+            links=build_links(summary.build_id),
+        )
+
+    @websocket("/{build_id:str}/stream")
+    async def stream_build(
+        self,
+        socket: WebSocket[Any, Any, Any],
+        build_id: FromPath[str],
+        bus: NamedDependency[BusClient],
+        authenticator: NamedDependency[Authenticator],
+        feeds: NamedDependency[BuildFeeds],
+        after: Annotated[int, QueryParameter(ge=0, description="Resume after this stream sequence.")] = 0,
+    ) -> None:
+        """The build's whole history, then live events, one JSON frame each:
+        `{"seq", "subject", "kind", "event"}`. Authenticate with `Authorization: Bearer <key>` or, from
+        a browser, the subprotocols `bearer, <key>`. Failures close the socket with 4000 + the HTTP
+        status (4401, 4404, 4503...) and the problem's detail as reason. The socket stays open after
+        the build deploys or fails: a redeploy adds events. Reconnect with `after=<last seq>`."""
+        token = bearer_token(socket)
+        offered_bearer = token is not None and "authorization" not in socket.headers
+        await socket.accept(subprotocols=WEBSOCKET_BEARER_PROTOCOL if offered_bearer else None)
+        try:
+            principal = await authenticator.principal(token)
+            request = GetBuild(org_id=principal.org_id, build_id=checked_build_id(build_id))
+            await bus.ask(GET_BUILD, request, BuildSummary)
+            watcher = await feeds.watch(principal.org_id, build_id, after)
+        except Problem as problem:
+            await socket.close(code=4000 + problem.status, reason=_close_reason(problem.detail))
+            return
+        except Exception:
+            log.exception("could not open the event feed of %s", build_id)
+            await socket.close(code=4503, reason="the build's event feed is unavailable; retry")
+            return
+        try:
+            await _relay(socket, watcher)
+        finally:
+            feeds.leave(watcher)
+
+
+async def _relay(socket: WebSocket[Any, Any, Any], watcher: Watcher) -> None:
+    # The pump writes frames while this task reads, only to learn when the client goes away.
+    pump = asyncio.create_task(watcher.pump(socket.send))
+    watcher.task = pump
+    reading = asyncio.create_task(_until_disconnected(socket))
+    try:
+        await asyncio.wait({pump, reading}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.task = None
+        for task in (pump, reading):
+            task.cancel()
+        await asyncio.gather(pump, reading, return_exceptions=True)
+    if reading.done() and not reading.cancelled():
+        return  # the client left
+    error = watcher.error
+    if isinstance(error, SocketLagging):
+        code, reason = CLOSE_TOO_SLOW, str(error)
+    elif isinstance(error, FeedClosed):
+        code, reason = CLOSE_GOING_AWAY, f"{error}; reconnect with after={watcher.last_seq}"
+    elif pump.done() and not pump.cancelled() and isinstance(pump.exception(), WebSocketDisconnect | OSError):
+        return
+    else:
+        log.error("event pump stopped", exc_info=pump.exception() if pump.done() and not pump.cancelled() else None)
+        code, reason = 1011, f"internal error; reconnect with after={watcher.last_seq}"
+    try:
+        # A client that stopped reading may never take the close frame either; do not wait on it.
+        async with asyncio.timeout(1.0):
+            await socket.close(code=code, reason=_close_reason(reason))
+    except (TimeoutError, WebSocketDisconnect, OSError):
+        pass
+
+
+async def _until_disconnected(socket: WebSocket[Any, Any, Any]) -> None:
+    while True:
+        message = await socket.receive()
+        if message["type"] == "websocket.disconnect":
+            return

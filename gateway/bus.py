@@ -1,0 +1,38 @@
+"""The gateway's only way to the actors: typed RPC calls over NATS, failures raised as problems."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import nats.errors
+from nats.aio.client import Client
+
+from actors.runtime.bus import call
+from bus_schemas.base import Failed, FailureCode
+from bus_schemas.registry import Rpc
+from gateway.problems import Problem, problem_from_failed
+
+T = TypeVar("T")
+
+
+class BusClient:
+    """Calls RPC endpoints as the `gateway` NATS user; every answer is the expected type or a Problem."""
+
+    def __init__(self, nc: Client, rpc_timeout: float) -> None:
+        self.nc = nc
+        self.rpc_timeout = rpc_timeout
+
+    async def ask(self, rpc: Rpc[Any, Any], request: object, expect: type[T]) -> T:
+        """Call `rpc`; return its `expect` reply, or raise the Problem its `Failed` reply maps to."""
+        try:
+            reply = await call(self.nc, rpc, request, timeout=self.rpc_timeout)
+        except nats.errors.Error as exc:
+            # `call` turns no-responders and timeouts into values; a closed connection still raises.
+            raise Problem(503, f"the message bus is unavailable ({type(exc).__name__})",
+                          code=FailureCode.UNAVAILABLE) from exc
+        if isinstance(reply, Failed):
+            raise problem_from_failed(reply)
+        if not isinstance(reply, expect):
+            raise Problem(500, f"{rpc.service} answered {type(reply).__name__}, not {expect.__name__}",
+                          code=FailureCode.INTERNAL)
+        return reply

@@ -1,0 +1,108 @@
+"""Serving the gateway with uvicorn inside the caller's event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Callable, Iterator
+
+import uvicorn
+from litestar import Litestar
+
+from actors.runtime.settings import Settings
+from gateway.app import create_app
+
+log = logging.getLogger("bmms.gateway")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling (the caller's `stop` event ends it) that reports
+    when it listens."""
+
+    def __init__(self, config: uvicorn.Config, listening: asyncio.Event) -> None:
+        super().__init__(config)
+        self._listening = listening
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started:
+            self._listening.set()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    # Bound here rather than by uvicorn so that with port 0 the real port is known before on_ready.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+async def serve_gateway(
+    settings: Settings,
+    stop: asyncio.Event,
+    on_ready: Callable[[str], None] | None = None,
+    *,
+    app: Litestar | None = None,
+) -> None:
+    """Serve the gateway on `settings.http_host:http_port` (0 picks a free port) until `stop` is set.
+
+    `on_ready(base_url)` is called once the app started and the socket accepts connections. `app`
+    defaults to `create_app(settings)`; tests pass their own to look inside it.
+    """
+    sock = _bind(settings.http_host, settings.http_port)
+    port = sock.getsockname()[1]
+    host = f"[{settings.http_host}]" if ":" in settings.http_host else settings.http_host
+    base_url = f"http://{host}:{port}"
+    config = uvicorn.Config(
+        app or create_app(settings),
+        http="httptools",
+        # The sans-I/O websockets protocol writes a frame straight to the transport without awaiting,
+        # so fanning an event out to many sockets costs no extra event-loop round trips.
+        ws="websockets-sansio",
+        # Compression would be per socket: it would undo the encode-once fan-out.
+        ws_per_message_deflate=False,
+        lifespan="on",
+        # An access line per request costs throughput; errors are still logged.
+        access_log=False,
+        log_config=None,
+        server_header=False,
+        timeout_graceful_shutdown=5,
+    )
+    listening = asyncio.Event()
+    server = _Server(config, listening)
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    waiting = asyncio.create_task(listening.wait())
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({serving, waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if serving.done():
+            exc = serving.exception() if not serving.cancelled() else None
+            if isinstance(exc, SystemExit) or (exc is None and not listening.is_set()):
+                raise RuntimeError("the gateway failed to start (see the log above)")
+            if exc is not None:
+                raise exc
+            return
+        if listening.is_set():
+            log.info("gateway listening on %s", base_url)
+            if on_ready is not None:
+                on_ready(settings.public_url or base_url)
+        await stopping
+        server.should_exit = True
+        await serving
+    finally:
+        waiting.cancel()
+        stopping.cancel()
+        if not serving.done():
+            server.should_exit = True
+            with contextlib.suppress(BaseException):
+                await serving
+        sock.close()

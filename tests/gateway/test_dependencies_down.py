@@ -1,0 +1,37 @@
+"""When an actor or the database is down the gateway answers 503 problems at once, never hangs or 500s."""
+
+from __future__ import annotations
+
+import httpx
+from nats.aio.client import Client
+
+from bus_schemas.identity import ApiKeyCreated
+from tests.conftest import Stack
+from tests.gateway.conftest import bearer, gateway_settings, new_api_key, serving
+
+PLAIN = {"name": "x", "source": {"kind": "plain_words", "text": "x"}}
+
+
+async def test_build_request_without_a_planner_is_503_no_responders(
+    stack: Stack, auth_actor: None, module_admin: Client
+) -> None:
+    key: ApiKeyCreated = await new_api_key(module_admin, "gateway-tests-no-planner")
+    # A long RPC timeout: the answer must come from "no responders", not from waiting it out.
+    settings = gateway_settings(stack, rpc_timeout=30.0)
+    async with serving(settings) as gw, httpx.AsyncClient(base_url=gw.base_url, timeout=10) as http:
+        response = await http.post("/v1/builds", json=PLAIN, headers=bearer(key))
+    assert response.status_code == 503, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body = response.json()
+    assert body["code"] == "unavailable" and "planner" in body["detail"]
+
+
+async def test_readyz_names_the_database_when_it_is_down(stack: Stack) -> None:
+    settings = gateway_settings(stack, database_url="postgresql://nobody@127.0.0.1:9/none")
+    async with serving(settings) as gw, httpx.AsyncClient(base_url=gw.base_url, timeout=10) as http:
+        response = await http.get("/readyz")
+        assert (await http.get("/healthz")).status_code == 200
+    assert response.status_code == 503, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body = response.json()
+    assert "database" in body["detail"] and body["checks"]["bus"] == "ok"

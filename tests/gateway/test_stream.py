@@ -1,0 +1,157 @@
+"""The build WebSocket: whole history then live, resume without gap or duplicate, one consumer per build."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+import websockets
+from nats.aio.client import Client
+from websockets.asyncio.client import ClientConnection
+
+from actors.runtime.actor import utc_now
+from actors.runtime.bus import publish_event
+from actors.runtime.logs import new_trace_id
+from bus_schemas.builds import LogLine
+from bus_schemas.identity import ApiKeyCreated
+from bus_schemas.registry import BUILD_EVENTS, BUILDS, build_subject
+from tests.conftest import eventually
+from tests.gateway.conftest import Gateway, bearer
+
+PLAIN = {"name": "streamed", "source": {"kind": "plain_words", "text": "a server to stream"}}
+
+
+async def failed_build(http: httpx.AsyncClient, key: ApiKeyCreated) -> str:
+    """A build whose history is complete: the foundation planner fails every build at plan."""
+    created = await http.post("/v1/builds", json=PLAIN, headers=bearer(key))
+    assert created.status_code == 202, created.text
+    build_id: str = created.json()["build_id"]
+
+    async def failed() -> bool:
+        return bool((await http.get(f"/v1/builds/{build_id}", headers=bearer(key))).json()["status"] == "failed")
+
+    await eventually(failed)
+    return build_id
+
+
+async def publish_log(nc: Client, key: ApiKeyCreated, build_id: str, message: str) -> int:
+    """Publish one more event into the build's history, as an actor would; returns its sequence."""
+    event = LogLine(build_id=build_id, org_id=key.org_id, at=utc_now(), step="deploy", level="info", message=message)
+    return await publish_event(
+        nc.jetstream(), build_subject(key.org_id, build_id, "log"), event, msg_id=f"{build_id}:{new_trace_id()}"
+    )
+
+
+def connect(gateway: Gateway, key: ApiKeyCreated, build_id: str, after: int | None = None) -> Any:
+    query = f"?after={after}" if after is not None else ""
+    return websockets.connect(
+        f"{gateway.ws_url}/v1/builds/{build_id}/stream{query}", additional_headers=bearer(key), open_timeout=10
+    )
+
+
+async def frames_until(ws: ClientConnection, last_seq: int) -> list[dict[str, Any]]:
+    """Frames up to and including the one with sequence `last_seq`."""
+    frames: list[dict[str, Any]] = []
+    async with asyncio.timeout(15):
+        while not frames or frames[-1]["seq"] < last_seq:
+            frames.append(json.loads(await ws.recv()))
+    return frames
+
+
+async def take(ws: ClientConnection, count: int) -> list[dict[str, Any]]:
+    async with asyncio.timeout(15):
+        return [json.loads(await ws.recv()) for _ in range(count)]
+
+
+async def build_consumers(nc: Client, org_id: str, build_id: str) -> int:
+    """JetStream consumers reading this build's subjects."""
+    wanted = BUILD_EVENTS.wildcard(org=org_id, build=build_id)
+    infos = await nc.jetstream().consumers_info(BUILDS.name)
+    return sum(1 for info in infos if info.config.filter_subject == wanted)
+
+
+async def test_socket_gets_the_whole_history_in_order_then_live_events(
+    gateway: Gateway, http: httpx.AsyncClient, key: ApiKeyCreated, module_admin: Client
+) -> None:
+    build_id = await failed_build(http, key)
+    async with connect(gateway, key, build_id) as ws:
+        history = await take(ws, 4)
+        assert [f["kind"] for f in history] == ["requested", "step", "log", "failed"]
+        seqs = [f["seq"] for f in history]
+        assert seqs == sorted(seqs) and len(set(seqs)) == 4
+        assert history[0]["subject"] == build_subject(key.org_id, build_id, "requested")
+        assert history[0]["event"]["type"] == "build.requested.v1"
+        assert history[0]["event"]["source"] == PLAIN["source"]
+
+        # A failed build's socket stays open: later events (a redeploy) still arrive.
+        seq = await publish_log(module_admin, key, build_id, "redeploying")
+        (live,) = await take(ws, 1)
+        assert live["seq"] == seq > seqs[-1]
+        assert live["kind"] == "log" and live["event"]["message"] == "redeploying"
+
+
+async def test_resumed_socket_gets_every_event_exactly_once(
+    gateway: Gateway, http: httpx.AsyncClient, key: ApiKeyCreated, module_admin: Client
+) -> None:
+    build_id = await failed_build(http, key)
+    async with connect(gateway, key, build_id) as reference:
+        first = await take(reference, 4)
+        async with connect(gateway, key, build_id) as ws:
+            received = await take(ws, 2)
+        # Disconnected mid-history; the build goes on.
+        published = [await publish_log(module_admin, key, build_id, f"while away {i}") for i in range(3)]
+        async with connect(gateway, key, build_id, after=received[-1]["seq"]) as ws:
+            received += await frames_until(ws, published[-1])
+            published += [await publish_log(module_admin, key, build_id, f"after resume {i}") for i in range(2)]
+            received += await frames_until(ws, published[-1])
+        everything = first + await frames_until(reference, published[-1])
+    assert [f["seq"] for f in received] == [f["seq"] for f in everything]
+    assert received == everything
+    assert [f["seq"] for f in everything][4:] == published
+
+
+async def test_sockets_of_one_build_share_one_consumer_which_goes_after_the_last_leaves(
+    gateway: Gateway, http: httpx.AsyncClient, key: ApiKeyCreated, module_admin: Client
+) -> None:
+    build_id = await failed_build(http, key)
+    async with connect(gateway, key, build_id) as one, connect(gateway, key, build_id) as two:
+        assert await take(one, 4) == await take(two, 4)
+        feed = gateway.services.feeds.get(key.org_id, build_id)
+        assert feed is not None and len(feed.watchers) == 2
+        assert await build_consumers(module_admin, key.org_id, build_id) == 1
+        seq = await publish_log(module_admin, key, build_id, "to both")
+        assert await take(one, 1) == await take(two, 1)
+        assert feed.history[-1].seq == seq
+
+    async def consumer_gone() -> bool:
+        return await build_consumers(module_admin, key.org_id, build_id) == 0
+
+    await eventually(consumer_gone)
+    assert gateway.services.feeds.get(key.org_id, build_id) is None
+
+
+async def test_socket_is_refused_without_a_key_or_for_another_organisations_build(
+    gateway: Gateway, http: httpx.AsyncClient, key: ApiKeyCreated, other_key: ApiKeyCreated
+) -> None:
+    build_id = await failed_build(http, key)
+    url = f"{gateway.ws_url}/v1/builds/{build_id}/stream"
+    async with websockets.connect(url, open_timeout=10) as ws:
+        async with asyncio.timeout(10):
+            await ws.wait_closed()
+        assert ws.close_code == 4401
+    async with connect(gateway, other_key, build_id) as ws:
+        async with asyncio.timeout(10):
+            await ws.wait_closed()
+        assert ws.close_code == 4404
+
+
+async def test_browser_can_authenticate_with_the_bearer_subprotocol(
+    gateway: Gateway, http: httpx.AsyncClient, key: ApiKeyCreated
+) -> None:
+    build_id = await failed_build(http, key)
+    url = f"{gateway.ws_url}/v1/builds/{build_id}/stream"
+    async with websockets.connect(url, subprotocols=["bearer", key.secret], open_timeout=10) as ws:  # type: ignore[list-item]
+        assert ws.subprotocol == "bearer"
+        assert len(await take(ws, 4)) == 4
