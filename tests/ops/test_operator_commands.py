@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -84,12 +85,13 @@ def test_migrate_without_credentials_says_where_they_come_from(stack: Stack, tmp
 
 async def _publish_history(admin_nc: Client, org: str, build: str) -> list[AnyBuildEvent]:
     js = admin_nc.jetstream()
+    # Message ids name the org too: JetStream de-duplicates by id across the whole stream.
     requested = BuildRequested(
         build_id=build, org_id=org, at=utc_now(), name="weather", requested_by="t", source=PlainWords(text="w")
     )
     log = LogLine(build_id=build, org_id=org, at=utc_now(), step="plan", level="info", message="planning")
-    await publish_event(js, build_subject(org, build, "requested"), requested, msg_id=f"{build}:requested")
-    await publish_event(js, build_subject(org, build, "log"), log, msg_id=f"{build}:log")
+    await publish_event(js, build_subject(org, build, "requested"), requested, msg_id=f"{org}:{build}:requested")
+    await publish_event(js, build_subject(org, build, "log"), log, msg_id=f"{org}:{build}:log")
     return [requested, log]
 
 
@@ -160,3 +162,30 @@ def test_schema_writes_asyncapi_as_json_or_yaml(tmp_path: Path, suffix: str) -> 
     document = yaml.safe_load(out.read_text())
     assert document["asyncapi"] == "3.0.0"
     assert "builds.{org}.{build}.{kind}" in {c["address"] for c in document["channels"].values()}
+
+
+async def test_events_follows_new_events_until_interrupted(stack: Stack, admin_nc: Client) -> None:
+    org = f"o{uuid.uuid4().hex[:10]}"
+    await _publish_history(admin_nc, org, "b1")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ops.cli", "events", "--org", org, "--json", env=operator_env(stack, "events"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    try:
+        history = [json.loads(await asyncio.wait_for(process.stdout.readline(), 30)) for _ in range(2)]
+        assert [line["event"]["build_id"] for line in history] == ["b1", "b1"]
+
+        await _publish_history(admin_nc, org, "b2")  # published while the tail follows
+        live = [json.loads(await asyncio.wait_for(process.stdout.readline(), 30)) for _ in range(2)]
+        expected = [build_subject(org, "b2", "requested"), build_subject(org, "b2", "log")]
+        assert [line["subject"] for line in live] == expected
+    except TimeoutError:
+        process.kill()
+        assert process.stderr is not None
+        raise AssertionError((await process.stderr.read()).decode()) from None
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGINT)
+        returncode = await asyncio.wait_for(process.wait(), 30)
+    assert returncode == 0
