@@ -42,7 +42,10 @@ def create_app(settings: Settings, config: GatewayConfig | None = None) -> Lites
     def provide_bus() -> BusClient:
         return services.bus
 
-    def provide_authenticator() -> Authenticator:
+    def provide_authenticator(bus: BusClient) -> Authenticator:
+        # Depending on `bus` (unused) chains the dependencies, so Litestar resolves them one after
+        # another instead of starting an anyio task group on every request (7% of the gateway's CPU).
+        del bus
         return services.authenticator
 
     def provide_feeds() -> BuildFeeds:

@@ -25,10 +25,10 @@ import msgspec
 import nats.errors
 import nats.js.errors
 from nats import micro
-from nats.micro.request import Request as MicroRequest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.micro.request import Request as MicroRequest
 
 from actors.runtime.bus import connect, publish_event
 from actors.runtime.codec import decode, encode

@@ -63,9 +63,15 @@ async def apply_migrations(conn: asyncpg.Connection, owner: str, directory: Path
     return applied
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool release hook that skips asyncpg's default `RESET ALL`/`UNLISTEN *` round trip: actors never
+    change session state (no SET, LISTEN or advisory locks held across a release), and that round trip
+    was a sixth of an RPC handler's time."""
+
+
 async def open_pool(dsn: str, owner: str, migrations: Path | None, max_size: int) -> asyncpg.Pool:
     """Open an actor's pool, applying its migrations first."""
-    pool: asyncpg.Pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_size)
+    pool: asyncpg.Pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_size, reset=_keep_session)
     if migrations is not None:
         async with pool.acquire() as conn:
             await apply_migrations(conn, owner, migrations)

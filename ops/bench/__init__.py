@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that print figures and ratios taken in one run (never timed asserts in tests)."""

@@ -1,0 +1,303 @@
+"""Gateway benchmark, all figures from one run on one machine.
+
+1. HTTP: a bus-bridged route (`GET /v1/builds/{id}`: bearer auth, one RPC to the planner over NATS, a
+   Postgres read) against a bare gateway route (`GET /healthz`), req/s and p50/p99 at 1 and 50
+   connections, measured with wrk (Debian package `wrk`).
+2. WebSocket: build-event publish -> WebSocket frame latency p50/p99 for 1, 100 and 1000 sockets on one
+   build, and whether every socket received every frame.
+
+It starts a private `bmms dev` stack (embedded NATS and PostgreSQL, every actor, the gateway) in a temp
+dir, so nothing else on the machine is touched. Run: `.venv/bin/python -m ops.bench.bench_gateway`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import nats
+
+from actors.runtime.actor import utc_now
+from actors.runtime.codec import encode
+from bus_schemas.builds import LogLine
+from bus_schemas.registry import build_subject
+
+TARGET_HTTP_RATIO = 0.6
+TARGET_WS_P99_MS = 10.0
+
+
+@dataclass
+class Stack:
+    process: subprocess.Popen[str]
+    url: str
+    key: str
+    nats_url: str
+    org: str
+    data_dir: Path
+
+    def admin_password(self) -> str:
+        passwords: dict[str, str] = json.loads((self.data_dir / "secrets" / "nats-passwords.json").read_text())
+        return passwords["admin"]
+
+
+def start_stack(root: Path) -> Stack:
+    """`bmms dev` on a free port; returns once it printed its URL and key."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ops.cli", "dev", "--data-dir", str(root / "data"), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "BMMS_LOG_LEVEL": "WARNING"},
+    )
+    assert process.stdout is not None
+    found: dict[str, str] = {}
+    for line in process.stdout:
+        for name in ("URL", "API key", "NATS"):
+            m = re.match(rf"\s+{name}:\s+(\S+)", line)
+            if m:
+                found[name] = m.group(1)
+        org = re.match(r"\s+Org:.*\(id (\w+)\)", line)
+        if org:
+            found["org"] = org.group(1)
+        if "Press Ctrl-C" in line:
+            break
+    if len(found) < 4:
+        process.kill()
+        raise RuntimeError(f"bmms dev did not start (exit {process.poll()})")
+    return Stack(process, found["URL"], found["API key"], found["NATS"], found["org"], root / "data")
+
+
+def http_json(method: str, url: str, key: str, body: object | None = None) -> dict[str, object]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers={
+        "Authorization": f"Bearer {key}", "Content-Type": "application/json",
+    })
+    with urllib.request.urlopen(request, timeout=10) as response:
+        result: dict[str, object] = json.loads(response.read())
+        return result
+
+
+# --- HTTP with wrk ---
+
+
+@dataclass
+class WrkResult:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: str
+
+
+def _ms(value: str) -> float:
+    m = re.match(r"([\d.]+)(us|ms|s)", value)
+    assert m, value
+    return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+
+
+def wrk(url: str, connections: int, seconds: int, headers: dict[str, str]) -> WrkResult:
+    args = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    for k, v in headers.items():
+        args += ["-H", f"{k}: {v}"]
+    out = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: .*", out)
+    return WrkResult(rps, p50, p99, errors.group(0) if errors else "")
+
+
+def bench_http(stack: Stack, build_id: str, seconds: int) -> list[str]:
+    lines = ["HTTP (wrk, 1 thread)", f"  {'route':<34}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"]
+    auth = {"Authorization": f"Bearer {stack.key}"}
+    results: dict[tuple[str, int], WrkResult] = {}
+    for conns in (1, 50):
+        for name, path, headers in (
+            ("bare  GET /healthz", "/healthz", {}),
+            ("bus   GET /v1/builds/{id}", f"/v1/builds/{build_id}", auth),
+        ):
+            wrk(stack.url + path, conns, 2, headers)  # warm-up
+            r = wrk(stack.url + path, conns, seconds, headers)
+            results[(name, conns)] = r
+            lines.append(f"  {name:<34}{conns:>6}{r.rps:>10.0f}{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}  {r.errors}")
+    for conns in (1, 50):
+        ratio = results[("bus   GET /v1/builds/{id}", conns)].rps / results[("bare  GET /healthz", conns)].rps
+        met = "met" if ratio >= TARGET_HTTP_RATIO else "MISSED"
+        verdict = f" (target >= {TARGET_HTTP_RATIO:.2f}: {met})" if conns == 50 else ""
+        lines.append(f"  bus/bare req/s ratio at {conns} conns: {ratio:.2f}{verdict}")
+    return lines
+
+
+# --- WebSocket fan-out ---
+
+
+class _Socket(asyncio.Protocol):
+    """A deliberately minimal WebSocket client, so the measuring side costs a few µs a frame and the
+    figures are the gateway's, not a client library's: it parses server frames (never masked) and pulls
+    the publish timestamp out of each event without decoding the JSON."""
+
+    MARK = b'"message":"'
+
+    def __init__(self, expected: int, latencies: list[float]) -> None:
+        self.expected = expected
+        self.latencies = latencies
+        self.received = 0
+        self.buffer = bytearray()
+        self.upgraded = False
+        self.connected: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.finished: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        now = time.time_ns()
+        buf = self.buffer
+        buf += data
+        if not self.upgraded:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            status = bytes(buf[: buf.find(b"\r\n")])
+            if b" 101 " not in status:
+                self.connected.set_exception(RuntimeError(status.decode()))
+                return
+            del buf[: end + 4]
+            self.upgraded = True
+            self.connected.set_result(None)
+        pos = 0
+        while len(buf) - pos >= 2:
+            opcode, length = buf[pos] & 0x0F, buf[pos + 1] & 0x7F
+            head = 2
+            if length == 126:
+                if len(buf) - pos < 4:
+                    break
+                length, head = int.from_bytes(buf[pos + 2 : pos + 4], "big"), 4
+            elif length == 127:
+                if len(buf) - pos < 10:
+                    break
+                length, head = int.from_bytes(buf[pos + 2 : pos + 10], "big"), 10
+            if len(buf) - pos < head + length:
+                break
+            if opcode == 0x1:
+                start = buf.find(self.MARK, pos + head, pos + head + length) + len(self.MARK)
+                stop = buf.find(b'"', start)
+                self.latencies.append((now - int(buf[start:stop])) / 1e6)
+                self.received += 1
+            elif opcode == 0x8 and not self.finished.done():
+                self.finished.set_result(self.received)
+            pos += head + length
+        del buf[:pos]
+        if self.received >= self.expected and not self.finished.done():
+            self.finished.set_result(self.received)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.finished.done():
+            self.finished.set_result(self.received)
+
+
+async def _open_socket(url: str, key: str, after: int, expected: int, latencies: list[float]) -> _Socket:
+    parts = urllib.parse.urlsplit(url)
+    loop = asyncio.get_running_loop()
+    _, protocol = await loop.create_connection(
+        lambda: _Socket(expected, latencies), parts.hostname or "127.0.0.1", parts.port or 80
+    )
+    request = (
+        f"GET {parts.path}?after={after} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\n"
+        f"Sec-WebSocket-Version: 13\r\nAuthorization: Bearer {key}\r\n\r\n"
+    )
+    protocol.transport.write(request.encode())  # type: ignore[attr-defined]
+    await asyncio.wait_for(protocol.connected, 30)
+    return protocol
+
+
+async def bench_ws_case(stack: Stack, org: str, build_id: str, sockets: int, rate: int, seconds: float) -> str:
+    nc = await nats.connect(stack.nats_url, user="admin", password=stack.admin_password())
+    js = nc.jetstream()
+    subject = build_subject(org, build_id, "log")
+    # Start after everything already in the stream, so each socket counts only this case's frames.
+    after = (await js.stream_info("BUILDS")).state.last_seq
+    events = int(rate * seconds)
+    latencies: list[float] = []
+    ws_url = stack.url.replace("http://", "ws://") + f"/v1/builds/{build_id}/stream"
+    opened: list[_Socket] = []
+    for _ in range(sockets):
+        opened.append(await _open_socket(ws_url, stack.key, after, events, latencies))
+    start = time.perf_counter()
+    for i in range(events):
+        # Pace publishing at `rate` events/s; the timestamp travels inside the event.
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        event = LogLine(build_id=build_id, org_id=org, at=utc_now(), step="bench", level="info",
+                        message=str(time.time_ns()))
+        await nc.publish(subject, encode(event))
+    await asyncio.wait([s.finished for s in opened], timeout=30 + seconds)
+    counts = [s.received for s in opened]
+    for s in opened:
+        s.transport.close()  # type: ignore[attr-defined]
+    await nc.close()
+    complete = sum(1 for c in counts if c == events)
+    latencies.sort()
+    p50 = statistics.median(latencies) if latencies else float("nan")
+    p99 = latencies[int(len(latencies) * 0.99) - 1] if latencies else float("nan")
+    delivered = f"{len(latencies)}/{events * sockets} frames, {complete}/{sockets} sockets complete"
+    return f"  {sockets:>5} sockets @ {rate:>3} ev/s: p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  {delivered}"
+
+
+async def bench_ws(stack: Stack, org: str, build_id: str, seconds: float) -> list[str]:
+    lines = ["WebSocket: publish -> frame latency on one build"]
+    for sockets, rate in ((1, 200), (100, 200), (1000, 50)):
+        lines.append(await bench_ws_case(stack, org, build_id, sockets, rate, seconds))
+    lines.append(f"  targets: p99 <= {TARGET_WS_P99_MS:.0f} ms at 100 sockets @ 200 ev/s; "
+                 "every frame delivered at 1000 sockets @ 50 ev/s")
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=int, default=10, help="duration of each measurement")
+    parser.add_argument("--skip-http", action="store_true")
+    parser.add_argument("--skip-ws", action="store_true")
+    args = parser.parse_args()
+    if not args.skip_http and shutil.which("wrk") is None:
+        print("wrk is needed for the HTTP part: apt-get install wrk (or pass --skip-http)", file=sys.stderr)
+        return 2
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+    with tempfile.TemporaryDirectory(prefix="bmms-bench-") as root:
+        stack = start_stack(Path(root))
+        try:
+            created = http_json("POST", stack.url + "/v1/builds", stack.key,
+                                {"name": "bench", "source": {"kind": "plain_words", "text": "bench"}})
+            build_id = str(created["build_id"])
+            org = stack.org
+            print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}; stack: bmms dev (uvloop)")
+            if not args.skip_http:
+                print("\n".join(bench_http(stack, build_id, args.seconds)))
+            if not args.skip_ws:
+                print("\n".join(asyncio.run(bench_ws(stack, org, build_id, float(args.seconds)))))
+        finally:
+            stack.process.send_signal(signal.SIGINT)
+            stack.process.wait(60)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
