@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from litestar import Litestar
 from litestar.datastructures import State
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.openapi import OpenAPIConfig
 
 from actors.runtime.settings import Settings
@@ -42,7 +42,7 @@ def create_app(settings: Settings, config: GatewayConfig | None = None) -> Lites
     def provide_bus() -> BusClient:
         return services.bus
 
-    def provide_authenticator(bus: BusClient) -> Authenticator:
+    def provide_authenticator(bus: NamedDependency[BusClient]) -> Authenticator:
         # Depending on `bus` (unused) chains the dependencies, so Litestar resolves them one after
         # another instead of starting an anyio task group on every request (7% of the gateway's CPU).
         del bus

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from litestar import Controller, Request, Response, WebSocket, get, post, websocket
 from litestar.di import NamedDependency, Provide
@@ -17,7 +17,7 @@ from bus_schemas.identity import Principal
 from bus_schemas.registry import GET_BUILD, SUBMIT_BUILD
 from gateway.auth import WEBSOCKET_BEARER_PROTOCOL, Authenticator, bearer_token
 from gateway.bus import BusClient
-from gateway.feeds import RAW_SEND, BuildFeeds, FeedClosed, Send, SocketLagging, Watcher
+from gateway.feeds import RAW_SEND, BuildFeeds, FeedClosed, Send, SocketLagging, Watcher, direct_transport
 from gateway.problems import Problem
 from gateway.schemas import BuildCreated, BuildView, CreateBuild, build_links
 
@@ -148,8 +148,9 @@ class BuildsController(Controller):
 async def _relay(socket: WebSocket[Any, Any, Any], watcher: Watcher) -> None:
     # The pump writes frames while this task reads, only to learn when the client goes away.
     # Frames go straight to the server when it is ours (see gateway.server.with_raw_websocket_send).
-    send: Send = socket.scope.get(RAW_SEND) or socket.send  # type: ignore[assignment]
-    pump = asyncio.create_task(watcher.pump(send))
+    raw_send = cast("Send | None", socket.scope.get(RAW_SEND))
+    watcher.direct = direct_transport(raw_send) if raw_send is not None else None
+    pump = asyncio.create_task(watcher.pump(raw_send or socket.send))
     watcher.task = pump
     reading = asyncio.create_task(_until_disconnected(socket))
     try:

@@ -29,6 +29,7 @@ from litestar.types import Send as ASGISend
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from bus_schemas.registry import BUILD_EVENTS, BUILDS
 
@@ -71,14 +72,39 @@ _encode_frame = msgspec.json.Encoder().encode
 _check_json = msgspec.json.Decoder(msgspec.Raw).decode
 
 
+def websocket_text_frame(payload: bytes) -> bytes:
+    """A final, unmasked text frame (RFC 6455 section 5.2), as a server sends it."""
+    n = len(payload)
+    if n < 126:
+        header = bytes((0x81, n))
+    elif n < 65_536:
+        header = bytes((0x81, 126)) + n.to_bytes(2, "big")
+    else:
+        header = bytes((0x81, 127)) + n.to_bytes(8, "big")
+    return header + payload
+
+
+def direct_transport(send: Send) -> WebSocketsSansIOProtocol | None:
+    """The uvicorn sans-I/O WebSocket protocol behind a raw ASGI `send`, if that is what serves it.
+
+    Fanning one event out to many sockets is the gateway's hot path. Through ASGI each frame costs a task
+    wake-up and a per-socket frame encoding; written straight to a caught-up socket's transport, the
+    frame encoded once per event costs one `write`. Anything else (another server, a test transport)
+    gets None and the ordinary ASGI path, which remains the fallback whenever a socket is not idle."""
+    owner = getattr(send, "__self__", None)
+    return owner if isinstance(owner, WebSocketsSansIOProtocol) else None
+
+
 class Frame:
-    """One event, ready to send: its stream sequence and the ASGI message shared by every socket."""
+    """One event, ready to send: its stream sequence, the ASGI message and the encoded WebSocket frame,
+    both shared by every socket."""
 
-    __slots__ = ("message", "seq")
+    __slots__ = ("message", "seq", "wire")
 
-    def __init__(self, seq: int, message: dict[str, Any]) -> None:
+    def __init__(self, seq: int, text: bytes) -> None:
         self.seq = seq
-        self.message = message
+        self.message = {"type": "websocket.send", "text": text.decode()}
+        self.wire = websocket_text_frame(text)
 
 
 class SocketLagging(Exception):
@@ -96,7 +122,7 @@ class FeedClosed(Exception):
 class Watcher:
     """One WebSocket's position in a build feed."""
 
-    __slots__ = ("_waiter", "cursor", "error", "feed", "last_seq", "live_from", "task")
+    __slots__ = ("_waiter", "cursor", "direct", "direct_frames", "error", "feed", "last_seq", "live_from", "task")
 
     def __init__(self, feed: BuildFeed, after: int) -> None:
         self.feed = feed
@@ -109,7 +135,29 @@ class Watcher:
         self.error: Exception | None = None
         self.task: asyncio.Task[None] | None = None
         """The task running `pump`, cancelled when the socket fails while stuck in a send."""
+        self.direct: WebSocketsSansIOProtocol | None = None
+        """The socket's server protocol when frames may be written straight to it (`direct_transport`)."""
+        self.direct_frames = 0
+        """How many frames went out through `write_direct` rather than the pump."""
         self._waiter: asyncio.Future[None] | None = None
+
+    def write_direct(self, frame: Frame) -> bool:
+        """Write the socket's next frame straight to its transport; False when that is not possible
+        now (no direct transport, closing, or the client's buffer is full: the pump then takes over)."""
+        if frame.seq <= self.last_seq:
+            self.cursor += 1  # replayed history the socket already has (it asked for after=)
+            return True
+        protocol = self.direct
+        if protocol is None or protocol.close_sent or not protocol.writable.is_set():
+            return False
+        transport = protocol.transport
+        if transport.is_closing():
+            return False
+        transport.write(frame.wire)
+        self.direct_frames += 1
+        self.cursor += 1
+        self.last_seq = frame.seq
+        return True
 
     def lag(self, history_length: int) -> int:
         """Live events appended since this socket last took a batch."""
@@ -209,12 +257,16 @@ class BuildFeed:
             return
         text = _encode_frame(
             WireFrame(seq=seq, subject=msg.subject, kind=msg.subject.rpartition(".")[2], event=event)
-        ).decode()
-        self.history.append(Frame(seq, {"type": "websocket.send", "text": text}))
+        )
+        frame = Frame(seq, text)
+        self.history.append(frame)
         self.seqs.append(seq)
         length = len(self.history)
         for watcher in self.watchers:
             if watcher.waiting:
+                # A caught-up socket whose next frame is this one takes it at once, without a wake-up.
+                if watcher.cursor == length - 1 and watcher.error is None and watcher.write_direct(frame):
+                    continue
                 watcher.wake()
             elif watcher.error is None and watcher.lag(length) > self.max_lag:
                 watcher.fail(SocketLagging(watcher.last_seq, watcher.lag(length)))
