@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 from typing import Any, TextIO
 
 import msgspec
@@ -56,9 +55,9 @@ async def tail_events(
     nc = await connect_as(settings, "bmms-events")
     try:
         js = nc.jetstream()
-        # An ordered consumer is ephemeral and gap-free. It needs a name: the `events` role may only
-        # create consumers on the named API subject ($JS.API.CONSUMER.CREATE.BUILDS.<name>.<filter>).
-        config = ConsumerConfig(name=f"events-{secrets.token_hex(6)}", inactive_threshold=60.0)
+        # An ordered consumer is ephemeral and gap-free; left unnamed so that nats-py can re-create it
+        # under a new name after a gap (nats.conf lets `events` create unnamed consumers on BUILDS).
+        config = ConsumerConfig(inactive_threshold=60.0)
         sub = await js.subscribe(
             subject,
             stream=BUILDS.name,
