@@ -1,14 +1,23 @@
-"""Identity messages: who is calling, as resolved by the auth actor."""
+"""Identity messages: who is calling, as resolved by the auth actor; people, sessions, organisations, keys.
+
+Every secret that travels here (API key, session token, magic-link token) is shown to its holder and
+stored by the auth actor only as a hash.
+"""
 
 from __future__ import annotations
+
+import msgspec
 
 from bus_schemas.base import Failed, Id, Message
 
 
 class Authenticate(Message, frozen=True, kw_only=True, tag="auth.authenticate.v1"):
-    """Resolve a bearer credential (API key) presented at the edge to a principal."""
+    """Resolve a credential presented at the edge (API key or session token) to a principal."""
 
     token: str
+    org_id: str | None = None
+    """The organisation the caller asks to act in (the `X-Org` header): a person must be a member of it,
+    an API key acts only for its own. None: a person's first organisation, an API key's own."""
 
 
 class Principal(Message, frozen=True, kw_only=True, tag="auth.principal.v1"):
@@ -16,8 +25,16 @@ class Principal(Message, frozen=True, kw_only=True, tag="auth.principal.v1"):
 
     org_id: Id
     subject: str
-    """Who: an API key id or a person id."""
+    """Who: `api_key:<key id>` or `person:<person id>`."""
     scopes: tuple[str, ...] = ()
+    person_id: str | None = None
+    """The person signed in with a session; None for an API key."""
+    email: str | None = None
+    """The signed-in person's email address."""
+    role: str | None = None
+    """The person's role in `org_id`: `owner` or `member`; None for an API key."""
+    session_id: str | None = None
+    """The session the request came with (not its token); None for an API key."""
 
 
 class CreateApiKey(Message, frozen=True, kw_only=True, tag="auth.create_api_key.v1"):
@@ -33,7 +50,193 @@ class ApiKeyCreated(Message, frozen=True, kw_only=True, tag="auth.api_key_create
     org_id: Id
     key_id: str
     secret: str
+    label: str = "default"
+
+
+# --- magic-link sign-in and sessions ---
+
+
+class RequestMagicLink(Message, frozen=True, kw_only=True, tag="auth.request_magic_link.v1"):
+    """Mail a one-time sign-in link to `email`, whether or not a person with that address exists."""
+
+    email: str
+    client_ip: str
+    """Where the request came from, for the per-address rate limit."""
+    link_base: str
+    """The public base URL of the gateway the link must point to."""
+    next: str | None = None
+    """A path on the gateway to send the person to once signed in."""
+
+
+class MagicLinkRequested(Message, frozen=True, kw_only=True, tag="auth.magic_link_requested.v1"):
+    """The link is on its way (or, for an unreachable address, silently nowhere)."""
+
+    expires_in_seconds: int
+
+
+class RedeemMagicLink(Message, frozen=True, kw_only=True, tag="auth.redeem_magic_link.v1"):
+    """Exchange a magic-link token, once, for a new session."""
+
+    token: str
+    user_agent: str = ""
+    client_ip: str = ""
+
+
+class SessionStarted(Message, frozen=True, kw_only=True, tag="auth.session_started.v1"):
+    """A new session; `token` is the cookie value, shown once and never stored in clear."""
+
+    session_id: str
+    token: str
+    person_id: str
+    email: str
+    org_id: Id
+    """The person's first organisation."""
+    expires_at: str
+    max_age_seconds: int
+    next: str | None = None
+    first_sign_in: bool = False
+
+
+class OrgMembership(msgspec.Struct, frozen=True, kw_only=True):
+    """One organisation a person belongs to."""
+
+    org_id: str
+    name: str
+    role: str
+
+
+class GetMe(Message, frozen=True, kw_only=True, tag="auth.get_me.v1"):
+    """Who the principal is, and which organisations the person belongs to."""
+
+    org_id: Id
+    subject: str
+    person_id: str | None = None
+
+
+class Me(Message, frozen=True, kw_only=True, tag="auth.me.v1"):
+    """The caller: a signed-in person (with every organisation) or an API key (its one organisation)."""
+
+    subject: str
+    org_id: str
+    """The active organisation."""
+    person_id: str | None = None
+    email: str | None = None
+    role: str | None = None
+    orgs: tuple[OrgMembership, ...] = ()
+
+
+class ListSessions(Message, frozen=True, kw_only=True, tag="auth.list_sessions.v1"):
+    """A person's sessions that are still valid."""
+
+    person_id: str
+
+
+class SessionInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """One session, without its token."""
+
+    session_id: str
+    created_at: str
+    expires_at: str
+    user_agent: str = ""
+    client_ip: str = ""
+
+
+class SessionList(Message, frozen=True, kw_only=True, tag="auth.session_list.v1"):
+    """A person's valid sessions, newest first."""
+
+    sessions: tuple[SessionInfo, ...]
+
+
+class RevokeSession(Message, frozen=True, kw_only=True, tag="auth.revoke_session.v1"):
+    """End one of a person's sessions (sign-out ends the current one)."""
+
+    person_id: str
+    session_id: str
+
+
+class SessionRevoked(Message, frozen=True, kw_only=True, tag="auth.session_revoked.v1"):
+    """The session no longer authenticates."""
+
+    session_id: str
+
+
+# --- organisations ---
+
+
+class InviteMember(Message, frozen=True, kw_only=True, tag="auth.invite_member.v1"):
+    """An owner invites an email address; it joins as a member when that address signs in."""
+
+    org_id: Id
+    invited_by: str
+    """The inviting person's id; only an owner may invite."""
+    email: str
+    link_base: str | None = None
+    """When given, the invitation mail carries a sign-in link to this gateway."""
+
+
+class InviteCreated(Message, frozen=True, kw_only=True, tag="auth.invite_created.v1"):
+    """A pending invitation."""
+
+    invite_id: str
+    org_id: str
+    email: str
+    role: str
+
+
+# --- API keys managed by people ---
+
+
+class IssueApiKey(Message, frozen=True, kw_only=True, tag="auth.issue_api_key.v1"):
+    """Create an API key of an existing organisation for a member of it."""
+
+    org_id: Id
+    created_by: str
+    """The person id of the member creating the key."""
+    label: str = "default"
+
+
+class ListApiKeys(Message, frozen=True, kw_only=True, tag="auth.list_api_keys.v1"):
+    """An organisation's API keys that are not revoked, without secrets."""
+
+    org_id: Id
+
+
+class ApiKeyInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """One API key, without its secret."""
+
+    key_id: str
+    label: str
+    created_at: str
+    created_by: str | None = None
+
+
+class ApiKeyList(Message, frozen=True, kw_only=True, tag="auth.api_key_list.v1"):
+    """An organisation's live API keys, newest first."""
+
+    keys: tuple[ApiKeyInfo, ...]
+
+
+class RevokeApiKey(Message, frozen=True, kw_only=True, tag="auth.revoke_api_key.v1"):
+    """Revoke one of an organisation's API keys."""
+
+    org_id: Id
+    key_id: str
+
+
+class ApiKeyRevoked(Message, frozen=True, kw_only=True, tag="auth.api_key_revoked.v1"):
+    """The key no longer authenticates (after the edge caches' bound, see gateway.auth)."""
+
+    key_id: str
 
 
 AuthenticateReply = Principal | Failed
 CreateApiKeyReply = ApiKeyCreated | Failed
+RequestMagicLinkReply = MagicLinkRequested | Failed
+RedeemMagicLinkReply = SessionStarted | Failed
+GetMeReply = Me | Failed
+ListSessionsReply = SessionList | Failed
+RevokeSessionReply = SessionRevoked | Failed
+InviteMemberReply = InviteCreated | Failed
+IssueApiKeyReply = ApiKeyCreated | Failed
+ListApiKeysReply = ApiKeyList | Failed
+RevokeApiKeyReply = ApiKeyRevoked | Failed

@@ -18,7 +18,30 @@ from bus_schemas.builds import (
     SubmitBuild,
     SubmitBuildReply,
 )
-from bus_schemas.identity import Authenticate, AuthenticateReply, CreateApiKey, CreateApiKeyReply
+from bus_schemas.identity import (
+    Authenticate,
+    AuthenticateReply,
+    CreateApiKey,
+    CreateApiKeyReply,
+    GetMe,
+    GetMeReply,
+    InviteMember,
+    InviteMemberReply,
+    IssueApiKey,
+    IssueApiKeyReply,
+    ListApiKeys,
+    ListApiKeysReply,
+    ListSessions,
+    ListSessionsReply,
+    RedeemMagicLink,
+    RedeemMagicLinkReply,
+    RequestMagicLink,
+    RequestMagicLinkReply,
+    RevokeApiKey,
+    RevokeApiKeyReply,
+    RevokeSession,
+    RevokeSessionReply,
+)
 from bus_schemas.ops import DeadLetter
 from bus_schemas.usage import ToolCalled
 
@@ -181,7 +204,90 @@ CREATE_API_KEY: Rpc[CreateApiKey, CreateApiKeyReply] = Rpc(
     reply=CreateApiKeyReply,
     description="Create an organisation's API key (operator CLI); the secret is returned once.",
 )
-RPCS: tuple[Rpc[Any, Any], ...] = (SUBMIT_BUILD, GET_BUILD, AUTHENTICATE, CREATE_API_KEY)
+REQUEST_MAGIC_LINK: Rpc[RequestMagicLink, RequestMagicLinkReply] = Rpc(
+    service="auth",
+    endpoint="request_magic_link",
+    subject="rpc.auth.magic_link.request",
+    request=RequestMagicLink,
+    reply=RequestMagicLinkReply,
+    description="Mail a one-time sign-in link (15 minutes); rate-limited per address and per client IP.",
+)
+REDEEM_MAGIC_LINK: Rpc[RedeemMagicLink, RedeemMagicLinkReply] = Rpc(
+    service="auth",
+    endpoint="redeem_magic_link",
+    subject="rpc.auth.magic_link.redeem",
+    request=RedeemMagicLink,
+    reply=RedeemMagicLinkReply,
+    description="Use a magic link once: start a session, creating the person and their organisation on first sign-in.",
+)
+GET_ME: Rpc[GetMe, GetMeReply] = Rpc(
+    service="auth",
+    endpoint="get_me",
+    subject="rpc.auth.me",
+    request=GetMe,
+    reply=GetMeReply,
+    description="The caller and every organisation the person belongs to.",
+)
+LIST_SESSIONS: Rpc[ListSessions, ListSessionsReply] = Rpc(
+    service="auth",
+    endpoint="list_sessions",
+    subject="rpc.auth.sessions.list",
+    request=ListSessions,
+    reply=ListSessionsReply,
+    description="A person's valid sessions, without tokens.",
+)
+REVOKE_SESSION: Rpc[RevokeSession, RevokeSessionReply] = Rpc(
+    service="auth",
+    endpoint="revoke_session",
+    subject="rpc.auth.sessions.revoke",
+    request=RevokeSession,
+    reply=RevokeSessionReply,
+    description="End one of a person's sessions (sign-out ends the current one).",
+)
+INVITE_MEMBER: Rpc[InviteMember, InviteMemberReply] = Rpc(
+    service="auth",
+    endpoint="invite_member",
+    subject="rpc.auth.invites.create",
+    request=InviteMember,
+    reply=InviteMemberReply,
+    description="An owner invites an email address; it joins as a member on its next sign-in.",
+)
+ISSUE_API_KEY: Rpc[IssueApiKey, IssueApiKeyReply] = Rpc(
+    service="auth",
+    endpoint="issue_api_key",
+    subject="rpc.auth.api_keys.issue",
+    request=IssueApiKey,
+    reply=IssueApiKeyReply,
+    description="A member creates an API key of their organisation; the secret is returned once.",
+)
+LIST_API_KEYS: Rpc[ListApiKeys, ListApiKeysReply] = Rpc(
+    service="auth",
+    endpoint="list_api_keys",
+    subject="rpc.auth.api_keys.list",
+    request=ListApiKeys,
+    reply=ListApiKeysReply,
+    description="An organisation's live API keys, without secrets.",
+)
+REVOKE_API_KEY: Rpc[RevokeApiKey, RevokeApiKeyReply] = Rpc(
+    service="auth",
+    endpoint="revoke_api_key",
+    subject="rpc.auth.api_keys.revoke",
+    request=RevokeApiKey,
+    reply=RevokeApiKeyReply,
+    description="Revoke an organisation's API key.",
+)
+IDENTITY_RPCS: tuple[Rpc[Any, Any], ...] = (
+    REQUEST_MAGIC_LINK,
+    REDEEM_MAGIC_LINK,
+    GET_ME,
+    LIST_SESSIONS,
+    REVOKE_SESSION,
+    INVITE_MEMBER,
+    ISSUE_API_KEY,
+    LIST_API_KEYS,
+    REVOKE_API_KEY,
+)
+RPCS: tuple[Rpc[Any, Any], ...] = (SUBMIT_BUILD, GET_BUILD, AUTHENTICATE, CREATE_API_KEY, *IDENTITY_RPCS)
 
 # --- durable consumers ---
 

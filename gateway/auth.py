@@ -1,4 +1,6 @@
-"""Who is calling: `Authorization: Bearer <API key>` resolved by the auth actor to a Principal."""
+"""Who is calling: `Authorization: Bearer <API key>`, or a browser's session cookie, resolved by the auth
+actor to a Principal. `X-Org: <org id>` picks which of a person's organisations a request acts in (default:
+their first one, the organisation they own from their first sign-in)."""
 
 from __future__ import annotations
 
@@ -7,13 +9,22 @@ import time
 from collections import OrderedDict
 from typing import Any
 
+from litestar import Request
 from litestar.connection import ASGIConnection
+from litestar.di import NamedDependency
 from litestar.enums import ScopeType
 
+from bus_schemas.base import SUBJECT_TOKEN_RE, FailureCode
 from bus_schemas.identity import Authenticate, Principal
 from bus_schemas.registry import AUTHENTICATE
 from gateway.bus import BusClient
-from gateway.problems import unauthenticated
+from gateway.problems import Problem, unauthenticated
+
+SESSION_COOKIE = "bmms_session"
+"""The browser session cookie (HttpOnly, SameSite=Lax, Path=/; Secure over https); its value is the
+session token, stored by the auth actor only as a SHA-256 digest."""
+ORG_HEADER = "X-Org"
+"""Request header naming the organisation (org id) a signed-in person acts in for this request."""
 
 WEBSOCKET_BEARER_PROTOCOL = "bearer"
 """Browsers cannot set headers on a WebSocket, so they offer the subprotocols `bearer, <API key>`
@@ -37,12 +48,28 @@ def bearer_token(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     return None
 
 
-class Authenticator:
-    """Resolves API keys through the AUTHENTICATE RPC, with a small in-process cache.
+def session_token(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
+    """The session cookie's token, if the request carries one."""
+    return connection.cookies.get(SESSION_COOKIE) or None
 
-    Hot clients send many requests with the same key; remembering a resolved key for a few seconds
-    (keyed by its SHA-256, never the key itself) saves an RPC per request. The price is that a revoked
-    key keeps working for at most `ttl` seconds on this gateway. Failures are not cached, so a key
+
+def requested_org(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
+    """The organisation named by `X-Org`, or None; 400 when the header cannot be an org id."""
+    org = connection.headers.get(ORG_HEADER.lower())
+    if org is None:
+        return None
+    if not SUBJECT_TOKEN_RE.match(org):
+        raise Problem(400, f"{ORG_HEADER} must be an organisation id", code=FailureCode.INVALID)
+    return org
+
+
+class Authenticator:
+    """Resolves API keys and session tokens through the AUTHENTICATE RPC, with a small in-process cache.
+
+    Hot clients send many requests with the same credential; remembering a resolved one for a few
+    seconds (keyed by its SHA-256, never the credential itself) saves an RPC per request. The price is
+    that a revoked key or session keeps working for at most `ttl` seconds on a gateway that did not
+    handle the revocation (the one that did forgets it at once). Failures are not cached, so a key
     created a moment ago works at once.
     """
 
@@ -50,20 +77,56 @@ class Authenticator:
         self.bus = bus
         self.ttl = ttl
         self.max_entries = max_entries
-        self._cache: OrderedDict[bytes, tuple[float, Principal]] = OrderedDict()
+        self._cache: OrderedDict[tuple[bytes, str], tuple[float, Principal]] = OrderedDict()
 
-    async def principal(self, token: str | None) -> Principal:
-        """The principal a bearer token acts for; raises a 401 Problem when there is none."""
+    async def principal(self, token: str | None, org: str | None = None) -> Principal:
+        """The principal a credential acts for (in organisation `org`, when given); raises a 401 Problem
+        when there is none, 403 when the caller may not act in `org`."""
         if not token:
-            raise unauthenticated("send an API key as `Authorization: Bearer <key>`")
-        digest = hashlib.sha256(token.encode()).digest()
+            raise unauthenticated("send an API key as `Authorization: Bearer <key>`, or sign in")
+        key = (hashlib.sha256(token.encode()).digest(), org or "")
         now = time.monotonic()
-        cached = self._cache.get(digest)
+        cached = self._cache.get(key)
         if cached is not None and cached[0] > now:
             return cached[1]
-        principal = await self.bus.ask(AUTHENTICATE, Authenticate(token=token), Principal)
-        self._cache[digest] = (now + self.ttl, principal)
-        self._cache.move_to_end(digest)
+        principal = await self.bus.ask(AUTHENTICATE, Authenticate(token=token, org_id=org), Principal)
+        self._cache[key] = (now + self.ttl, principal)
+        self._cache.move_to_end(key)
         while len(self._cache) > self.max_entries:
             self._cache.popitem(last=False)
         return principal
+
+    async def for_request(self, connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
+        """The caller of a request: its bearer credential, else its session cookie, in its `X-Org`."""
+        return await self.principal(bearer_token(connection) or session_token(connection), requested_org(connection))
+
+    async def session_principal(self, connection: ASGIConnection[Any, Any, Any, Any]) -> Principal | None:
+        """The signed-in person of a browser request (session cookie only, first organisation), or None
+        when there is no valid session: for pages that send a stranger to sign in rather than answer 401."""
+        token = session_token(connection)
+        if token is None:
+            return None
+        try:
+            return await self.principal(token)
+        except Problem as problem:
+            if problem.status in (401, 403):
+                return None
+            raise
+
+    def forget(self, *, token: str | None = None, subject: str | None = None, session_id: str | None = None) -> None:
+        """Drop cached principals of a credential, of a subject (`api_key:<id>`) or of a session, so a
+        revocation handled by this gateway holds here at once."""
+        digest = hashlib.sha256(token.encode()).digest() if token else None
+        stale = [
+            key for key, (_, p) in self._cache.items()
+            if key[0] == digest or (subject and p.subject == subject) or (session_id and p.session_id == session_id)
+        ]
+        for key in stale:
+            del self._cache[key]
+
+
+async def provide_principal(
+    request: Request[Any, Any, Any], authenticator: NamedDependency[Authenticator]
+) -> Principal:
+    """The caller of a /v1 request, from its bearer API key or session cookie; 401 without a valid one."""
+    return await authenticator.for_request(request)

@@ -15,7 +15,7 @@ from bus_schemas.base import SUBJECT_TOKEN_RE, FailureCode
 from bus_schemas.builds import BuildAccepted, BuildSummary, GetBuild, SubmitBuild
 from bus_schemas.identity import Principal
 from bus_schemas.registry import GET_BUILD, SUBMIT_BUILD
-from gateway.auth import WEBSOCKET_BEARER_PROTOCOL, Authenticator, bearer_token
+from gateway.auth import WEBSOCKET_BEARER_PROTOCOL, Authenticator, bearer_token, provide_principal
 from gateway.bus import BusClient
 from gateway.feeds import RAW_SEND, BuildFeeds, FeedClosed, Send, SocketLagging, Watcher, direct_transport
 from gateway.problems import Problem
@@ -27,13 +27,6 @@ CLOSE_TOO_SLOW = 4008
 """WebSocket close code for a client that fell too far behind; the reason says which `after=` to use."""
 CLOSE_GOING_AWAY = 1001
 """The gateway is shutting down; reconnect (to another copy) with `after=`."""
-
-
-async def provide_principal(
-    request: Request[Any, Any, Any], authenticator: NamedDependency[Authenticator]
-) -> Principal:
-    """The caller of a /v1 request, from its bearer API key; 401 without a valid one."""
-    return await authenticator.principal(bearer_token(request))
 
 
 async def require_json(request: Request[Any, Any, Any]) -> None:

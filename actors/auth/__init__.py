@@ -1,1 +1,1 @@
-"""The auth actor: organisations and API keys (people, sessions and magic links arrive with identity)."""
+"""The auth actor: people (magic-link sign-in, sessions), organisations with members and roles, API keys."""

@@ -42,8 +42,9 @@ def secret_matches(secret_hash: str, secret: str) -> bool:
 class VerifiedKeys:
     """Recently verified keys, so a busy client does not pay argon2id on every request.
 
-    Indexed by a SHA-256 of the whole key (never the key itself); an entry lives `ttl` seconds, which
-    bounds how long a revoked key keeps working on a copy that cached it.
+    Indexed by a SHA-256 of the whole key (never the key itself); an entry lives `ttl` seconds. An entry
+    only spares the argon2id check: whether the key is revoked is still read from the table each time,
+    so a revocation holds on every copy at once.
     """
 
     def __init__(self, ttl: float = 30.0, max_entries: int = 10_000) -> None:
@@ -67,3 +68,8 @@ class VerifiedKeys:
         if len(self._entries) >= self.max_entries:
             self._entries.clear()
         self._entries[self._digest(token)] = (time.monotonic() + self.ttl, org_id, key_id)
+
+    def forget_key(self, key_id: str) -> None:
+        """Forget every entry of a revoked key on this copy."""
+        for digest in [d for d, entry in self._entries.items() if entry[2] == key_id]:
+            del self._entries[digest]

@@ -39,6 +39,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Upper bound of an actor's asyncpg pool."""
     uvloop: bool = True
     """Run on uvloop (faster request/reply and pull consumers)."""
+    smtp_url: str | None = None
+    """Where the auth actor sends sign-in mail: `smtp://[user:pass@]host[:port]` (STARTTLS when offered),
+    `smtps://...` (TLS from the start); unset, sign-in links are written to the log (development)."""
+    mail_from: str = "Build My MCP Server <no-reply@localhost>"
+    """The From address of sign-in and invitation mail."""
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:

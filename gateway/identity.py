@@ -1,0 +1,359 @@
+"""People at the edge: magic-link sign-in, the session cookie, who am I, sessions, invitations, API keys.
+
+Routes (all answer RFC 9457 problems on failure):
+- `POST /v1/auth/magic-link {email, next?}` -> 202, the same for every well-formed address (no account
+  probing); 429 over the per-address or per-client limit.
+- `GET /v1/auth/magic-link/callback?token=...` -> 303 to `next` (default `/v1/me`) with the session
+  cookie; 401 for a link that is unknown, expired or used.
+- `POST /v1/auth/sign-out` -> 204, ends the cookie's session and clears the cookie.
+- `GET /v1/me` -> the caller, the active organisation (`X-Org`, else the first), role and every org.
+- `GET /v1/sessions`, `DELETE /v1/sessions/{id}` -> a person's sessions, and ending one.
+- `POST /v1/invites {email}` -> 201; owners only (403 otherwise).
+- `POST /v1/api-keys {label?}` -> 201 with the secret, shown once; `GET /v1/api-keys` (no secrets);
+  `DELETE /v1/api-keys/{id}` -> 204.
+Managing sessions, invitations and keys needs a signed-in person: an API key cannot mint more keys.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Request, Response, delete, get, post
+from litestar.datastructures import Cookie
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.response import Redirect
+
+from actors.runtime.settings import Settings
+from bus_schemas.base import FailureCode
+from bus_schemas.identity import (
+    ApiKeyCreated,
+    ApiKeyList,
+    ApiKeyRevoked,
+    GetMe,
+    InviteCreated,
+    InviteMember,
+    IssueApiKey,
+    ListApiKeys,
+    ListSessions,
+    MagicLinkRequested,
+    Me,
+    Principal,
+    RedeemMagicLink,
+    RequestMagicLink,
+    RevokeApiKey,
+    RevokeSession,
+    SessionList,
+    SessionRevoked,
+    SessionStarted,
+)
+from bus_schemas.registry import (
+    GET_ME,
+    INVITE_MEMBER,
+    ISSUE_API_KEY,
+    LIST_API_KEYS,
+    LIST_SESSIONS,
+    REDEEM_MAGIC_LINK,
+    REQUEST_MAGIC_LINK,
+    REVOKE_API_KEY,
+    REVOKE_SESSION,
+)
+from gateway.auth import SESSION_COOKIE, Authenticator, provide_principal, session_token
+from gateway.bus import BusClient
+from gateway.problems import Problem
+from gateway.services import EdgeServices
+
+CALLBACK_PATH = "/v1/auth/magic-link/callback"
+"""Where magic links point; the token is the `token` query parameter."""
+DEFAULT_AFTER_SIGN_IN = "/v1/me"
+
+Email = Annotated[str, msgspec.Meta(min_length=3, max_length=320)]
+
+
+class MagicLinkBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Ask for a sign-in link."""
+
+    email: Email
+    next: Annotated[str, msgspec.Meta(max_length=2000)] | None = None
+    """A path on this site to land on after signing in."""
+
+
+class MagicLinkAccepted(msgspec.Struct, frozen=True, kw_only=True):
+    """The answer to every well-formed sign-in request."""
+
+    detail: str
+    expires_in_seconds: int
+
+
+class OrgView(msgspec.Struct, frozen=True, kw_only=True):
+    """An organisation the caller belongs to."""
+
+    org_id: str
+    name: str
+    role: str
+
+
+class MeView(msgspec.Struct, frozen=True, kw_only=True):
+    """Who is calling."""
+
+    subject: str
+    org_id: str
+    """The organisation this request acts in."""
+    role: str | None
+    person_id: str | None
+    email: str | None
+    orgs: list[OrgView]
+
+
+class SessionView(msgspec.Struct, frozen=True, kw_only=True):
+    """One of the person's sessions."""
+
+    session_id: str
+    created_at: str
+    expires_at: str
+    user_agent: str
+    client_ip: str
+    current: bool
+    """Whether this request came with this session."""
+
+
+class InviteBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Invite an address into the active organisation."""
+
+    email: Email
+
+
+class InviteView(msgspec.Struct, frozen=True, kw_only=True):
+    """A pending invitation: accepted when the address signs in."""
+
+    invite_id: str
+    org_id: str
+    email: str
+    role: str
+
+
+class ApiKeyBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A new API key's label."""
+
+    label: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] = "default"
+
+
+class ApiKeyView(msgspec.Struct, frozen=True, kw_only=True):
+    """An API key, without its secret."""
+
+    key_id: str
+    label: str
+    created_at: str | None = None
+    created_by: str | None = None
+
+
+class NewApiKeyView(msgspec.Struct, frozen=True, kw_only=True):
+    """A new API key: `secret` is shown this once; send it as `Authorization: Bearer <secret>`."""
+
+    key_id: str
+    label: str
+    org_id: str
+    secret: str
+
+
+def client_ip(request: Request[Any, Any, Any]) -> str:
+    """The client's address (uvicorn applies X-Forwarded-For from trusted proxies)."""
+    return request.client.host if request.client else "unknown"
+
+
+def is_https(request: Request[Any, Any, Any], settings: Settings) -> bool:
+    """Whether the browser reached us over https: the scheme, X-Forwarded-Proto, or the public URL."""
+    forwarded = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+    return request.url.scheme == "https" or forwarded == "https" or (settings.public_url or "").startswith("https://")
+
+
+def public_base(request: Request[Any, Any, Any], settings: Settings) -> str:
+    """The base URL links point to. Set BMMS_PUBLIC_URL in production: without it the request's Host
+    decides, which only suits development."""
+    return (settings.public_url or str(request.base_url)).rstrip("/")
+
+
+def require_person(principal: Principal) -> str:
+    """The person id of a signed-in caller; 403 for an API key."""
+    if principal.person_id is None:
+        raise Problem(403, "sign in as a person for this: an API key cannot manage identities",
+                      code=FailureCode.FORBIDDEN)
+    return principal.person_id
+
+
+def session_cookie(value: str, max_age: int, secure: bool) -> Cookie:
+    """The session cookie with its attributes (an empty value with max_age 0 clears it)."""
+    return Cookie(key=SESSION_COOKIE, value=value, max_age=max_age, path="/", httponly=True, secure=secure,
+                  samesite="lax")
+
+
+class SignInController(Controller):
+    """Magic-link sign-in and sign-out."""
+
+    path = "/v1/auth"
+    tags = ["identity"]
+
+    @post("/magic-link", status_code=202, summary="Mail a sign-in link")
+    async def request_link(
+        self, request: Request[Any, Any, Any], data: JSONBody[MagicLinkBody], bus: NamedDependency[BusClient],
+        services: NamedDependency[EdgeServices],
+    ) -> MagicLinkAccepted:
+        """Mail a one-time sign-in link (15 minutes) to the address; the answer is the same whether or not
+        anyone has signed in with it. 429 after 5 links per address or 20 per client in 15 minutes."""
+        settings = services.settings
+        sent = await bus.ask(
+            REQUEST_MAGIC_LINK,
+            RequestMagicLink(email=data.email, client_ip=client_ip(request), next=data.next,
+                             link_base=public_base(request, settings) + CALLBACK_PATH),
+            MagicLinkRequested,
+        )
+        return MagicLinkAccepted(detail="a sign-in link is on its way to that address; it works once",
+                                 expires_in_seconds=sent.expires_in_seconds)
+
+    @get("/magic-link/callback", summary="Follow a sign-in link", include_in_schema=True)
+    async def follow_link(
+        self, request: Request[Any, Any, Any], bus: NamedDependency[BusClient],
+        services: NamedDependency[EdgeServices],
+        token: Annotated[str, QueryParameter(min_length=1, max_length=200, description="The link's token.")],
+    ) -> Redirect:
+        """Use the link (once): set the session cookie (30 days) and go to `next`, else `/v1/me`."""
+        started = await bus.ask(
+            REDEEM_MAGIC_LINK,
+            RedeemMagicLink(token=token, user_agent=request.headers.get("user-agent", ""),
+                            client_ip=client_ip(request)),
+            SessionStarted,
+        )
+        cookie = session_cookie(started.token, started.max_age_seconds, is_https(request, services.settings))
+        return Redirect(
+            path=started.next or DEFAULT_AFTER_SIGN_IN, status_code=303, cookies=[cookie],
+            headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"},
+        )
+
+    @post("/sign-out", status_code=204, summary="Sign out")
+    async def sign_out(
+        self, request: Request[Any, Any, Any], bus: NamedDependency[BusClient],
+        authenticator: NamedDependency[Authenticator], services: NamedDependency[EdgeServices],
+    ) -> Response[None]:
+        """End the cookie's session and clear the cookie; 204 even when there was no valid session."""
+        token = session_token(request)
+        if token is not None:
+            principal = await authenticator.session_principal(request)
+            if principal is not None and principal.person_id and principal.session_id:
+                await bus.ask(REVOKE_SESSION, RevokeSession(person_id=principal.person_id,
+                                                            session_id=principal.session_id), SessionRevoked)
+            authenticator.forget(token=token)
+        return Response(None, status_code=204,
+                        cookies=[session_cookie("", 0, is_https(request, services.settings))])
+
+
+class MeController(Controller):
+    """Who is calling."""
+
+    path = "/v1/me"
+    tags = ["identity"]
+    dependencies = {"principal": Provide(provide_principal)}
+
+    @get("/", summary="Who am I")
+    async def me(self, principal: NamedDependency[Principal], bus: NamedDependency[BusClient]) -> MeView:
+        """The caller, the organisation this request acts in (`X-Org`, else the first), the role there,
+        and every organisation of the person."""
+        me = await bus.ask(GET_ME, GetMe(org_id=principal.org_id, subject=principal.subject,
+                                         person_id=principal.person_id), Me)
+        return MeView(subject=me.subject, org_id=me.org_id, role=me.role, person_id=me.person_id, email=me.email,
+                      orgs=[OrgView(org_id=o.org_id, name=o.name, role=o.role) for o in me.orgs])
+
+
+class SessionsController(Controller):
+    """The signed-in person's sessions."""
+
+    path = "/v1/sessions"
+    tags = ["identity"]
+    dependencies = {"principal": Provide(provide_principal)}
+
+    @get("/", summary="List my sessions")
+    async def list_sessions(self, principal: NamedDependency[Principal], bus: NamedDependency[BusClient]
+                            ) -> dict[str, list[SessionView]]:
+        """Every valid session of the person, newest first; `current` marks this request's."""
+        listed = await bus.ask(LIST_SESSIONS, ListSessions(person_id=require_person(principal)), SessionList)
+        return {"sessions": [
+            SessionView(session_id=s.session_id, created_at=s.created_at, expires_at=s.expires_at,
+                        user_agent=s.user_agent, client_ip=s.client_ip, current=s.session_id == principal.session_id)
+            for s in listed.sessions
+        ]}
+
+    @delete("/{session_id:str}", status_code=204, summary="End a session")
+    async def revoke_session(
+        self, session_id: FromPath[str], principal: NamedDependency[Principal], bus: NamedDependency[BusClient],
+        authenticator: NamedDependency[Authenticator],
+    ) -> None:
+        """End one of the person's sessions (404 for anyone else's)."""
+        await bus.ask(REVOKE_SESSION, RevokeSession(person_id=require_person(principal), session_id=session_id),
+                      SessionRevoked)
+        authenticator.forget(session_id=session_id)
+
+
+class InvitesController(Controller):
+    """Invitations into the active organisation."""
+
+    path = "/v1/invites"
+    tags = ["identity"]
+    dependencies = {"principal": Provide(provide_principal)}
+
+    @post("/", status_code=201, summary="Invite someone")
+    async def invite(
+        self, request: Request[Any, Any, Any], data: JSONBody[InviteBody], principal: NamedDependency[Principal],
+        bus: NamedDependency[BusClient], services: NamedDependency[EdgeServices],
+    ) -> InviteView:
+        """An owner invites an address; it joins as a member when it signs in (the invitation mail
+        carries a sign-in link). 403 for members."""
+        invite = await bus.ask(
+            INVITE_MEMBER,
+            InviteMember(org_id=principal.org_id, invited_by=require_person(principal), email=data.email,
+                         link_base=public_base(request, services.settings) + CALLBACK_PATH),
+            InviteCreated,
+        )
+        return InviteView(invite_id=invite.invite_id, org_id=invite.org_id, email=invite.email, role=invite.role)
+
+
+class ApiKeysController(Controller):
+    """The active organisation's API keys, for scripts and CI."""
+
+    path = "/v1/api-keys"
+    tags = ["identity"]
+    dependencies = {"principal": Provide(provide_principal)}
+
+    @post("/", status_code=201, summary="Create an API key")
+    async def create_key(self, data: JSONBody[ApiKeyBody], principal: NamedDependency[Principal],
+                         bus: NamedDependency[BusClient]) -> NewApiKeyView:
+        """A new key of the organisation; the secret is in this answer only (stored as an argon2id hash)."""
+        created = await bus.ask(
+            ISSUE_API_KEY,
+            IssueApiKey(org_id=principal.org_id, created_by=require_person(principal), label=data.label),
+            ApiKeyCreated,
+        )
+        return NewApiKeyView(key_id=created.key_id, label=created.label, org_id=created.org_id, secret=created.secret)
+
+    @get("/", summary="List API keys")
+    async def list_keys(self, principal: NamedDependency[Principal], bus: NamedDependency[BusClient]
+                        ) -> dict[str, list[ApiKeyView]]:
+        """The organisation's live keys, without secrets."""
+        require_person(principal)
+        listed = await bus.ask(LIST_API_KEYS, ListApiKeys(org_id=principal.org_id), ApiKeyList)
+        return {"keys": [ApiKeyView(key_id=k.key_id, label=k.label, created_at=k.created_at, created_by=k.created_by)
+                         for k in listed.keys]}
+
+    @delete("/{key_id:str}", status_code=204, summary="Revoke an API key")
+    async def revoke_key(
+        self, key_id: FromPath[str], principal: NamedDependency[Principal], bus: NamedDependency[BusClient],
+        authenticator: NamedDependency[Authenticator],
+    ) -> None:
+        """Revoke a key: refused at once through this gateway, and within the auth cache bound (10 s)
+        through every other copy."""
+        require_person(principal)
+        await bus.ask(REVOKE_API_KEY, RevokeApiKey(org_id=principal.org_id, key_id=key_id), ApiKeyRevoked)
+        authenticator.forget(subject=f"api_key:{key_id}")
+
+
+IDENTITY_CONTROLLERS = (SignInController, MeController, SessionsController, InvitesController, ApiKeysController)
+"""Every identity route, for the app factory."""
