@@ -8,6 +8,7 @@ from actors.runtime.actor import Actor
 
 ACTORS: dict[str, str] = {
     "auth": "actors.auth.actor",
+    "oauth": "actors.oauth.actor",
     "planner": "actors.planner.actor",
     "codegen": "actors.codegen.actor",
     "checker": "actors.checker.actor",

@@ -42,6 +42,22 @@ from bus_schemas.identity import (
     RevokeSession,
     RevokeSessionReply,
 )
+from bus_schemas.oauth import (
+    CreateClient,
+    CreateClientReply,
+    DecideConsent,
+    DecideConsentReply,
+    ExchangeToken,
+    ExchangeTokenReply,
+    GetJwks,
+    GetJwksReply,
+    RegisterClient,
+    RegisterClientReply,
+    RevokeToken,
+    RevokeTokenReply,
+    StartAuthorization,
+    StartAuthorizationReply,
+)
 from bus_schemas.ops import DeadLetter
 from bus_schemas.usage import ToolCalled
 
@@ -287,7 +303,76 @@ IDENTITY_RPCS: tuple[Rpc[Any, Any], ...] = (
     LIST_API_KEYS,
     REVOKE_API_KEY,
 )
-RPCS: tuple[Rpc[Any, Any], ...] = (SUBMIT_BUILD, GET_BUILD, AUTHENTICATE, CREATE_API_KEY, *IDENTITY_RPCS)
+OAUTH_REGISTER_CLIENT: Rpc[RegisterClient, RegisterClientReply] = Rpc(
+    service="oauth",
+    endpoint="register_client",
+    subject="rpc.oauth.clients.register",
+    request=RegisterClient,
+    reply=RegisterClientReply,
+    description="Dynamic Client Registration (RFC 7591): idempotent for the same metadata, rate-limited per address.",
+)
+OAUTH_CREATE_CLIENT: Rpc[CreateClient, CreateClientReply] = Rpc(
+    service="oauth",
+    endpoint="create_client",
+    subject="rpc.oauth.clients.create",
+    request=CreateClient,
+    reply=CreateClientReply,
+    description="Pre-register an OAuth client (operator CLI); the secret, if any, is returned once.",
+)
+OAUTH_START_AUTHORIZATION: Rpc[StartAuthorization, StartAuthorizationReply] = Rpc(
+    service="oauth",
+    endpoint="start_authorization",
+    subject="rpc.oauth.authorize.start",
+    request=StartAuthorization,
+    reply=StartAuthorizationReply,
+    description="Validate an authorization request and, for a signed-in person, open a pending consent.",
+)
+OAUTH_DECIDE_CONSENT: Rpc[DecideConsent, DecideConsentReply] = Rpc(
+    service="oauth",
+    endpoint="decide_consent",
+    subject="rpc.oauth.authorize.decide",
+    request=DecideConsent,
+    reply=DecideConsentReply,
+    description="Record the person's consent decision; answer where to redirect (a code, or access_denied).",
+)
+OAUTH_EXCHANGE_TOKEN: Rpc[ExchangeToken, ExchangeTokenReply] = Rpc(
+    service="oauth",
+    endpoint="exchange_token",
+    subject="rpc.oauth.token",
+    request=ExchangeToken,
+    reply=ExchangeTokenReply,
+    description="The token endpoint: authorization_code (PKCE S256) and rotating refresh_token grants.",
+)
+OAUTH_REVOKE_TOKEN: Rpc[RevokeToken, RevokeTokenReply] = Rpc(
+    service="oauth",
+    endpoint="revoke_token",
+    subject="rpc.oauth.revoke",
+    request=RevokeToken,
+    reply=RevokeTokenReply,
+    description="RFC 7009 revocation; a refresh token takes its whole family with it.",
+)
+OAUTH_GET_JWKS: Rpc[GetJwks, GetJwksReply] = Rpc(
+    service="oauth",
+    endpoint="get_jwks",
+    subject="rpc.oauth.jwks",
+    request=GetJwks,
+    reply=GetJwksReply,
+    description="The public signing keys (current and not yet expired retired ones).",
+)
+RPCS: tuple[Rpc[Any, Any], ...] = (
+    SUBMIT_BUILD,
+    GET_BUILD,
+    AUTHENTICATE,
+    CREATE_API_KEY,
+    *IDENTITY_RPCS,
+    OAUTH_REGISTER_CLIENT,
+    OAUTH_CREATE_CLIENT,
+    OAUTH_START_AUTHORIZATION,
+    OAUTH_DECIDE_CONSENT,
+    OAUTH_EXCHANGE_TOKEN,
+    OAUTH_REVOKE_TOKEN,
+    OAUTH_GET_JWKS,
+)
 
 # --- durable consumers ---
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import shlex
 import signal
 import sys
@@ -42,6 +43,7 @@ from ops.operator import (
     OperatorError,
     StackRecord,
     connect_as,
+    write_private,
 )
 
 T = TypeVar("T")
@@ -98,6 +100,20 @@ class Child:
 
     def __post_init__(self) -> None:
         self.exited = asyncio.ensure_future(self.process.wait())
+
+
+SECRET_KEY_FILE = Path("secrets") / "secret-key"
+"""The oauth actor's key-encryption key (BMMS_SECRET_KEY) of a dev stack, relative to its data dir."""
+
+
+def load_or_create_secret_key(path: Path) -> str:
+    """The dev stack's BMMS_SECRET_KEY, generated once (mode 0600): the signing keys stored under it
+    stay readable across restarts."""
+    if path.exists():
+        return path.read_text().strip()
+    key = secrets.token_urlsafe(32)
+    write_private(path, key)
+    return key
 
 
 def required_roles() -> list[str]:
@@ -258,6 +274,8 @@ class DevStack:
     async def _start_children(self, infra: Infrastructure) -> None:
         for name in ACTORS:
             environ = child_environ(self.base_environ, infra, name, self.root, database=True)
+            if name == "oauth" and "BMMS_SECRET_KEY" not in environ:
+                environ["BMMS_SECRET_KEY"] = load_or_create_secret_key(self.root / SECRET_KEY_FILE)
             self.children.append(await spawn(name, ["actor", name], environ))
         ready_file = self.root / "run" / "gateway.url"
         ready_file.parent.mkdir(parents=True, exist_ok=True)

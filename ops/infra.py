@@ -18,7 +18,7 @@ from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 NATS_CONF = PROJECT_ROOT / "nats.conf"
-NATS_ROLES = ("admin", "gateway", "auth", "planner", "codegen", "checker", "deployer", "events", "runner")
+NATS_ROLES = ("admin", "gateway", "auth", "oauth", "planner", "codegen", "checker", "deployer", "events", "runner")
 """Every user in nats.conf; each gets its own password."""
 
 

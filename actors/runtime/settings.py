@@ -44,6 +44,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     `smtps://...` (TLS from the start); unset, sign-in links are written to the log (development)."""
     mail_from: str = "Build My MCP Server <no-reply@localhost>"
     """The From address of sign-in and invitation mail."""
+    secret_key: str | None = None
+    """Key-encryption key of the oauth actor: its token-signing private keys are stored AES-GCM encrypted
+    under a key derived from it (`bmms dev` generates one into the data dir's secrets)."""
+    servers_url: str | None = None
+    """Base URL under which hosted MCP servers live (`<servers_url>/<server-id>/mcp`); default
+    `<issuer>/servers`. OAuth `resource` values must be under it."""
+    oauth_allow_loopback_fetch: bool = False
+    """Dev/test only: let the oauth actor fetch client metadata documents over http from loopback
+    addresses (production requires https to public addresses)."""
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:

@@ -1,0 +1,117 @@
+"""Token-signing keys: RSA keys made with joserfc, stored AES-GCM encrypted, rotated on a schedule."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import secrets
+from collections.abc import Callable
+
+import asyncpg
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from joserfc.jwk import RSAKey
+
+from bus_schemas.oauth import PublicJwk
+
+Clock = Callable[[], dt.datetime]
+"""Now, as an aware UTC datetime; injectable so tests move time instead of sleeping."""
+
+_NONCE = 12
+_LOCK_KEY = 0x6F61757468_6B6579  # advisory lock: one copy at a time creates or rotates keys
+
+
+class KeyEncryption:
+    """AES-256-GCM under a key derived (HKDF-SHA256) from BMMS_SECRET_KEY; the kid is associated data,
+    so a ciphertext cannot be moved onto another key's row."""
+
+    def __init__(self, secret_key: str) -> None:
+        if len(secret_key) < 16:
+            raise ValueError("BMMS_SECRET_KEY must be at least 16 characters (use 32 random bytes)")
+        kek = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"bmms oauth signing keys v1").derive(
+            secret_key.encode()
+        )
+        self._aead = AESGCM(kek)
+
+    def seal(self, kid: str, plaintext: bytes) -> bytes:
+        """nonce || ciphertext."""
+        nonce = os.urandom(_NONCE)
+        return nonce + self._aead.encrypt(nonce, plaintext, kid.encode())
+
+    def open(self, kid: str, sealed: bytes) -> bytes:
+        """The plaintext; raises cryptography's InvalidTag when the key or the data is wrong."""
+        return self._aead.decrypt(sealed[:_NONCE], sealed[_NONCE:], kid.encode())
+
+
+def public_jwk(key: RSAKey) -> PublicJwk:
+    """The JWKS entry of a key."""
+    data = key.as_dict(private=False)
+    return PublicJwk(kty="RSA", n=str(data["n"]), e=str(data["e"]), kid=str(key.kid))
+
+
+class SigningKeys:
+    """The signing key in use and the published key set, backed by the `oauth_signing_keys` table.
+
+    The newest unretired key signs. When it is older than `rotate_after`, a new key is made and the old
+    one retired; a retired key stays published for `publish_retired_for` (longer than any access token
+    lives), so tokens it signed keep verifying until they expire.
+    """
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        encryption: KeyEncryption,
+        clock: Clock,
+        *,
+        rotate_after: dt.timedelta,
+        publish_retired_for: dt.timedelta,
+    ) -> None:
+        self.pool = pool
+        self.encryption = encryption
+        self.clock = clock
+        self.rotate_after = rotate_after
+        self.publish_retired_for = publish_retired_for
+        self._current: tuple[RSAKey, dt.datetime] | None = None
+        self._lock = asyncio.Lock()
+
+    async def current(self) -> RSAKey:
+        """The key to sign with now (made or rotated when due)."""
+        now = self.clock()
+        cached = self._current
+        if cached is not None and now - cached[1] < self.rotate_after:
+            return cached[0]
+        async with self._lock:
+            self._current = await self._load_or_rotate(now)
+            return self._current[0]
+
+    async def _load_or_rotate(self, now: dt.datetime) -> tuple[RSAKey, dt.datetime]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
+            row = await conn.fetchrow(
+                "SELECT kid, private_key, created_at FROM oauth_signing_keys WHERE retired_at IS NULL "
+                "ORDER BY created_at DESC LIMIT 1"
+            )
+            if row is not None and now - row["created_at"] < self.rotate_after:
+                pem = self.encryption.open(row["kid"], bytes(row["private_key"]))
+                return RSAKey.import_key(pem, parameters={"kid": row["kid"]}), row["created_at"]
+            kid = f"k{now:%Y%m%d}-{secrets.token_hex(4)}"
+            key = RSAKey.generate_key(2048, parameters={"kid": kid, "alg": "RS256", "use": "sig"})
+            await conn.execute("UPDATE oauth_signing_keys SET retired_at = $1 WHERE retired_at IS NULL", now)
+            await conn.execute(
+                "INSERT INTO oauth_signing_keys (kid, public_jwk, private_key, created_at) VALUES ($1, $2, $3, $4)",
+                kid, json.dumps(key.as_dict(private=False)), self.encryption.seal(kid, key.as_pem(private=True)), now,
+            )
+            return key, now
+
+    async def published(self) -> tuple[PublicJwk, ...]:
+        """Every key a verifier may meet: the signing key and recently retired ones."""
+        await self.current()
+        rows = await self.pool.fetch(
+            "SELECT public_jwk FROM oauth_signing_keys WHERE retired_at IS NULL OR retired_at > $1 "
+            "ORDER BY created_at DESC",
+            self.clock() - self.publish_retired_for,
+        )
+        return tuple(public_jwk(RSAKey.import_key(json.loads(r["public_jwk"]))) for r in rows)

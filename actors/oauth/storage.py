@@ -1,0 +1,216 @@
+"""The oauth actor's queries over its own tables (see migrations/). Times come from the caller's clock."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import asyncpg
+
+from bus_schemas.oauth import ClientMetadata
+
+KEEP_SECRETS = 5
+"""Live secrets a confidential dynamic client keeps; each re-registration adds one, the oldest goes."""
+
+
+async def count_registration(pool: asyncpg.Pool, source: str, now: dt.datetime) -> int:
+    """Count one registration from `source` in the current hour; returns the hour's count so far."""
+    window = now.replace(minute=0, second=0, microsecond=0)
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("DELETE FROM oauth_registration_attempts WHERE window_start < $1", window)
+        count: int = await conn.fetchval(
+            """
+            INSERT INTO oauth_registration_attempts (source, window_start, attempts) VALUES ($1, $2, 1)
+            ON CONFLICT (source, window_start) DO UPDATE SET attempts = oauth_registration_attempts.attempts + 1
+            RETURNING attempts
+            """,
+            source, window,
+        )
+    return count
+
+
+async def delete_unused_clients(pool: asyncpg.Pool, older_than: dt.datetime) -> int:
+    """Forget dynamic clients registered before `older_than` that never completed an authorization."""
+    result: str = await pool.execute(
+        "DELETE FROM oauth_clients WHERE kind = 'dynamic' AND last_authorized_at IS NULL AND created_at < $1",
+        older_than,
+    )
+    return int(result.rsplit(" ", 1)[-1])
+
+
+async def save_client(
+    pool: asyncpg.Pool,
+    *,
+    client_id: str,
+    kind: str,
+    metadata: ClientMetadata,
+    digest: str | None,
+    source: str | None,
+    secret_hash: str | None,
+    now: dt.datetime,
+) -> tuple[str, dt.datetime]:
+    """Insert a client, or for a dynamic one with the same metadata digest return the existing one;
+    (client id, created at). A new secret hash, if any, is added to the client's live secrets."""
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            """
+            INSERT INTO oauth_clients (client_id, kind, client_name, client_uri, redirect_uris,
+                token_endpoint_auth_method, grant_types, response_types, scope, metadata_digest,
+                registered_from, created_at)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+            ON CONFLICT DO NOTHING
+            RETURNING client_id, created_at
+            """,
+            client_id, kind, metadata.client_name, metadata.client_uri, list(metadata.redirect_uris),
+            metadata.token_endpoint_auth_method, list(metadata.grant_types or ()), list(metadata.response_types or ()),
+            metadata.scope, digest, source, now,
+        )
+        if row is None:
+            if kind != "dynamic":
+                raise ValueError(f"client {client_id} already exists")
+            row = await conn.fetchrow(
+                "SELECT client_id, created_at FROM oauth_clients WHERE kind = 'dynamic' AND metadata_digest = $1",
+                digest,
+            )
+            assert row is not None
+        if secret_hash is not None:
+            await conn.execute(
+                "INSERT INTO oauth_client_secrets (secret_hash, client_id, created_at) VALUES ($1, $2, $3)",
+                secret_hash, row["client_id"], now,
+            )
+            await conn.execute(
+                """
+                DELETE FROM oauth_client_secrets WHERE client_id = $1 AND secret_hash NOT IN (
+                    SELECT secret_hash FROM oauth_client_secrets WHERE client_id = $1
+                    ORDER BY created_at DESC LIMIT $2)
+                """,
+                row["client_id"], KEEP_SECRETS,
+            )
+    return row["client_id"], row["created_at"]
+
+
+async def find_client(pool: asyncpg.Pool, client_id: str) -> asyncpg.Record | None:
+    """A registered client's row."""
+    return await pool.fetchrow("SELECT * FROM oauth_clients WHERE client_id = $1", client_id)
+
+
+async def client_secret_matches(pool: asyncpg.Pool, client_id: str, secret_hash: str) -> bool:
+    """Whether `secret_hash` is one of the client's live secrets."""
+    found = await pool.fetchval(
+        "SELECT 1 FROM oauth_client_secrets WHERE client_id = $1 AND secret_hash = $2", client_id, secret_hash
+    )
+    return found is not None
+
+
+async def open_consent(pool: asyncpg.Pool, **values: Any) -> None:
+    """Record a pending consent (and drop long expired ones)."""
+    columns = ", ".join(values)
+    placeholders = ", ".join(f"${i}" for i in range(1, len(values) + 1))
+    async with pool.acquire() as conn, conn.transaction():
+        stale = values["expires_at"] - dt.timedelta(days=1)
+        await conn.execute("DELETE FROM oauth_consents WHERE expires_at < $1", stale)
+        await conn.execute(f"INSERT INTO oauth_consents ({columns}) VALUES ({placeholders})",  # noqa: S608
+                           *values.values())
+
+
+async def take_consent(pool: asyncpg.Pool, consent_id: str) -> asyncpg.Record | None:
+    """Remove and return a pending consent: a decision is taken once."""
+    return await pool.fetchrow("DELETE FROM oauth_consents WHERE consent_id = $1 RETURNING *", consent_id)
+
+
+async def peek_consent(pool: asyncpg.Pool, consent_id: str) -> asyncpg.Record | None:
+    """A pending consent, left in place."""
+    return await pool.fetchrow("SELECT * FROM oauth_consents WHERE consent_id = $1", consent_id)
+
+
+async def issue_code(
+    pool: asyncpg.Pool,
+    *,
+    grant_id: str,
+    code_hash: str,
+    client_id: str,
+    subject: str,
+    org_id: str,
+    resource: str,
+    scope: str,
+    issuer: str,
+    redirect_uri: str,
+    code_challenge: str,
+    now: dt.datetime,
+    expires_at: dt.datetime,
+) -> None:
+    """Open a grant and its authorization code; mark the client as used."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            """
+            INSERT INTO oauth_grants (grant_id, client_id, subject, org_id, resource, scope, issuer, created_at)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+            """,
+            grant_id, client_id, subject, org_id, resource, scope, issuer, now,
+        )
+        await conn.execute(
+            "INSERT INTO oauth_codes (code_hash, grant_id, redirect_uri, code_challenge, expires_at) "
+            "VALUES ($1, $2, $3, $4, $5)",
+            code_hash, grant_id, redirect_uri, code_challenge, expires_at,
+        )
+        await conn.execute("UPDATE oauth_clients SET last_authorized_at = $2 WHERE client_id = $1", client_id, now)
+
+
+async def use_code(pool: asyncpg.Pool, code_hash: str, now: dt.datetime) -> tuple[asyncpg.Record | None, bool]:
+    """(the code joined with its grant, whether this call is the first use). Marking it used is atomic,
+    so of two concurrent exchanges only one is first."""
+    async with pool.acquire() as conn, conn.transaction():
+        first = await conn.fetchval(
+            "UPDATE oauth_codes SET used_at = $2 WHERE code_hash = $1 AND used_at IS NULL RETURNING 1",
+            code_hash, now,
+        )
+        row = await conn.fetchrow(
+            "SELECT c.*, g.client_id, g.subject, g.org_id, g.resource, g.scope, g.issuer, g.revoked_at "
+            "FROM oauth_codes c JOIN oauth_grants g USING (grant_id) WHERE c.code_hash = $1",
+            code_hash,
+        )
+    return row, first is not None
+
+
+async def revoke_grant(pool: asyncpg.Pool, grant_id: str, reason: str, now: dt.datetime) -> None:
+    """End a grant: its refresh tokens (the family) stop working."""
+    await pool.execute(
+        "UPDATE oauth_grants SET revoked_at = $3, revoked_reason = $2 WHERE grant_id = $1 AND revoked_at IS NULL",
+        grant_id, reason, now,
+    )
+
+
+async def add_refresh_token(
+    pool: asyncpg.Pool, grant_id: str, token_hash: str, now: dt.datetime, expires_at: dt.datetime
+) -> None:
+    """A new refresh token in a grant's family."""
+    await pool.execute(
+        "INSERT INTO oauth_refresh_tokens (token_hash, grant_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+        token_hash, grant_id, now, expires_at,
+    )
+
+
+async def use_refresh_token(
+    pool: asyncpg.Pool, token_hash: str, now: dt.datetime
+) -> tuple[asyncpg.Record | None, bool]:
+    """(the refresh token joined with its grant, whether this call is its first use); atomic."""
+    async with pool.acquire() as conn, conn.transaction():
+        first = await conn.fetchval(
+            "UPDATE oauth_refresh_tokens SET used_at = $2 WHERE token_hash = $1 AND used_at IS NULL RETURNING 1",
+            token_hash, now,
+        )
+        row = await conn.fetchrow(
+            "SELECT r.*, g.client_id, g.subject, g.org_id, g.resource, g.scope, g.issuer, g.revoked_at "
+            "FROM oauth_refresh_tokens r JOIN oauth_grants g USING (grant_id) WHERE r.token_hash = $1",
+            token_hash,
+        )
+    return row, first is not None
+
+
+async def find_refresh_token(pool: asyncpg.Pool, token_hash: str) -> asyncpg.Record | None:
+    """A refresh token with its grant's client, without using it."""
+    return await pool.fetchrow(
+        "SELECT r.grant_id, g.client_id FROM oauth_refresh_tokens r JOIN oauth_grants g USING (grant_id) "
+        "WHERE r.token_hash = $1",
+        token_hash,
+    )

@@ -1,0 +1,107 @@
+"""Shared pieces of the OAuth tests: a clock the tests move, PKCE pairs, a signed-in person."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import datetime as dt
+import hashlib
+import secrets
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import uvicorn
+
+from bus_schemas.oauth import Signer
+
+SECRET_KEY = "test-key-encryption-key-0123456789abcdef"
+
+
+class MovableClock:
+    """Real time plus an offset the test sets: codes expire without sleeping."""
+
+    def __init__(self) -> None:
+        self.offset = dt.timedelta()
+
+    def __call__(self) -> dt.datetime:
+        return dt.datetime.now(dt.UTC) + self.offset
+
+
+def pkce_pair() -> tuple[str, str]:
+    """(verifier, S256 challenge)."""
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    return verifier, challenge
+
+
+def query_of(location: str) -> dict[str, str]:
+    """The single-valued query parameters of a redirect."""
+    return {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
+
+
+def person(org_id: str = "oorg1", subject: str = "person:p1") -> Signer:
+    """A signed-in person, as the gateway resolves one from a session cookie."""
+    return Signer(subject=subject, org_id=org_id, label="ada@example.com")
+
+
+@contextlib.asynccontextmanager
+async def serve_asgi(app: Any, sock: socket.socket | None = None) -> AsyncIterator[str]:
+    """Serve an ASGI app with uvicorn in this loop on a free loopback port; yields its base URL."""
+    if sock is None:
+        sock = bound_socket()
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    deadline = asyncio.get_running_loop().time() + 15
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError("uvicorn stopped before it started")
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError("uvicorn did not start within 15 s")
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, timeout=15)
+        sock.close()
+
+
+def bound_socket() -> socket.socket:
+    """A listening loopback socket on a free port (bound now, so its port is known before serving)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+def document_server(documents: dict[str, tuple[bytes, dict[str, str]]]) -> Any:
+    """A tiny ASGI app answering GET <path> with the given body and headers (404 otherwise), counting hits."""
+    hits: dict[str, int] = {}
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        path = scope["path"]
+        hits[path] = hits.get(path, 0) + 1
+        body, headers = documents.get(path, (b"not found", {}))
+        status = 200 if path in documents else 404
+        raw_headers = [(b"content-type", b"application/json")] + [(k.encode(), v.encode()) for k, v in headers.items()]
+        await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+        await send({"type": "http.response.body", "body": body})
+
+    app.hits = hits  # type: ignore[attr-defined]
+    return app

@@ -1,0 +1,482 @@
+"""The oauth actor over the real bus and database: registration, authorization, PKCE, codes, tokens,
+refresh rotation with reuse detection, Client ID Metadata Documents, and nothing secret stored in clear."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+from joserfc import jwt
+from joserfc.jwk import KeySet
+from nats.aio.client import Client
+
+from actors.oauth.actor import OAuthConfig, create_actor
+from actors.oauth.clients import MetadataDocuments, MetadataError
+from actors.oauth.keys import KeyEncryption
+from actors.oauth.tokens import digest
+from actors.runtime.bus import call, connect
+from bus_schemas.oauth import (
+    AuthorizationRedirect,
+    ClientMetadata,
+    ClientRegistered,
+    ConsentRequired,
+    CreateClient,
+    DecideConsent,
+    ExchangeToken,
+    GetJwks,
+    Jwks,
+    OAuthError,
+    RegisterClient,
+    RevokeToken,
+    SignInRequired,
+    StartAuthorization,
+    TokenIssued,
+    TokenRevoked,
+)
+from bus_schemas.registry import (
+    OAUTH_CREATE_CLIENT,
+    OAUTH_DECIDE_CONSENT,
+    OAUTH_EXCHANGE_TOKEN,
+    OAUTH_GET_JWKS,
+    OAUTH_REGISTER_CLIENT,
+    OAUTH_REVOKE_TOKEN,
+    OAUTH_START_AUTHORIZATION,
+)
+from tests.actors.oauth_helpers import (
+    SECRET_KEY,
+    MovableClock,
+    document_server,
+    person,
+    pkce_pair,
+    query_of,
+    serve_asgi,
+)
+from tests.conftest import Stack, running
+
+ISSUER = "https://bmms.example"
+RESOURCE = f"{ISSUER}/servers/weather/mcp"
+REDIRECT = "http://127.0.0.1:33418/callback"
+CLOCK = MovableClock()
+REGISTRATIONS_PER_HOUR = 20
+
+
+@pytest.fixture(scope="module")
+async def oauth_actor(stack: Stack) -> AsyncIterator[None]:
+    actor = create_actor(OAuthConfig(clock=CLOCK, registrations_per_hour=REGISTRATIONS_PER_HOUR))
+    settings = stack.settings("oauth", secret_key=SECRET_KEY, oauth_allow_loopback_fetch=True)
+    async with running(actor, settings):
+        yield
+
+
+@pytest.fixture(scope="module")
+async def nc(stack: Stack, oauth_actor: None) -> AsyncIterator[Client]:
+    client = await connect(stack.settings("admin"), "test-oauth")
+    yield client
+    await client.close()
+
+
+async def ask(nc: Client, rpc: Any, message: object) -> Any:
+    return await call(nc, rpc, message, timeout=10)
+
+
+async def register(nc: Client, *, name: str = "Test client", method: str | None = "none",
+                   ip: str | None = None, redirect: str = REDIRECT) -> ClientRegistered:
+    ip = ip or f"198.18.{secrets.randbelow(256)}.{secrets.randbelow(256)}"  # a fresh rate-limit bucket
+    metadata = ClientMetadata(redirect_uris=(redirect,), client_name=name, token_endpoint_auth_method=method,
+                              grant_types=("authorization_code", "refresh_token"))
+    reply = await ask(nc, OAUTH_REGISTER_CLIENT, RegisterClient(metadata=metadata, client_ip=ip))
+    assert isinstance(reply, ClientRegistered), reply
+    return reply
+
+
+async def authorize(nc: Client, client_id: str, challenge: str, **changes: Any) -> Any:
+    values: dict[str, Any] = {
+        "issuer": ISSUER, "client_id": client_id, "redirect_uri": REDIRECT, "response_type": "code",
+        "state": "st-1", "scope": "mcp:tools:read mcp:tools:write", "code_challenge": challenge,
+        "code_challenge_method": "S256", "resources": (RESOURCE,), "signer": person(),
+    }
+    values.update(changes)
+    return await ask(nc, OAUTH_START_AUTHORIZATION, StartAuthorization(**values))
+
+
+async def code_for(nc: Client, client_id: str, challenge: str, *, granted: tuple[str, ...] = ("mcp:tools:write",)) -> str:
+    consent = await authorize(nc, client_id, challenge)
+    assert isinstance(consent, ConsentRequired), consent
+    decided = await ask(nc, OAUTH_DECIDE_CONSENT, DecideConsent(
+        issuer=ISSUER, consent_id=consent.consent_id, csrf_token=consent.csrf_token, subject=person().subject,
+        approve=True, granted_optional=granted,
+    ))
+    assert isinstance(decided, AuthorizationRedirect), decided
+    params = query_of(decided.location)
+    assert params["state"] == "st-1" and params["iss"] == ISSUER
+    return params["code"]
+
+
+async def exchange(nc: Client, client_id: str, code: str, verifier: str, **changes: Any) -> Any:
+    values: dict[str, Any] = {
+        "issuer": ISSUER, "grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT,
+        "code_verifier": verifier, "resources": (RESOURCE,), "client_id": client_id,
+    }
+    values.update(changes)
+    return await ask(nc, OAUTH_EXCHANGE_TOKEN, ExchangeToken(**values))
+
+
+async def refresh(nc: Client, client_id: str, token: str) -> Any:
+    return await ask(nc, OAUTH_EXCHANGE_TOKEN, ExchangeToken(
+        issuer=ISSUER, grant_type="refresh_token", refresh_token=token, resources=(RESOURCE,), client_id=client_id,
+    ))
+
+
+async def tokens(nc: Client) -> tuple[ClientRegistered, TokenIssued]:
+    client = await register(nc)
+    verifier, challenge = pkce_pair()
+    code = await code_for(nc, client.client_id, challenge)
+    issued = await exchange(nc, client.client_id, code, verifier)
+    assert isinstance(issued, TokenIssued), issued
+    return client, issued
+
+
+# --- registration ---
+
+
+async def test_registering_the_same_metadata_twice_returns_the_same_client(nc: Client) -> None:
+    first = await register(nc, name="Idempotent", ip="198.51.100.2")
+    second = await register(nc, name="Idempotent", ip="198.51.100.2")
+    other = await register(nc, name="Idempotent but renamed", ip="198.51.100.2")
+    assert first.client_id == second.client_id
+    assert other.client_id != first.client_id
+    assert first.client_secret is None and first.token_endpoint_auth_method == "none"
+
+
+async def test_registration_without_an_auth_method_gets_a_hashed_client_secret(nc: Client, db: asyncpg.Connection) -> None:
+    client = await register(nc, name="Confidential", method=None, ip="198.51.100.3")
+    assert client.token_endpoint_auth_method == "client_secret_basic"
+    assert client.client_secret and client.client_secret.startswith("bmms_cs_")
+    stored = await db.fetch("SELECT secret_hash FROM oauth_client_secrets WHERE client_id = $1", client.client_id)
+    assert [r["secret_hash"] for r in stored] == [digest(client.client_secret)]
+
+
+async def test_registrations_are_rate_limited_per_address(nc: Client) -> None:
+    ip = "198.51.100.77"
+    for i in range(REGISTRATIONS_PER_HOUR):
+        await register(nc, name=f"burst {i}", ip=ip)
+    refused = await ask(nc, OAUTH_REGISTER_CLIENT, RegisterClient(
+        metadata=ClientMetadata(redirect_uris=(REDIRECT,), client_name="one too many"), client_ip=ip))
+    assert isinstance(refused, OAuthError) and refused.status == 429
+    assert ip in refused.description
+    # another address is not affected
+    await register(nc, name="elsewhere", ip="198.51.100.78")
+
+
+@pytest.mark.parametrize("uri", [
+    "http://example.com/callback", "https://example.com/cb#frag", "myapp://callback", "http://10.0.0.1/cb",
+])
+async def test_registration_refuses_redirect_uris_that_are_neither_https_nor_loopback(nc: Client, uri: str) -> None:
+    refused = await ask(nc, OAUTH_REGISTER_CLIENT, RegisterClient(
+        metadata=ClientMetadata(redirect_uris=(uri,), token_endpoint_auth_method="none"), client_ip="198.51.100.4"))
+    assert isinstance(refused, OAuthError) and refused.error == "invalid_redirect_uri", refused
+
+
+async def test_unused_dynamic_clients_are_deleted_on_a_later_registration(nc: Client, db: asyncpg.Connection) -> None:
+    stale = await register(nc, name="Never used", ip="198.51.100.5")
+    CLOCK.offset = OAuthConfig().unused_client_ttl + OAuthConfig().unused_client_ttl
+    try:
+        await register(nc, name="Triggers the clean-up", ip="198.51.100.5")
+    finally:
+        CLOCK.offset = OAuthConfig().code_ttl * 0
+    assert await db.fetchval("SELECT count(*) FROM oauth_clients WHERE client_id = $1", stale.client_id) == 0
+
+
+async def test_operator_preregistered_client_keeps_its_chosen_id(nc: Client) -> None:
+    created = await ask(nc, OAUTH_CREATE_CLIENT, CreateClient(
+        client_id="claude-desktop-test", metadata=ClientMetadata(redirect_uris=("https://claude.example/cb",),
+                                                                 client_name="Claude", token_endpoint_auth_method="none")))
+    assert isinstance(created, ClientRegistered) and created.client_id == "claude-desktop-test"
+
+
+# --- authorization, codes and tokens ---
+
+
+async def test_code_exchange_issues_an_rs256_token_bound_to_the_resource(nc: Client) -> None:
+    client, issued = await tokens(nc)
+    jwks = await ask(nc, OAUTH_GET_JWKS, GetJwks())
+    assert isinstance(jwks, Jwks) and jwks.keys
+    key_set = KeySet.import_key_set({"keys": [json.loads(json.dumps({
+        "kty": k.kty, "n": k.n, "e": k.e, "kid": k.kid, "alg": k.alg, "use": k.use})) for k in jwks.keys]})
+    token = jwt.decode(issued.access_token, key_set, algorithms=["RS256"])
+    assert token.header["alg"] == "RS256" and token.header["typ"] == "at+jwt"
+    claims = token.claims
+    assert claims["iss"] == ISSUER and claims["aud"] == RESOURCE and claims["sub"] == person().subject
+    assert claims["client_id"] == client.client_id and claims["scope"] == "mcp:tools:read mcp:tools:write"
+    assert claims["exp"] - claims["iat"] == 900 and claims["jti"]
+    assert issued.refresh_token and issued.refresh_token.startswith("bmms_rt_")
+
+
+async def test_unticked_optional_scopes_are_not_granted(nc: Client) -> None:
+    client = await register(nc)
+    verifier, challenge = pkce_pair()
+    code = await code_for(nc, client.client_id, challenge, granted=())
+    issued = await exchange(nc, client.client_id, code, verifier)
+    assert isinstance(issued, TokenIssued) and issued.scope == "mcp:tools:read"
+
+
+async def test_without_a_signed_in_person_a_valid_request_asks_for_sign_in(nc: Client) -> None:
+    client = await register(nc)
+    _, challenge = pkce_pair()
+    assert isinstance(await authorize(nc, client.client_id, challenge, signer=None), SignInRequired)
+
+
+async def test_wrong_pkce_verifier_is_rejected(nc: Client) -> None:
+    client = await register(nc)
+    _, challenge = pkce_pair()
+    code = await code_for(nc, client.client_id, challenge)
+    other_verifier, _ = pkce_pair()
+    refused = await exchange(nc, client.client_id, code, other_verifier)
+    assert isinstance(refused, OAuthError) and refused.error == "invalid_grant" and "PKCE" in refused.description
+
+
+async def test_plain_pkce_is_refused_back_at_the_redirect_uri(nc: Client) -> None:
+    client = await register(nc)
+    verifier, _ = pkce_pair()
+    refused = await authorize(nc, client.client_id, verifier, code_challenge_method="plain")
+    assert isinstance(refused, OAuthError) and refused.location
+    params = query_of(refused.location)
+    assert params["error"] == "invalid_request" and "S256" in params["error_description"]
+    assert params["state"] == "st-1" and params["iss"] == ISSUER
+
+
+async def test_reused_authorization_code_is_rejected_and_revokes_what_it_issued(nc: Client) -> None:
+    client = await register(nc)
+    verifier, challenge = pkce_pair()
+    code = await code_for(nc, client.client_id, challenge)
+    issued = await exchange(nc, client.client_id, code, verifier)
+    assert isinstance(issued, TokenIssued) and issued.refresh_token
+    again = await exchange(nc, client.client_id, code, verifier)
+    assert isinstance(again, OAuthError) and again.error == "invalid_grant" and "already used" in again.description
+    refused = await refresh(nc, client.client_id, issued.refresh_token)
+    assert isinstance(refused, OAuthError) and refused.error == "invalid_grant" and "revoked" in refused.description
+
+
+async def test_expired_authorization_code_is_rejected(nc: Client) -> None:
+    client = await register(nc)
+    verifier, challenge = pkce_pair()
+    code = await code_for(nc, client.client_id, challenge)
+    CLOCK.offset = OAuthConfig().code_ttl + OAuthConfig().code_ttl / 60
+    try:
+        refused = await exchange(nc, client.client_id, code, verifier)
+    finally:
+        CLOCK.offset = OAuthConfig().code_ttl * 0
+    assert isinstance(refused, OAuthError) and refused.error == "invalid_grant" and "expired" in refused.description
+
+
+async def test_redirect_uri_mismatch_shows_an_error_instead_of_redirecting(nc: Client) -> None:
+    client = await register(nc)
+    _, challenge = pkce_pair()
+    refused = await authorize(nc, client.client_id, challenge, redirect_uri="http://127.0.0.1:33418/other")
+    assert isinstance(refused, OAuthError) and refused.location is None
+    assert refused.error == "invalid_request" and "exactly" in refused.description
+
+
+async def test_token_request_with_another_redirect_uri_is_rejected(nc: Client) -> None:
+    client = await register(nc)
+    verifier, challenge = pkce_pair()
+    code = await code_for(nc, client.client_id, challenge)
+    refused = await exchange(nc, client.client_id, code, verifier, redirect_uri="http://127.0.0.1:1/else")
+    assert isinstance(refused, OAuthError) and refused.error == "invalid_grant"
+
+
+@pytest.mark.parametrize(("resources", "why"), [
+    ((), "exactly one"),
+    (("https://evil.example/servers/weather/mcp",), "not an MCP server hosted here"),
+    ((f"{ISSUER}/servers/weather",), "not an MCP server hosted here"),
+    ((RESOURCE, f"{ISSUER}/servers/other/mcp"), "exactly one"),
+])
+async def test_missing_or_foreign_resource_is_refused_with_invalid_target(
+    nc: Client, resources: tuple[str, ...], why: str
+) -> None:
+    client = await register(nc)
+    _, challenge = pkce_pair()
+    refused = await authorize(nc, client.client_id, challenge, resources=resources)
+    assert isinstance(refused, OAuthError) and refused.location
+    params = query_of(refused.location)
+    assert params["error"] == "invalid_target" and why in params["error_description"]
+
+
+async def test_token_request_for_another_resource_is_refused(nc: Client) -> None:
+    client = await register(nc)
+    verifier, challenge = pkce_pair()
+    code = await code_for(nc, client.client_id, challenge)
+    refused = await exchange(nc, client.client_id, code, verifier, resources=(f"{ISSUER}/servers/other/mcp",))
+    assert isinstance(refused, OAuthError) and refused.error == "invalid_target"
+    missing = await exchange(nc, client.client_id, code, verifier, resources=())
+    assert isinstance(missing, OAuthError) and missing.error == "invalid_target"
+
+
+async def test_unknown_scope_is_refused(nc: Client) -> None:
+    client = await register(nc)
+    _, challenge = pkce_pair()
+    refused = await authorize(nc, client.client_id, challenge, scope="mcp:tools:read admin")
+    assert isinstance(refused, OAuthError) and query_of(refused.location or "")["error"] == "invalid_scope"
+
+
+async def test_consent_cannot_be_decided_by_another_person_or_with_a_wrong_csrf_token(nc: Client) -> None:
+    client = await register(nc)
+    _, challenge = pkce_pair()
+    consent = await authorize(nc, client.client_id, challenge)
+    assert isinstance(consent, ConsentRequired)
+    for subject, csrf in (("person:intruder", consent.csrf_token), (person().subject, "forged")):
+        refused = await ask(nc, OAUTH_DECIDE_CONSENT, DecideConsent(
+            issuer=ISSUER, consent_id=consent.consent_id, csrf_token=csrf, subject=subject, approve=True))
+        assert isinstance(refused, OAuthError) and refused.status == 403
+
+
+async def test_denied_consent_redirects_with_access_denied(nc: Client) -> None:
+    client = await register(nc)
+    _, challenge = pkce_pair()
+    consent = await authorize(nc, client.client_id, challenge)
+    assert isinstance(consent, ConsentRequired)
+    denied = await ask(nc, OAUTH_DECIDE_CONSENT, DecideConsent(
+        issuer=ISSUER, consent_id=consent.consent_id, csrf_token=consent.csrf_token, subject=person().subject,
+        approve=False))
+    assert isinstance(denied, AuthorizationRedirect)
+    assert query_of(denied.location)["error"] == "access_denied"
+
+
+# --- refresh tokens ---
+
+
+async def test_refresh_rotates_the_refresh_token(nc: Client) -> None:
+    client, issued = await tokens(nc)
+    assert issued.refresh_token
+    renewed = await refresh(nc, client.client_id, issued.refresh_token)
+    assert isinstance(renewed, TokenIssued) and renewed.refresh_token
+    assert renewed.refresh_token != issued.refresh_token and renewed.access_token != issued.access_token
+    again = await refresh(nc, client.client_id, renewed.refresh_token)
+    assert isinstance(again, TokenIssued)
+
+
+async def test_reused_refresh_token_revokes_its_whole_family(nc: Client, db: asyncpg.Connection) -> None:
+    client, issued = await tokens(nc)
+    assert issued.refresh_token
+    renewed = await refresh(nc, client.client_id, issued.refresh_token)
+    assert isinstance(renewed, TokenIssued) and renewed.refresh_token
+    replayed = await refresh(nc, client.client_id, issued.refresh_token)
+    assert isinstance(replayed, OAuthError) and replayed.error == "invalid_grant"
+    assert "family" in replayed.description
+    # the legitimate, newest token of the family is dead too
+    after = await refresh(nc, client.client_id, renewed.refresh_token)
+    assert isinstance(after, OAuthError) and after.error == "invalid_grant"
+    reason = await db.fetchval(
+        "SELECT g.revoked_reason FROM oauth_refresh_tokens r JOIN oauth_grants g USING (grant_id) "
+        "WHERE r.token_hash = $1", digest(renewed.refresh_token))
+    assert reason == "refresh token reused"
+
+
+async def test_refresh_by_another_client_is_rejected(nc: Client) -> None:
+    _, issued = await tokens(nc)
+    other = await register(nc, name="Another client")
+    assert issued.refresh_token
+    refused = await refresh(nc, other.client_id, issued.refresh_token)
+    assert isinstance(refused, OAuthError) and refused.error == "invalid_grant"
+
+
+async def test_revoked_refresh_token_no_longer_refreshes(nc: Client) -> None:
+    client, issued = await tokens(nc)
+    assert issued.refresh_token
+    revoked = await ask(nc, OAUTH_REVOKE_TOKEN, RevokeToken(token=issued.refresh_token, client_id=client.client_id))
+    assert isinstance(revoked, TokenRevoked)
+    refused = await refresh(nc, client.client_id, issued.refresh_token)
+    assert isinstance(refused, OAuthError) and refused.error == "invalid_grant"
+
+
+async def test_confidential_client_must_present_its_secret(nc: Client) -> None:
+    client = await register(nc, name="Secretive", method="client_secret_post")
+    verifier, challenge = pkce_pair()
+    code = await code_for(nc, client.client_id, challenge)
+    refused = await exchange(nc, client.client_id, code, verifier)
+    assert isinstance(refused, OAuthError) and refused.error == "invalid_client" and refused.status == 401
+    verifier, challenge = pkce_pair()
+    code = await code_for(nc, client.client_id, challenge)
+    issued = await exchange(nc, client.client_id, code, verifier, client_secret=client.client_secret,
+                            client_auth="client_secret_post")
+    assert isinstance(issued, TokenIssued)
+
+
+# --- storage ---
+
+
+async def test_nothing_secret_is_stored_in_clear(nc: Client, db: asyncpg.Connection) -> None:
+    confidential = await register(nc, name="Stored secret", method="client_secret_basic")
+    client, issued = await tokens(nc)
+    assert issued.refresh_token and confidential.client_secret
+    verifier, challenge = pkce_pair()
+    code = await code_for(nc, client.client_id, challenge)
+    rows = []
+    for table in ("oauth_clients", "oauth_client_secrets", "oauth_codes", "oauth_refresh_tokens",
+                  "oauth_grants", "oauth_consents", "oauth_signing_keys"):
+        rows += [str(dict(row)) for row in await db.fetch(f"SELECT * FROM {table}")]
+    dump = "\n".join(rows)
+    for secret in (confidential.client_secret, issued.refresh_token, code, verifier):
+        assert secret not in dump
+    assert digest(code) in dump and digest(issued.refresh_token) in dump
+    keys = await db.fetch("SELECT kid, private_key FROM oauth_signing_keys")
+    assert keys
+    for row in keys:
+        sealed = bytes(row["private_key"])
+        assert b"PRIVATE KEY" not in sealed
+        pem = KeyEncryption(SECRET_KEY).open(row["kid"], sealed)
+        assert pem.startswith(b"-----BEGIN PRIVATE KEY-----")
+        with pytest.raises(Exception):  # noqa: B017 (cryptography's InvalidTag)
+            KeyEncryption("another-key-encryption-key-abcdef").open(row["kid"], sealed)
+
+
+# --- Client ID Metadata Documents ---
+
+
+async def test_client_id_metadata_document_is_fetched_checked_and_cached(nc: Client) -> None:
+    documents: dict[str, tuple[bytes, dict[str, str]]] = {}
+    app = document_server(documents)
+    async with serve_asgi(app) as base:
+        url = f"{base}/oauth/client.json"
+        documents["/oauth/client.json"] = (json.dumps({
+            "client_id": url, "client_name": "Doc Client", "redirect_uris": [REDIRECT],
+            "grant_types": ["authorization_code", "refresh_token"], "token_endpoint_auth_method": "none",
+        }).encode(), {"Cache-Control": "max-age=600"})
+        mismatched = f"{base}/oauth/wrong.json"
+        documents["/oauth/wrong.json"] = (json.dumps({"client_id": "https://other.example/c", "redirect_uris": [
+            REDIRECT]}).encode(), {})
+        verifier, challenge = pkce_pair()
+        code = await code_for(nc, url, challenge)
+        issued = await exchange(nc, url, code, verifier)
+        assert isinstance(issued, TokenIssued)
+        _, challenge = pkce_pair()
+        await code_for(nc, url, challenge)
+        assert app.hits["/oauth/client.json"] == 1  # cached for its max-age
+        refused = await authorize(nc, mismatched, challenge)
+        assert isinstance(refused, OAuthError) and refused.error == "invalid_client"
+        assert "is not its URL" in refused.description and refused.location is None
+
+
+async def test_metadata_documents_refuse_oversized_bodies() -> None:
+    documents = {"/big.json": (b"{" + b" " * 6000 + b"}", {})}
+    async with serve_asgi(document_server(documents)) as base:
+        with pytest.raises(MetadataError, match="over 5120 bytes"):
+            await MetadataDocuments(allow_loopback=True).client(f"{base}/big.json")
+
+
+@pytest.mark.parametrize(("url", "why"), [
+    ("http://127.0.0.1:9/client.json", "must be an https URL"),
+    ("https://localhost/client.json", "non-public address"),
+    ("https://127.0.0.1/client.json", "non-public address"),
+    ("https://10.1.2.3/client.json", "non-public address"),
+    ("https://169.254.169.254/latest/meta-data", "non-public address"),
+    ("https://[::1]/client.json", "non-public address"),
+    ("https://example.com/", "must have a path"),
+])
+async def test_metadata_documents_refuse_non_public_targets_in_production(url: str, why: str) -> None:
+    with pytest.raises(MetadataError, match=why):
+        await MetadataDocuments(allow_loopback=False).client(url)
