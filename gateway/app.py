@@ -18,6 +18,7 @@ from gateway.config import GatewayConfig
 from gateway.feeds import BuildFeeds
 from gateway.health import HealthController
 from gateway.identity import IDENTITY_CONTROLLERS
+from gateway.oauth import OAuthController
 from gateway.problems import problem_response
 from gateway.services import EdgeServices
 from gateway.tracing import trace_middleware
@@ -53,7 +54,7 @@ def create_app(settings: Settings, config: GatewayConfig | None = None) -> Lites
         return services.feeds
 
     return Litestar(
-        route_handlers=[HealthController, BuildsController, *IDENTITY_CONTROLLERS],
+        route_handlers=[HealthController, BuildsController, *IDENTITY_CONTROLLERS, OAuthController],
         dependencies={
             "services": Provide(provide_services, sync_to_thread=False),
             "bus": Provide(provide_bus, sync_to_thread=False),

@@ -64,8 +64,11 @@ async def serve_gateway(
     port = sock.getsockname()[1]
     host = f"[{settings.http_host}]" if ":" in settings.http_host else settings.http_host
     base_url = f"http://{host}:{port}"
+    app = app or create_app(settings)
+    # The OAuth issuer (gateway.oauth) is the public URL, or else this bound address: known only now.
+    app.state["base_url"] = (settings.public_url or base_url).rstrip("/")
     config = uvicorn.Config(
-        with_raw_websocket_send(app or create_app(settings)),
+        with_raw_websocket_send(app),
         http="httptools",
         # The sans-I/O websockets protocol writes a frame straight to the transport without awaiting,
         # so fanning an event out to many sockets costs no extra event-loop round trips.

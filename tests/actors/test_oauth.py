@@ -103,7 +103,9 @@ async def authorize(nc: Client, client_id: str, challenge: str, **changes: Any) 
     return await ask(nc, OAUTH_START_AUTHORIZATION, StartAuthorization(**values))
 
 
-async def code_for(nc: Client, client_id: str, challenge: str, *, granted: tuple[str, ...] = ("mcp:tools:write",)) -> str:
+async def code_for(
+    nc: Client, client_id: str, challenge: str, *, granted: tuple[str, ...] = ("mcp:tools:write",)
+) -> str:
     consent = await authorize(nc, client_id, challenge)
     assert isinstance(consent, ConsentRequired), consent
     decided = await ask(nc, OAUTH_DECIDE_CONSENT, DecideConsent(
@@ -152,7 +154,9 @@ async def test_registering_the_same_metadata_twice_returns_the_same_client(nc: C
     assert first.client_secret is None and first.token_endpoint_auth_method == "none"
 
 
-async def test_registration_without_an_auth_method_gets_a_hashed_client_secret(nc: Client, db: asyncpg.Connection) -> None:
+async def test_registration_without_an_auth_method_gets_a_hashed_client_secret(
+    nc: Client, db: asyncpg.Connection
+) -> None:
     client = await register(nc, name="Confidential", method=None, ip="198.51.100.3")
     assert client.token_endpoint_auth_method == "client_secret_basic"
     assert client.client_secret and client.client_secret.startswith("bmms_cs_")
@@ -181,7 +185,9 @@ async def test_registration_refuses_redirect_uris_that_are_neither_https_nor_loo
     assert isinstance(refused, OAuthError) and refused.error == "invalid_redirect_uri", refused
 
 
-async def test_unused_dynamic_clients_are_deleted_on_a_later_registration(nc: Client, db: asyncpg.Connection) -> None:
+async def test_unused_dynamic_clients_are_deleted_on_a_later_registration(
+    nc: Client, db: asyncpg.Connection
+) -> None:
     stale = await register(nc, name="Never used", ip="198.51.100.5")
     CLOCK.offset = OAuthConfig().unused_client_ttl + OAuthConfig().unused_client_ttl
     try:
@@ -192,9 +198,9 @@ async def test_unused_dynamic_clients_are_deleted_on_a_later_registration(nc: Cl
 
 
 async def test_operator_preregistered_client_keeps_its_chosen_id(nc: Client) -> None:
-    created = await ask(nc, OAUTH_CREATE_CLIENT, CreateClient(
-        client_id="claude-desktop-test", metadata=ClientMetadata(redirect_uris=("https://claude.example/cb",),
-                                                                 client_name="Claude", token_endpoint_auth_method="none")))
+    metadata = ClientMetadata(redirect_uris=("https://claude.example/cb",), client_name="Claude",
+                              token_endpoint_auth_method="none")
+    created = await ask(nc, OAUTH_CREATE_CLIENT, CreateClient(client_id="claude-desktop-test", metadata=metadata))
     assert isinstance(created, ClientRegistered) and created.client_id == "claude-desktop-test"
 
 

@@ -1,0 +1,375 @@
+"""The OAuth 2.1 Authorization Server's HTTP face: metadata, JWKS, registration, authorize + consent,
+token and revocation. Every decision is the oauth actor's; this module parses the edge and renders.
+
+OAuth endpoints answer in the formats their RFCs fix (`{"error", "error_description"}` JSON, redirects
+with `error`/`state`/`iss`, an HTML error page when the redirect URI is not trusted), not RFC 9457.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import logging
+import time
+from pathlib import Path
+from string import Template
+from typing import Any
+from urllib.parse import unquote
+
+import msgspec
+from litestar import Controller, Request, Response, get, post
+from litestar.di import NamedDependency
+from litestar.response import Redirect
+
+from actors.runtime.bus import call
+from bus_schemas.base import Failed
+from bus_schemas.oauth import (
+    SCOPES_SUPPORTED,
+    AuthorizationRedirect,
+    ClientAuthUsed,
+    ClientMetadata,
+    ClientRegistered,
+    ConsentRequired,
+    DecideConsent,
+    ExchangeToken,
+    GetJwks,
+    Jwks,
+    OAuthError,
+    RegisterClient,
+    RevokeToken,
+    Signer,
+    SignInRequired,
+    StartAuthorization,
+    TokenIssued,
+)
+from bus_schemas.registry import (
+    OAUTH_DECIDE_CONSENT,
+    OAUTH_EXCHANGE_TOKEN,
+    OAUTH_GET_JWKS,
+    OAUTH_REGISTER_CLIENT,
+    OAUTH_REVOKE_TOKEN,
+    OAUTH_START_AUTHORIZATION,
+)
+from gateway.auth import Authenticator
+from gateway.services import EdgeServices
+
+log = logging.getLogger("bmms.gateway.oauth")
+
+SIGN_IN_API = "/v1/auth/magic-link"
+"""Where a person without a session asks for a sign-in link (with `next` back to the authorization)."""
+JWKS_PATH = "/oauth/jwks.json"
+
+_TEMPLATES = Path(__file__).parent / "templates"
+_CONSENT = Template((_TEMPLATES / "oauth_consent.html").read_text())
+_MESSAGE = Template((_TEMPLATES / "oauth_message.html").read_text())
+_encoder = msgspec.json.Encoder()
+_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+_PAGE_HEADERS = {
+    **_NO_STORE,
+    # The consent page must never be framed (clickjacking) nor load anything from elsewhere.
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def issuer_of(request: Request[Any, Any, Any]) -> str:
+    """The issuer: the gateway's public URL (or bound address), byte-identical everywhere, no slash."""
+    base = request.app.state.get("base_url")
+    if base:
+        return str(base)
+    services: EdgeServices = request.app.state["services"]
+    if services.settings.public_url:
+        return services.settings.public_url.rstrip("/")
+    return str(request.base_url).rstrip("/")
+
+
+def authorization_server_metadata(issuer: str) -> dict[str, Any]:
+    """RFC 8414 metadata: what MCP clients read before anything else."""
+    return {
+        "issuer": issuer,
+        "authorization_endpoint": f"{issuer}/oauth/authorize",
+        "token_endpoint": f"{issuer}/oauth/token",
+        "registration_endpoint": f"{issuer}/oauth/register",
+        "revocation_endpoint": f"{issuer}/oauth/revoke",
+        "jwks_uri": f"{issuer}{JWKS_PATH}",
+        "scopes_supported": list(SCOPES_SUPPORTED),
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "token_endpoint_auth_methods_supported": ["none", "client_secret_post", "client_secret_basic"],
+        "revocation_endpoint_auth_methods_supported": ["none", "client_secret_post", "client_secret_basic"],
+        "code_challenge_methods_supported": ["S256"],
+        "authorization_response_iss_parameter_supported": True,
+        "client_id_metadata_document_supported": True,
+        "resource_indicators_supported": True,
+        "token_endpoint_auth_signing_alg_values_supported": ["RS256"],
+        "service_documentation": f"{issuer}/schema",
+    }
+
+
+def _json(body: object, status: int = 200, headers: dict[str, str] | None = None) -> Response[bytes]:
+    return Response(_encoder.encode(body), status_code=status, media_type="application/json", headers=headers)
+
+
+def _oauth_error(error: OAuthError, extra_headers: dict[str, str] | None = None) -> Response[bytes]:
+    body = {"error": error.error, "error_description": error.description}
+    return _json(body, error.status, {**_NO_STORE, **(extra_headers or {})})
+
+
+def _unavailable(failed: Failed) -> OAuthError:
+    log.warning("oauth actor failed: %s: %s", failed.code, failed.detail)
+    status = 503 if failed.code == "unavailable" else 500
+    return OAuthError(error="temporarily_unavailable" if status == 503 else "server_error",
+                      description=failed.detail, status=status)
+
+
+def _page(title: str, message: str, status: int) -> Response[str]:
+    body = _MESSAGE.substitute(title=html.escape(title), message=html.escape(message))
+    return Response(body, status_code=status, media_type="text/html; charset=utf-8", headers=_PAGE_HEADERS)
+
+
+def _consent_page(consent: ConsentRequired, signer: Signer) -> Response[str]:
+    rows = []
+    for choice in consent.scopes:
+        scope = html.escape(choice.scope)
+        label = f"{html.escape(choice.description)} <code>{scope}</code>"
+        if choice.optional:
+            rows.append(f'<li><label><input type="checkbox" name="scope" value="{scope}" checked> {label}</label></li>')
+        else:
+            rows.append(f'<li><label><input type="checkbox" checked disabled> {label}</label></li>')
+    body = _CONSENT.substitute(
+        client_name=html.escape(consent.client_name),
+        client_id=html.escape(consent.client_id),
+        redirect_host=html.escape(consent.redirect_uri.split("/")[2] if "//" in consent.redirect_uri else ""),
+        person=html.escape(signer.label or signer.subject),
+        server_id=html.escape(consent.server_id),
+        resource=html.escape(consent.resource),
+        scopes="\n".join(rows),
+        consent_id=html.escape(consent.consent_id),
+        csrf_token=html.escape(consent.csrf_token),
+    )
+    return Response(body, status_code=200, media_type="text/html; charset=utf-8", headers=_PAGE_HEADERS)
+
+
+def _client_credentials(request: Request[Any, Any, Any], form: dict[str, str]) -> tuple[str | None, str | None,
+                                                                                      ClientAuthUsed] | OAuthError:
+    """(client id, secret, how they came) from `Authorization: Basic` or the form (RFC 6749 §2.3.1)."""
+    header = request.headers.get("authorization", "")
+    if header[:6].lower() == "basic ":
+        if form.get("client_secret"):
+            return OAuthError(error="invalid_request", description="send client credentials one way, not two")
+        try:
+            decoded = base64.b64decode(header[6:].strip(), validate=True).decode()
+            raw_id, _, raw_secret = decoded.partition(":")
+        except ValueError:
+            return OAuthError(error="invalid_client", description="malformed Basic credentials", status=401)
+        client_id = unquote(raw_id)
+        if form.get("client_id") and form["client_id"] != client_id:
+            return OAuthError(error="invalid_request", description="client_id differs from the Basic credentials")
+        return client_id, unquote(raw_secret), "client_secret_basic"
+    if form.get("client_secret"):
+        return form.get("client_id"), form["client_secret"], "client_secret_post"
+    return form.get("client_id"), None, "none"
+
+
+async def _form(request: Request[Any, Any, Any]) -> tuple[dict[str, str], list[str]] | OAuthError:
+    """The single-valued fields of a form body, and every `resource` value."""
+    media_type = request.content_type[0]
+    if media_type != "application/x-www-form-urlencoded":
+        return OAuthError(error="invalid_request", description="send the request as application/x-www-form-urlencoded")
+    form = await request.form()
+    values: dict[str, str] = {}
+    for key in form:
+        items = form.getall(key)
+        if key != "resource" and len(items) > 1:
+            return OAuthError(error="invalid_request", description=f"parameter {key} is repeated")
+        values[key] = str(items[0])
+    return values, [str(v) for v in form.getall("resource")] if "resource" in form else []
+
+
+class JwksCache:
+    """The JWKS as the oauth actor last answered it, kept for the `max_age` it gave."""
+
+    def __init__(self) -> None:
+        self.value: tuple[float, Jwks] | None = None
+
+
+class OAuthController(Controller):
+    """The Authorization Server's endpoints."""
+
+    path = "/"
+    tags = ["oauth"]
+    include_in_schema = True
+
+    async def _ask(self, services: EdgeServices, rpc: Any, message: object) -> Any:
+        reply = await call(services.bus.nc, rpc, message, timeout=services.settings.rpc_timeout)
+        return _unavailable(reply) if isinstance(reply, Failed) else reply
+
+    @get(["/.well-known/oauth-authorization-server", "/.well-known/openid-configuration"],
+         summary="Authorization server metadata (RFC 8414)")
+    async def metadata(self, request: Request[Any, Any, Any]) -> Response[bytes]:
+        """Endpoints, grants, PKCE S256, scopes; `issuer` is the one tokens carry."""
+        return _json(authorization_server_metadata(issuer_of(request)),
+                     headers={"Cache-Control": "public, max-age=300", "Access-Control-Allow-Origin": "*"})
+
+    @get([JWKS_PATH, "/.well-known/jwks.json"], summary="The token-signing public keys (JWKS)")
+    async def jwks(self, request: Request[Any, Any, Any], services: NamedDependency[EdgeServices]) -> Response[bytes]:
+        """The signing key and retired keys whose tokens may still be live; rotation adds a key here first."""
+        cache: JwksCache = request.app.state.setdefault("oauth_jwks", JwksCache())
+        now = time.monotonic()
+        if cache.value is None or cache.value[0] <= now:
+            reply = await self._ask(services, OAUTH_GET_JWKS, GetJwks())
+            if isinstance(reply, OAuthError):
+                return _oauth_error(reply)
+            # Cached briefly at the edge: a freshly rotated key must show up well before verifiers need it.
+            cache.value = (now + min(reply.max_age, 30), reply)
+        keys = cache.value[1]
+        body = {"keys": [msgspec.to_builtins(k) for k in keys.keys]}
+        return _json(body, headers={"Cache-Control": f"public, max-age={keys.max_age}",
+                                    "Access-Control-Allow-Origin": "*"})
+
+    @post("/oauth/register", status_code=201, summary="Dynamic Client Registration (RFC 7591)")
+    async def register(
+        self, request: Request[Any, Any, Any], services: NamedDependency[EdgeServices]
+    ) -> Response[bytes]:
+        """Register a client; the same metadata returns the same client_id. Rate-limited per address."""
+        try:
+            raw = msgspec.json.decode(await request.body())
+            if not isinstance(raw, dict):
+                raise ValueError("not a JSON object")
+            fields = {k: raw[k] for k in ClientMetadata.__struct_fields__ if k in raw and raw[k] is not None}
+            metadata = msgspec.convert(fields, ClientMetadata)
+        except (ValueError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.warning("oauth refused registration: invalid_client_metadata: %s", exc)
+            return _oauth_error(OAuthError(error="invalid_client_metadata", description=f"unreadable metadata: {exc}"))
+        client_ip = request.client.host if request.client else "unknown"
+        reply = await self._ask(services, OAUTH_REGISTER_CLIENT, RegisterClient(metadata=metadata, client_ip=client_ip))
+        if isinstance(reply, OAuthError):
+            return _oauth_error(reply, {"Retry-After": "3600"} if reply.status == 429 else None)
+        assert isinstance(reply, ClientRegistered)
+        body = {k: v for k, v in msgspec.to_builtins(reply).items() if v is not None and k != "type"}
+        return _json(body, 201, _NO_STORE)
+
+    @get("/oauth/authorize", summary="Authorization endpoint", include_in_schema=False)
+    async def authorize(
+        self,
+        request: Request[Any, Any, Any],
+        services: NamedDependency[EdgeServices],
+        authenticator: NamedDependency[Authenticator],
+    ) -> Response[Any]:
+        """Validate the request, make sure a person is signed in, and show the consent page."""
+        query = request.query_params
+        repeated = [k for k in query if k != "resource" and len(query.getall(k)) > 1]
+        single = {k: query.get(k) for k in query}
+        issuer = issuer_of(request)
+        signer = await self._signer(request, authenticator)
+        message = StartAuthorization(
+            issuer=issuer,
+            client_id=single.get("client_id"),
+            redirect_uri=single.get("redirect_uri"),
+            response_type=single.get("response_type"),
+            state=single.get("state"),
+            scope=single.get("scope"),
+            code_challenge=single.get("code_challenge"),
+            code_challenge_method=single.get("code_challenge_method"),
+            resources=tuple(query.getall("resource")) if "resource" in query else (),
+            signer=signer,
+        )
+        if repeated:
+            log.warning("oauth refused authorization: repeated parameters %s", repeated)
+            return _page("Invalid request", f"Parameters may appear once: {', '.join(repeated)}.", 400)
+        reply = await self._ask(services, OAUTH_START_AUTHORIZATION, message)
+        if isinstance(reply, OAuthError):
+            if reply.location:
+                return Redirect(reply.location, status_code=302, headers=_NO_STORE)
+            return _page("This app cannot connect", f"{reply.error}: {reply.description}", reply.status)
+        if isinstance(reply, SignInRequired):
+            back = f"{request.url.path}?{request.url.query}"
+            return _page(
+                "Sign in to continue",
+                f"{reply.client_name} asks to use one of your MCP servers. Sign in first: request a sign-in "
+                f"link (POST {SIGN_IN_API} with your email and \"next\": \"{back}\"); the link brings you "
+                "back here.",
+                401,
+            )
+        assert isinstance(reply, ConsentRequired) and signer is not None
+        return _consent_page(reply, signer)
+
+    @post("/oauth/authorize/decision", summary="Consent decision", include_in_schema=False)
+    async def decide(
+        self,
+        request: Request[Any, Any, Any],
+        services: NamedDependency[EdgeServices],
+        authenticator: NamedDependency[Authenticator],
+    ) -> Response[Any]:
+        """The consent form's POST (CSRF token bound to the person); redirects to the client."""
+        signer = await self._signer(request, authenticator)
+        if signer is None:
+            return _page("Signed out", "Your session ended; start again from your MCP client.", 401)
+        form = await request.form()
+        consent_id, csrf = form.get("consent_id"), form.get("csrf_token")
+        if not isinstance(consent_id, str) or not isinstance(csrf, str):
+            return _page("Invalid request", "The consent form is incomplete; start again from your MCP client.", 400)
+        decision = DecideConsent(
+            issuer=issuer_of(request), consent_id=consent_id, csrf_token=csrf, subject=signer.subject,
+            approve=form.get("decision") == "approve",
+            granted_optional=tuple(str(s) for s in form.getall("scope")) if "scope" in form else (),
+        )
+        reply = await self._ask(services, OAUTH_DECIDE_CONSENT, decision)
+        if isinstance(reply, OAuthError):
+            return _page("This request cannot be completed", reply.description, reply.status)
+        assert isinstance(reply, AuthorizationRedirect)
+        return Redirect(reply.location, status_code=303, headers=_NO_STORE)
+
+    @post("/oauth/token", status_code=200, summary="Token endpoint")
+    async def token(self, request: Request[Any, Any, Any], services: NamedDependency[EdgeServices]) -> Response[bytes]:
+        """authorization_code (with PKCE and resource) and refresh_token grants; `Cache-Control: no-store`."""
+        parsed = await _form(request)
+        if isinstance(parsed, OAuthError):
+            return _oauth_error(parsed)
+        form, resources = parsed
+        credentials = _client_credentials(request, form)
+        if isinstance(credentials, OAuthError):
+            return _oauth_error(credentials)
+        client_id, secret, used = credentials
+        reply = await self._ask(services, OAUTH_EXCHANGE_TOKEN, ExchangeToken(
+            issuer=issuer_of(request), grant_type=form.get("grant_type"), code=form.get("code"),
+            redirect_uri=form.get("redirect_uri"), code_verifier=form.get("code_verifier"),
+            refresh_token=form.get("refresh_token"), resources=tuple(resources), scope=form.get("scope"),
+            client_id=client_id, client_secret=secret, client_auth=used,
+        ))
+        if isinstance(reply, OAuthError):
+            challenge = {"WWW-Authenticate": 'Basic realm="oauth"'} if reply.status == 401 else None
+            return _oauth_error(reply, challenge)
+        assert isinstance(reply, TokenIssued)
+        body = {k: v for k, v in msgspec.to_builtins(reply).items() if v is not None and k != "type"}
+        return _json(body, 200, _NO_STORE)
+
+    @post("/oauth/revoke", status_code=200, summary="Token revocation (RFC 7009)")
+    async def revoke(self, request: Request[Any, Any, Any], services: NamedDependency[EdgeServices]) -> Response[bytes]:
+        """Revoke a refresh token (and its family); unknown tokens are answered 200 too."""
+        parsed = await _form(request)
+        if isinstance(parsed, OAuthError):
+            return _oauth_error(parsed)
+        form, _ = parsed
+        if not form.get("token"):
+            return _oauth_error(OAuthError(error="invalid_request", description="token is missing"))
+        credentials = _client_credentials(request, form)
+        if isinstance(credentials, OAuthError):
+            return _oauth_error(credentials)
+        client_id, secret, used = credentials
+        reply = await self._ask(services, OAUTH_REVOKE_TOKEN, RevokeToken(
+            token=form["token"], token_type_hint=form.get("token_type_hint"), client_id=client_id,
+            client_secret=secret, client_auth=used,
+        ))
+        if isinstance(reply, OAuthError):
+            return _oauth_error(reply)
+        return Response(b"", status_code=200, headers=_NO_STORE)
+
+    async def _signer(self, request: Request[Any, Any, Any], authenticator: Authenticator) -> Signer | None:
+        """The person signed in with the session cookie; API keys never consent."""
+        principal = await authenticator.session_principal(request)
+        if principal is None or principal.person_id is None:
+            return None
+        return Signer(subject=principal.person_id, org_id=principal.org_id, label=principal.email or "")
