@@ -66,6 +66,8 @@ async def test_role_is_refused_what_it_does_not_need(stack: Stack, role: str, ac
         ("planner", "publish", "builds.o1.b1.planned"),
         ("deployer", "publish", "builds.o1.b1.deployed"),
         ("auth", "subscribe", "rpc.auth.authenticate"),
+        ("gateway", "publish", "rpc.auth.magic_link.redeem"),
+        ("gateway", "publish", "rpc.auth.api_keys.revoke"),
     ],
 )
 async def test_role_is_allowed_what_it_needs(stack: Stack, role: str, action: str, subject: str) -> None:
