@@ -1,7 +1,7 @@
 """The `bmms` command: the dev stack, one actor or the gateway as a process, and operator tools.
 
 Settings come from `BMMS_*` environment variables, read once here (see actors.runtime.settings).
-Operator commands (migrate, events, apikey) take NATS credentials from BMMS_NATS_USER/BMMS_NATS_PASSWORD
+Operator commands (migrate, events, apikey, oauth-client) take NATS credentials from BMMS_NATS_USER/BMMS_NATS_PASSWORD
 or BMMS_NATS_PASS_<ROLE>; without them they use the per-role passwords `bmms dev` keeps in
 <data-dir>/secrets/nats-passwords.json and the addresses it records in <data-dir>/run/stack.json.
 """
@@ -19,6 +19,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import yaml
 
 from actors.catalog import ACTORS, create_actor
@@ -93,6 +94,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     create.add_argument("--org", required=True, help="organisation name")
     create.add_argument("--label", default="default", help="what the key is for")
+
+    oauth_client = commands.add_parser("oauth-client", help="manage pre-registered OAuth clients")
+    oauth_client_commands = oauth_client.add_subparsers(dest="oauth_client_command", required=True, metavar="ACTION")
+    register = oauth_client_commands.add_parser(
+        "create", parents=[data], help="pre-register an OAuth client; prints it (and its secret, once) as JSON",
+        description="Acts as the NATS admin role. " + CREDENTIALS_HELP,
+    )
+    register.add_argument("--name", required=True, help="the client's name, shown on the consent page")
+    register.add_argument("--redirect-uri", action="append", required=True, dest="redirect_uris",
+                          help="an exact redirect URI (https, or http on a loopback host); repeatable")
+    register.add_argument("--client-id", help="a chosen client id (default: generated)")
+    register.add_argument("--confidential", action="store_true",
+                          help="issue a client secret (client_secret_basic); default: a public client")
     return parser
 
 
@@ -215,6 +229,38 @@ def cmd_apikey(args: argparse.Namespace, env: Environment) -> int:
     return asyncio.run(create())
 
 
+def cmd_oauth_client(args: argparse.Namespace, env: Environment) -> int:
+    """`bmms oauth-client create`."""
+    from actors.runtime.bus import call
+    from bus_schemas.base import Failed
+    from bus_schemas.oauth import ClientMetadata, ClientRegistered, CreateClient
+    from bus_schemas.registry import OAUTH_CREATE_CLIENT
+
+    _quiet_operator_logs(env.settings)
+    admin = env.as_role("admin")
+    metadata = ClientMetadata(
+        redirect_uris=tuple(args.redirect_uris), client_name=args.name,
+        token_endpoint_auth_method="client_secret_basic" if args.confidential else "none",
+        grant_types=("authorization_code", "refresh_token"),
+    )
+
+    async def create() -> int:
+        nc = await connect_as(admin, "bmms-oauth-client")
+        try:
+            reply = await call(nc, OAUTH_CREATE_CLIENT, CreateClient(metadata=metadata, client_id=args.client_id),
+                               timeout=admin.rpc_timeout)
+        finally:
+            await nc.close()
+        if not isinstance(reply, ClientRegistered):
+            reason = reply.detail if isinstance(reply, Failed) else reply.description
+            print(f"bmms oauth-client: refused: {reason}", file=sys.stderr)
+            return 1
+        print(msgspec.json.encode(reply).decode())
+        return 0
+
+    return asyncio.run(create())
+
+
 def _run_until_interrupted(main: Callable[[asyncio.Event], Coroutine[Any, Any, int]]) -> int:
     """Run `main(stop)`; SIGINT/SIGTERM set `stop` so it can close its consumer before exiting."""
 
@@ -242,6 +288,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Environment], int]] = {
     "events": cmd_events,
     "schema": cmd_schema,
     "apikey": cmd_apikey,
+    "oauth-client": cmd_oauth_client,
 }
 
 

@@ -213,9 +213,11 @@ def create_actor(config: OAuthConfig | None = None) -> Actor:
                            f"too many client registrations from {request.client_ip} this hour; "
                            "reuse the client you registered", status=429, what="registration",
                            client=request.client_ip)
+        # Housekeeping rides on registration (clients register on every connect): no scheduler needed.
         removed = await storage.delete_unused_clients(ctx.pool, now - cfg.unused_client_ttl)
         if removed:
             ctx.log.info("deleted %d dynamic client(s) never used within %s", removed, cfg.unused_client_ttl)
+        await storage.delete_expired(ctx.pool, now, keep=dt.timedelta(days=1))
         return await register(ctx, request.metadata, kind="dynamic", source=request.client_ip)
 
     @actor.rpc(OAUTH_CREATE_CLIENT)

@@ -38,6 +38,22 @@ async def delete_unused_clients(pool: asyncpg.Pool, older_than: dt.datetime) -> 
     return int(result.rsplit(" ", 1)[-1])
 
 
+async def delete_expired(pool: asyncpg.Pool, now: dt.datetime, keep: dt.timedelta) -> None:
+    """Forget codes and refresh tokens that expired more than `keep` ago, and grants left with neither
+    (a revoked grant's rows stay until they expire, so a replay is still recognised as one)."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("DELETE FROM oauth_codes WHERE expires_at < $1", now - keep)
+        await conn.execute("DELETE FROM oauth_refresh_tokens WHERE expires_at < $1", now - keep)
+        await conn.execute(
+            """
+            DELETE FROM oauth_grants g WHERE g.created_at < $1
+              AND NOT EXISTS (SELECT 1 FROM oauth_codes c WHERE c.grant_id = g.grant_id)
+              AND NOT EXISTS (SELECT 1 FROM oauth_refresh_tokens r WHERE r.grant_id = g.grant_id)
+            """,
+            now - keep,
+        )
+
+
 async def save_client(
     pool: asyncpg.Pool,
     *,

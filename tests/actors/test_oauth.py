@@ -3,12 +3,14 @@ refresh rotation with reuse detection, Client ID Metadata Documents, and nothing
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
+import msgspec
 import pytest
 from joserfc import jwt
 from joserfc.jwk import KeySet
@@ -486,3 +488,31 @@ async def test_metadata_documents_refuse_oversized_bodies() -> None:
 async def test_metadata_documents_refuse_non_public_targets_in_production(url: str, why: str) -> None:
     with pytest.raises(MetadataError, match=why):
         await MetadataDocuments(allow_loopback=False).client(url)
+
+
+# --- signing keys ---
+
+
+async def test_signing_key_rotates_and_the_old_key_stays_published_until_its_tokens_expire(nc: Client) -> None:
+    _, before = await tokens(nc)
+    old_kid = jwt.decode(before.access_token, await key_set(nc), algorithms=["RS256"]).header["kid"]
+    config = OAuthConfig()
+    CLOCK.offset = config.key_rotation + dt.timedelta(minutes=1)
+    try:
+        _, after = await tokens(nc)
+        published = await ask(nc, OAUTH_GET_JWKS, GetJwks())
+        assert isinstance(published, Jwks)
+        new_kid = jwt.decode(after.access_token, await key_set(nc), algorithms=["RS256"]).header["kid"]
+        assert new_kid != old_kid and {old_kid, new_kid} <= {k.kid for k in published.keys}
+        CLOCK.offset += config.access_token_ttl + dt.timedelta(minutes=10)
+        later = await ask(nc, OAUTH_GET_JWKS, GetJwks())
+        assert isinstance(later, Jwks) and old_kid not in {k.kid for k in later.keys}
+        assert new_kid in {k.kid for k in later.keys}
+    finally:
+        CLOCK.offset = dt.timedelta()
+
+
+async def key_set(nc: Client) -> KeySet:
+    published = await ask(nc, OAUTH_GET_JWKS, GetJwks())
+    assert isinstance(published, Jwks)
+    return KeySet.import_key_set({"keys": [msgspec.to_builtins(k) for k in published.keys]})

@@ -305,7 +305,7 @@ async def test_redirect_uri_mismatch_shows_an_error_page_and_never_redirects(
     client_id = (await register(http, client_name="mismatch")).json()["client_id"]
     _, challenge = pkce_pair()
     url = await authorize_url(platform, client_id, challenge, redirect_uri="https://attacker.example/cb")
-    page = await http.get(url, cookies={"bmms_session": session})
+    page = await http.get(url, headers={"Cookie": f"bmms_session={session}"})
     assert page.status_code == 400 and "location" not in page.headers
     assert "text/html" in page.headers["content-type"] and "exactly" in page.text
 
@@ -316,7 +316,7 @@ async def test_foreign_resource_is_sent_back_to_the_client_as_invalid_target(
     client_id = (await register(http, client_name="foreign resource")).json()["client_id"]
     _, challenge = pkce_pair()
     url = await authorize_url(platform, client_id, challenge, resource="https://elsewhere.example/mcp")
-    answer = await http.get(url, cookies={"bmms_session": session})
+    answer = await http.get(url, headers={"Cookie": f"bmms_session={session}"})
     assert answer.status_code == 302
     params = query_of(answer.headers["location"])
     assert params["error"] == "invalid_target" and params["state"] == "xyz" and params["iss"] == platform.issuer
