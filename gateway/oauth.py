@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import unquote
 
 import msgspec
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Request, Response, get, post, route
 from litestar.di import NamedDependency
 from litestar.response import Redirect
 
@@ -108,8 +108,24 @@ def authorization_server_metadata(issuer: str) -> dict[str, Any]:
     }
 
 
+_CORS = {"Access-Control-Allow-Origin": "*"}
+"""Browser-based MCP clients (the Inspector) call these endpoints from another origin. No cookie is read
+on them (the consent pages are not among them), so any origin may."""
+_CORS_PATHS = [
+    "/.well-known/oauth-authorization-server", "/.well-known/openid-configuration", JWKS_PATH,
+    "/.well-known/jwks.json", "/oauth/register", "/oauth/token", "/oauth/revoke",
+]
+
+
 def _json(body: object, status: int = 200, headers: dict[str, str] | None = None) -> Response[bytes]:
-    return Response(_encoder.encode(body), status_code=status, media_type="application/json", headers=headers)
+    return Response(_encoder.encode(body), status_code=status, media_type="application/json",
+                    headers={**_CORS, **(headers or {})})
+
+
+def _refused_at_edge(error: OAuthError, what: str) -> Response[bytes]:
+    # The oauth actor logs its own refusals; these never reached it.
+    log.warning("oauth refused %s at the edge: %s: %s", what, error.error, error.description)
+    return _oauth_error(error)
 
 
 def _oauth_error(error: OAuthError, extra_headers: dict[str, str] | None = None) -> Response[bytes]:
@@ -206,12 +222,22 @@ class OAuthController(Controller):
         reply = await call(services.bus.nc, rpc, message, timeout=services.settings.rpc_timeout)
         return _unavailable(reply) if isinstance(reply, Failed) else reply
 
+    @route(_CORS_PATHS, http_method=["OPTIONS"], include_in_schema=False)
+    async def preflight(self) -> Response[bytes]:
+        """CORS preflight for browser-based clients."""
+        return Response(b"", status_code=204, headers={
+            **_CORS,
+            "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+            "Access-Control-Allow-Headers": "Authorization, Content-Type, MCP-Protocol-Version",
+            "Access-Control-Max-Age": "86400",
+        })
+
     @get(["/.well-known/oauth-authorization-server", "/.well-known/openid-configuration"],
          summary="Authorization server metadata (RFC 8414)")
     async def metadata(self, request: Request[Any, Any, Any]) -> Response[bytes]:
         """Endpoints, grants, PKCE S256, scopes; `issuer` is the one tokens carry."""
-        return _json(authorization_server_metadata(issuer_of(request)),
-                     headers={"Cache-Control": "public, max-age=300", "Access-Control-Allow-Origin": "*"})
+        metadata = authorization_server_metadata(issuer_of(request))
+        return _json(metadata, headers={"Cache-Control": "public, max-age=300"})
 
     @get([JWKS_PATH, "/.well-known/jwks.json"], summary="The token-signing public keys (JWKS)")
     async def jwks(self, request: Request[Any, Any, Any], services: NamedDependency[EdgeServices]) -> Response[bytes]:
@@ -226,8 +252,7 @@ class OAuthController(Controller):
             cache.value = (now + min(reply.max_age, 30), reply)
         keys = cache.value[1]
         body = {"keys": [msgspec.to_builtins(k) for k in keys.keys]}
-        return _json(body, headers={"Cache-Control": f"public, max-age={keys.max_age}",
-                                    "Access-Control-Allow-Origin": "*"})
+        return _json(body, headers={"Cache-Control": f"public, max-age={keys.max_age}"})
 
     @post("/oauth/register", status_code=201, summary="Dynamic Client Registration (RFC 7591)")
     async def register(
@@ -327,11 +352,11 @@ class OAuthController(Controller):
         """authorization_code (with PKCE and resource) and refresh_token grants; `Cache-Control: no-store`."""
         parsed = await _form(request)
         if isinstance(parsed, OAuthError):
-            return _oauth_error(parsed)
+            return _refused_at_edge(parsed, "token request")
         form, resources = parsed
         credentials = _client_credentials(request, form)
         if isinstance(credentials, OAuthError):
-            return _oauth_error(credentials)
+            return _refused_at_edge(credentials, "token request")
         client_id, secret, used = credentials
         reply = await self._ask(services, OAUTH_EXCHANGE_TOKEN, ExchangeToken(
             issuer=issuer_of(request), grant_type=form.get("grant_type"), code=form.get("code"),
@@ -351,13 +376,13 @@ class OAuthController(Controller):
         """Revoke a refresh token (and its family); unknown tokens are answered 200 too."""
         parsed = await _form(request)
         if isinstance(parsed, OAuthError):
-            return _oauth_error(parsed)
+            return _refused_at_edge(parsed, "revocation")
         form, _ = parsed
         if not form.get("token"):
-            return _oauth_error(OAuthError(error="invalid_request", description="token is missing"))
+            return _refused_at_edge(OAuthError(error="invalid_request", description="token is missing"), "revocation")
         credentials = _client_credentials(request, form)
         if isinstance(credentials, OAuthError):
-            return _oauth_error(credentials)
+            return _refused_at_edge(credentials, "revocation")
         client_id, secret, used = credentials
         reply = await self._ask(services, OAUTH_REVOKE_TOKEN, RevokeToken(
             token=form["token"], token_type_hint=form.get("token_type_hint"), client_id=client_id,
@@ -365,7 +390,7 @@ class OAuthController(Controller):
         ))
         if isinstance(reply, OAuthError):
             return _oauth_error(reply)
-        return Response(b"", status_code=200, headers=_NO_STORE)
+        return Response(b"", status_code=200, headers={**_CORS, **_NO_STORE})
 
     async def _signer(self, request: Request[Any, Any, Any], authenticator: Authenticator) -> Signer | None:
         """The person signed in with the session cookie; API keys never consent."""

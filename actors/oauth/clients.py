@@ -147,7 +147,8 @@ class MetadataDocuments:
     once and every address must be public (no private, loopback, link-local, reserved or multicast
     target); the connection then goes to a checked address with the host name used for TLS (SNI and
     certificate check), so a second, different DNS answer cannot redirect it; no redirects are
-    followed; the body is capped at `max_bytes` and the whole fetch at `timeout` seconds.
+    followed; the body is capped at `max_bytes` and the whole fetch at `timeout` seconds (under the
+    gateway's RPC timeout, so a slow document is refused with a reason rather than a 503).
     """
 
     def __init__(
@@ -155,7 +156,7 @@ class MetadataDocuments:
         *,
         allow_loopback: bool,
         max_bytes: int = 5 * 1024,
-        timeout: float = 5.0,
+        timeout: float = 3.0,
         max_entries: int = 1000,
         default_ttl: float = 300.0,
         max_ttl: float = 24 * 3600.0,
@@ -245,8 +246,9 @@ class MetadataDocuments:
                     async for chunk in response.aiter_bytes():
                         body += chunk
                         if len(body) > self.max_bytes:
+                            limit = self.max_bytes
                             raise MetadataError(
-                                "invalid_client", f"the client metadata document at {url} is over {self.max_bytes} bytes",  # noqa: E501
+                                "invalid_client", f"the client metadata document at {url} is over {limit} bytes"
                             )
                     return body, response.headers.get("cache-control", "")
         except httpx2.HTTPError as exc:

@@ -218,6 +218,16 @@ async def test_metadata_is_served_on_both_discovery_paths_with_one_issuer(
     assert "mcp:tools:read" in body["scopes_supported"]
 
 
+async def test_browser_clients_may_call_the_oauth_endpoints_cross_origin(http: httpx.AsyncClient) -> None:
+    preflight = await http.options("/oauth/token", headers={
+        "Origin": "https://inspector.example", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type"})
+    assert preflight.status_code == 204 and preflight.headers["access-control-allow-origin"] == "*"
+    assert "Authorization" in preflight.headers["access-control-allow-headers"]
+    metadata = await http.get("/.well-known/oauth-authorization-server", headers={"Origin": "https://x.example"})
+    assert metadata.headers["access-control-allow-origin"] == "*"
+
+
 async def test_jwks_publishes_the_rs256_signing_key(http: httpx.AsyncClient) -> None:
     for path in ("/oauth/jwks.json", "/.well-known/jwks.json"):
         response = await http.get(path)
