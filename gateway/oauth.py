@@ -102,8 +102,6 @@ def authorization_server_metadata(issuer: str) -> dict[str, Any]:
         "code_challenge_methods_supported": ["S256"],
         "authorization_response_iss_parameter_supported": True,
         "client_id_metadata_document_supported": True,
-        "resource_indicators_supported": True,
-        "token_endpoint_auth_signing_alg_values_supported": ["RS256"],
         "service_documentation": f"{issuer}/schema",
     }
 
