@@ -5,6 +5,7 @@ their first one, the organisation they own from their first sign-in)."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections import OrderedDict
 from typing import Any
@@ -19,6 +20,8 @@ from bus_schemas.identity import Authenticate, Principal
 from bus_schemas.registry import AUTHENTICATE
 from gateway.bus import BusClient
 from gateway.problems import Problem, unauthenticated
+
+log = logging.getLogger("bmms.gateway.auth")
 
 SESSION_COOKIE = "bmms_session"
 """The browser session cookie (HttpOnly, SameSite=Lax, Path=/; Secure over https); its value is the
@@ -59,6 +62,7 @@ def requested_org(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     if org is None:
         return None
     if not SUBJECT_TOKEN_RE.match(org):
+        log.info("rejected request: %s is not an org id", ORG_HEADER)
         raise Problem(400, f"{ORG_HEADER} must be an organisation id", code=FailureCode.INVALID)
     return org
 
@@ -83,6 +87,7 @@ class Authenticator:
         """The principal a credential acts for (in organisation `org`, when given); raises a 401 Problem
         when there is none, 403 when the caller may not act in `org`."""
         if not token:
+            log.info("rejected request: no credential")
             raise unauthenticated("send an API key as `Authorization: Bearer <key>`, or sign in")
         key = (hashlib.sha256(token.encode()).digest(), org or "")
         now = time.monotonic()

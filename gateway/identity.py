@@ -16,6 +16,7 @@ Managing sessions, invitations and keys needs a signed-in person: an API key can
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
 import msgspec
@@ -63,6 +64,8 @@ from gateway.auth import SESSION_COOKIE, Authenticator, provide_principal, sessi
 from gateway.bus import BusClient
 from gateway.problems import Problem
 from gateway.services import EdgeServices
+
+log = logging.getLogger("bmms.gateway.identity")
 
 CALLBACK_PATH = "/v1/auth/magic-link/callback"
 """Where magic links point; the token is the `token` query parameter."""
@@ -177,6 +180,7 @@ def public_base(request: Request[Any, Any, Any], settings: Settings) -> str:
 def require_person(principal: Principal) -> str:
     """The person id of a signed-in caller; 403 for an API key."""
     if principal.person_id is None:
+        log.info("rejected %s: identity management needs a signed-in person", principal.subject)
         raise Problem(403, "sign in as a person for this: an API key cannot manage identities",
                       code=FailureCode.FORBIDDEN)
     return principal.person_id
