@@ -29,6 +29,8 @@ class Failed(Message, frozen=True, kw_only=True, tag="failed.v1"):
     """A sentence a person can act on."""
     field: str | None = None
     """The input field the failure is about, when there is one."""
+    retry_after_seconds: int | None = None
+    """For `rate_limited`: seconds until the limit's window frees up (the edge's `Retry-After`)."""
 
 
 class FailureCode:

@@ -45,6 +45,8 @@ class OAuthError(Message, frozen=True, kw_only=True, tag="oauth.error.v1"):
     location: str | None = None
     """For an authorization request whose redirect URI was validated: where to send the browser (the
     redirect URI with `error`, `state` and `iss`). None: show an error page instead."""
+    retry_after_seconds: int | None = None
+    """With status 429: seconds until the rate limit's window frees up (the edge's `Retry-After`)."""
 
 
 class ClientMetadata(msgspec.Struct, frozen=True, kw_only=True):

@@ -91,7 +91,12 @@ class Problem(Exception):
 def problem_from_failed(failed: Failed) -> Problem:
     """The problem for a bus failure; unknown codes are internal errors."""
     status = FAILURE_STATUS.get(failed.code, 500)
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    headers: dict[str, str] = {}
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    if failed.retry_after_seconds is not None:
+        # RFC 9110 §10.2.3: delay-seconds until the limit's window frees up.
+        headers["Retry-After"] = str(max(1, failed.retry_after_seconds))
     errors = [ProblemField(field=failed.field, source="body", message=failed.detail)] if failed.field else None
     return Problem(status, failed.detail, code=failed.code, errors=errors, headers=headers)
 

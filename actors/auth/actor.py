@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import math
 import secrets
 from pathlib import Path
 
@@ -24,7 +25,6 @@ from actors.auth.tokens import (
     is_token,
     new_token,
     normalize_email,
-    safe_next,
     token_digest,
 )
 from actors.runtime.actor import Actor, Context
@@ -66,6 +66,7 @@ from bus_schemas.identity import (
     SessionList,
     SessionRevoked,
     SessionStarted,
+    safe_next,
 )
 from bus_schemas.registry import (
     AUTHENTICATE,
@@ -157,12 +158,14 @@ def create_actor(config: AuthConfig | None = None) -> Actor:
             is_email = row["bucket"].startswith("email:")
             limit = cfg.links_per_email if is_email else cfg.links_per_ip
             if row["hits"] > limit:
-                minutes = max(1, int(row["left_s"] // 60) + 1)
+                retry_after = max(1, math.ceil(row["left_s"]))
+                minutes = max(1, math.ceil(retry_after / 60))
                 which = "this address" if is_email else "your network address"
                 actor.log.info("rejected magic link request: over %d links per %d s for %s", limit,
                                cfg.rate_window_seconds, "the address" if is_email else row["bucket"])
                 return Failed(code=FailureCode.RATE_LIMITED,
-                              detail=f"too many sign-in links for {which}; try again in {minutes} minute(s)")
+                              detail=f"too many sign-in links for {which}; try again in {minutes} minute(s)",
+                              retry_after_seconds=retry_after)
         return None
 
     async def issue_link(conn: asyncpg.Connection, email: str, link_base: str, next_path: str | None,

@@ -133,10 +133,11 @@ class OAuthActor(Actor):
 
 
 def _refuse(
-    error: str, description: str, *, status: int = 400, what: str = "request", client: str = "-"
+    error: str, description: str, *, status: int = 400, what: str = "request", client: str = "-",
+    retry_after_seconds: int | None = None,
 ) -> OAuthError:
     log.warning("oauth refused %s (client %s): %s: %s", what, client, error, description)
-    return OAuthError(error=error, description=description, status=status)
+    return OAuthError(error=error, description=description, status=status, retry_after_seconds=retry_after_seconds)
 
 
 def _redirect_location(redirect_uri: str, params: dict[str, str | None]) -> str:
@@ -212,7 +213,7 @@ def create_actor(config: OAuthConfig | None = None) -> Actor:
             return _refuse("temporarily_unavailable",
                            f"too many client registrations from {request.client_ip} this hour; "
                            "reuse the client you registered", status=429, what="registration",
-                           client=request.client_ip)
+                           client=request.client_ip, retry_after_seconds=storage.seconds_left_in_window(now))
         # Housekeeping rides on registration (clients register on every connect): no scheduler needed.
         removed = await storage.delete_unused_clients(ctx.pool, now - cfg.unused_client_ttl)
         if removed:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 from typing import Any
 
 import asyncpg
@@ -27,6 +28,12 @@ async def count_registration(pool: asyncpg.Pool, source: str, now: dt.datetime) 
             source, window,
         )
     return count
+
+
+def seconds_left_in_window(now: dt.datetime) -> int:
+    """Seconds until the registration window (the clock hour) holding `now` ends; at least 1."""
+    window_end = now.replace(minute=0, second=0, microsecond=0) + dt.timedelta(hours=1)
+    return max(1, math.ceil((window_end - now).total_seconds()))
 
 
 async def delete_unused_clients(pool: asyncpg.Pool, older_than: dt.datetime) -> int:

@@ -174,6 +174,10 @@ async def test_registrations_are_rate_limited_per_address(nc: Client) -> None:
         metadata=ClientMetadata(redirect_uris=(REDIRECT,), client_name="one too many"), client_ip=ip))
     assert isinstance(refused, OAuthError) and refused.status == 429
     assert ip in refused.description
+    # The window is the clock hour: the refusal says how long until it ends.
+    now = CLOCK()
+    until_next_hour = 3600 - (now.minute * 60 + now.second)
+    assert refused.retry_after_seconds is not None and abs(refused.retry_after_seconds - until_next_hour) <= 5
     # another address is not affected
     await register(nc, name="elsewhere", ip="198.51.100.78")
 
