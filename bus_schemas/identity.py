@@ -55,6 +55,27 @@ class ApiKeyCreated(Message, frozen=True, kw_only=True, tag="auth.api_key_create
 
 # --- magic-link sign-in and sessions ---
 
+NEXT_MAX_LENGTH = 8000
+"""Longest `next` path: room for an OAuth authorization request (client id URL, resource, state, PKCE,
+per-tool scopes) to come back after sign-in."""
+
+
+def safe_next(path: str | None) -> str | None:
+    """`path` when it is a local path to land on after sign-in; None for anything that could leave the
+    site (another host, a scheme, backslash tricks, control characters) or is too long. The auth actor
+    enforces it; the gateway checks early to answer with a page."""
+    if path is None:
+        return None
+    if (
+        not path.startswith("/")
+        or path.startswith(("//", "/\\"))
+        or len(path) > NEXT_MAX_LENGTH
+        or any(c in path for c in "\\\r\n\t\x00")
+    ):
+        return None
+    return path
+
+
 
 class RequestMagicLink(Message, frozen=True, kw_only=True, tag="auth.request_magic_link.v1"):
     """Mail a one-time sign-in link to `email`, whether or not a person with that address exists."""

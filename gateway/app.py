@@ -21,6 +21,7 @@ from gateway.identity import IDENTITY_CONTROLLERS
 from gateway.oauth import OAuthController
 from gateway.problems import problem_response
 from gateway.services import EdgeServices
+from gateway.sign_in import SignInPageController
 from gateway.tracing import trace_middleware
 
 
@@ -54,7 +55,9 @@ def create_app(settings: Settings, config: GatewayConfig | None = None) -> Lites
         return services.feeds
 
     return Litestar(
-        route_handlers=[HealthController, BuildsController, *IDENTITY_CONTROLLERS, OAuthController],
+        route_handlers=[
+            HealthController, BuildsController, *IDENTITY_CONTROLLERS, SignInPageController, OAuthController,
+        ],
         dependencies={
             "services": Provide(provide_services, sync_to_thread=False),
             "bus": Provide(provide_bus, sync_to_thread=False),

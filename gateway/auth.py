@@ -9,6 +9,7 @@ import logging
 import time
 from collections import OrderedDict
 from typing import Any
+from urllib.parse import urlsplit
 
 from litestar import Request
 from litestar.connection import ASGIConnection
@@ -54,6 +55,38 @@ def bearer_token(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
 def session_token(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     """The session cookie's token, if the request carries one."""
     return connection.cookies.get(SESSION_COOKIE) or None
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def _origin_of(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an absolute http(s) URL, default ports filled in; None when it is not one."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        return None
+    return scheme, parts.hostname.lower(), port or _DEFAULT_PORTS[scheme]
+
+
+def origin_allowed(connection: ASGIConnection[Any, Any, Any, Any], public_url: str | None) -> bool:
+    """Whether the request's `Origin` is this gateway's own: the public URL's origin, or the origin the
+    request was addressed to (its Host header). False without an `Origin` (or with `null`).
+
+    Browsers always send `Origin` on WebSocket handshakes and cross-origin POSTs, and a page cannot forge
+    it, so this tells our own pages from another site's."""
+    origin = _origin_of(connection.headers.get("origin", ""))
+    if origin is None:
+        return False
+    if public_url and origin == _origin_of(public_url):
+        return True
+    host = connection.headers.get("host", "")
+    # The Host header has no scheme; take the Origin's, so default ports compare equal.
+    return bool(host) and origin == _origin_of(f"{origin[0]}://{host}")
 
 
 def requested_org(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:

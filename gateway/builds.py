@@ -15,11 +15,19 @@ from bus_schemas.base import SUBJECT_TOKEN_RE, FailureCode
 from bus_schemas.builds import BuildAccepted, BuildSummary, GetBuild, SubmitBuild
 from bus_schemas.identity import Principal
 from bus_schemas.registry import GET_BUILD, SUBMIT_BUILD
-from gateway.auth import WEBSOCKET_BEARER_PROTOCOL, Authenticator, bearer_token, provide_principal
+from gateway.auth import (
+    WEBSOCKET_BEARER_PROTOCOL,
+    Authenticator,
+    bearer_token,
+    origin_allowed,
+    provide_principal,
+    session_token,
+)
 from gateway.bus import BusClient
 from gateway.feeds import RAW_SEND, BuildFeeds, FeedClosed, Send, SocketLagging, Watcher, direct_transport
 from gateway.problems import Problem
 from gateway.schemas import BuildCreated, BuildView, CreateBuild, build_links
+from gateway.services import EdgeServices
 
 log = logging.getLogger("bmms.gateway.builds")
 
@@ -110,17 +118,32 @@ class BuildsController(Controller):
         bus: NamedDependency[BusClient],
         authenticator: NamedDependency[Authenticator],
         feeds: NamedDependency[BuildFeeds],
+        services: NamedDependency[EdgeServices],
         after: Annotated[int, QueryParameter(ge=0, description="Resume after this stream sequence.")] = 0,
     ) -> None:
         """The build's whole history, then live events, one JSON frame each:
-        `{"seq", "subject", "kind", "event"}`. Authenticate with `Authorization: Bearer <key>` or, from
-        a browser, the subprotocols `bearer, <key>`. Failures close the socket with 4000 + the HTTP
-        status (4401, 4404, 4503...) and the problem's detail as reason. The socket stays open after
-        the build deploys or fails: a redeploy adds events. Reconnect with `after=<last seq>`."""
+        `{"seq", "subject", "kind", "event"}`. Authenticate with `Authorization: Bearer <key>`, from
+        a browser with the subprotocols `bearer, <key>`, or with the session cookie from this site's own
+        pages (the `Origin` must be the gateway's: else 4403, so another site cannot ride the cookie).
+        Failures close the socket with 4000 + the HTTP status (4401, 4403, 4404, 4503...) and the
+        problem's detail as reason. The socket stays open after the build deploys or fails: a redeploy
+        adds events. Reconnect with `after=<last seq>`."""
         token = bearer_token(socket)
         offered_bearer = token is not None and "authorization" not in socket.headers
         await socket.accept(subprotocols=WEBSOCKET_BEARER_PROTOCOL if offered_bearer else None)
         try:
+            # WebSocket handshakes are not subject to CORS, and SameSite=Lax keeps the cookie off neither
+            # pages on sibling hosts (same site) nor every browser's cross-site handshakes: the cookie
+            # counts only when the Origin is our own (no cross-site WebSocket hijacking).
+            if (
+                token is None
+                and (token := session_token(socket)) is not None
+                and not origin_allowed(socket, services.settings.public_url)
+            ):
+                log.info("refused build socket: session cookie from foreign origin %r",
+                         socket.headers.get("origin", "")[:200])
+                raise Problem(403, "the session cookie is accepted only from this site's own pages; "
+                              "send an API key instead", code=FailureCode.FORBIDDEN)
             principal = await authenticator.principal(token)
             request = GetBuild(org_id=principal.org_id, build_id=checked_build_id(build_id))
             await bus.ask(GET_BUILD, request, BuildSummary)

@@ -1,10 +1,12 @@
 """People at the edge: magic-link sign-in, the session cookie, who am I, sessions, invitations, API keys.
 
-Routes (all answer RFC 9457 problems on failure):
+Routes (the JSON ones answer RFC 9457 problems on failure):
 - `POST /v1/auth/magic-link {email, next?}` -> 202, the same for every well-formed address (no account
   probing); 429 over the per-address or per-client limit.
-- `GET /v1/auth/magic-link/callback?token=...` -> 303 to `next` (default `/v1/me`) with the session
-  cookie; 401 for a link that is unknown, expired or used.
+- `GET /v1/auth/magic-link/callback?token=...` -> a page whose "Sign in" button POSTs the token (mail
+  scanners fetch links; only the person's click uses one).
+- `POST /v1/auth/magic-link/callback` (form: token, form token) -> 303 to `next` (default `/v1/me`) with
+  the session cookie; a 401 page for a link that is unknown, expired or used. These two are HTML pages.
 - `POST /v1/auth/sign-out` -> 204, ends the cookie's session and clears the cookie.
 - `GET /v1/me` -> the caller, the active organisation (`X-Org`, else the first), role and every org.
 - `GET /v1/sessions`, `DELETE /v1/sessions/{id}` -> a person's sessions, and ending one.
@@ -29,6 +31,7 @@ from litestar.response import Redirect
 from actors.runtime.settings import Settings
 from bus_schemas.base import FailureCode
 from bus_schemas.identity import (
+    NEXT_MAX_LENGTH,
     ApiKeyCreated,
     ApiKeyList,
     ApiKeyRevoked,
@@ -62,6 +65,7 @@ from bus_schemas.registry import (
 )
 from gateway.auth import SESSION_COOKIE, Authenticator, provide_principal, session_token
 from gateway.bus import BusClient
+from gateway.pages import FORM_FIELD, form_cookie, form_is_ours, form_token, hidden, page, paragraph
 from gateway.problems import Problem
 from gateway.services import EdgeServices
 
@@ -69,6 +73,8 @@ log = logging.getLogger("bmms.gateway.identity")
 
 CALLBACK_PATH = "/v1/auth/magic-link/callback"
 """Where magic links point; the token is the `token` query parameter."""
+SIGN_IN_PAGE = "/sign-in"
+"""The browser's sign-in page (gateway.sign_in)."""
 DEFAULT_AFTER_SIGN_IN = "/v1/me"
 
 Email = Annotated[str, msgspec.Meta(min_length=3, max_length=320)]
@@ -78,7 +84,7 @@ class MagicLinkBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     """Ask for a sign-in link."""
 
     email: Email
-    next: Annotated[str, msgspec.Meta(max_length=2000)] | None = None
+    next: Annotated[str, msgspec.Meta(max_length=NEXT_MAX_LENGTH)] | None = None
     """A path on this site to land on after signing in."""
 
 
@@ -215,19 +221,55 @@ class SignInController(Controller):
         return MagicLinkAccepted(detail="a sign-in link is on its way to that address; it works once",
                                  expires_in_seconds=sent.expires_in_seconds)
 
-    @get("/magic-link/callback", summary="Follow a sign-in link", include_in_schema=True)
-    async def follow_link(
+    @get("/magic-link/callback", summary="Open a sign-in link", include_in_schema=True)
+    async def confirm_link(
+        self, request: Request[Any, Any, Any], services: NamedDependency[EdgeServices],
+        token: Annotated[str, QueryParameter(min_length=1, max_length=200, description="The link's token.")],
+    ) -> Response[str]:
+        """A page with a "Sign in" button that POSTs the token: opening the link does not use it, so a
+        mail scanner that fetches every link cannot burn it. Nothing submits the form but the person."""
+        form = form_token(request)
+        body = "\n".join([
+            paragraph("Continue to sign in to Build My MCP Server in this browser."),
+            f'  <form method="post" action="{CALLBACK_PATH}">',
+            hidden(FORM_FIELD, form),
+            hidden("token", token),
+            '    <button type="submit">Sign in</button>',
+            "  </form>",
+            paragraph("The link works once. If you did not ask to sign in, close this page.", "small"),
+        ])
+        return page("Sign in", body, cookies=[form_cookie(form, is_https(request, services.settings))])
+
+    @post("/magic-link/callback", summary="Use a sign-in link", include_in_schema=True)
+    async def use_link(
         self, request: Request[Any, Any, Any], bus: NamedDependency[BusClient],
         services: NamedDependency[EdgeServices],
-        token: Annotated[str, QueryParameter(min_length=1, max_length=200, description="The link's token.")],
-    ) -> Redirect:
-        """Use the link (once): set the session cookie (30 days) and go to `next`, else `/v1/me`."""
-        started = await bus.ask(
-            REDEEM_MAGIC_LINK,
-            RedeemMagicLink(token=token, user_agent=request.headers.get("user-agent", ""),
-                            client_ip=client_ip(request)),
-            SessionStarted,
-        )
+    ) -> Response[Any]:
+        """The confirmation form's POST (form token checked): use the link once, set the session cookie
+        (30 days) and go to `next`, else `/v1/me`. Refusals are HTML pages: a person is reading."""
+        form = await request.form()
+        token = form.get("token")
+        if not form_is_ours(request, form.get(FORM_FIELD), services.settings.public_url):
+            log.info("refused sign-in link use: form token missing or wrong, or foreign Origin %r",
+                     request.headers.get("origin", "")[:200])
+            return page("Sign in", paragraph("This form expired or did not come from this site: open the link "
+                                             "from your mail again."), 403)
+        if not isinstance(token, str) or not 1 <= len(token) <= 200:
+            return page("Sign in", paragraph("The sign-in form is incomplete: open the link from your mail again."),
+                        400)
+        try:
+            started = await bus.ask(
+                REDEEM_MAGIC_LINK,
+                RedeemMagicLink(token=token, user_agent=request.headers.get("user-agent", ""),
+                                client_ip=client_ip(request)),
+                SessionStarted,
+            )
+        except Problem as problem:
+            if problem.status != 401:
+                raise
+            return page("This link cannot sign you in",
+                        paragraph(problem.detail[:1].upper() + problem.detail[1:] + ".")
+                        + f'\n  <p><a href="{SIGN_IN_PAGE}">Ask for a new link</a></p>', 401)
         cookie = session_cookie(started.token, started.max_age_seconds, is_https(request, services.settings))
         return Redirect(
             path=started.next or DEFAULT_AFTER_SIGN_IN, status_code=303, cookies=[cookie],

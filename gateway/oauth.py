@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from string import Template
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlencode
 
 import msgspec
 from litestar import Controller, Request, Response, get, post, route
@@ -23,6 +23,7 @@ from litestar.response import Redirect
 
 from actors.runtime.bus import call
 from bus_schemas.base import Failed
+from bus_schemas.identity import NEXT_MAX_LENGTH, safe_next
 from bus_schemas.oauth import (
     SCOPES_SUPPORTED,
     AuthorizationRedirect,
@@ -51,12 +52,11 @@ from bus_schemas.registry import (
     OAUTH_START_AUTHORIZATION,
 )
 from gateway.auth import Authenticator
+from gateway.identity import SIGN_IN_PAGE
 from gateway.services import EdgeServices
 
 log = logging.getLogger("bmms.gateway.oauth")
 
-SIGN_IN_API = "/v1/auth/magic-link"
-"""Where a person without a session asks for a sign-in link (with `next` back to the authorization)."""
 JWKS_PATH = "/oauth/jwks.json"
 
 _TEMPLATES = Path(__file__).parent / "templates"
@@ -269,7 +269,9 @@ class OAuthController(Controller):
         client_ip = request.client.host if request.client else "unknown"
         reply = await self._ask(services, OAUTH_REGISTER_CLIENT, RegisterClient(metadata=metadata, client_ip=client_ip))
         if isinstance(reply, OAuthError):
-            return _oauth_error(reply, {"Retry-After": "3600"} if reply.status == 429 else None)
+            # The window is the clock hour: an hour is the safe bound when the actor gave no figure.
+            retry = {"Retry-After": str(reply.retry_after_seconds or 3600)} if reply.status == 429 else None
+            return _oauth_error(reply, retry)
         assert isinstance(reply, ClientRegistered)
         body = {k: v for k, v in msgspec.to_builtins(reply).items() if v is not None and k != "type"}
         return _json(body, 201, _NO_STORE)
@@ -308,14 +310,18 @@ class OAuthController(Controller):
                 return Redirect(reply.location, status_code=302, headers=_NO_STORE)
             return _page("This app cannot connect", f"{reply.error}: {reply.description}", reply.status)
         if isinstance(reply, SignInRequired):
-            back = f"{request.url.path}?{request.url.query}"
-            return _page(
-                "Sign in to continue",
-                f"{reply.client_name} asks to use one of your MCP servers. Sign in first: request a sign-in "
-                f"link (POST {SIGN_IN_API} with your email and \"next\": \"{back}\"); the link brings you "
-                "back here.",
-                401,
-            )
+            # Back to this very request once signed in: the raw query, byte for byte (PKCE, state).
+            back = f"{request.url.path}?{request.scope['query_string'].decode('latin-1')}"
+            if len(back) > NEXT_MAX_LENGTH:
+                log.warning("oauth refused authorization: request of %d characters is too long to sign in with",
+                            len(back))
+                return _page("This app cannot connect", f"The authorization request is longer than "
+                             f"{NEXT_MAX_LENGTH} characters; {reply.client_name} must send a shorter one.", 414)
+            if safe_next(back) is None:
+                log.warning("oauth refused authorization: the request cannot be come back to after sign-in")
+                return _page("This app cannot connect", "The authorization request holds characters that cannot "
+                             "be carried through sign-in (backslashes or control characters).", 400)
+            return Redirect(f"{SIGN_IN_PAGE}?{urlencode({'next': back})}", status_code=303, headers=_NO_STORE)
         assert isinstance(reply, ConsentRequired) and signer is not None
         return _consent_page(reply, signer)
 

@@ -1,4 +1,4 @@
-"""Sign-in secrets (magic-link and session tokens), email addresses and redirect paths.
+"""Sign-in secrets (magic-link and session tokens) and email addresses (`next` paths: `bus_schemas.identity`).
 
 Magic-link and session tokens carry 256 bits from the CSPRNG, so a plain SHA-256 digest is enough to
 make a stolen table useless (nothing to brute-force); argon2id is kept for API keys, which predate
@@ -42,20 +42,6 @@ def normalize_email(raw: str) -> str | None:
     if len(email) > 254 or not _EMAIL.match(email):
         return None
     return email
-
-
-def safe_next(path: str | None) -> str | None:
-    """A local path to redirect to after sign-in; anything that could leave the site is refused (None)."""
-    if path is None:
-        return None
-    if (
-        not path.startswith("/")
-        or path.startswith(("//", "/\\"))
-        or len(path) > 2000
-        or any(c in path for c in "\\\r\n\t\x00")
-    ):
-        return None
-    return path
 
 
 def email_bucket(email: str) -> str:

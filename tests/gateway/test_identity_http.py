@@ -3,7 +3,11 @@ keys, sessions and sign-out. Sign-in mail goes through a real SMTP server and is
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import html
+import json
+import re
 import secrets
 from collections.abc import AsyncIterator
 from http.cookies import SimpleCookie
@@ -11,6 +15,7 @@ from http.cookies import SimpleCookie
 import asyncpg
 import httpx
 import pytest
+import websockets
 
 from actors.auth.actor import create_actor as create_auth_actor
 from actors.auth.config import AuthConfig
@@ -71,10 +76,38 @@ async def ask_link(http: httpx.AsyncClient, email: str, ip: str | None = None) -
     return await http.post("/v1/auth/magic-link", json={"email": email}, headers={"X-Forwarded-For": ip or fresh_ip()})
 
 
+def form_fields(page: str) -> dict[str, str]:
+    """The hidden fields of a page's form."""
+    return dict(re.findall(r'<input type="hidden" name="([a-z_]+)" value="([^"]*)">', page))
+
+
+async def open_link(browser: httpx.AsyncClient, token: str, headers: dict[str, str] | None = None) -> httpx.Response:
+    """Open a sign-in link and press its "Sign in" button, as a person does, in `browser`."""
+    page = await browser.get(CALLBACK, params={"token": token}, headers=headers)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html"), page.text
+    assert '<button type="submit">Sign in</button>' in page.text
+    return await browser.post(CALLBACK, data=form_fields(html.unescape(page.text)), headers=headers)
+
+
 async def follow(base_url: str, token: str, headers: dict[str, str] | None = None) -> httpx.Response:
     # A fresh client each time: the shared one must not collect session cookies between tests.
     async with httpx.AsyncClient(base_url=base_url, timeout=15) as browser:
-        return await browser.get(CALLBACK, params={"token": token}, headers=headers)
+        return await open_link(browser, token, headers)
+
+
+def assert_page(response: httpx.Response, status: int) -> str:
+    """An HTML page for a person (not a problem document), never framed nor cached."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("text/html")
+    assert response.headers["x-frame-options"] == "DENY" and response.headers["cache-control"] == "no-store"
+    return response.text
+
+
+def assert_retry_after(response: httpx.Response, at_most: int) -> int:
+    """The 429's Retry-After: whole seconds, within the limit's window."""
+    seconds = int(response.headers["retry-after"])
+    assert 0 < seconds <= at_most
+    return seconds
 
 
 async def link_for(http: httpx.AsyncClient, mailbox: Mailbox, email: str) -> str:
@@ -126,7 +159,12 @@ async def test_magic_link_signs_in_with_a_session_cookie_and_me_shows_the_person
 
 async def test_session_cookie_is_secure_when_the_proxy_says_https(http: httpx.AsyncClient, mailbox: Mailbox) -> None:
     token = await link_for(http, mailbox, fresh_email("secure"))
-    followed = await follow(str(http.base_url), token, headers={"X-Forwarded-Proto": "https"})
+    https = {"X-Forwarded-Proto": "https"}
+    page = await http.get(CALLBACK, params={"token": token}, headers=https)
+    form_cookie = session_of(page)["bmms_form"]
+    assert form_cookie["secure"]  # the form cookie too; this test's client speaks plain http, so send it by hand
+    followed = await http.post(CALLBACK, data=form_fields(html.unescape(page.text)),
+                               headers={**https, "Cookie": f"bmms_form={form_cookie.value}"})
     assert followed.status_code == 303
     assert session_of(followed)[COOKIE]["secure"]
 
@@ -149,9 +187,8 @@ async def test_reused_magic_link_is_rejected(http: httpx.AsyncClient, mailbox: M
     token = await link_for(http, mailbox, fresh_email("twice"))
     assert (await follow(str(http.base_url), token)).status_code == 303
     again = await follow(str(http.base_url), token)
-    body = assert_problem(again, 401)
-    assert "already used" in str(body["detail"])
-    assert "set-cookie" not in again.headers
+    assert "already used" in assert_page(again, 401)
+    assert COOKIE not in again.headers.get("set-cookie", "")
 
 
 async def test_expired_magic_link_is_rejected(
@@ -162,12 +199,44 @@ async def test_expired_magic_link_is_rejected(
     aged = await db.execute("UPDATE magic_links SET expires_at = now() - interval '1 second' WHERE token_hash = $1",
                             hashlib.sha256(token.encode()).digest())
     assert aged == "UPDATE 1"
-    assert_problem(await follow(str(http.base_url), token), 401)
+    assert_page(await follow(str(http.base_url), token), 401)
 
 
 async def test_made_up_magic_link_is_rejected(http: httpx.AsyncClient) -> None:
-    assert_problem(await follow(str(http.base_url), "bmms_link_" + secrets.token_urlsafe(32)), 401)
-    assert_problem(await follow(str(http.base_url), "nonsense"), 401)
+    assert_page(await follow(str(http.base_url), "bmms_link_" + secrets.token_urlsafe(32)), 401)
+    assert_page(await follow(str(http.base_url), "nonsense"), 401)
+
+
+async def test_opening_a_magic_link_asks_for_a_click_and_does_not_use_the_link(
+    http: httpx.AsyncClient, mailbox: Mailbox
+) -> None:
+    token = await link_for(http, mailbox, fresh_email("scanned"))
+    async with httpx.AsyncClient(base_url=str(http.base_url), timeout=15) as scanner:
+        for _ in range(3):  # a mail scanner fetches the link, again and again
+            opened = await scanner.get(CALLBACK, params={"token": token})
+            page = assert_page(opened, 200)
+            assert COOKIE not in opened.headers.get("set-cookie", "")
+            # A real button, and nothing that could press it by itself.
+            assert '<form method="post" action="/v1/auth/magic-link/callback">' in page
+            assert '<button type="submit">Sign in</button>' in page and "<script" not in page.lower()
+            assert "default-src 'none'" in opened.headers["content-security-policy"]
+    followed = await follow(str(http.base_url), token)  # the person's click still works
+    assert followed.status_code == 303 and session_of(followed)[COOKIE].value
+
+
+async def test_using_a_link_needs_the_confirmation_pages_form_token(http: httpx.AsyncClient, mailbox: Mailbox) -> None:
+    token = await link_for(http, mailbox, fresh_email("forged"))
+    async with httpx.AsyncClient(base_url=str(http.base_url), timeout=15) as browser:
+        # Another site posting the link (login CSRF) has neither the form cookie nor its value.
+        forged = await browser.post(CALLBACK, data={"token": token, "form_token": secrets.token_urlsafe(32)})
+        assert_page(forged, 403)
+        page = await browser.get(CALLBACK, params={"token": token})
+        fields = form_fields(html.unescape(page.text))
+        foreign = await browser.post(CALLBACK, data=fields, headers={"Origin": "https://evil.example"})
+        assert_page(foreign, 403)
+        assert COOKIE not in forged.headers.get("set-cookie", "") + foreign.headers.get("set-cookie", "")
+        used = await browser.post(CALLBACK, data=fields, headers={"Origin": str(http.base_url).rstrip("/")})
+    assert used.status_code == 303 and session_of(used)[COOKIE].value  # the refusals did not burn the link
 
 
 async def test_known_and_unknown_addresses_get_the_same_answer(http: httpx.AsyncClient, mailbox: Mailbox) -> None:
@@ -186,6 +255,7 @@ async def test_sixth_link_for_one_address_within_the_window_is_refused_with_429(
     refused = await ask_link(http, email)  # from yet another client address
     body = assert_problem(refused, 429)
     assert body["code"] == "rate_limited" and "this address" in str(body["detail"])
+    assert_retry_after(refused, 15 * 60)
 
 
 async def test_twenty_first_link_from_one_client_within_the_window_is_refused_with_429(
@@ -194,8 +264,10 @@ async def test_twenty_first_link_from_one_client_within_the_window_is_refused_wi
     ip = fresh_ip()
     for n in range(20):
         assert (await ask_link(http, fresh_email(f"spray{n}"), ip)).status_code == 202
-    body = assert_problem(await ask_link(http, fresh_email("spray-last"), ip), 429)
+    refused = await ask_link(http, fresh_email("spray-last"), ip)
+    body = assert_problem(refused, 429)
     assert body["code"] == "rate_limited" and "network address" in str(body["detail"])
+    assert_retry_after(refused, 15 * 60)
 
 
 async def test_another_organisations_build_is_invisible(http: httpx.AsyncClient, mailbox: Mailbox) -> None:
@@ -320,7 +392,7 @@ async def test_no_token_or_secret_is_stored_in_clear(
     session = session_of(followed)[COOKIE].value
     created = await http.post("/v1/api-keys", json={"label": "vault"}, headers=with_session(session))
     api_key = created.json()["secret"]
-    key_secret = api_key.rsplit("_", 1)[1]
+    key_secret = api_key.split("_", 2)[2]  # bmms_<key id>_<secret>; the secret itself may hold "_"
     secrets_seen = {"magic link": link, "session": session, "API key": api_key, "API key secret": key_secret}
 
     tables = ["orgs", "api_keys", "people", "memberships", "invites", "magic_links", "sessions", "rate_limits"]
@@ -337,3 +409,115 @@ async def test_no_token_or_secret_is_stored_in_clear(
                              hashlib.sha256(session.encode()).digest()) == 1
     stored = await db.fetchval("SELECT secret_hash FROM api_keys WHERE key_id = $1", created.json()["key_id"])
     assert stored.startswith("$argon2id$")
+
+
+async def open_sign_in(browser: httpx.AsyncClient, next_path: str | None) -> dict[str, str]:
+    """The sign-in page's form fields, as the browser got them (with the form cookie)."""
+    page = await browser.get("/sign-in", params={"next": next_path} if next_path is not None else None)
+    text = assert_page(page, 200)
+    assert '<input type="email" id="email" name="email"' in text and "<script" not in text.lower()
+    assert "bmms_form" in page.headers["set-cookie"] and "samesite=lax" in page.headers["set-cookie"].lower()
+    return form_fields(html.unescape(text))
+
+
+async def test_sign_in_page_mails_a_link_that_lands_back_on_next(http: httpx.AsyncClient, mailbox: Mailbox) -> None:
+    email = fresh_email("page")
+    next_path = "/v1/me?from=sign-in&x=%2F"
+    async with httpx.AsyncClient(base_url=str(http.base_url), timeout=15,
+                                 headers={"X-Forwarded-For": fresh_ip()}) as browser:
+        fields = await open_sign_in(browser, next_path)
+        assert fields["next"] == next_path
+        sent = await browser.post("/sign-in", data={**fields, "email": email})
+        assert "Check your email" in assert_page(sent, 200)
+        token = await mailbox.link_token(email)
+        landed = await open_link(browser, token)
+        assert landed.status_code == 303 and landed.headers["location"] == next_path
+        assert (await browser.get(next_path)).json()["email"] == email  # the browser now has the session
+        # Signed in already: the sign-in page sends straight on.
+        again = await browser.get("/sign-in", params={"next": "/v1/sessions"})
+        assert again.status_code == 303 and again.headers["location"] == "/v1/sessions"
+
+
+async def test_sign_in_page_answers_the_same_for_known_and_unknown_addresses(
+    http: httpx.AsyncClient, mailbox: Mailbox
+) -> None:
+    known = fresh_email("known-page")
+    await sign_in(http, mailbox, known)
+    pages = []
+    for address in (known, fresh_email("unknown-page")):
+        async with httpx.AsyncClient(base_url=str(http.base_url), timeout=15,
+                                     headers={"X-Forwarded-For": fresh_ip()}) as browser:
+            sent = await browser.post("/sign-in", data={**await open_sign_in(browser, None), "email": address})
+            pages.append((sent.status_code, assert_page(sent, 200).replace(address, "ADDRESS")))
+    assert pages[0] == pages[1]
+
+
+async def test_sign_in_page_refuses_a_next_that_leaves_the_site(http: httpx.AsyncClient, mailbox: Mailbox) -> None:
+    for evil in ("//evil.example/x", "https://evil.example/", "/\\evil.example", "/ok\r\nSet-Cookie: x=1"):
+        assert_page(await http.get("/sign-in", params={"next": evil}), 400)
+    email = fresh_email("evil-next")
+    async with httpx.AsyncClient(base_url=str(http.base_url), timeout=15,
+                                 headers={"X-Forwarded-For": fresh_ip()}) as browser:
+        fields = await open_sign_in(browser, "/v1/me")
+        refused = await browser.post("/sign-in", data={**fields, "next": "//evil.example/x", "email": email})
+        assert_page(refused, 400)
+        not_an_address = await browser.post("/sign-in", data={**fields, "email": "not an address"})
+        assert "not an email address" in assert_page(not_an_address, 400)
+    assert mailbox.count(email) == 0
+
+
+async def test_sign_in_form_from_another_site_is_refused(http: httpx.AsyncClient, mailbox: Mailbox) -> None:
+    email = fresh_email("csrf-page")
+    async with httpx.AsyncClient(base_url=str(http.base_url), timeout=15,
+                                 headers={"X-Forwarded-For": fresh_ip()}) as browser:
+        no_cookie = await browser.post("/sign-in", data={"email": email, "form_token": secrets.token_urlsafe(32)})
+        assert_page(no_cookie, 403)
+        fields = await open_sign_in(browser, None)
+        wrong = await browser.post("/sign-in", data={**fields, "email": email, "form_token": secrets.token_urlsafe(32)})
+        assert_page(wrong, 403)
+        foreign = await browser.post("/sign-in", data={**fields, "email": email},
+                                     headers={"Origin": "https://evil.example"})
+        assert_page(foreign, 403)
+        ours = await browser.post("/sign-in", data={**fields, "email": email},
+                                  headers={"Origin": str(http.base_url).rstrip("/")})
+        assert_page(ours, 200)
+    await mailbox.next_for(email)
+    assert mailbox.count(email) == 1  # only the genuine form sent mail
+
+
+async def test_sign_in_page_over_the_limit_answers_a_429_page_with_retry_after(http: httpx.AsyncClient) -> None:
+    email = fresh_email("eager-page")
+    async with httpx.AsyncClient(base_url=str(http.base_url), timeout=15) as browser:
+        fields = await open_sign_in(browser, None)
+        for _ in range(5):
+            sent = await browser.post("/sign-in", data={**fields, "email": email},
+                                      headers={"X-Forwarded-For": fresh_ip()})
+            assert sent.status_code == 200
+        refused = await browser.post("/sign-in", data={**fields, "email": email},
+                                     headers={"X-Forwarded-For": fresh_ip()})
+    assert "Too many sign-in links" in assert_page(refused, 429)
+    assert_retry_after(refused, 15 * 60)
+
+
+async def test_build_socket_takes_the_session_cookie_only_from_this_sites_pages(
+    identity_gateway: Gateway, http: httpx.AsyncClient, mailbox: Mailbox
+) -> None:
+    session = await sign_in(http, mailbox, fresh_email("dashboard"))
+    created = await http.post("/v1/builds", json=PLAIN, headers=with_session(session))
+    assert created.status_code == 202, created.text
+    url = f"{identity_gateway.ws_url}/v1/builds/{created.json()['build_id']}/stream"
+    cookie = {"Cookie": f"{COOKIE}={session}"}
+
+    async with websockets.connect(url, additional_headers=cookie, origin=identity_gateway.base_url,  # type: ignore[arg-type]
+                                  open_timeout=10) as ws:
+        async with asyncio.timeout(15):
+            first = json.loads(await ws.recv())
+        assert first["kind"] == "requested"
+
+    # Another site's page opening the socket: the browser attaches the cookie, the gateway refuses it.
+    for origin in ("https://evil.example", None):
+        async with websockets.connect(url, additional_headers=cookie, origin=origin,  # type: ignore[arg-type]
+                                      open_timeout=10) as ws:
+            async with asyncio.timeout(10):
+                await ws.wait_closed()
+            assert ws.close_code == 4403 and "own pages" in ws.close_reason

@@ -4,12 +4,15 @@ registration, consent, PKCE, token, refresh, then a tool call. The person signs 
 
 from __future__ import annotations
 
+import datetime as dt
+import html
 import re
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import httpx
 import httpx2
 import pytest
@@ -30,7 +33,7 @@ from runner_template.auth import AccessTokenVerifier
 from tests.actors.oauth_helpers import SECRET_KEY, bound_socket, pkce_pair, query_of, serve_asgi
 from tests.conftest import Stack, running
 from tests.gateway.conftest import Gateway, gateway_settings, serving
-from tests.gateway.test_identity_http import fresh_email, sign_in
+from tests.gateway.test_identity_http import form_fields, fresh_email, fresh_ip, open_link, sign_in
 from tests.mailbox import Mailbox, local_smtp
 
 REDIRECT = "http://127.0.0.1:33418/callback"
@@ -126,20 +129,50 @@ class MemoryStorage:
         self.client = client_info
 
 
-class Browser:
-    """Acts as the person's browser: follows the authorization URL with the session cookie, approves the
-    consent form, and captures the redirect back to the client."""
+async def sign_in_from_authorize(
+    browser: httpx.AsyncClient, authorization_url: str, mailbox: Mailbox, email: str
+) -> httpx.Response:
+    """What a person without a session does: open the authorization URL, land on the sign-in page, send
+    their address, open the mailed link, press "Sign in", and come back; the page they come back to."""
+    sent_away = await browser.get(authorization_url)
+    assert sent_away.status_code == 303, sent_away.text
+    sign_in_page = sent_away.headers["location"]
+    assert sign_in_page.startswith("/sign-in?next=")
+    page = await browser.get(sign_in_page)
+    assert page.status_code == 200, page.text
+    before = mailbox.count(email)
+    sent = await browser.post("/sign-in", data={**form_fields(html.unescape(page.text)), "email": email},
+                              headers={"X-Forwarded-For": fresh_ip()})
+    assert sent.status_code == 200 and "Check your email" in sent.text
+    landed = await open_link(browser, await mailbox.link_token(email, after=before))
+    assert landed.status_code == 303, landed.text
+    back = httpx.URL(authorization_url)
+    assert landed.headers["location"] == f"{back.path}?{back.query.decode()}"  # byte for byte
+    return await browser.get(landed.headers["location"])
 
-    def __init__(self, platform: Platform, session: str, untick: tuple[str, ...] = ()) -> None:
+
+class Browser:
+    """Acts as the person's browser: follows the authorization URL (with the session cookie, or signing in
+    by mail on the way when there is none), approves the consent form, and captures the redirect back to
+    the client."""
+
+    def __init__(self, platform: Platform, session: str | None = None, untick: tuple[str, ...] = (),
+                 mailbox: Mailbox | None = None) -> None:
         self.platform = platform
         self.session = session
         self.untick = untick
+        self.mailbox = mailbox
         self.location: str | None = None
         self.consent_html = ""
 
     async def redirect_handler(self, authorization_url: str) -> None:
-        async with httpx.AsyncClient(cookies={"bmms_session": self.session}, timeout=15) as browser:
-            page = await browser.get(authorization_url)
+        cookies = {"bmms_session": self.session} if self.session else None
+        async with httpx.AsyncClient(base_url=self.platform.issuer, cookies=cookies, timeout=15) as browser:
+            if self.session is None:
+                assert self.mailbox is not None
+                page = await sign_in_from_authorize(browser, authorization_url, self.mailbox, fresh_email("sdk"))
+            else:
+                page = await browser.get(authorization_url)
             assert page.status_code == 200, page.text
             self.consent_html = page.text
             form = consent_form(page.text)
@@ -161,11 +194,11 @@ def consent_form(page: str) -> dict[str, str]:
     return dict(re.findall(r'<input type="hidden" name="([a-z_]+)" value="([^"]*)">', page))
 
 
-async def test_the_mcp_sdk_connects_through_discovery_registration_consent_token_and_refresh(
-    platform: Platform, session: str
+async def test_the_mcp_sdk_connects_through_discovery_registration_sign_in_consent_token_and_refresh(
+    platform: Platform, mailbox: Mailbox
 ) -> None:
     storage = MemoryStorage()
-    browser = Browser(platform, session)
+    browser = Browser(platform, mailbox=mailbox)  # nobody is signed in: the browser signs in by mail
     provider = OAuthClientProvider(
         server_url=platform.resource,
         client_metadata=OAuthClientMetadata(
@@ -302,11 +335,61 @@ async def test_token_endpoint_answers_no_store_json_and_rfc6749_errors(
     assert after.status_code == 400 and after.json()["error"] == "invalid_grant"
 
 
-async def test_authorize_without_a_session_asks_to_sign_in(platform: Platform, http: httpx.AsyncClient) -> None:
+async def test_authorize_without_a_session_sends_the_person_to_sign_in_and_back(
+    platform: Platform, http: httpx.AsyncClient
+) -> None:
     client_id = (await register(http, client_name="no session")).json()["client_id"]
     _, challenge = pkce_pair()
-    page = await http.get(await authorize_url(platform, client_id, challenge))
-    assert page.status_code == 401 and "Sign in" in page.text and "/v1/auth/magic-link" in page.text
+    url = httpx.URL(await authorize_url(platform, client_id, challenge))
+    answer = await http.get(url)
+    assert answer.status_code == 303 and answer.headers["cache-control"] == "no-store"
+    location = httpx.URL(answer.headers["location"])
+    assert location.path == "/sign-in" and not location.host  # a local redirect
+    assert location.params["next"] == f"/oauth/authorize?{url.query.decode()}"
+
+
+async def test_a_long_authorization_request_survives_sign_in_and_shows_consent(
+    platform: Platform, http: httpx.AsyncClient, mailbox: Mailbox
+) -> None:
+    client_id = (await register(http, client_name="long request")).json()["client_id"]
+    _, challenge = pkce_pair()
+    tools = " ".join(f"mcp:tool:tool_number_{i}" for i in range(60))
+    state = secrets.token_urlsafe(900)  # clients put whole JSON blobs in state
+    url = await authorize_url(platform, client_id, challenge, state=state, scope=f"mcp:tools:read {tools}")
+    assert len(httpx.URL(url).query) > 3000
+    async with httpx.AsyncClient(base_url=platform.issuer, timeout=15) as browser:
+        consent = await sign_in_from_authorize(browser, url, mailbox, fresh_email("long"))
+        assert consent.status_code == 200, consent.text
+        assert "Signed in as" in consent.text and "mcp:tool:tool_number_59" in consent.text
+        decided = await browser.post("/oauth/authorize/decision",
+                                     data={**consent_form(consent.text), "decision": "approve"})
+    assert decided.status_code == 303, decided.text
+    assert query_of(decided.headers["location"])["state"] == state
+
+
+async def test_an_authorization_request_too_long_to_come_back_to_is_refused_with_a_page(
+    platform: Platform, http: httpx.AsyncClient
+) -> None:
+    client_id = (await register(http, client_name="too long")).json()["client_id"]
+    _, challenge = pkce_pair()
+    answer = await http.get(await authorize_url(platform, client_id, challenge, state="s" * 9000))
+    assert answer.status_code == 414 and "text/html" in answer.headers["content-type"]
+    assert "location" not in answer.headers
+
+
+async def test_registration_over_the_hourly_limit_says_when_to_retry(
+    http: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    ip = f"10.8.{secrets.randbelow(256)}.{secrets.randbelow(250) + 1}"
+    # This address already registered 1000 clients this hour (the limit of this test's actor).
+    await db.execute("INSERT INTO oauth_registration_attempts (source, window_start, attempts) "
+                     "VALUES ($1, date_trunc('hour', now()), 1000)", ip)
+    body = {"redirect_uris": [REDIRECT], "client_name": "one too many", "token_endpoint_auth_method": "none"}
+    refused = await http.post("/oauth/register", json=body, headers={"X-Forwarded-For": ip})
+    assert refused.status_code == 429 and refused.json()["error"] == "temporarily_unavailable"
+    now = dt.datetime.now(dt.UTC)
+    until_next_hour = 3600 - (now.minute * 60 + now.second)
+    assert abs(int(refused.headers["retry-after"]) - until_next_hour) <= 5
 
 
 async def test_redirect_uri_mismatch_shows_an_error_page_and_never_redirects(

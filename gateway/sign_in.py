@@ -1,0 +1,120 @@
+"""The sign-in page for people in a browser: an MCP client opens `/oauth/authorize`, which sends a
+stranger here with `next` = the authorization request; the magic link brings them back to it.
+
+- `GET /sign-in?next=<local path>` -> the email form (303 straight to `next` when already signed in).
+- `POST /sign-in` (form: email, next, form token) -> "check your email", the same page whether or not
+  the address has an account; 429 page (with `Retry-After`) over the sign-in link limits.
+CSRF: the double-submit form token of `gateway.pages`.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from typing import Any
+
+from litestar import Controller, Request, Response, get, post
+from litestar.di import NamedDependency
+from litestar.response import Redirect
+
+from bus_schemas.identity import MagicLinkRequested, RequestMagicLink, safe_next
+from bus_schemas.registry import REQUEST_MAGIC_LINK
+from gateway.auth import Authenticator
+from gateway.bus import BusClient
+from gateway.identity import (
+    CALLBACK_PATH,
+    DEFAULT_AFTER_SIGN_IN,
+    SIGN_IN_PAGE,
+    client_ip,
+    is_https,
+    public_base,
+)
+from gateway.pages import FORM_FIELD, form_cookie, form_is_ours, form_token, hidden, page, paragraph
+from gateway.problems import Problem
+from gateway.services import EdgeServices
+
+log = logging.getLogger("bmms.gateway.sign_in")
+
+def sign_in_form(request: Request[Any, Any, Any], services: EdgeServices, next_path: str | None, *,
+                 email: str = "", notice: str = "", status: int = 200) -> Response[str]:
+    """The email form, with a fresh (or the browser's current) form token."""
+    token = form_token(request)
+    parts = [
+        paragraph(notice, "notice") if notice else "",
+        paragraph("Enter your email address: we will mail you a link that signs you in."),
+        f'  <form method="post" action="{SIGN_IN_PAGE}">',
+        hidden(FORM_FIELD, token),
+        hidden("next", next_path or ""),
+        '    <label for="email">Email</label>',
+        f'    <input type="email" id="email" name="email" value="{html.escape(email)}" required autofocus '
+        'autocomplete="email" maxlength="320">',
+        '    <button type="submit">Email me a sign-in link</button>',
+        "  </form>",
+    ]
+    return page("Sign in", "\n".join(p for p in parts if p), status,
+                cookies=[form_cookie(token, is_https(request, services.settings))])
+
+
+class SignInPageController(Controller):
+    """The browser's way to ask for a sign-in link."""
+
+    path = SIGN_IN_PAGE
+    tags = ["identity"]
+    include_in_schema = False
+
+    @get("/", summary="Sign-in page")
+    async def show(
+        self, request: Request[Any, Any, Any], services: NamedDependency[EdgeServices],
+        authenticator: NamedDependency[Authenticator],
+    ) -> Response[Any]:
+        """The email form; `next` must be a local path."""
+        raw_next = request.query_params.get("next")
+        next_path = safe_next(raw_next)
+        if raw_next is not None and next_path is None:
+            log.info("refused sign-in page: `next` is not a local path")
+            return page("Sign in", paragraph("That sign-in address points away from this site; open the link "
+                                             "from your app again."), 400)
+        if await authenticator.session_principal(request) is not None:
+            return Redirect(next_path or DEFAULT_AFTER_SIGN_IN, status_code=303, headers={"Cache-Control": "no-store"})
+        return sign_in_form(request, services, next_path)
+
+    @post("/", status_code=200, summary="Ask for a sign-in link")
+    async def submit(
+        self, request: Request[Any, Any, Any], services: NamedDependency[EdgeServices],
+        bus: NamedDependency[BusClient],
+    ) -> Response[str]:
+        """Mail the link (REQUEST_MAGIC_LINK) and say to check the inbox, whoever the address belongs to."""
+        form = await request.form()
+        email, raw_next = form.get("email"), form.get("next") or None
+        if not isinstance(email, str) or not isinstance(raw_next, str | None):
+            return page("Sign in", paragraph("The sign-in form is incomplete; open it again."), 400)
+        if not form_is_ours(request, form.get(FORM_FIELD), services.settings.public_url):
+            log.info("refused sign-in form: form token missing or wrong, or foreign Origin %r",
+                     request.headers.get("origin", "")[:200])
+            return page("Sign in", paragraph("This form expired or did not come from this site. Open the sign-in "
+                                             "page again.") + f'\n  <p><a href="{SIGN_IN_PAGE}">Sign in</a></p>', 403)
+        try:
+            sent = await bus.ask(
+                REQUEST_MAGIC_LINK,
+                RequestMagicLink(email=email[:320], client_ip=client_ip(request), next=raw_next,
+                                 link_base=public_base(request, services.settings) + CALLBACK_PATH),
+                MagicLinkRequested,
+            )
+        except Problem as problem:
+            if problem.status == 422 and problem.errors and problem.errors[0].field == "email":
+                return sign_in_form(request, services, safe_next(raw_next), email=email[:320],
+                                    notice="That is not an email address.", status=400)
+            if problem.status == 429:
+                sentence = problem.detail[:1].upper() + problem.detail[1:] + "."
+                return page("Too many sign-in links", paragraph(sentence), 429,
+                            headers={k: v for k, v in problem.headers.items() if k == "Retry-After"})
+            if problem.status < 500:
+                return page("Sign in", paragraph(f"{problem.detail}; open the link from your app again."), 400)
+            return page("Sign-in is unavailable", paragraph("Sign-in is unavailable right now; try again shortly."),
+                        problem.status)
+        minutes = sent.expires_in_seconds // 60
+        return page("Check your email", "\n".join([
+            paragraph(f"If {email.strip()} can receive mail, a sign-in link is on its way to it. The link works "
+                      f"once, for {minutes} minutes; open it in this browser to come back to where you were."),
+            paragraph("Nothing arrived? Check the spam folder, or ask again in a minute.", "small"),
+        ]))
