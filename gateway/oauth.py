@@ -53,6 +53,7 @@ from bus_schemas.registry import (
 )
 from gateway.auth import Authenticator
 from gateway.identity import SIGN_IN_PAGE
+from gateway.pages import page, paragraph
 from gateway.services import EdgeServices
 
 log = logging.getLogger("bmms.gateway.oauth")
@@ -61,7 +62,6 @@ JWKS_PATH = "/oauth/jwks.json"
 
 _TEMPLATES = Path(__file__).parent / "templates"
 _CONSENT = Template((_TEMPLATES / "oauth_consent.html").read_text())
-_MESSAGE = Template((_TEMPLATES / "oauth_message.html").read_text())
 _encoder = msgspec.json.Encoder()
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 _PAGE_HEADERS = {
@@ -139,8 +139,7 @@ def _unavailable(failed: Failed) -> OAuthError:
 
 
 def _page(title: str, message: str, status: int) -> Response[str]:
-    body = _MESSAGE.substitute(title=html.escape(title), message=html.escape(message))
-    return Response(body, status_code=status, media_type="text/html; charset=utf-8", headers=_PAGE_HEADERS)
+    return page(title, paragraph(message), status, headers=_PAGE_HEADERS)
 
 
 def _consent_page(consent: ConsentRequired, signer: Signer) -> Response[str]:
