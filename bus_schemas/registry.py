@@ -59,6 +59,7 @@ from bus_schemas.oauth import (
     StartAuthorizationReply,
 )
 from bus_schemas.ops import DeadLetter
+from bus_schemas.plans import Artifact, ToolPlan
 from bus_schemas.usage import ToolCalled
 
 Req = TypeVar("Req", bound=Message)
@@ -155,6 +156,27 @@ DEADLETTER = Stream(
     max_age_seconds=30 * 24 * 3600,
 )
 STREAMS = (BUILDS, USAGE, DEADLETTER)
+
+@dataclass(frozen=True)
+class ObjectBucket:
+    """A JetStream object store bucket holding content-addressed blobs (object name = SHA-256 hex)."""
+
+    name: str
+    description: str
+    owner: str
+    """The only actor that writes it; others may read."""
+    message: Any
+    """The type of every object in it (JSON)."""
+
+
+PLANS = ObjectBucket(
+    name="PLANS", description="Tool plans (ToolPlan JSON), by plan hash.", owner="planner", message=ToolPlan
+)
+ARTIFACTS = ObjectBucket(
+    name="ARTIFACTS", description="Rendered servers (Artifact JSON), by artifact hash.", owner="codegen",
+    message=Artifact,
+)
+OBJECT_BUCKETS = (PLANS, ARTIFACTS)
 
 # --- event subjects ---
 
@@ -444,6 +466,7 @@ ALL_MESSAGES: tuple[type[Message], ...] = tuple(
             + [r.reply for r in RPCS]
             + [s.message for s in EVENT_SUBJECTS]
             + [c.message for c in CONSUMERS]
+            + [b.message for b in OBJECT_BUCKETS]
         )
         for t in getattr(union, "__args__", (union,))
         if isinstance(t, type) and issubclass(t, Message)

@@ -15,6 +15,7 @@ from nats.js.api import (
     ConsumerConfig,
     DeliverPolicy,
     DiscardPolicy,
+    ObjectStoreConfig,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -24,7 +25,7 @@ from actors.runtime.codec import decode, encode
 from actors.runtime.logs import trace_id_var
 from actors.runtime.settings import Settings
 from bus_schemas.base import Failed, FailureCode
-from bus_schemas.registry import CONSUMERS, STREAMS, TRACE_HEADER, Consumer, Rpc, Stream
+from bus_schemas.registry import CONSUMERS, OBJECT_BUCKETS, STREAMS, TRACE_HEADER, Consumer, Rpc, Stream
 
 log = logging.getLogger("bmms.bus")
 
@@ -134,3 +135,10 @@ async def provision(js: JetStreamContext) -> None:
             await js.add_stream(config)
     for consumer in CONSUMERS:
         await js.add_consumer(consumer.stream.name, consumer_config(consumer))
+    for bucket in OBJECT_BUCKETS:
+        try:
+            await js.object_store(bucket.name)
+        except nats.js.errors.BucketNotFoundError:
+            await js.create_object_store(
+                bucket.name, ObjectStoreConfig(description=bucket.description, storage=StorageType.FILE)
+            )

@@ -9,7 +9,7 @@ import msgspec
 from msgspec import inspect as mi
 
 # Candidates tried, in order, against a string field's pattern; the first that matches is used.
-_PATTERN_CANDIDATES = ("sample_1", "sample", "a", "1", "x-1")
+_PATTERN_CANDIDATES = ("sample_1", "sample", "a", "1", "x-1", "SAMPLE_1")
 
 
 def sample_value(t: mi.Type, *, variant: int = 0, full: bool = True) -> Any:
@@ -41,6 +41,8 @@ def sample_value(t: mi.Type, *, variant: int = 0, full: bool = True) -> Any:
         return 1.5
     if isinstance(t, mi.BytesType):
         return b"\x00sample bytes\xff"
+    if isinstance(t, mi.AnyType):
+        return {"type": "object"} if variant == 0 else ["any", 1, None]
     if isinstance(t, mi.NoneType):
         return None
     if isinstance(t, mi.ListType | mi.VarTupleType | mi.SetType | mi.FrozenSetType):

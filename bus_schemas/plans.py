@@ -1,0 +1,124 @@
+"""The tool plan: what the planner decides a server's tools are, and what codegen renders.
+
+A plan is content-addressed: its hash is the SHA-256 of `canonical_plan_bytes(plan)`, and build events
+refer to it by that hash (`BuildPlanned.plan_hash`). The same input must give the same plan, byte for byte.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from bus_schemas.base import Message
+
+ToolName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+"""A tool's name: a valid Python identifier in snake_case, unique within a plan."""
+
+SecretName = Annotated[str, msgspec.Meta(pattern=r"^[A-Z][A-Z0-9_]{0,63}$")]
+"""The name an upstream credential is referenced by; its value never appears in a plan, code or event."""
+
+
+class HttpCall(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="http"):
+    """A tool that makes one HTTP request upstream."""
+
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"]
+    base_url: str
+    """Scheme and host (and base path) of the upstream API, without a trailing slash."""
+    path: str
+    """Path template with `{param}` placeholders filled from path parameters."""
+    path_params: tuple[str, ...] = ()
+    query_params: tuple[str, ...] = ()
+    header_params: tuple[str, ...] = ()
+    body_param: str | None = None
+    """The parameter sent as the JSON body, if any."""
+    auth: Literal["none", "bearer", "header", "query", "basic"] = "none"
+    auth_secret: SecretName | None = None
+    """Which secret holds the credential for `auth`."""
+    auth_name: str | None = None
+    """Header or query parameter name for `header`/`query` auth."""
+
+
+class PureFunction(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="function"):
+    """A small pure function over the parameters, written in Python; untrusted: the checker checks it."""
+
+    body: str
+    """The function body (statements), using the parameters by name and returning a JSON value."""
+
+
+Implementation = HttpCall | PureFunction
+
+
+class PlannedTool(msgspec.Struct, frozen=True, kw_only=True):
+    """One tool of the server."""
+
+    name: ToolName
+    title: str
+    description: str
+    input_schema: dict[str, Any]
+    """JSON Schema (type object) of the tool's arguments."""
+    read_only: bool
+    """True for tools that change nothing (GET-like); decides the scope a caller needs."""
+    implementation: Implementation
+
+
+class SecretRequirement(msgspec.Struct, frozen=True, kw_only=True):
+    """An upstream credential the server needs at run time, supplied to the deployer, never to code."""
+
+    name: SecretName
+    description: str
+
+
+class PlanFlag(msgspec.Struct, frozen=True, kw_only=True):
+    """Something a person should know about the plan (a prompt-injection marker, a skipped operation...)."""
+
+    kind: Literal["prompt_injection", "skipped_operation", "truncated", "offline_demo", "note"]
+    detail: str
+
+
+class ToolPlan(Message, frozen=True, kw_only=True, tag="plan.v1"):
+    """The typed tool plan of one build."""
+
+    server_name: str
+    tools: tuple[PlannedTool, ...]
+    secrets: tuple[SecretRequirement, ...] = ()
+    upstream_hosts: tuple[str, ...] = ()
+    """Every host the tools may call; the runner allows no other."""
+    planned_from: Literal["openapi", "tool_spec", "plain_words", "offline_demo"]
+    tool_list_tokens: int = 0
+    """Estimated size of the tool list in model tokens (what a client pays per request)."""
+    flags: tuple[PlanFlag, ...] = ()
+
+
+_canonical = msgspec.json.Encoder(order="sorted")
+
+
+def canonical_plan_bytes(plan: ToolPlan) -> bytes:
+    """The bytes a plan's hash is taken over: JSON with sorted keys, so equal plans hash equally."""
+    return _canonical.encode(plan)
+
+
+class Artifact(Message, frozen=True, kw_only=True, tag="artifact.v1"):
+    """A rendered server: the generated module on the runner template, content-addressed.
+
+    Its hash (`BuildGenerated.artifact_hash`) is the SHA-256 of `canonical_artifact_bytes(artifact)`: the
+    same plan and template version give byte-identical source and the same hash.
+    """
+
+    plan_hash: str
+    template_version: str
+    """Version of runner_template the module was rendered for."""
+    module_name: str
+    """Import name of the generated module inside the runner."""
+    module_source: str
+    """The generated module: the only untrusted code of a server."""
+    tools: tuple[str, ...]
+    """Tool names the module defines, in plan order."""
+    secrets: tuple[str, ...] = ()
+    """Secret names the module reads through the runner (values come from the deployer)."""
+    upstream_hosts: tuple[str, ...] = ()
+
+
+def canonical_artifact_bytes(artifact: Artifact) -> bytes:
+    """The bytes an artifact's hash is taken over."""
+    return _canonical.encode(artifact)
