@@ -1,5 +1,10 @@
 """The trusted runtime of every generated MCP server.
 
-So far it holds the Resource Server side of OAuth (`runner_template.auth`): the token verifier every
-runner plugs into the mcp SDK. The server itself arrives with the runners-and-deployer issue.
+A generated server is one module of tool functions (rendered by codegen from a tool plan) on this template:
+`sdk` is what the module declares its tools with, `upstream` the one way its tools reach upstream APIs,
+`server` turns the module into an `MCPServer`, `app` serves it over Streamable HTTP, and `auth` is the
+Resource Server's token verifier.
 """
+
+RUNNER_TEMPLATE_VERSION = "1"
+"""The version of this runtime a generated module is rendered for; part of every artifact's hash."""

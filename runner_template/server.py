@@ -1,0 +1,125 @@
+"""A generated module as an MCP server: its marked tool functions registered with the SDK's `MCPServer`.
+
+Each tool's name, title and read-only hint come from `sdk.tool`, its description from the docstring, and
+its input schema from the typed signature. A parameter whose wire name is not a Python identifier (or is a
+keyword) is declared as `Field(alias="<wire name>")`; the SDK validates and hands over arguments by wire
+name, so the registered callable maps them back to the function's own parameter names.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import sys
+import types
+from collections.abc import Callable
+from typing import Any, get_origin
+
+from mcp.server import MCPServer
+from mcp.server.auth.provider import TokenVerifier
+from mcp.server.auth.settings import AuthSettings
+from mcp_types import ToolAnnotations
+from pydantic.fields import FieldInfo
+
+from runner_template import RUNNER_TEMPLATE_VERSION
+from runner_template.sdk import ToolInfo, tools_of
+
+
+class ModuleRefused(Exception):
+    """The generated module cannot be served (no tools, a duplicate name, a bad signature)."""
+
+
+def load_module(module_name: str, source: str) -> types.ModuleType:
+    """Import a generated module from its source, registered in `sys.modules` under `module_name`."""
+    module = types.ModuleType(module_name)
+    module.__file__ = f"<generated {module_name}>"
+    code = compile(source, module.__file__, "exec", dont_inherit=True)
+    sys.modules[module_name] = module
+    try:
+        exec(code, module.__dict__)  # noqa: S102 (the checked generated module; this is how it is imported)
+    except BaseException:
+        sys.modules.pop(module_name, None)
+        raise
+    return module
+
+
+def wire_names(fn: Callable[..., Any]) -> dict[str, str]:
+    """Parameter name -> wire name, for the parameters of `fn` declared with a different alias."""
+    names: dict[str, str] = {}
+    for param in inspect.signature(fn, eval_str=True).parameters.values():
+        for meta in getattr(param.annotation, "__metadata__", ()) if get_origin(param.annotation) else ():
+            if isinstance(meta, FieldInfo) and meta.alias and meta.alias != param.name:
+                names[param.name] = meta.alias
+    return names
+
+
+def _bound_by_wire_name(fn: Callable[..., Any], aliases: dict[str, str]) -> Callable[..., Any]:
+    """`fn`, callable with its arguments keyed by wire name (what the SDK passes when aliases are used)."""
+    if not aliases:
+        return fn
+    by_wire = {wire: name for name, wire in aliases.items()}
+
+    def python_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+        return {by_wire.get(key, key): value for key, value in kwargs.items()}
+
+    wrapper: Callable[..., Any]
+    if inspect.iscoroutinefunction(fn):
+
+        async def call_async(**kwargs: Any) -> Any:
+            return await fn(**python_kwargs(kwargs))
+
+        wrapper = call_async
+    else:
+
+        def call_sync(**kwargs: Any) -> Any:
+            return fn(**python_kwargs(kwargs))
+
+        wrapper = call_sync
+    functools.update_wrapper(wrapper, fn)
+    setattr(wrapper, "__signature__", inspect.signature(fn, eval_str=True))  # noqa: B010 (what the SDK inspects)
+    return wrapper
+
+
+def tool_annotations(info: ToolInfo) -> ToolAnnotations:
+    """The MCP hints of a tool: read-only or not, and whether it reaches beyond this server."""
+    return ToolAnnotations(
+        title=info.title,
+        read_only_hint=info.read_only,
+        destructive_hint=None if info.read_only else True,
+        open_world_hint=info.open_world,
+    )
+
+
+def create_server(
+    module: types.ModuleType,
+    *,
+    name: str,
+    expected_tools: tuple[str, ...] | None = None,
+    token_verifier: TokenVerifier | None = None,
+    auth: AuthSettings | None = None,
+) -> MCPServer:
+    """An `MCPServer` serving every tool of the generated `module`.
+
+    `expected_tools` (the artifact's list) must match the module's tools exactly when given; `auth` and
+    `token_verifier` (see `runner_template.auth`) make it a Resource Server.
+    """
+    found = tools_of(module)
+    if not found:
+        raise ModuleRefused(f"module {module.__name__} defines no tools")
+    names = [info.name for info, _ in found]
+    if len(set(names)) != len(names):
+        raise ModuleRefused(f"module {module.__name__} defines a tool name twice: {names}")
+    if expected_tools is not None and tuple(names) != tuple(expected_tools):
+        raise ModuleRefused(f"module {module.__name__} defines {names}, its artifact lists {list(expected_tools)}")
+    server = MCPServer(
+        name=name, version=RUNNER_TEMPLATE_VERSION, token_verifier=token_verifier, auth=auth,
+    )
+    for info, fn in found:
+        server.add_tool(
+            _bound_by_wire_name(fn, wire_names(fn)),
+            name=info.name,
+            title=info.title,
+            description=fn.__doc__ or info.title,
+            annotations=tool_annotations(info),
+        )
+    return server
