@@ -23,12 +23,32 @@ class PlainWords(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", ta
     text: NonEmpty
 
 
+class UpstreamCredentials(msgspec.Struct, frozen=True, kw_only=True):
+    """How the server authenticates to the upstream API: the kind and the secret's NAME only.
+
+    The secret's value never travels in a build request (requests are replayed in the build stream);
+    the person gives it to the deployer under this name.
+    """
+
+    type: Literal["bearer", "header", "query", "basic"]
+    secret_name: Annotated[str, msgspec.Meta(pattern=r"^[A-Z][A-Z0-9_]{0,63}$")]
+    """The upper-snake-case name the value is referenced by (e.g. `PETSTORE_TOKEN`)."""
+    name: str | None = None
+    """The header or query parameter that carries it, for `header`/`query`."""
+
+
 class OpenApiSource(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="openapi"):
     """An OpenAPI 3.0/3.1 document, inline or by URL."""
 
     document: str | None = None
     url: str | None = None
     base_url: str | None = None
+    operations: tuple[str, ...] = ()
+    """Plan only these operations (operationId, tool name, or `METHOD /path`); with `tags`, either matches."""
+    tags: tuple[str, ...] = ()
+    """Plan only operations carrying one of these tags; with `operations`, either matches."""
+    credentials: UpstreamCredentials | None = None
+    """Authenticate every secured operation this way instead of by the document's security schemes."""
 
 
 class ToolParameter(msgspec.Struct, frozen=True, kw_only=True):
@@ -40,12 +60,34 @@ class ToolParameter(msgspec.Struct, frozen=True, kw_only=True):
     required: bool = True
 
 
+class HttpTemplate(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="http"):
+    """A tool implemented by one HTTP request; `{param}` placeholders in the URL's path are filled from
+    the parameters of that name, the other parameters go in the query string (or `body_param` as JSON)."""
+
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"] = "GET"
+    url: Annotated[str, msgspec.Meta(min_length=1, max_length=2000)]
+    body_param: str | None = None
+
+
+class FunctionBody(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="function"):
+    """A tool implemented by a small pure Python function body over the parameters (checked before it runs)."""
+
+    body: Annotated[str, msgspec.Meta(min_length=1, max_length=20_000)]
+
+
+ToolImplementation = HttpTemplate | FunctionBody
+
+
 class ToolSpec(msgspec.Struct, frozen=True, kw_only=True):
     """An explicitly specified tool."""
 
     name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
     description: NonEmpty
     parameters: tuple[ToolParameter, ...] = ()
+    implementation: ToolImplementation | None = None
+    """How the tool works; a tool without one cannot be planned."""
+    read_only: bool = True
+    """False for tools that change something upstream (they need the write scope)."""
 
 
 class ToolSpecSource(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="tool_spec"):

@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from pathlib import Path
 
 from actors.planner import storage
+from actors.planner.planning import finish_plan, plan_request, store_plan
+from actors.planner.problems import PlanNotes, PlanProblem
 from actors.runtime.actor import Actor, Context, utc_now
 from actors.runtime.build_events import emit, fail_step, start_step
 from actors.runtime.codec import decode, encode
+from actors.runtime.settings import Settings
 from bus_schemas.base import Failed, FailureCode
 from bus_schemas.builds import (
     AnyBuildEvent,
     BuildAccepted,
     BuildFailed,
+    BuildPlanned,
     BuildRequested,
     GetBuild,
     GetBuildReply,
+    LogLine,
+    StepChanged,
     SubmitBuild,
     SubmitBuildReply,
 )
@@ -29,9 +36,30 @@ def new_build_id() -> str:
     return f"b{int(time.time() * 1000):011x}{secrets.token_hex(6)}"
 
 
+class PlannerActor(Actor):
+    """The planner; it keeps the process settings it serves with (Claude, fetch policy)."""
+
+    def __init__(self) -> None:
+        super().__init__("planner", migrations=Path(__file__).parent / "migrations")
+        self.settings: Settings | None = None
+
+    async def serve(self, settings: Settings, stop: asyncio.Event) -> None:
+        """Serve with `settings` at hand for the plan step."""
+        self.settings = settings
+        await super().serve(settings, stop)
+
+
+async def emit_notes(ctx: Context, build: BuildRequested, notes: PlanNotes) -> None:
+    """The plan step's log lines, in order, each keyed by its place so redelivery does not repeat them."""
+    for index, (level, message) in enumerate(notes.lines):
+        line = LogLine(build_id=build.build_id, org_id=build.org_id, at=utc_now(), step="plan", level=level,
+                       message=message)
+        await emit(ctx, line, "log", f"plan:log:{index}")
+
+
 def create_actor() -> Actor:
     """The planner: build registry endpoints, the status projection and the plan step."""
-    actor = Actor("planner", migrations=Path(__file__).parent / "migrations")
+    actor = PlannerActor()
 
     @actor.rpc(SUBMIT_BUILD)
     async def submit_build(request: SubmitBuild, ctx: Context) -> SubmitBuildReply:
@@ -79,12 +107,33 @@ def create_actor() -> Actor:
     async def plan_build(event: AnyBuildEvent, ctx: Context) -> None:
         if not isinstance(event, BuildRequested):
             return
+        assert actor.settings is not None
         await start_step(ctx, event, "plan")
-        # Planning itself (OpenAPI, tool specs, plain words through Claude) is the pipeline issue's work.
-        await fail_step(
-            ctx, event, "plan", FailureCode.NOT_IMPLEMENTED,
-            "the planner cannot plan servers yet: this platform build only has the foundation (bus, "
-            "gateway, build streams); planning arrives with the build pipeline",
-        )
+        async with ctx.pool.acquire() as conn:
+            planned = await storage.find_plan(conn, event.build_id)
+        if planned is None:  # not planned before (a redelivery after recording reuses the recorded plan)
+            notes = PlanNotes()
+            try:
+                plan = await plan_request(event, actor.settings, notes)
+            except PlanProblem as problem:
+                await emit_notes(ctx, event, notes)
+                await fail_step(ctx, event, "plan", FailureCode.INVALID, str(problem))
+                return
+            plan = finish_plan(plan, notes)
+            flags = len(plan.flags)
+            notes.info(
+                f"planned {len(plan.tools)} tool(s); tool list ~{plan.tool_list_tokens:,} tokens "
+                f"(estimate: JSON characters / 4){f'; {flags} flag(s) for review' if flags else ''}"
+            )
+            digest = await store_plan(ctx.js, plan)
+            notes.info(f"plan stored as {digest}")
+            await emit_notes(ctx, event, notes)
+            async with ctx.pool.acquire() as conn:
+                planned = await storage.record_plan(conn, event.build_id, digest, len(plan.tools))
+        digest, tool_count = planned
+        ids = {"build_id": event.build_id, "org_id": event.org_id}
+        await emit(ctx, StepChanged(**ids, at=utc_now(), step="plan", state="finished"), "step", "plan:finished")
+        await emit(ctx, BuildPlanned(**ids, at=utc_now(), plan_hash=digest, tool_count=tool_count), "planned",
+                   "planned")
 
     return actor

@@ -53,6 +53,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     oauth_allow_loopback_fetch: bool = False
     """Dev/test only: let the oauth actor fetch client metadata documents over http from loopback
     addresses (production requires https to public addresses)."""
+    anthropic_api_key: str | None = None
+    """Claude API key for planning from plain words (also read from plain `ANTHROPIC_API_KEY`); unset,
+    plain-words builds fail at plan saying so, while OpenAPI and tool-spec builds need no key."""
+    anthropic_model: str = "claude-sonnet-5-5"
+    """The Claude model id the planner asks."""
+    anthropic_base_url: str | None = None
+    """Where the Messages API answers, when not api.anthropic.com (a proxy, or a local server in tests)."""
+    planner_allow_private_fetch: bool = False
+    """Dev/test only: let the planner fetch OpenAPI documents over http from private or loopback
+    addresses (production requires https to public addresses)."""
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -63,6 +73,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         for name in Settings.__struct_fields__
         if f"BMMS_{name.upper()}" in env
     }
+    if "anthropic_api_key" not in raw and env.get("ANTHROPIC_API_KEY"):
+        raw["anthropic_api_key"] = env["ANTHROPIC_API_KEY"]  # the SDK's own variable name works too
     try:
         return msgspec.convert(raw, Settings, strict=False)
     except msgspec.ValidationError as exc:

@@ -1,4 +1,5 @@
-"""The build registry: accepting builds, projecting their status, and the plan step's honest refusal."""
+"""The build registry: accepting builds and projecting their status (a plain-words build without a Claude key
+fails at plan, saying so)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ async def test_submitted_build_is_recorded_and_fails_at_plan_with_the_reason(sta
 
         summary = await eventually(failed_summary)
         assert isinstance(summary, BuildSummary)
-        assert summary.failure is not None and summary.failure.startswith("plan: the planner cannot plan")
+        assert summary.failure is not None
+        assert summary.failure.startswith("plan: plain-words planning needs ANTHROPIC_API_KEY")
 
 
 async def test_same_idempotency_key_returns_the_same_build(stack: Stack, admin_nc, db: asyncpg.Connection) -> None:

@@ -1,0 +1,575 @@
+"""Planning from an OpenAPI 3.0/3.1 document: one tool per operation, deterministic, byte for byte.
+
+Every problem that stops planning names where it is in the document, as a dotted path
+(`paths./pets/{id}.get.parameters[0]`), so a person can find it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import unquote, urljoin, urlsplit
+
+import yaml
+
+from actors.planner.problems import PlanNotes, PlanProblem
+from bus_schemas.builds import OpenApiSource, UpstreamCredentials
+from bus_schemas.plans import HttpCall, PlanFlag, PlannedTool, SecretRequirement, ToolPlan
+
+METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
+"""Operation keys of a path item, in the order OpenAPI lists them."""
+PLANNED_METHODS = frozenset({"get", "put", "post", "delete", "patch", "head"})
+"""Methods an HttpCall can make."""
+MAX_TOOLS = 200
+"""More operations than this are cut (and flagged): a client pays for every tool on every request."""
+MAX_SCHEMA_DEPTH = 12
+"""Schemas nested deeper are cut (and flagged)."""
+MAX_SCHEMA_NODES = 5_000
+"""Schema nodes one tool's input may expand into (shared, non-recursive refs can still explode)."""
+MAX_DOCUMENT_NODES = 2_000_000
+"""Nodes a parsed document may have (YAML aliases can make a small text huge)."""
+MAX_DESCRIPTION = 1_200
+"""Characters of a tool description kept from the document."""
+_DROPPED_HEADERS = frozenset({"authorization", "accept", "content-type", "content-length", "user-agent"})
+_SCHEMA_CHILD = ("not", "additionalProperties", "items", "contains", "propertyNames", "if", "then", "else")
+_SCHEMA_LIST = ("allOf", "anyOf", "oneOf", "prefixItems")
+_SCHEMA_MAP = ("properties", "patternProperties", "dependentSchemas")
+_SCHEMA_DROPPED = frozenset({"xml", "externalDocs", "discriminator", "$defs", "definitions", "$id", "$schema"})
+
+Auth = tuple[Literal["none", "bearer", "header", "query", "basic"], str | None, str | None]
+"""(HttpCall.auth, auth_secret, auth_name)."""
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML's safe loader, minus timestamps: `2024-05-01T10:00:00Z` stays the string it is in JSON."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _where(path: str) -> str:
+    return f"OpenAPI document: {path}" if path else "OpenAPI document"
+
+
+def parse_document(text: str) -> dict[str, Any]:
+    """The document as JSON-like data (JSON or YAML); PlanProblem says where the syntax breaks."""
+    stripped = text.lstrip()
+    data: Any
+    if stripped.startswith("{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            at = f"line {exc.lineno}, column {exc.colno}"
+            raise PlanProblem(f"OpenAPI document: invalid JSON at {at}: {exc.msg}") from None
+    else:
+        try:
+            data = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            raise PlanProblem(f"OpenAPI document: invalid YAML{at}: {exc.problem or exc.context}") from None
+        except yaml.YAMLError as exc:
+            raise PlanProblem(f"OpenAPI document: invalid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise PlanProblem("OpenAPI document: the top level must be an object (mapping)")
+    budget = [MAX_DOCUMENT_NODES]
+    result: dict[str, Any] = _jsonable(data, budget)
+    return result
+
+
+def _jsonable(value: Any, budget: list[int]) -> Any:
+    """JSON-compatible copy: string keys, ISO dates (YAML reads `2024-01-01` as a date)."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise PlanProblem(f"OpenAPI document: expands to over {MAX_DOCUMENT_NODES:,} nodes (YAML aliases?)")
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v, budget) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v, budget) for v in value]
+    if isinstance(value, dt.date | dt.datetime):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value
+
+
+def snake_case(text: str) -> str:
+    """A readable snake_case identifier from an operationId or a path (`listPetsByTag` -> `list_pets_by_tag`)."""
+    spaced = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", text)
+    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", spaced)
+    name = re.sub(r"[^A-Za-z0-9]+", "_", spaced).strip("_").lower()
+    if not name:
+        name = "operation"
+    if not name[0].isalpha():
+        name = f"op_{name}"
+    return name[:64].rstrip("_")
+
+
+def path_tool_name(method: str, path: str) -> str:
+    """`get_pets_by_pet_id` for GET /pets/{petId}: used when an operation has no operationId."""
+    parts = []
+    for segment in path.split("/"):
+        placeholder = re.fullmatch(r"\{(.+)\}", segment)
+        if placeholder:
+            parts.append(f"by_{placeholder.group(1)}")
+        elif segment:
+            parts.append(segment)
+    return snake_case("_".join([method, *parts]))
+
+
+def secret_name(scheme: str) -> str:
+    """The secret name for a security scheme (`petstore_auth` -> `PETSTORE_AUTH`)."""
+    name = re.sub(r"[^A-Za-z0-9]+", "_", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", scheme)).strip("_").upper()
+    if not name or not name[0].isalpha():
+        name = f"SECRET_{name}"
+    return name[:64].rstrip("_")
+
+
+def unique_name(name: str, used: set[str]) -> str:
+    """`name`, or `name_2`, `name_3`... whichever is free; records it as used."""
+    candidate, n = name, 2
+    while candidate in used:
+        candidate = f"{name[:60]}_{n}"
+        n += 1
+    used.add(candidate)
+    return candidate
+
+
+@dataclass
+class _Operation:
+    path: str
+    method: str
+    op: dict[str, Any]
+    item: dict[str, Any]
+    where: str
+
+
+@dataclass
+class _Planner:
+    doc: dict[str, Any]
+    source: OpenApiSource
+    document_url: str | None
+    notes: PlanNotes
+    cycles: set[str] = field(default_factory=set)
+    truncated: set[str] = field(default_factory=set)
+    secrets: dict[str, SecretRequirement] = field(default_factory=dict)
+    _budget: int = 0
+
+    # --- $ref ---
+
+    def lookup(self, ref: Any, where: str) -> Any:
+        """The node a local `$ref` points at."""
+        if not isinstance(ref, str):
+            raise PlanProblem(f"{_where(where)}: $ref must be a string")
+        if not ref.startswith("#"):
+            raise PlanProblem(
+                f"{_where(where)}: $ref {ref!r} points outside the document; only '#/...' refs are supported"
+            )
+        node: Any = self.doc
+        pointer = ref[1:]
+        for raw in pointer.split("/")[1:] if pointer else []:
+            token = unquote(raw).replace("~1", "/").replace("~0", "~")
+            if isinstance(node, dict) and token in node:
+                node = node[token]
+            elif isinstance(node, list) and token.isdigit() and int(token) < len(node):
+                node = node[int(token)]
+            else:
+                raise PlanProblem(f"{_where(where)}: $ref {ref!r} does not resolve")
+        return node
+
+    def deref(self, node: Any, where: str) -> Any:
+        """Follow a chain of `$ref`s to a non-reference object (parameters, bodies, schemes)."""
+        seen: list[str] = []
+        while isinstance(node, dict) and "$ref" in node:
+            ref = node["$ref"]
+            if ref in seen:
+                raise PlanProblem(f"{_where(where)}: $ref {ref!r} refers to itself in a loop")
+            seen.append(ref)
+            node = self.lookup(ref, where)
+        return node
+
+    def schema(self, schema: Any, where: str) -> dict[str, Any]:
+        """A self-contained JSON Schema: refs inlined, recursion cut (and said so), 3.0 quirks made JSON Schema."""
+        self._budget = MAX_SCHEMA_NODES
+        return self._inline(schema, where, (), 0)
+
+    def _inline(self, schema: Any, where: str, stack: tuple[str, ...], depth: int) -> dict[str, Any]:
+        if isinstance(schema, bool):
+            return {} if schema else {"not": {}}
+        if not isinstance(schema, dict):
+            raise PlanProblem(f"{_where(where)}: a schema must be an object, not {type(schema).__name__}")
+        self._budget -= 1
+        if depth > MAX_SCHEMA_DEPTH or self._budget < 0:
+            self.truncated.add(where)
+            return {"description": "(schema cut here: nested too deeply or too large to describe in full)"}
+        if "$ref" in schema:
+            ref = schema["$ref"]
+            target = self.lookup(ref, where)
+            name = str(ref).rsplit("/", 1)[-1]
+            if ref in stack:
+                self.cycles.add(name)
+                cut: dict[str, Any] = {
+                    "description": f"{name} (recursive: a {name} nested in itself; the schema is cut here to "
+                                   f"stay finite, send a {name} of the shape described above)",
+                }
+                if isinstance(target, dict) and isinstance(target.get("type"), str):
+                    cut["type"] = target["type"]
+                return cut
+            siblings = {k: v for k, v in schema.items() if k != "$ref"}
+            merged = {**target, **siblings} if isinstance(target, dict) else target
+            return self._inline(merged, where, (*stack, ref), depth)
+        out: dict[str, Any] = {}
+        for key, value in schema.items():
+            if key in _SCHEMA_DROPPED or key.startswith("x-"):
+                continue
+            if key in _SCHEMA_CHILD and isinstance(value, dict | bool):
+                out[key] = self._inline(value, f"{where}.{key}", stack, depth + 1)
+            elif key in _SCHEMA_LIST and isinstance(value, list):
+                out[key] = [self._inline(v, f"{where}.{key}[{i}]", stack, depth + 1) for i, v in enumerate(value)]
+            elif key in _SCHEMA_MAP and isinstance(value, dict):
+                out[key] = {
+                    name: self._inline(v, f"{where}.{key}.{name}", stack, depth + 1) for name, v in value.items()
+                }
+            elif key == "example":
+                out.setdefault("examples", [value])
+            elif key == "nullable":
+                continue  # folded into `type` below
+            else:
+                out[key] = value
+        if schema.get("nullable") is True:
+            kind = out.get("type")
+            if isinstance(kind, str):
+                out["type"] = [kind, "null"]
+        for bound, limit in (("exclusiveMaximum", "maximum"), ("exclusiveMinimum", "minimum")):
+            # 3.0 style: a flag on `maximum`; JSON Schema puts the limit itself there
+            if isinstance(out.get(bound), bool) and out.pop(bound) and limit in out:
+                out[bound] = out.pop(limit)
+        return out
+
+    # --- servers and security ---
+
+    def base_url(self, servers: Any, where: str) -> str:
+        """The upstream base URL: the request's, else the first server of the operation, path or document."""
+        if self.source.base_url:
+            url, where = self.source.base_url, "base_url"
+        else:
+            if not isinstance(servers, list) or not servers:
+                raise PlanProblem(f"{_where('servers')}: no server URL in the document; send base_url")
+            first = servers[0]
+            if not isinstance(first, dict) or not isinstance(first.get("url"), str):
+                raise PlanProblem(f"{_where(where + '[0].url')}: missing")
+            url = first["url"]
+            for name, variable in (first.get("variables") or {}).items():
+                default = variable.get("default") if isinstance(variable, dict) else None
+                url = url.replace("{" + name + "}", str(default if default is not None else ""))
+            if not urlsplit(url).scheme:
+                if not self.document_url:
+                    raise PlanProblem(
+                        f"{_where(where + '[0].url')}: {url!r} is relative and the document was sent inline; "
+                        "send base_url"
+                    )
+                url = urljoin(self.document_url, url)
+            where = f"{where}[0].url"
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or "{" in url:
+            prefix = "base_url" if where == "base_url" else _where(where)
+            raise PlanProblem(f"{prefix}: {url!r} is not an absolute http(s) URL")
+        return url.rstrip("/")
+
+    def auth(self, requirement: Any, where: str) -> Auth | str:
+        """How an operation authenticates upstream, or why the planner cannot do it."""
+        credentials = self.source.credentials
+        if credentials is not None:
+            if isinstance(requirement, list) and not requirement:
+                return ("none", None, None)  # explicitly public operation
+            return self._credentials_auth(credentials)
+        if not isinstance(requirement, list) or not requirement:
+            return ("none", None, None)
+        schemes = self.deref(self.doc.get("components", {}), "components").get("securitySchemes", {})
+        reasons: list[str] = []
+        for alternative in requirement:
+            if not isinstance(alternative, dict) or not alternative:
+                return ("none", None, None)  # `{}`: authentication is optional
+            if len(alternative) > 1:
+                reasons.append(f"{' + '.join(alternative)} together")
+                continue
+            (scheme_name,) = alternative
+            if scheme_name not in schemes:
+                raise PlanProblem(
+                    f"{_where(where + '.security')}: security scheme {scheme_name!r} is not in "
+                    "components.securitySchemes"
+                )
+            scheme = self.deref(schemes[scheme_name], f"components.securitySchemes.{scheme_name}")
+            mapped = self._scheme_auth(scheme_name, scheme)
+            if isinstance(mapped, str):
+                reasons.append(mapped)
+                continue
+            return mapped
+        return "needs " + " or ".join(reasons) + " (send credentials to say how to authenticate)"
+
+    def _credentials_auth(self, credentials: UpstreamCredentials) -> Auth:
+        self._secret(credentials.secret_name, f"{credentials.type} credential for the upstream API")
+        return (credentials.type, credentials.secret_name, credentials.name)
+
+    def _scheme_auth(self, key: str, scheme: Any) -> Auth | str:
+        if not isinstance(scheme, dict):
+            return f"security scheme {key!r} (not an object)"
+        kind, name = scheme.get("type"), secret_name(key)
+        if kind == "apiKey" and scheme.get("in") in ("header", "query") and isinstance(scheme.get("name"), str):
+            where: Literal["header", "query"] = "header" if scheme["in"] == "header" else "query"
+            self._secret(name, f"API key sent in the {where} {scheme['name']!r} (security scheme {key!r})")
+            return (where, name, scheme["name"])
+        if kind == "http" and str(scheme.get("scheme", "")).lower() == "bearer":
+            self._secret(name, f"bearer token (security scheme {key!r})")
+            return ("bearer", name, None)
+        if kind == "http" and str(scheme.get("scheme", "")).lower() == "basic":
+            self._secret(name, f"`user:password` for HTTP basic auth (security scheme {key!r})")
+            return ("basic", name, None)
+        if kind in ("oauth2", "openIdConnect"):
+            self._secret(name, f"an access token obtained for {kind} security scheme {key!r}, sent as a bearer token")
+            return ("bearer", name, None)
+        return f"security scheme {key!r} ({kind}{' in ' + str(scheme.get('in')) if scheme.get('in') else ''})"
+
+    def _secret(self, name: str, description: str) -> None:
+        self.secrets.setdefault(name, SecretRequirement(name=name, description=description))
+
+    # --- operations ---
+
+    def operations(self) -> list[_Operation]:
+        """Every operation of the document, in document order."""
+        paths = self.doc.get("paths")
+        if paths is None:
+            raise PlanProblem("OpenAPI document: paths: missing (an API without paths has no operations)")
+        if not isinstance(paths, dict):
+            raise PlanProblem("OpenAPI document: paths: must be an object")
+        found: list[_Operation] = []
+        for path, raw_item in paths.items():
+            if not path.startswith("/"):
+                raise PlanProblem(f"{_where('paths.' + path)}: a path must start with '/'")
+            item = self.deref(raw_item, f"paths.{path}")
+            if not isinstance(item, dict):
+                raise PlanProblem(f"{_where('paths.' + path)}: must be an object")
+            for method, op in item.items():
+                if method not in METHODS:
+                    continue
+                if not isinstance(op, dict):
+                    raise PlanProblem(f"{_where(f'paths.{path}.{method}')}: must be an object")
+                found.append(_Operation(path, method, op, item, f"paths.{path}.{method}"))
+        return found
+
+    def tool(self, operation: _Operation, name: str) -> PlannedTool | str:
+        """The tool for one operation, or why it cannot be planned."""
+        op, where = operation.op, operation.where
+        if operation.method not in PLANNED_METHODS:
+            return f"{operation.method.upper()} is not a method tools can call"
+        properties: dict[str, Any] = {}
+        required: list[str] = []
+        located: dict[str, list[str]] = {"path": [], "query": [], "header": []}
+        merged: dict[tuple[str, str], tuple[dict[str, Any], str]] = {}
+        for level, owner in (("", operation.item), ("", op)):
+            base = where if owner is op else f"paths.{operation.path}"
+            for index, raw in enumerate(owner.get("parameters") or []):
+                at = f"{base}{level}.parameters[{index}]"
+                param = self.deref(raw, at)
+                if not isinstance(param, dict) or not isinstance(param.get("name"), str) or "in" not in param:
+                    raise PlanProblem(f"{_where(at)}: a parameter needs `name` and `in`")
+                merged[(param["in"], param["name"])] = (param, at)
+        for (location, pname), (param, at) in merged.items():
+            if location == "cookie":
+                if param.get("required"):
+                    return f"needs cookie parameter {pname!r}, which tools cannot send"
+                continue
+            if location == "header" and pname.lower() in _DROPPED_HEADERS:
+                continue
+            if location not in located:
+                raise PlanProblem(f"{_where(at)}: `in` must be path, query, header or cookie, not {location!r}")
+            if pname in properties:
+                return f"parameter name {pname!r} is used twice (path/query/header)"
+            if "schema" in param:
+                schema = self.schema(param["schema"], f"{at}.schema")
+            elif isinstance(param.get("content"), dict) and param["content"]:
+                media = next(iter(param["content"].values()))
+                schema = self.schema((media or {}).get("schema", {}), f"{at}.content")
+            else:
+                schema = {"type": "string"}
+            if isinstance(param.get("description"), str) and param["description"].strip():
+                schema = {**schema, "description": param["description"].strip()}
+            properties[pname] = schema
+            located[location].append(pname)
+            if location == "path" or param.get("required"):
+                required.append(pname)
+        for placeholder in re.findall(r"\{([^}]+)\}", operation.path):
+            if placeholder not in located["path"]:
+                self.notes.warn(f"{where}: path placeholder {{{placeholder}}} has no parameter; planned as a string")
+                properties[placeholder] = {"type": "string"}
+                located["path"].append(placeholder)
+                required.append(placeholder)
+        body_param = None
+        if "requestBody" in op:
+            body = self.deref(op["requestBody"], f"{where}.requestBody")
+            content = body.get("content") if isinstance(body, dict) else None
+            if not isinstance(content, dict) or not content:
+                raise PlanProblem(f"{_where(where + '.requestBody')}: needs `content`")
+            media_type = next((m for m in content if m.split(";")[0].strip() == "application/json"), None) or next(
+                (m for m in content if m.split(";")[0].strip().endswith("+json")), None
+            )
+            if media_type is None:
+                if body.get("required"):
+                    return f"sends its request body only as {', '.join(content)}; tools send JSON"
+            else:
+                body_param = unique_name("body", set(properties))
+                media = content[media_type] or {}
+                schema = self.schema(media.get("schema", {}), f"{where}.requestBody.content.{media_type}.schema")
+                if isinstance(body.get("description"), str) and body["description"].strip():
+                    schema = {**schema, "description": body["description"].strip()}
+                properties[body_param] = schema
+                if body.get("required"):
+                    required.append(body_param)
+        servers = op.get("servers") or operation.item.get("servers") or self.doc.get("servers")
+        servers_at = (
+            f"{where}.servers" if op.get("servers")
+            else f"paths.{operation.path}.servers" if operation.item.get("servers") else "servers"
+        )
+        base_url = self.base_url(servers, servers_at)
+        auth = self.auth(op["security"] if "security" in op else self.doc.get("security"), where)
+        if isinstance(auth, str):
+            return auth
+        input_schema: dict[str, Any] = {"type": "object", "properties": properties, "additionalProperties": False}
+        if required:
+            input_schema["required"] = required
+        method = operation.method.upper()
+        summary = str(op.get("summary") or "").strip()
+        detail = str(op.get("description") or "").strip()
+        description = "\n\n".join(part for part in dict.fromkeys((summary, detail)) if part)
+        if not description:
+            description = f"{method} {operation.path}" + (f" ({op['operationId']})" if op.get("operationId") else "")
+        if op.get("deprecated"):
+            description = f"(Deprecated upstream.) {description}"
+        if len(description) > MAX_DESCRIPTION:
+            description = description[: MAX_DESCRIPTION - 1].rstrip() + "…"
+        title = (summary or str(op.get("operationId") or "") or f"{method} {operation.path}")[:200]
+        return PlannedTool(
+            name=name,
+            title=title,
+            description=description,
+            input_schema=input_schema,
+            read_only=method in ("GET", "HEAD"),
+            implementation=HttpCall(
+                method=method,  # type: ignore[arg-type]  # one of PLANNED_METHODS, upper-cased
+                base_url=base_url,
+                path=operation.path,
+                path_params=tuple(located["path"]),
+                query_params=tuple(located["query"]),
+                header_params=tuple(located["header"]),
+                body_param=body_param,
+                auth=auth[0],
+                auth_secret=auth[1],
+                auth_name=auth[2],
+            ),
+        )
+
+
+def _selected(operations: list[_Operation], source: OpenApiSource, names: list[str]) -> list[int]:
+    """Indexes of the operations the request chose (all when it chose none)."""
+    if not source.operations and not source.tags:
+        return list(range(len(operations)))
+    wanted = {w.strip().lower() for w in source.operations}
+    tags = set(source.tags)
+    keep: list[int] = []
+    matched_ops: set[str] = set()
+    matched_tags: set[str] = set()
+    for index, operation in enumerate(operations):
+        keys = {
+            str(operation.op.get("operationId", "")).lower(),
+            names[index],
+            f"{operation.method} {operation.path}".lower(),
+        }
+        op_tags = {t for t in operation.op.get("tags") or [] if isinstance(t, str)}
+        hit_ops = keys & wanted
+        hit_tags = op_tags & tags
+        matched_ops |= hit_ops
+        matched_tags |= hit_tags
+        if hit_ops or hit_tags:
+            keep.append(index)
+    for choice in source.operations:
+        if choice.strip().lower() not in matched_ops:
+            raise PlanProblem(f"operations: {choice!r} matches no operation (use an operationId, a tool name or "
+                              "'METHOD /path')")
+    for tag in source.tags:
+        if tag not in matched_tags:
+            raise PlanProblem(f"tags: {tag!r} is on no operation")
+    return keep
+
+
+def plan_openapi(
+    text: str, source: OpenApiSource, server_name: str, notes: PlanNotes, document_url: str | None = None
+) -> ToolPlan:
+    """The tool plan of an OpenAPI document; PlanProblem says where the document stops it."""
+    doc = parse_document(text)
+    version = doc.get("openapi")
+    if not isinstance(version, str) or not re.match(r"^3\.[01]\.", version + "."):
+        found = f"swagger {doc['swagger']!r} (Swagger 2)" if "swagger" in doc else repr(version)
+        raise PlanProblem(f"OpenAPI document: openapi: {found} is not OpenAPI 3.0 or 3.1")
+    planner = _Planner(doc=doc, source=source, document_url=document_url, notes=notes)
+    operations = planner.operations()
+    info: dict[str, Any] = doc["info"] if isinstance(doc.get("info"), dict) else {}
+    title = f"{info.get('title', 'untitled')!s} {info.get('version', '')!s}".strip()
+    notes.info(f"OpenAPI {version} document {title!r}: found {len(operations)} operations")
+    used: set[str] = set()
+    names = [
+        unique_name(
+            snake_case(str(o.op["operationId"])) if o.op.get("operationId") else path_tool_name(o.method, o.path), used
+        )
+        for o in operations
+    ]
+    chosen = _selected(operations, source, names)
+    if len(chosen) != len(operations):
+        notes.info(f"selected {len(chosen)} of {len(operations)} operations")
+    tools: list[PlannedTool] = []
+    skipped: list[str] = []
+    for index in chosen:
+        operation = operations[index]
+        planned = planner.tool(operation, names[index])
+        label = f"{operation.method.upper()} {operation.path}"
+        if isinstance(planned, str):
+            skipped.append(f"{label} ({planned})")
+            notes.flag(PlanFlag(kind="skipped_operation", detail=f"{label}: {planned}"))
+            continue
+        tools.append(planned)
+    if skipped:
+        notes.warn(f"skipped {len(skipped)}: " + "; ".join(skipped))
+    if len(tools) > MAX_TOOLS:
+        notes.flag(PlanFlag(kind="truncated", detail=f"{len(tools)} tools cut to the first {MAX_TOOLS}"))
+        notes.warn(f"{len(tools)} tools is too many for a client; kept the first {MAX_TOOLS} (choose operations "
+                   "or tags)")
+        tools = tools[:MAX_TOOLS]
+    if not tools:
+        raise PlanProblem("OpenAPI document: no operation could be planned" + (f" ({'; '.join(skipped)})" if skipped
+                                                                                 else ""))
+    if planner.cycles:
+        cycles = ", ".join(sorted(planner.cycles))
+        notes.info(f"recursive schemas cut where they refer back to themselves: {cycles}")
+        notes.flag(PlanFlag(kind="note", detail=f"recursive schemas cut (said so in their descriptions): {cycles}"))
+    if planner.truncated:
+        notes.flag(PlanFlag(kind="truncated", detail=f"{len(planner.truncated)} schema(s) cut for depth or size"))
+        notes.warn(f"{len(planner.truncated)} schema(s) were nested too deeply or too large and were cut")
+    bases = sorted({t.implementation.base_url for t in tools if isinstance(t.implementation, HttpCall)})
+    notes.info("upstream: " + ", ".join(bases))
+    hosts = sorted({urlsplit(base).hostname or "" for base in bases} - {""})
+    secrets = tuple(planner.secrets[k] for k in sorted(planner.secrets))
+    if secrets:
+        notes.info("needs upstream secret(s), supplied at deploy time by name: " + ", ".join(s.name for s in secrets))
+    return ToolPlan(
+        server_name=server_name,
+        tools=tuple(tools),
+        secrets=secrets,
+        upstream_hosts=tuple(hosts),
+        planned_from="openapi",
+        flags=tuple(notes.flags),
+    )

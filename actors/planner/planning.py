@@ -1,0 +1,117 @@
+"""The plan step: from a build request to a stored, content-addressed tool plan.
+
+`plan_request` turns any source into a ToolPlan; `finish_plan` adds what every plan carries (injection
+flags, the tool list's size); `store_plan` puts it in the PLANS object store under its hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import msgspec
+import nats.js.errors
+from nats.js import JetStreamContext
+
+from actors.planner.claude import NO_KEY, ClaudeConfig, plan_plain_words
+from actors.planner.injection import injection_markers, scan
+from actors.planner.openapi import plan_openapi
+from actors.planner.problems import PlanNotes, PlanProblem
+from actors.planner.tool_spec import plan_tool_spec
+from actors.runtime.fetch import FetchRefused, fetch_document
+from actors.runtime.settings import Settings
+from bus_schemas.builds import BuildRequested, OpenApiSource, PlainWords, ToolSpecSource
+from bus_schemas.plans import PlanFlag, PureFunction, ToolPlan, canonical_plan_bytes
+from bus_schemas.registry import PLANS
+
+MAX_INJECTION_FLAGS = 20
+"""Flags kept per plan; a document full of markers gets a count instead of hundreds of flags."""
+
+_json = msgspec.json.Encoder(order="sorted")
+
+
+async def plan_request(event: BuildRequested, settings: Settings, notes: PlanNotes) -> ToolPlan:
+    """The plan of one build request; PlanProblem says what in the request stops it."""
+    source = event.source
+    if isinstance(source, OpenApiSource):
+        if (source.document is None) == (source.url is None):
+            raise PlanProblem("OpenAPI source: send exactly one of `document` (inline) or `url`")
+        text, document_url = source.document, None
+        if source.url is not None:
+            try:
+                document_url, body = await fetch_document(
+                    source.url, allow_private=settings.planner_allow_private_fetch
+                )
+            except FetchRefused as exc:
+                raise PlanProblem(f"OpenAPI url: {exc}") from None
+            notes.info(f"fetched the OpenAPI document: {len(body):,} bytes from {document_url}")
+            try:
+                text = body.decode("utf-8")
+            except UnicodeDecodeError:
+                raise PlanProblem(f"OpenAPI url: {document_url} did not answer UTF-8 text") from None
+        assert text is not None
+        return plan_openapi(text, source, event.name, notes, document_url)
+    if isinstance(source, ToolSpecSource):
+        return plan_tool_spec(source, event.name, notes)
+    assert isinstance(source, PlainWords)
+    if not settings.anthropic_api_key:
+        raise PlanProblem(NO_KEY)
+    for reason in injection_markers(source.text):
+        notes.flag(PlanFlag(kind="prompt_injection", detail=f"the request's text {reason}"))
+        notes.warn(f"possible prompt injection in the request's text: {reason}")
+    config = ClaudeConfig(
+        api_key=settings.anthropic_api_key, model=settings.anthropic_model, base_url=settings.anthropic_base_url
+    )
+    return await plan_plain_words(source.text, event.name, config, notes)
+
+
+def tool_list(plan: ToolPlan) -> list[dict[str, Any]]:
+    """The plan's tools as an MCP client's `tools/list` shows them (what a model reads on every request)."""
+    return [
+        {"name": t.name, "title": t.title, "description": t.description, "inputSchema": t.input_schema}
+        for t in plan.tools
+    ]
+
+
+def estimate_tokens(plan: ToolPlan) -> int:
+    """An estimate of the tool list's size in model tokens: its JSON length / 4 (no tokenizer is run)."""
+    return -(-len(_json.encode(tool_list(plan))) // 4)
+
+
+def finish_plan(plan: ToolPlan, notes: PlanNotes) -> ToolPlan:
+    """The plan with its prompt-injection flags, every note's flag and its tool list size."""
+    hits: list[tuple[str, str]] = []
+    for tool in plan.tools:
+        fields: dict[str, Any] = {
+            "title": tool.title, "description": tool.description, "input_schema": tool.input_schema
+        }
+        if isinstance(tool.implementation, PureFunction):
+            fields["body"] = tool.implementation.body
+        hits.extend(scan(fields, f"tool {tool.name}"))
+    for where, reason in hits[:MAX_INJECTION_FLAGS]:
+        notes.flag(PlanFlag(kind="prompt_injection", detail=f"{where}: {reason}"))
+        notes.warn(f"possible prompt injection in {where}: {reason}")
+    if len(hits) > MAX_INJECTION_FLAGS:
+        extra = len(hits) - MAX_INJECTION_FLAGS
+        notes.flag(PlanFlag(kind="prompt_injection", detail=f"{extra} more marker(s) not listed"))
+        notes.warn(f"{extra} more possible prompt-injection marker(s) not listed")
+    return msgspec.structs.replace(plan, flags=tuple(notes.flags), tool_list_tokens=estimate_tokens(plan))
+
+
+def plan_hash(plan: ToolPlan) -> str:
+    """The plan's content address: SHA-256 hex of its canonical bytes."""
+    return hashlib.sha256(canonical_plan_bytes(plan)).hexdigest()
+
+
+async def store_plan(js: JetStreamContext, plan: ToolPlan) -> str:
+    """Put the plan in the PLANS object store under its hash (once: equal plans are one object)."""
+    data = canonical_plan_bytes(plan)
+    digest = hashlib.sha256(data).hexdigest()
+    store = await js.object_store(PLANS.name)
+    try:
+        await store.get_info(digest)
+        return digest
+    except nats.js.errors.ObjectNotFoundError:
+        pass
+    await store.put(digest, data)
+    return digest

@@ -1,0 +1,80 @@
+"""Submitting builds to a running planner and reading back what a person watching would see."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from pathlib import Path
+
+import nats
+from nats.aio.client import Client
+
+from actors.runtime.bus import call
+from actors.runtime.codec import decode
+from bus_schemas.builds import AnyBuildEvent, BuildAccepted, BuildFailed, BuildPlanned, BuildSource, SubmitBuild
+from bus_schemas.plans import ToolPlan
+from bus_schemas.registry import BUILD_EVENTS, PLANS, SUBMIT_BUILD
+
+FIXTURES = Path(__file__).parent.parent / "fixtures"
+
+
+def new_org() -> str:
+    """A fresh organisation id, so tests never see each other's builds."""
+    return f"org{secrets.token_hex(4)}"
+
+
+async def submit(nc: Client, source: BuildSource, org: str | None = None, name: str = "tracker") -> tuple[str, str]:
+    """Submit a build; returns (org, build id)."""
+    org = org or new_org()
+    accepted = await call(nc, SUBMIT_BUILD, SubmitBuild(org_id=org, requested_by="t", name=name, source=source), 5)
+    assert isinstance(accepted, BuildAccepted), accepted
+    return org, accepted.build_id
+
+
+async def build_events(nc: Client, org: str, build: str, timeout: float = 30.0) -> list[tuple[str, AnyBuildEvent]]:
+    """(kind, event) of the build in stream order, up to and including its `planned` or `failed` event."""
+    js = nc.jetstream()
+    sub = await js.subscribe(BUILD_EVENTS.wildcard(org=org, build=build), ordered_consumer=True)
+    events: list[tuple[str, AnyBuildEvent]] = []
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=timeout)
+            except nats.errors.TimeoutError:
+                raise AssertionError(f"build {build} did not finish planning; events so far: {events}") from None
+            event = decode(AnyBuildEvent, msg.data)
+            events.append((msg.subject.rsplit(".", 1)[-1], event))
+            if isinstance(event, BuildPlanned | BuildFailed):
+                return events
+    finally:
+        await sub.unsubscribe()
+
+
+async def planned(
+    nc: Client, source: BuildSource, name: str = "tracker"
+) -> tuple[ToolPlan, list[tuple[str, AnyBuildEvent]]]:
+    """Plan a source through the actor; the plan as stored in PLANS and the build's events."""
+    org, build = await submit(nc, source, name=name)
+    events = await build_events(nc, org, build)
+    last = events[-1][1]
+    assert isinstance(last, BuildPlanned), events
+    return await read_plan(nc, last.plan_hash), events
+
+
+async def read_plan(nc: Client, plan_hash: str) -> ToolPlan:
+    """The plan object named `plan_hash`, checked to be content-addressed."""
+    store = await nc.jetstream().object_store(PLANS.name)
+    result = await store.get(plan_hash)
+    assert result.data is not None
+    assert hashlib.sha256(result.data).hexdigest() == plan_hash
+    plan: ToolPlan = decode(ToolPlan, result.data)
+    return plan
+
+
+async def failure(nc: Client, source: BuildSource) -> tuple[BuildFailed, list[tuple[str, AnyBuildEvent]]]:
+    """Plan a source that must fail; its `failed` event and the build's events."""
+    org, build = await submit(nc, source)
+    events = await build_events(nc, org, build)
+    last = events[-1][1]
+    assert isinstance(last, BuildFailed), events
+    return last, events

@@ -1,0 +1,204 @@
+"""A rendered plan served by the runner template over Streamable HTTP, driven by the real mcp client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from mcp import Client
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from actors.codegen.actor import build_artifact
+from bus_schemas.plans import Artifact
+from runner_template import upstream
+from runner_template.app import MCP_PATH, bind, create_app, serve, server_for_artifact
+from tests.actors.codegen_samples import SECRET_NAME, plan_hash, sample_plan
+
+SECRET_VALUE = "s3cr3t-value-never-in-code"
+
+
+@contextlib.asynccontextmanager
+async def serving(app: Starlette) -> AsyncIterator[str]:
+    """Serve `app` on a free port in this event loop; yields its base URL."""
+    sock = bind("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    stop = asyncio.Event()
+    started = asyncio.Event()
+    task = asyncio.create_task(serve(app, sock, on_ready=started.set, stop=stop))
+    await asyncio.wait_for(started.wait(), timeout=15)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=15)
+
+
+class Upstream:
+    """A local upstream API that records what it was sent."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+
+    async def user(self, request: Request) -> Response:
+        self.requests.append({
+            "path": request.url.path, "raw_path": request.scope["raw_path"].decode(),
+            "query": dict(request.query_params), "authorization": request.headers.get("authorization"),
+            "trace": request.headers.get("x-trace"),
+        })
+        return JSONResponse({"id": request.path_params["user_id"], "name": "Ada"})
+
+    async def notes(self, request: Request) -> Response:
+        body = await request.json()
+        self.requests.append({"path": request.url.path, "body": body, "query": dict(request.query_params),
+                              "authorization": request.headers.get("authorization")})
+        return JSONResponse({"stored": body}, status_code=201)
+
+    async def big(self, request: Request) -> Response:
+        return PlainTextResponse("x" * 5000)
+
+    def app(self) -> Starlette:
+        return Starlette(routes=[
+            Route("/users/{user_id:path}", self.user), Route("/notes", self.notes, methods=["POST"]),
+            Route("/big", self.big),
+        ])
+
+
+@pytest.fixture
+async def upstream_api() -> AsyncIterator[tuple[Upstream, str]]:
+    api = Upstream()
+    async with serving(api.app()) as url:
+        yield api, url
+
+
+def artifact_for(upstream_url: str) -> Artifact:
+    plan = sample_plan(upstream_url)
+    return build_artifact(plan, plan_hash(plan))
+
+
+@contextlib.asynccontextmanager
+async def runner(artifact: Artifact, *, hosts: tuple[str, ...] | None = None) -> AsyncIterator[str]:
+    """The artifact served in-process with the secret from the environment; yields the MCP URL."""
+    env = {f"{upstream.SECRET_ENV_PREFIX}{SECRET_NAME}": SECRET_VALUE}
+    upstream.configure(upstream.UpstreamPolicy.from_environment(
+        artifact.upstream_hosts if hosts is None else hosts, artifact.secrets, env, timeout_seconds=10,
+    ))
+    try:
+        async with serving(create_app(server_for_artifact(artifact))) as base:
+            yield base + MCP_PATH
+    finally:
+        upstream.configure(None)
+
+
+async def test_generated_tools_list_over_mcp_with_the_plans_names_and_schemas(upstream_api) -> None:
+    _, url = upstream_api
+    artifact = artifact_for(url)
+    plan = sample_plan(url)
+    async with runner(artifact) as mcp_url, Client(mcp_url) as client:
+        listed = (await client.list_tools()).tools
+    assert [t.name for t in listed] == [t.name for t in plan.tools] == list(artifact.tools)
+    for tool, planned in zip(listed, plan.tools, strict=True):
+        assert tool.title == planned.title
+        assert tool.description == planned.description
+        assert tool.annotations is not None and tool.annotations.read_only_hint is planned.read_only
+        props = tool.input_schema["properties"]
+        assert set(props) == set(planned.input_schema["properties"])
+        assert sorted(tool.input_schema.get("required", [])) == sorted(planned.input_schema["required"])
+        for wire, schema in planned.input_schema["properties"].items():
+            if "description" in schema:
+                assert props[wire]["description"] == schema["description"]
+    by_name = {t.name: t.input_schema["properties"] for t in listed}
+    assert by_name["get_user"]["user-id"]["type"] == "string"
+    assert {"type": "integer"} in by_name["get_user"]["from"]["anyOf"]
+    assert by_name["add"]["a"]["type"] == "integer" and by_name["add"]["b"]["type"] == "number"
+    assert {"enum": ["text", "todo"], "type": "string"} in by_name["create_note"]["kind"]["anyOf"]
+
+
+async def test_pure_tools_are_callable_and_return_their_value(upstream_api) -> None:
+    _, url = upstream_api
+    async with runner(artifact_for(url)) as mcp_url, Client(mcp_url) as client:
+        added = await client.call_tool("add", {"a": 2, "b": 3.5})
+        words = await client.call_tool("list", {"text": "hello mcp world", "upper": True})
+        refused = await client.call_tool("add", {"a": "two", "b": 1})
+    assert not added.is_error and added.content[0].text == "5.5"  # type: ignore[union-attr]
+    assert json.loads(words.content[0].text) == {"words": ["HELLO", "MCP", "WORLD"], "count": 3}  # type: ignore[union-attr]
+    assert refused.is_error
+
+
+async def test_http_tool_calls_upstream_with_the_secret_from_the_environment_as_bearer(upstream_api) -> None:
+    api, url = upstream_api
+    async with runner(artifact_for(url)) as mcp_url, Client(mcp_url) as client:
+        got = await client.call_tool("get_user", {"user-id": "a/b?c", "from": 3, "verbose": True, "X-Trace": "t1"})
+        created = await client.call_tool("create_note", {"note": {"text": "hi"}, "kind": "todo"})
+    assert not got.is_error, got
+    assert json.loads(got.content[0].text) == {"id": "a/b?c", "name": "Ada"}  # type: ignore[union-attr]
+    first = api.requests[0]
+    assert first["raw_path"] == "/users/a%2Fb%3Fc"  # a path value cannot change the path's shape
+    assert first["query"] == {"from": "3", "verbose": "true"}
+    assert first["authorization"] == f"Bearer {SECRET_VALUE}"
+    assert first["trace"] == "t1"
+    assert not created.is_error
+    assert api.requests[1]["body"] == {"text": "hi"} and api.requests[1]["query"] == {"kind": "todo"}
+    assert api.requests[1]["authorization"] == f"Bearer {SECRET_VALUE}"
+
+
+async def test_http_tool_refuses_a_host_not_in_the_plan(upstream_api) -> None:
+    api, url = upstream_api
+    async with runner(artifact_for(url), hosts=("api.example.com",)) as mcp_url, Client(mcp_url) as client:
+        result = await client.call_tool("get_user", {"user-id": "1"})
+    assert result.is_error
+    assert "not one of this server's upstream hosts" in result.content[0].text  # type: ignore[union-attr]
+    assert SECRET_VALUE not in result.content[0].text  # type: ignore[union-attr]
+    assert api.requests == []
+
+
+async def test_upstream_refuses_undeclared_secrets_other_hosts_and_oversized_answers(upstream_api) -> None:
+    _, url = upstream_api
+    host = url.split("//", 1)[1]
+    upstream.configure(upstream.UpstreamPolicy(hosts=frozenset({host}), secrets={"KNOWN": "v"},
+                                               max_response_bytes=1000))
+    try:
+        with pytest.raises(upstream.UpstreamRefused, match="not one of this server's upstream hosts"):
+            await upstream.request("GET", "http://localhost:1/x")
+        with pytest.raises(upstream.UpstreamRefused, match="secret OTHER is not configured"):
+            await upstream.request("GET", url + "/users/1", auth=upstream.Auth(kind="bearer", secret="OTHER"))
+        with pytest.raises(upstream.UpstreamError, match="over the 1000 byte limit"):
+            await upstream.request("GET", url + "/big")
+        assert await upstream.request("GET", url + "/users/{id}", path={"id": "7"}) == {"id": "7", "name": "Ada"}
+    finally:
+        upstream.configure(None)
+
+
+async def test_runner_process_serves_an_artifact_file(upstream_api, tmp_path: Path) -> None:
+    _, url = upstream_api
+    artifact = artifact_for(url)
+    path = tmp_path / "artifact.json"
+    path.write_bytes(msgspec.json.encode(artifact))
+    env = {**os.environ, "BMMS_RUNNER_ARTIFACT": str(path), "BMMS_RUNNER_PORT": "0",
+           f"{upstream.SECRET_ENV_PREFIX}{SECRET_NAME}": SECRET_VALUE}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "runner_template", env=env, stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), timeout=30)).decode().strip()
+        assert line.startswith("runner listening on http://127.0.0.1:"), line
+        mcp_url = line.rsplit(" ", 1)[1]
+        async with Client(mcp_url) as client:
+            names = [t.name for t in (await client.list_tools()).tools]
+            got = await client.call_tool("get_user", {"user-id": "9"})
+        assert names == list(artifact.tools)
+        assert json.loads(got.content[0].text)["id"] == "9"  # type: ignore[union-attr]
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), timeout=15)
