@@ -43,7 +43,7 @@ Auth = tuple[Literal["none", "bearer", "header", "query", "basic"], str | None, 
 """(HttpCall.auth, auth_secret, auth_name)."""
 
 
-class _Loader(yaml.SafeLoader):
+class _Loader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML ships no type hints
     """YAML's safe loader, minus timestamps: `2024-05-01T10:00:00Z` stays the string it is in JSON."""
 
 
