@@ -179,6 +179,9 @@ class Actor:
                 for sub in self._subscriptions
             ]
             await asyncio.gather(*(self._bound(sub, js) for sub in self._subscriptions))
+            # The endpoints' subscriptions must have reached the server before anyone is told we are
+            # ready, or a request sent right away finds no responders.
+            await nc.flush()
             self.ready.set()
             self.log.info("actor %s serving", self.name, extra={"copy_of": self.name})
             await stop.wait()
