@@ -1,12 +1,127 @@
-"""The checker actor: consumes its pipeline stage; the check step itself is not built yet."""
+"""The checker actor: every generated artifact is checked before anything runs it.
+
+For each `generated` event it loads the Artifact from ARTIFACTS (verified against its hash), runs the
+static rules (`rules.py`), mypy --strict and ruff (`toolchain.py`), logs every finding as a build log
+line (`check: generated.py:12:5 banned-call: eval() is not allowed`), and publishes `checked`, or
+`failed` at step `check` naming the first error finding. Every event it emits has a key derived from the
+artifact's findings, which are deterministic, so a redelivered `generated` changes nothing.
+"""
 
 from __future__ import annotations
 
-from actors.runtime.actor import Actor
-from actors.runtime.build_events import unbuilt_stage
-from bus_schemas.registry import CHECKER_GENERATED
+import hashlib
+import keyword
+import tempfile
+from pathlib import Path
+
+import msgspec
+import nats.js.errors
+from nats.js.object_store import ObjectStore
+
+from actors.checker.rules import Finding, check_source, errors
+from actors.checker.toolchain import Toolchain, check_with_tools
+from actors.runtime.actor import Actor, Context, TransientError, utc_now
+from actors.runtime.build_events import emit, fail_step, start_step
+from actors.runtime.codec import decode
+from bus_schemas.base import FailureCode
+from bus_schemas.builds import AnyBuildEvent, BuildChecked, BuildGenerated, LogLine, StepChanged
+from bus_schemas.plans import Artifact, canonical_artifact_bytes
+from bus_schemas.registry import ARTIFACTS, CHECKER_GENERATED
+
+CHECK_FAILED = "check_failed"
+"""The `failed` event's code when the artifact has error findings."""
+
+MAX_LOGGED_FINDINGS = 100
+"""Findings beyond this many are summarised in one line instead of one line each."""
 
 
-def create_actor() -> Actor:
+class ArtifactUnusable(Exception):
+    """The artifact a build names is missing, malformed or does not match its hash."""
+
+
+async def load_artifact(store: ObjectStore, artifact_hash: str) -> Artifact:
+    """The artifact stored under `artifact_hash`, verified to hash to it."""
+    try:
+        result = await store.get(artifact_hash)
+    except nats.js.errors.ObjectNotFoundError:
+        raise ArtifactUnusable(f"artifact {artifact_hash} is not in {ARTIFACTS.name}") from None
+    try:
+        artifact: Artifact = decode(Artifact, result.data or b"")
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise ArtifactUnusable(f"artifact {artifact_hash} does not decode: {exc}") from None
+    if hashlib.sha256(canonical_artifact_bytes(artifact)).hexdigest() != artifact_hash:
+        raise ArtifactUnusable(f"artifact {artifact_hash} does not match its hash")
+    name = artifact.module_name
+    # The module name becomes a file name and an import name: nothing but a plain identifier.
+    if not (name.isascii() and name.isidentifier() and not keyword.iskeyword(name)):
+        raise ArtifactUnusable(f"artifact {artifact_hash} has an unusable module name {name!r}")
+    return artifact
+
+
+async def check_artifact(artifact: Artifact, toolchain: Toolchain) -> list[Finding]:
+    """Every finding of the artifact's module: static rules first, then mypy and ruff, each by position."""
+    file = f"{artifact.module_name}.py"
+    static = check_source(artifact.module_source, file, artifact.tools)
+    if any(f.rule in {"syntax-error", "too-large"} for f in static):
+        return static  # nothing more to learn from the tools
+    # Static findings lead: they say what the code tries to do, the tools' findings often only follow from it.
+    tooled = await check_with_tools(artifact.module_source, artifact.module_name, toolchain)
+    return static + [f for f in tooled if f not in static]
+
+
+def failure_detail(findings: list[Finding]) -> str:
+    """The `failed` detail: the first error finding (static rules before tools), and how many more there are."""
+    errs = errors(findings)
+    more = f" (and {len(errs) - 1} more error(s))" if len(errs) > 1 else ""
+    return f"{errs[0].render()}{more}"
+
+
+def create_actor(toolchain: Toolchain | None = None) -> Actor:
     """The checker actor, wired to its durable consumer."""
-    return unbuilt_stage("checker", CHECKER_GENERATED, "check")
+    actor = Actor("checker")
+    # One mypy cache per checker process: cold runs cost seconds, warm ones a fraction of that.
+    tools = toolchain or Toolchain(cache_dir=Path(tempfile.mkdtemp(prefix="bmms-checker-mypy-")))
+
+    async def check_step_parked(payload: bytes, reason: str, ctx: Context) -> None:
+        event = decode(AnyBuildEvent, payload)
+        await fail_step(ctx, event, "check", FailureCode.INTERNAL, f"checking stopped: {reason}")
+
+    @actor.consumer(CHECKER_GENERATED, on_park=check_step_parked, max_in_flight=4)
+    async def check_build(event: AnyBuildEvent, ctx: Context) -> None:
+        if not isinstance(event, BuildGenerated):
+            return
+        ids = {"build_id": event.build_id, "org_id": event.org_id}
+        await start_step(ctx, event, "check")
+        try:
+            store = await ctx.js.object_store(ARTIFACTS.name)
+        except nats.js.errors.BucketNotFoundError as exc:
+            raise TransientError(f"object bucket missing (run `bmms migrate`): {exc}") from None
+        try:
+            artifact = await load_artifact(store, event.artifact_hash)
+        except ArtifactUnusable as exc:
+            await fail_step(ctx, event, "check", FailureCode.NOT_FOUND, str(exc))
+            return
+        await ctx.still_working()
+        findings = await check_artifact(artifact, tools)
+        for index, finding in enumerate(findings[:MAX_LOGGED_FINDINGS]):
+            text = f"check: {finding.render()}"
+            line = LogLine(**ids, at=utc_now(), step="check", level=finding.severity, message=text)
+            await emit(ctx, line, "log", f"check:finding:{index}")
+        if len(findings) > MAX_LOGGED_FINDINGS:
+            rest = LogLine(**ids, at=utc_now(), step="check", level="warning",
+                           message=f"check: {len(findings) - MAX_LOGGED_FINDINGS} more finding(s) not shown")
+            await emit(ctx, rest, "log", "check:finding:more")
+        if errors(findings):
+            await fail_step(ctx, event, "check", CHECK_FAILED, failure_detail(findings))
+            return
+        warnings = len(findings)
+        summary = (
+            f"check: passed: {len(artifact.tools)} tool(s), static rules, mypy --strict and ruff"
+            f"{f' ({warnings} warning(s))' if warnings else ''}"
+        )
+        passed = LogLine(**ids, at=utc_now(), step="check", level="info", message=summary)
+        await emit(ctx, passed, "log", "check:passed")
+        await emit(ctx, StepChanged(**ids, at=utc_now(), step="check", state="finished"), "step", "check:finished")
+        await emit(ctx, BuildChecked(**ids, at=utc_now(), artifact_hash=event.artifact_hash), "checked", "checked")
+
+    return actor

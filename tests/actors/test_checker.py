@@ -1,0 +1,157 @@
+"""The checker over the bus, as the real checker user: generated -> checked, or failed at `check` with the
+first error finding; and the type check and lint it runs on every module."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+import msgspec
+
+from actors.catalog import create_actor
+from actors.checker.toolchain import Toolchain, check_with_tools
+from actors.codegen.actor import build_artifact
+from actors.runtime.actor import utc_now
+from actors.runtime.bus import publish_event
+from bus_schemas.builds import BuildChecked, BuildFailed, BuildGenerated, LogLine
+from bus_schemas.plans import Artifact, canonical_artifact_bytes
+from bus_schemas.registry import ARTIFACTS, build_subject
+from tests.actors.codegen_samples import plan_hash, sample_plan
+from tests.actors.test_codegen import history, last_event
+from tests.conftest import Stack, eventually, running
+
+CLEAN = '''"""Tools."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from runner_template import sdk
+
+
+@sdk.tool(name='hypot', title='Hypotenuse', read_only=True)
+def hypot(a: float, b: float) -> Any:
+    """The hypotenuse of a and b."""
+    return {"c": math.hypot(a, b)}
+'''
+
+
+def artifact_of(source: str, tools: tuple[str, ...] = ("hypot",)) -> Artifact:
+    return Artifact(
+        plan_hash="0" * 64, template_version="1", module_name="generated", module_source=source, tools=tools
+    )
+
+
+async def put_artifact(js, artifact: Artifact, name: str | None = None) -> str:
+    data = canonical_artifact_bytes(artifact)
+    digest = hashlib.sha256(data).hexdigest()
+    store = await js.object_store(ARTIFACTS.name)
+    await store.put(name or digest, data)
+    return digest if name is None else name
+
+
+async def publish_generated(js, org: str, build: str, digest: str, msg_id: str) -> None:
+    event = BuildGenerated(build_id=build, org_id=org, at=utc_now(), artifact_hash=digest)
+    await publish_event(js, build_subject(org, build, "generated"), event, msg_id)
+
+
+async def outcome(js, org: str, build: str) -> BuildChecked | BuildFailed | None:
+    for kind in ("checked", "failed"):
+        event = await last_event(js, org, build, kind)
+        if isinstance(event, BuildChecked | BuildFailed):
+            return event
+    return None
+
+
+async def test_clean_module_passes_mypy_strict_and_ruff() -> None:
+    assert await check_with_tools(CLEAN, "generated", Toolchain()) == []
+
+
+async def test_codegen_output_passes_mypy_strict_and_ruff() -> None:
+    plan = sample_plan("https://api.example.com")
+    artifact = build_artifact(plan, plan_hash(plan))
+    assert await check_with_tools(artifact.module_source, artifact.module_name, Toolchain()) == []
+
+
+async def test_type_error_is_reported_at_its_line() -> None:
+    source = CLEAN + "\n\ndef half(x: int) -> str:\n    return x // 2\n"
+    findings = await check_with_tools(source, "generated", Toolchain())
+    assert [(f.rule, f.line, f.column) for f in findings] == [("mypy[return-value]", 18, 12)]
+    assert findings[0].render().startswith("generated.py:18:12 mypy[return-value]: Incompatible return value type")
+
+
+async def test_lint_finding_is_reported_at_its_line() -> None:
+    source = CLEAN + "\n\ndef items(x: list[int] = []) -> list[int]:\n    return x\n"
+    findings = await check_with_tools(source, "generated", Toolchain())
+    assert ("ruff[B006]", 17) in [(f.rule, f.line) for f in findings]
+
+
+async def test_runner_template_cannot_be_used_to_reach_its_own_imports() -> None:
+    # mypy --strict refuses names runner_template modules only import (no implicit re-export)
+    source = CLEAN + "\n\ndef leak() -> object:\n    return sdk.dataclass\n"
+    findings = await check_with_tools(source, "generated", Toolchain())
+    assert [(f.rule, f.line) for f in findings] == [("mypy[attr-defined]", 18)]
+
+
+async def test_clean_artifact_is_checked(stack: Stack, admin_nc) -> None:
+    js = admin_nc.jetstream()
+    org, build = "orgck1", "b" + secrets.token_hex(6)
+    digest = await put_artifact(js, artifact_of(CLEAN))
+    async with running(create_actor("checker"), stack.settings("checker")):
+        await publish_generated(js, org, build, digest, f"{build}:generated")
+        event = await eventually(lambda: outcome(js, org, build), timeout=60)
+        assert isinstance(event, BuildChecked) and event.artifact_hash == digest
+        # a redelivered `generated` (published again under another id) adds nothing to the history
+        before = [(k, e) for k, e, _ in await history(js, org, build)]
+        await publish_generated(js, org, build, digest, f"{build}:generated-again")
+
+        async def caught_up() -> bool:
+            info = await js.consumer_info("BUILDS", "checker")
+            return info.num_ack_pending == 0 and info.num_pending == 0
+
+        await eventually(caught_up, timeout=60)
+        after = [(k, e) for k, e, _ in await history(js, org, build)]
+    assert len(after) == len(before) + 1  # only the second `generated` itself
+    kinds = [k for k, _ in after]
+    assert kinds.count("checked") == 1 and "failed" not in kinds
+    steps = [(e.step, e.state) for k, e in after if k == "step"]  # type: ignore[union-attr]
+    assert steps == [("check", "started"), ("check", "finished")]
+
+
+async def test_bad_artifact_fails_at_check_with_the_first_finding(stack: Stack, admin_nc) -> None:
+    js = admin_nc.jetstream()
+    org, build = "orgck2", "b" + secrets.token_hex(6)
+    bad = CLEAN.replace('return {"c": math.hypot(a, b)}', 'return {"c": eval("a * b")}')
+    digest = await put_artifact(js, artifact_of(bad))
+    async with running(create_actor("checker"), stack.settings("checker")):
+        await publish_generated(js, org, build, digest, f"{build}:generated")
+        event = await eventually(lambda: outcome(js, org, build), timeout=60)
+    assert isinstance(event, BuildFailed)
+    assert event.step == "check" and event.code == "check_failed"
+    assert event.detail.startswith("generated.py:14:18 banned-call: eval() is not allowed")
+    logs = [e.message for k, e, _ in await history(js, org, build) if isinstance(e, LogLine)]
+    assert "check: generated.py:14:18 banned-call: eval() is not allowed" in logs
+
+
+async def test_artifact_that_does_not_match_its_hash_fails(stack: Stack, admin_nc) -> None:
+    js = admin_nc.jetstream()
+    org, build = "orgck3", "b" + secrets.token_hex(6)
+    forged = hashlib.sha256(b"something else").hexdigest()
+    await put_artifact(js, artifact_of(CLEAN), name=forged)
+    async with running(create_actor("checker"), stack.settings("checker")):
+        await publish_generated(js, org, build, forged, f"{build}:generated")
+        event = await eventually(lambda: outcome(js, org, build), timeout=60)
+    assert isinstance(event, BuildFailed) and event.step == "check"
+    assert "does not match its hash" in event.detail
+
+
+async def test_missing_artifact_fails(stack: Stack, admin_nc) -> None:
+    js = admin_nc.jetstream()
+    org, build = "orgck4", "b" + secrets.token_hex(6)
+    async with running(create_actor("checker"), stack.settings("checker")):
+        await publish_generated(js, org, build, "f" * 64, f"{build}:generated")
+        event = await eventually(lambda: outcome(js, org, build), timeout=60)
+    assert isinstance(event, BuildFailed) and event.step == "check"
+    assert event.detail == f"artifact {'f' * 64} is not in ARTIFACTS"
+    assert msgspec.json.encode(event)  # a plain, encodable event
