@@ -1,7 +1,8 @@
 """The checker actor: every generated artifact is checked before anything runs it.
 
 For each `generated` event it loads the Artifact from ARTIFACTS (verified against its hash), runs the
-static rules (`rules.py`), mypy --strict and ruff (`toolchain.py`), logs every finding as a build log
+static rules (`rules.py`), mypy --strict and ruff (`toolchain.py`), then, only if those passed, the
+artifact in a sandboxed runner against its plan from PLANS (`dynamic.py`), logs every finding as a build log
 line (`check: generated.py:12:5 banned-call: eval() is not allowed`), and publishes `checked`, or
 `failed` at step `check` naming the first error finding. Every event it emits has a key derived from the
 artifact's findings, which are deterministic, so a redelivered `generated` changes nothing.
@@ -18,6 +19,7 @@ import msgspec
 import nats.js.errors
 from nats.js.object_store import ObjectStore
 
+from actors.checker.dynamic import Sandbox, run_dynamic_check
 from actors.checker.rules import Finding, check_source, errors
 from actors.checker.toolchain import Toolchain, check_with_tools
 from actors.runtime.actor import Actor, Context, TransientError, utc_now
@@ -25,8 +27,8 @@ from actors.runtime.build_events import emit, fail_step, start_step
 from actors.runtime.codec import decode
 from bus_schemas.base import FailureCode
 from bus_schemas.builds import AnyBuildEvent, BuildChecked, BuildGenerated, LogLine, StepChanged
-from bus_schemas.plans import Artifact, canonical_artifact_bytes
-from bus_schemas.registry import ARTIFACTS, CHECKER_GENERATED
+from bus_schemas.plans import Artifact, ToolPlan, canonical_artifact_bytes, canonical_plan_bytes
+from bus_schemas.registry import ARTIFACTS, CHECKER_GENERATED, PLANS
 
 CHECK_FAILED = "check_failed"
 """The `failed` event's code when the artifact has error findings."""
@@ -58,8 +60,23 @@ async def load_artifact(store: ObjectStore, artifact_hash: str) -> Artifact:
     return artifact
 
 
+async def load_plan(store: ObjectStore, plan_hash: str) -> ToolPlan:
+    """The plan an artifact was rendered from, verified to hash to `plan_hash`."""
+    try:
+        result = await store.get(plan_hash)
+    except nats.js.errors.ObjectNotFoundError:
+        raise ArtifactUnusable(f"plan {plan_hash} of the artifact is not in {PLANS.name}") from None
+    try:
+        plan: ToolPlan = decode(ToolPlan, result.data or b"")
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise ArtifactUnusable(f"plan {plan_hash} does not decode: {exc}") from None
+    if hashlib.sha256(canonical_plan_bytes(plan)).hexdigest() != plan_hash:
+        raise ArtifactUnusable(f"plan {plan_hash} does not match its hash")
+    return plan
+
+
 async def check_artifact(artifact: Artifact, toolchain: Toolchain) -> list[Finding]:
-    """Every finding of the artifact's module: static rules first, then mypy and ruff, each by position."""
+    """The static findings of the artifact's module: rules first, then mypy and ruff, each by position."""
     file = f"{artifact.module_name}.py"
     static = check_source(artifact.module_source, file, artifact.tools)
     if any(f.rule in {"syntax-error", "too-large"} for f in static):
@@ -76,11 +93,12 @@ def failure_detail(findings: list[Finding]) -> str:
     return f"{errs[0].render()}{more}"
 
 
-def create_actor(toolchain: Toolchain | None = None) -> Actor:
+def create_actor(toolchain: Toolchain | None = None, sandbox: Sandbox | None = None) -> Actor:
     """The checker actor, wired to its durable consumer."""
     actor = Actor("checker")
     # One mypy cache per checker process: cold runs cost seconds, warm ones a fraction of that.
     tools = toolchain or Toolchain(cache_dir=Path(tempfile.mkdtemp(prefix="bmms-checker-mypy-")))
+    limits = sandbox or Sandbox()
 
     async def check_step_parked(payload: bytes, reason: str, ctx: Context) -> None:
         event = decode(AnyBuildEvent, payload)
@@ -103,6 +121,15 @@ def create_actor(toolchain: Toolchain | None = None) -> Actor:
             return
         await ctx.still_working()
         findings = await check_artifact(artifact, tools)
+        if not errors(findings):
+            # Only code that passed the static checks is ever run, and then only in the sandbox.
+            try:
+                plan = await load_plan(await ctx.js.object_store(PLANS.name), artifact.plan_hash)
+            except ArtifactUnusable as exc:
+                await fail_step(ctx, event, "check", FailureCode.NOT_FOUND, str(exc))
+                return
+            await ctx.still_working()
+            findings += await run_dynamic_check(artifact, plan, limits)
         for index, finding in enumerate(findings[:MAX_LOGGED_FINDINGS]):
             text = f"check: {finding.render()}"
             line = LogLine(**ids, at=utc_now(), step="check", level=finding.severity, message=text)
@@ -116,7 +143,7 @@ def create_actor(toolchain: Toolchain | None = None) -> Actor:
             return
         warnings = len(findings)
         summary = (
-            f"check: passed: {len(artifact.tools)} tool(s), static rules, mypy --strict and ruff"
+            f"check: passed: {len(artifact.tools)} tool(s), static rules, mypy --strict, ruff and a sandboxed run"
             f"{f' ({warnings} warning(s))' if warnings else ''}"
         )
         passed = LogLine(**ids, at=utc_now(), step="check", level="info", message=summary)

@@ -176,7 +176,8 @@ def _dunder(name: str) -> bool:
     return len(name) > 4 and name.startswith("__") and name.endswith("__")
 
 
-def _callee_name(func: ast.expr) -> str | None:
+def callee_name(func: ast.expr) -> str | None:
+    """The name a call is made by: `f` of `f(...)` and of `x.f(...)`."""
     if isinstance(func, ast.Name):
         return func.id
     if isinstance(func, ast.Attribute):
@@ -263,7 +264,7 @@ class _Rules(ast.NodeVisitor):
     # --- calls ---
 
     def visit_Call(self, node: ast.Call) -> None:
-        name = _callee_name(node.func)
+        name = callee_name(node.func)
         if isinstance(node.func, ast.Name):
             self._called.add(id(node.func))
             self._builtin_call(node, node.func.id)
@@ -374,7 +375,7 @@ def _missing_tools(tree: ast.Module, tools: Sequence[str], file: str) -> Iterato
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
             defined.add(node.name)
             for decorator in node.decorator_list:
-                if isinstance(decorator, ast.Call) and _callee_name(decorator.func) == "tool":
+                if isinstance(decorator, ast.Call) and callee_name(decorator.func) == "tool":
                     defined.update(
                         k.value.value for k in decorator.keywords
                         if k.arg == "name" and isinstance(k.value, ast.Constant) and isinstance(k.value.value, str)

@@ -9,15 +9,16 @@ import secrets
 import msgspec
 
 from actors.catalog import create_actor
+from actors.checker.dynamic import Sandbox, run_dynamic_check
 from actors.checker.toolchain import Toolchain, check_with_tools
 from actors.codegen.actor import build_artifact
 from actors.runtime.actor import utc_now
 from actors.runtime.bus import publish_event
 from bus_schemas.builds import BuildChecked, BuildFailed, BuildGenerated, LogLine
-from bus_schemas.plans import Artifact, canonical_artifact_bytes
+from bus_schemas.plans import Artifact, PlannedTool, PureFunction, ToolPlan, canonical_artifact_bytes
 from bus_schemas.registry import ARTIFACTS, build_subject
 from tests.actors.codegen_samples import plan_hash, sample_plan
-from tests.actors.test_codegen import history, last_event
+from tests.actors.test_codegen import history, last_event, put_plan
 from tests.conftest import Stack, eventually, running
 
 CLEAN = '''"""Tools."""
@@ -37,9 +38,26 @@ def hypot(a: float, b: float) -> Any:
 '''
 
 
-def artifact_of(source: str, tools: tuple[str, ...] = ("hypot",)) -> Artifact:
+HYPOT_SCHEMA = {
+    "type": "object",
+    "properties": {"a": {"type": "number"}, "b": {"type": "number"}},
+    "required": ["a", "b"],
+}
+
+
+def hypot_plan(schema: dict[str, object] = HYPOT_SCHEMA) -> ToolPlan:
+    """The plan CLEAN was (notionally) rendered from."""
+    tool = PlannedTool(
+        name="hypot", title="Hypotenuse", description="The hypotenuse of a and b.", input_schema=schema,
+        read_only=True, implementation=PureFunction(body='return {"c": math.hypot(a, b)}'),
+    )
+    return ToolPlan(server_name="geometry", tools=(tool,), planned_from="tool_spec")
+
+
+def artifact_of(source: str, tools: tuple[str, ...] = ("hypot",), plan: ToolPlan | None = None) -> Artifact:
     return Artifact(
-        plan_hash="0" * 64, template_version="1", module_name="generated", module_source=source, tools=tools
+        plan_hash=plan_hash(plan or hypot_plan()), template_version="1", module_name="generated",
+        module_source=source, tools=tools,
     )
 
 
@@ -97,6 +115,7 @@ async def test_runner_template_cannot_be_used_to_reach_its_own_imports() -> None
 async def test_clean_artifact_is_checked(stack: Stack, admin_nc) -> None:
     js = admin_nc.jetstream()
     org, build = "orgck1", "b" + secrets.token_hex(6)
+    await put_plan(js, hypot_plan())
     digest = await put_artifact(js, artifact_of(CLEAN))
     async with running(create_actor("checker"), stack.settings("checker")):
         await publish_generated(js, org, build, digest, f"{build}:generated")
@@ -117,6 +136,60 @@ async def test_clean_artifact_is_checked(stack: Stack, admin_nc) -> None:
     assert kinds.count("checked") == 1 and "failed" not in kinds
     steps = [(e.step, e.state) for k, e in after if k == "step"]  # type: ignore[union-attr]
     assert steps == [("check", "started"), ("check", "finished")]
+    logs = [e.message for k, e in after if isinstance(e, LogLine)]
+    assert logs == ["check: passed: 1 tool(s), static rules, mypy --strict, ruff and a sandboxed run"]
+
+
+async def test_artifact_whose_tools_differ_from_the_plan_fails_the_dynamic_check(stack: Stack, admin_nc) -> None:
+    js = admin_nc.jetstream()
+    org, build = "orgck5", "b" + secrets.token_hex(6)
+    plan = hypot_plan({"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]})
+    await put_plan(js, plan)
+    digest = await put_artifact(js, artifact_of(CLEAN, plan=plan))
+    async with running(create_actor("checker"), stack.settings("checker")):
+        await publish_generated(js, org, build, digest, f"{build}:generated")
+        event = await eventually(lambda: outcome(js, org, build), timeout=60)
+    assert isinstance(event, BuildFailed) and event.step == "check"
+    assert event.detail.startswith("generated.py:11:1 dynamic-schema: parameter 'a' of 'hypot' is ['number'], the plan")
+    logs = [e.message for k, e, _ in await history(js, org, build) if isinstance(e, LogLine)]
+    expected = "check: generated.py:11:1 dynamic-schema: tool 'hypot' lists parameters ['a', 'b'], the plan has ['a']"
+    assert expected in logs
+
+
+async def test_sandboxed_run_lists_and_calls_the_pure_tools_of_codegen_output() -> None:
+    plan = sample_plan("https://api.example.com")
+    artifact = build_artifact(plan, plan_hash(plan))
+    assert await run_dynamic_check(artifact, plan, Sandbox()) == []
+
+
+async def test_pure_tool_that_raises_on_its_sample_is_a_warning() -> None:
+    source = CLEAN.replace('return {"c": math.hypot(a, b)}', 'raise ValueError(f"no {a}")')
+    findings = await run_dynamic_check(artifact_of(source), hypot_plan(), Sandbox())
+    assert [(f.rule, f.severity, f.line) for f in findings] == [("dynamic-call", "warning", 11)]
+
+
+async def test_runner_that_cannot_start_is_an_error() -> None:
+    source = CLEAN.replace("import math", "import math\n\nraise SystemExit('boom')")
+    [finding] = await run_dynamic_check(artifact_of(source), hypot_plan(), Sandbox())
+    assert finding.rule == "dynamic-start" and finding.severity == "error"
+
+
+async def test_sandboxed_runner_gets_no_platform_settings_or_secrets() -> None:
+    import os
+
+    os.environ["BMMS_SECRET_LEAK_CHECK"] = "top-secret"
+    try:
+        source = CLEAN.replace(
+            'return {"c": math.hypot(a, b)}', 'raise ValueError("probe")'
+        )
+        # The sandbox env is built from an allowlist: nothing BMMS_* but the runner's own settings.
+        from actors.checker.toolchain import minimal_env
+
+        assert not any(k.startswith("BMMS_") for k in minimal_env())
+        findings = await run_dynamic_check(artifact_of(source), hypot_plan(), Sandbox())
+        assert [f.rule for f in findings] == ["dynamic-call"]
+    finally:
+        del os.environ["BMMS_SECRET_LEAK_CHECK"]
 
 
 async def test_bad_artifact_fails_at_check_with_the_first_finding(stack: Stack, admin_nc) -> None:
