@@ -304,15 +304,7 @@ def render_module(plan: ToolPlan, plan_hash: str) -> str:
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise RenderRefused(f"the plan names tool(s) {duplicates} more than once")
-    parts = [
-        f'"""Tools of a generated MCP server (codegen; runner template {RUNNER_TEMPLATE_VERSION}). '
-        'Generated code: do not edit."""\n'
-        "from typing import Annotated, Any, Literal\n\n"
-        "from runner_template import sdk, upstream\n"
-        "from runner_template.sdk import Field\n\n"
-        f"PLAN_HASH = {plan_hash!r}\n"
-        f"TEMPLATE_VERSION = {RUNNER_TEMPLATE_VERSION!r}\n"
-    ]
+    parts: list[str] = []
     taken: set[str] = set()
     bodies: dict[str, list[ast.stmt]] = {}
     for tool in plan.tools:
@@ -330,12 +322,36 @@ def render_module(plan: ToolPlan, plan_hash: str) -> str:
             body = _pure_body(statements)
             header = _header(tool, python, params, is_async=False, open_world=False)
         parts.append(f"\n\n{header}{body}")
-    source = "".join(parts)
-    _prove_shape(source, plan, bodies)
+    tools_source = "".join(parts)
+    header = _module_header(tools_source, plan_hash)
+    source = header + tools_source
+    _prove_shape(source, plan, bodies, header_statements=len(ast.parse(header).body))
     return source
 
 
-def _prove_shape(source: str, plan: ToolPlan, bodies: dict[str, list[ast.stmt]]) -> None:
+def _module_header(tools_source: str, plan_hash: str) -> str:
+    """Docstring, imports and constants; a name is imported only when the tools use it, so the checker's
+    lint (unused imports) holds for every plan."""
+    used = {node.id for node in ast.walk(ast.parse(tools_source)) if isinstance(node, ast.Name)}
+    typing_names = ", ".join(n for n in ("Annotated", "Any", "Literal") if n in used)
+    runner_names = ", ".join(n for n in ("sdk", "upstream") if n in used)
+    lines = [
+        f'"""Tools of a generated MCP server (codegen; runner template {RUNNER_TEMPLATE_VERSION}). '
+        'Generated code: do not edit."""',
+    ]
+    if typing_names:
+        lines += [f"from typing import {typing_names}", ""]
+    if runner_names:
+        lines.append(f"from runner_template import {runner_names}")
+    if "Field" in used:
+        lines.append("from runner_template.sdk import Field")
+    lines += ["", f"PLAN_HASH = {plan_hash!r}", f"TEMPLATE_VERSION = {RUNNER_TEMPLATE_VERSION!r}"]
+    return "\n".join(lines) + "\n"
+
+
+def _prove_shape(
+    source: str, plan: ToolPlan, bodies: dict[str, list[ast.stmt]], *, header_statements: int
+) -> None:
     """Parse and compile the rendered module; every tool is one top-level function, and each pure body is
     exactly its own function's body after the docstring."""
     try:
@@ -345,7 +361,7 @@ def _prove_shape(source: str, plan: ToolPlan, bodies: dict[str, list[ast.stmt]])
         line = source.splitlines()[(exc.lineno or 1) - 1] if exc.lineno else ""
         raise RenderRefused(f"the generated module does not compile: {exc.msg} at {line.strip()!r}") from None
     functions = [n for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
-    if len(functions) != len(plan.tools) or len(tree.body) != 6 + len(plan.tools):
+    if len(functions) != len(plan.tools) or len(tree.body) != header_statements + len(plan.tools):
         raise RenderRefused("the generated module does not have one function per tool")
     for fn in functions:
         if fn.name in bodies and ast.dump(ast.Module(body=fn.body[1:], type_ignores=[])) != ast.dump(
