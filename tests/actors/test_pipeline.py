@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client
@@ -17,8 +18,12 @@ from bus_schemas.builds import (
     BuildChecked,
     BuildFailed,
     BuildGenerated,
+    BuildPlanned,
+    BuildSource,
     FunctionBody,
     GetBuild,
+    LogLine,
+    OpenApiSource,
     SubmitBuild,
     ToolParameter,
     ToolSpec,
@@ -63,8 +68,10 @@ async def build_history(nc: Client, org: str, build: str, last_seq: int) -> list
     return events
 
 
-async def submit_and_settle(nc: Client, org: str, name: str) -> list[AnyBuildEvent]:
-    request = SubmitBuild(org_id=org, requested_by="test", name=name, source=CALCULATOR)
+async def submit_and_settle(
+    nc: Client, org: str, name: str, source: BuildSource = CALCULATOR
+) -> list[AnyBuildEvent]:
+    request = SubmitBuild(org_id=org, requested_by="test", name=name, source=source)
     accepted = await call(nc, SUBMIT_BUILD, request, timeout=10)
     assert isinstance(accepted, BuildAccepted)
 
@@ -101,3 +108,17 @@ async def test_same_input_built_twice_gives_the_same_artifact_hash(stack: Stack,
         return generated.artifact_hash
 
     assert artifact(first) == artifact(second)
+
+
+async def test_openapi_document_with_circular_refs_builds_to_a_checked_artifact(
+    stack: Stack, admin_nc: Client
+) -> None:
+    document = (Path(__file__).parent.parent / "fixtures" / "issue_tracker.yaml").read_text()
+    source = OpenApiSource(document=document, base_url="https://tracker.example.com/api")
+    async with pipeline(stack):
+        history = await submit_and_settle(admin_nc, "pipe3", "tracker", source)
+    planned = next(e for e in history if isinstance(e, BuildPlanned))
+    assert planned.tool_count >= 20
+    assert any(isinstance(e, BuildChecked) for e in history), [
+        getattr(e, "message", getattr(e, "detail", "")) for e in history if isinstance(e, LogLine | BuildFailed)
+    ]

@@ -133,3 +133,21 @@ async def test_injection_markers_in_the_request_are_flagged(claude_planner: Mess
     flags = [f.detail for f in plan.flags if f.kind == "prompt_injection"]
     assert any("asks to ignore earlier instructions" in f for f in flags)
     assert any(isinstance(e, LogLine) and e.level == "warning" and "prompt injection" in e.message for _, e in events)
+
+
+async def test_plain_words_build_goes_through_codegen_and_the_checker_which_holds_claudes_code_to_account(
+    claude_planner: MessagesApi, stack: Stack, admin_nc
+) -> None:
+    from bus_schemas.builds import BuildFailed, BuildGenerated
+    from tests.actors.test_pipeline import submit_and_settle
+
+    # GOOD_PLAN's pure tool calls len() on an optional parameter: valid as a plan, wrong as typed code.
+    claude_planner.answers[:] = [BAD_PLAN, GOOD_PLAN]
+    async with running(create_actor("codegen"), stack.settings("codegen")), \
+            running(create_actor("checker"), stack.settings("checker")), \
+            running(create_actor("deployer"), stack.settings("deployer")):
+        history = await submit_and_settle(admin_nc, "claude1", "jokes", PlainWords(text="A server that tells jokes."))
+    assert any(isinstance(e, BuildGenerated) for e in history)
+    failed = history[-1]
+    assert isinstance(failed, BuildFailed) and failed.step == "check"
+    assert "mypy[arg-type]" in failed.detail and ".py:" in failed.detail
