@@ -42,6 +42,17 @@ GOOD_PLAN: dict[str, Any] = {
     "secrets": [{"name": "JOKES_TOKEN", "description": "API token of jokes.example"}],
 }
 BAD_PLAN: dict[str, Any] = {"tools": [{**GOOD_PLAN["tools"][0], "name": "Get Joke!"}]}
+TYPED_PLAN: dict[str, Any] = {
+    **GOOD_PLAN,
+    "tools": [
+        GOOD_PLAN["tools"][0],
+        {
+            **GOOD_PLAN["tools"][1],
+            "implementation": {"kind": "function", "body": "return min(10, len(joke or '') // 10)"},
+        },
+    ],
+}
+"""GOOD_PLAN with its pure tool written so that it type-checks (`joke` is optional)."""
 
 
 @dataclass
@@ -151,3 +162,17 @@ async def test_plain_words_build_goes_through_codegen_and_the_checker_which_hold
     failed = history[-1]
     assert isinstance(failed, BuildFailed) and failed.step == "check"
     assert "mypy[arg-type]" in failed.detail and ".py:" in failed.detail
+
+
+async def test_plain_words_build_reaches_a_checked_artifact(
+    claude_planner: MessagesApi, stack: Stack, admin_nc
+) -> None:
+    from bus_schemas.builds import BuildChecked
+    from tests.actors.test_pipeline import submit_and_settle
+
+    claude_planner.answers[:] = [BAD_PLAN, TYPED_PLAN]
+    async with running(create_actor("codegen"), stack.settings("codegen")), \
+            running(create_actor("checker"), stack.settings("checker")), \
+            running(create_actor("deployer"), stack.settings("deployer")):
+        history = await submit_and_settle(admin_nc, "claude2", "jokes", PlainWords(text="A server that tells jokes."))
+    assert any(isinstance(e, BuildChecked) for e in history)
