@@ -23,7 +23,7 @@ from actors.checker.dynamic import Sandbox, run_dynamic_check
 from actors.checker.rules import Finding, check_source, errors
 from actors.checker.toolchain import Toolchain, check_with_tools
 from actors.runtime.actor import Actor, Context, TransientError, utc_now
-from actors.runtime.build_events import emit, fail_step, start_step
+from actors.runtime.build_events import emit, fail_step, fail_step_when_parked, start_step
 from actors.runtime.codec import decode
 from bus_schemas.base import FailureCode
 from bus_schemas.builds import AnyBuildEvent, BuildChecked, BuildGenerated, LogLine, StepChanged
@@ -100,11 +100,7 @@ def create_actor(toolchain: Toolchain | None = None, sandbox: Sandbox | None = N
     tools = toolchain or Toolchain(cache_dir=Path(tempfile.mkdtemp(prefix="bmms-checker-mypy-")))
     limits = sandbox or Sandbox()
 
-    async def check_step_parked(payload: bytes, reason: str, ctx: Context) -> None:
-        event = decode(AnyBuildEvent, payload)
-        await fail_step(ctx, event, "check", FailureCode.INTERNAL, f"checking stopped: {reason}")
-
-    @actor.consumer(CHECKER_GENERATED, on_park=check_step_parked, max_in_flight=4)
+    @actor.consumer(CHECKER_GENERATED, on_park=fail_step_when_parked("check", "checking"), max_in_flight=4)
     async def check_build(event: AnyBuildEvent, ctx: Context) -> None:
         if not isinstance(event, BuildGenerated):
             return

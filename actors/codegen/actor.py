@@ -17,7 +17,7 @@ from nats.js.object_store import ObjectStore
 
 from actors.codegen.render import RenderRefused, module_name_for, render_module
 from actors.runtime.actor import Actor, Context, TransientError, utc_now
-from actors.runtime.build_events import emit, fail_step, start_step
+from actors.runtime.build_events import emit, fail_step, fail_step_when_parked, start_step
 from actors.runtime.codec import decode
 from bus_schemas.base import FailureCode
 from bus_schemas.builds import AnyBuildEvent, BuildGenerated, BuildPlanned, LogLine, StepChanged
@@ -86,11 +86,7 @@ def create_actor() -> Actor:
     """The codegen actor, wired to its durable consumer."""
     actor = Actor("codegen")
 
-    async def generate_step_parked(payload: bytes, reason: str, ctx: Context) -> None:
-        event = decode(AnyBuildEvent, payload)
-        await fail_step(ctx, event, "generate", FailureCode.INTERNAL, f"code generation stopped: {reason}")
-
-    @actor.consumer(CODEGEN_PLANNED, on_park=generate_step_parked)
+    @actor.consumer(CODEGEN_PLANNED, on_park=fail_step_when_parked("generate", "code generation"))
     async def generate_build(event: AnyBuildEvent, ctx: Context) -> None:
         if not isinstance(event, BuildPlanned):
             return

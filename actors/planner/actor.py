@@ -11,8 +11,8 @@ from actors.planner import storage
 from actors.planner.planning import finish_plan, plan_request, store_plan
 from actors.planner.problems import PlanNotes, PlanProblem
 from actors.runtime.actor import Actor, Context, utc_now
-from actors.runtime.build_events import emit, fail_step, start_step
-from actors.runtime.codec import decode, encode
+from actors.runtime.build_events import emit, fail_step, fail_step_when_parked, start_step
+from actors.runtime.codec import encode
 from actors.runtime.settings import Settings
 from bus_schemas.base import Failed, FailureCode
 from bus_schemas.builds import (
@@ -98,12 +98,7 @@ def create_actor() -> Actor:
         async with ctx.pool.acquire() as conn:
             await storage.apply_event(conn, event.build_id, kind, ctx.delivery.stream_seq, failure)
 
-    async def plan_step_parked(payload: bytes, reason: str, ctx: Context) -> None:
-        # The person watching the build learns that planning stopped, and why.
-        event = decode(AnyBuildEvent, payload)
-        await fail_step(ctx, event, "plan", FailureCode.INTERNAL, f"planning stopped: {reason}")
-
-    @actor.consumer(PLANNER_REQUESTED, on_park=plan_step_parked)
+    @actor.consumer(PLANNER_REQUESTED, on_park=fail_step_when_parked("plan", "planning"))
     async def plan_build(event: AnyBuildEvent, ctx: Context) -> None:
         if not isinstance(event, BuildRequested):
             return

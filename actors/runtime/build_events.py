@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from actors.runtime.actor import Actor, Context, utc_now
+from actors.runtime.actor import Actor, Context, ParkHook, utc_now
+from actors.runtime.codec import decode
 from bus_schemas.base import FailureCode
-from bus_schemas.builds import BuildEvent, BuildFailed, BuildKind, LogLine, StepChanged
+from bus_schemas.builds import AnyBuildEvent, BuildEvent, BuildFailed, BuildKind, LogLine, StepChanged
 from bus_schemas.registry import Consumer, build_subject
 
 Step = Literal["plan", "generate", "check", "deploy"]
@@ -45,3 +46,13 @@ def unbuilt_stage(name: str, consumer: Consumer[Any], step: Step) -> Actor:
         )
 
     return actor
+
+
+def fail_step_when_parked(step: Step, doing: str) -> ParkHook:
+    """A consumer's park hook: the person watching the build learns that `step` stopped, and why."""
+
+    async def parked(payload: bytes, reason: str, ctx: Context) -> None:
+        event = decode(AnyBuildEvent, payload)
+        await fail_step(ctx, event, step, FailureCode.INTERNAL, f"{doing} stopped: {reason}")
+
+    return parked
