@@ -42,7 +42,8 @@ def unbuilt_stage(name: str, consumer: Consumer[Any], step: Step) -> Actor:
         await start_step(ctx, event, step)
         await fail_step(
             ctx, event, step, FailureCode.NOT_IMPLEMENTED,
-            f"the {name} actor cannot {step} servers yet: this platform build only has the foundation",
+            f"the {name} actor cannot {step} servers yet: the build was planned, generated and checked, "
+            "but running it arrives with the runners",
         )
 
     return actor
