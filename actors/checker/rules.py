@@ -41,10 +41,11 @@ import io
 import re
 import string
 import tokenize
-import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
+
+from actors.runtime.injection import injection_phrases
 
 Severity = Literal["error", "warning"]
 
@@ -122,21 +123,6 @@ SOCKET_SERVER_NAMES = frozenset(
 
 _SUPPRESSION = re.compile(r"#.*?\b(type:\s*ignore|noqa|mypy:|ruff:|pyright:)", re.IGNORECASE)
 
-PROMPT_INJECTION_MARKERS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
-    (label, re.compile(pattern))
-    for label, pattern in (
-        ("ignore previous instructions",
-         r"\b(ignore|disregard|forget|override)\s+(all\s+|any\s+)?(of\s+)?(the\s+|your\s+)?"
-         r"(previous|prior|above|earlier|preceding|system)\s+(instructions|prompts?|messages|rules|context)"),
-        ("you are now", r"\byou\s+are\s+now\b"),
-        ("system prompt", r"\bsystem\s+prompt\b"),
-        ("new instructions", r"\bnew\s+instructions\s*:"),
-        ("do not tell the user", r"\b(do\s+not|don't|never)\s+(tell|inform|show)\s+the\s+user\b"),
-        ("chat-template token", r"<\|?\s*(im_start|im_end|system|endoftext)\s*\|?>|\[/?inst\]|<</?sys>>"),
-    )
-)
-"""Phrases aimed at a model reading tool descriptions or results, matched on NFKC-folded lowercase text
-with runs of whitespace collapsed."""
 
 
 def _hidden(ch: str) -> str | None:
@@ -323,14 +309,9 @@ class _Rules(ast.NodeVisitor):
         self.generic_visit(node)
 
 
-def _fold(text: str) -> str:
-    return " ".join(unicodedata.normalize("NFKC", text).lower().split())
-
-
 def injection_markers(text: str) -> list[str]:
-    """The prompt-injection markers `text` contains (labels of `PROMPT_INJECTION_MARKERS`)."""
-    folded = _fold(text)
-    return [label for label, pattern in PROMPT_INJECTION_MARKERS if pattern.search(folded)]
+    """The prompt-injection phrases `text` contains (hidden characters have their own rule)."""
+    return injection_phrases(text)
 
 
 def _hidden_characters(source: str, file: str) -> Iterator[Finding]:

@@ -14,11 +14,11 @@ import nats.js.errors
 from nats.js import JetStreamContext
 
 from actors.planner.claude import NO_KEY, ClaudeConfig, plan_plain_words
-from actors.planner.injection import injection_markers, scan
 from actors.planner.openapi import plan_openapi
 from actors.planner.problems import PlanNotes, PlanProblem
 from actors.planner.tool_spec import plan_tool_spec
 from actors.runtime.fetch import FetchRefused, fetch_document
+from actors.runtime.injection import injection_markers, scan
 from actors.runtime.settings import Settings
 from bus_schemas.builds import BuildRequested, OpenApiSource, PlainWords, ToolSpecSource
 from bus_schemas.plans import PlanFlag, PureFunction, ToolPlan, canonical_plan_bytes

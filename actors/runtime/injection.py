@@ -1,13 +1,15 @@
-"""Prompt-injection markers in text that will reach a model as tool descriptions.
+"""Prompt-injection markers in text that will reach a model as tool descriptions or results.
 
 Descriptions in an OpenAPI document or a tool spec end up in every MCP client's context, so text that
 speaks to the model ("ignore previous instructions", fake system tags, hidden Unicode tag characters)
-is flagged. Flagging does not stop the plan: the checker scans the generated server again.
+is flagged: by the planner on the inputs (the plan proceeds) and by the checker on the generated module
+(the build fails). One list serves both.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,7 +20,9 @@ _PHRASES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
          r"\b(ignore|disregard|forget|override)\s+(all\s+|any\s+)?(the\s+|your\s+)?"
          r"(previous|prior|above|earlier|preceding|system)\s+(instructions|prompts?|messages|rules|context)"),
         ("mentions the system prompt", r"\bsystem\s+prompt\b"),
-        ("imitates a chat-format control tag", r"<\|?\s*/?\s*(system|im_start|im_end|assistant|instructions)\s*\|?>"),
+        ("imitates a chat-format control tag",
+         r"<\|?\s*/?\s*(system|im_start|im_end|assistant|instructions|endoftext)\s*\|?>|\[/?inst\]|<</?sys>>"),
+        ("announces new instructions", r"\bnew\s+instructions\s*:"),
         ("directs the model to call a tool",
          r"\b(you\s+must|always|first|immediately|silently)\s+(call|invoke|run|use|execute)\s+(the\s+)?"
          r"[`'\"]?[\w.-]+[`'\"]?\s+(tool|function)\b"),
@@ -33,12 +37,24 @@ _PHRASES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
 _HIDDEN = re.compile("[\U000e0000-\U000e007f\u202a-\u202e\u2066-\u2069\u200b-\u200f\u2060-\u2064]")
 
 
+def _fold(text: str) -> str:
+    # Look-alike characters (fullwidth, ligatures) and odd spacing must not slip a phrase past the patterns.
+    return " ".join(unicodedata.normalize("NFKC", text).split())
+
+
+def injection_phrases(text: str) -> list[str]:
+    """The labels of the phrases in `text` that speak to a model (hidden characters aside)."""
+    folded = _fold(text)
+    return list(dict.fromkeys(label for label, pattern in _PHRASES if pattern.search(folded)))
+
+
 def injection_markers(text: str) -> list[str]:
     """What in `text` looks like an instruction to a model, one short reason each."""
     found: list[str] = []
+    folded = _fold(text)
     for label, pattern in _PHRASES:
-        match = pattern.search(text)
-        if match and label not in found:
+        match = pattern.search(folded)
+        if match and not any(f.startswith(label) for f in found):
             found.append(f"{label} ({match.group(0)[:60]!r})")
     hidden = _HIDDEN.findall(text)
     if hidden:
