@@ -10,12 +10,10 @@ artifact's findings, which are deterministic, so a redelivered `generated` chang
 
 from __future__ import annotations
 
-import hashlib
 import keyword
 import tempfile
 from pathlib import Path
 
-import msgspec
 import nats.js.errors
 from nats.js.object_store import ObjectStore
 
@@ -24,7 +22,7 @@ from actors.checker.rules import Finding, check_source, errors
 from actors.checker.toolchain import Toolchain, check_with_tools
 from actors.runtime.actor import Actor, Context, TransientError, utc_now
 from actors.runtime.build_events import emit, fail_step, fail_step_when_parked, start_step
-from actors.runtime.codec import decode
+from actors.runtime.objects import ObjectUnusable, load_verified
 from bus_schemas.base import FailureCode
 from bus_schemas.builds import AnyBuildEvent, BuildChecked, BuildGenerated, LogLine, StepChanged
 from bus_schemas.plans import Artifact, ToolPlan, canonical_artifact_bytes, canonical_plan_bytes
@@ -37,22 +35,13 @@ MAX_LOGGED_FINDINGS = 100
 """Findings beyond this many are summarised in one line instead of one line each."""
 
 
-class ArtifactUnusable(Exception):
-    """The artifact a build names is missing, malformed or does not match its hash."""
+ArtifactUnusable = ObjectUnusable
+"""The artifact (or its plan) a build names cannot be used."""
 
 
 async def load_artifact(store: ObjectStore, artifact_hash: str) -> Artifact:
     """The artifact stored under `artifact_hash`, verified to hash to it."""
-    try:
-        result = await store.get(artifact_hash)
-    except nats.js.errors.ObjectNotFoundError:
-        raise ArtifactUnusable(f"artifact {artifact_hash} is not in {ARTIFACTS.name}") from None
-    try:
-        artifact: Artifact = decode(Artifact, result.data or b"")
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise ArtifactUnusable(f"artifact {artifact_hash} does not decode: {exc}") from None
-    if hashlib.sha256(canonical_artifact_bytes(artifact)).hexdigest() != artifact_hash:
-        raise ArtifactUnusable(f"artifact {artifact_hash} does not match its hash")
+    artifact = await load_verified(store, ARTIFACTS, artifact_hash, Artifact, canonical_artifact_bytes, "artifact")
     name = artifact.module_name
     # The module name becomes a file name and an import name: nothing but a plain identifier.
     if not (name.isascii() and name.isidentifier() and not keyword.iskeyword(name)):
@@ -62,17 +51,7 @@ async def load_artifact(store: ObjectStore, artifact_hash: str) -> Artifact:
 
 async def load_plan(store: ObjectStore, plan_hash: str) -> ToolPlan:
     """The plan an artifact was rendered from, verified to hash to `plan_hash`."""
-    try:
-        result = await store.get(plan_hash)
-    except nats.js.errors.ObjectNotFoundError:
-        raise ArtifactUnusable(f"plan {plan_hash} of the artifact is not in {PLANS.name}") from None
-    try:
-        plan: ToolPlan = decode(ToolPlan, result.data or b"")
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise ArtifactUnusable(f"plan {plan_hash} does not decode: {exc}") from None
-    if hashlib.sha256(canonical_plan_bytes(plan)).hexdigest() != plan_hash:
-        raise ArtifactUnusable(f"plan {plan_hash} does not match its hash")
-    return plan
+    return await load_verified(store, PLANS, plan_hash, ToolPlan, canonical_plan_bytes, "plan of the artifact")
 
 
 async def check_artifact(artifact: Artifact, toolchain: Toolchain) -> list[Finding]:

@@ -11,23 +11,21 @@ from __future__ import annotations
 
 import hashlib
 
-import msgspec
 import nats.js.errors
 from nats.js.object_store import ObjectStore
 
 from actors.codegen.render import RenderRefused, module_name_for, render_module
 from actors.runtime.actor import Actor, Context, TransientError, utc_now
 from actors.runtime.build_events import emit, fail_step, fail_step_when_parked, start_step
-from actors.runtime.codec import decode
+from actors.runtime.objects import ObjectUnusable, load_verified
 from bus_schemas.base import FailureCode
 from bus_schemas.builds import AnyBuildEvent, BuildGenerated, BuildPlanned, LogLine, StepChanged
 from bus_schemas.plans import Artifact, HttpCall, ToolPlan, canonical_artifact_bytes, canonical_plan_bytes
 from bus_schemas.registry import ARTIFACTS, CODEGEN_PLANNED, PLANS
 from runner_template import RUNNER_TEMPLATE_VERSION
 
-
-class PlanUnusable(Exception):
-    """The plan a build names is missing or does not match its hash."""
+PlanUnusable = ObjectUnusable
+"""The plan a build names cannot be used (missing, malformed, or not its hash)."""
 
 
 def sha256_hex(data: bytes) -> str:
@@ -55,18 +53,7 @@ def build_artifact(plan: ToolPlan, plan_hash: str) -> Artifact:
 
 async def load_plan(store: ObjectStore, plan_hash: str) -> ToolPlan:
     """The plan stored under `plan_hash`, verified to hash to it."""
-    try:
-        result = await store.get(plan_hash)
-    except nats.js.errors.ObjectNotFoundError:
-        raise PlanUnusable(f"plan {plan_hash} is not in {PLANS.name}") from None
-    data = result.data or b""
-    try:
-        plan: ToolPlan = decode(ToolPlan, data)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise PlanUnusable(f"plan {plan_hash} does not decode: {exc}") from None
-    if sha256_hex(canonical_plan_bytes(plan)) != plan_hash:
-        raise PlanUnusable(f"plan {plan_hash} does not match its hash")
-    return plan
+    return await load_verified(store, PLANS, plan_hash, ToolPlan, canonical_plan_bytes, "plan")
 
 
 async def store_artifact(store: ObjectStore, artifact: Artifact) -> str:
