@@ -40,6 +40,12 @@ async def test_a_socket_that_stops_reading_is_dropped_and_others_get_every_frame
             async def stalled_socket_dropped() -> bool:
                 return len(feed.watchers) == 1
 
+            async def both_sockets_watching() -> bool:
+                return len(feed.watchers) == 2
+
+            # A socket joins its feed after the handshake: wait until the healthy one has joined too.
+            await eventually(both_sockets_watching)
+
             async with asyncio.timeout(60):
                 # In rounds the healthy client keeps up with, until the stalled one is dropped
                 # (the kernel buffers between the ends hold a few MB before TCP pushes back).
