@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from bus_schemas.base import Failed, Id, Message
+from bus_schemas.servers import InstallSnippet
 
 BuildKind = Literal["requested", "step", "log", "planned", "generated", "checked", "deployed", "failed"]
 """The last token of a build event subject: `builds.<org>.<build>.<kind>`."""
@@ -109,6 +110,8 @@ class SubmitBuild(Message, frozen=True, kw_only=True, tag="builds.submit.v1"):
     source: BuildSource
     idempotency_key: str | None = None
     """Same key from the same org returns the same build instead of a new one."""
+    server_id: Id | None = None
+    """Deploy the build as a new version of this existing server (same URL) instead of a new server."""
 
 
 class BuildAccepted(Message, frozen=True, kw_only=True, tag="builds.accepted.v1"):
@@ -162,6 +165,8 @@ class BuildRequested(BuildEvent, frozen=True, kw_only=True, tag="build.requested
     name: str
     requested_by: str
     source: BuildSource
+    server_id: Id | None = None
+    """The existing server this build is a new version of, if any."""
 
 
 class StepChanged(BuildEvent, frozen=True, kw_only=True, tag="build.step.v1"):
@@ -199,9 +204,15 @@ class BuildChecked(BuildEvent, frozen=True, kw_only=True, tag="build.checked.v1"
 
 
 class BuildDeployed(BuildEvent, frozen=True, kw_only=True, tag="build.deployed.v1"):
-    """The server runs and answers at its stable URL."""
+    """The server runs, answered an authenticated `tools/list`, and is routed at its stable URL."""
 
     url: str
+    server_id: Id
+    version: int
+    backend: str
+    isolation: str
+    install: tuple[InstallSnippet, ...] = ()
+    """How to add the server to Claude (Desktop and Code), ChatGPT, Cursor and VS Code."""
 
 
 class BuildFailed(BuildEvent, frozen=True, kw_only=True, tag="build.failed.v1"):

@@ -7,11 +7,11 @@ oauth actor's. Expected refusals are `OAuthError` values carrying the RFC 6749 e
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
-from bus_schemas.base import Failed, Message
+from bus_schemas.base import Failed, Id, Message
 
 SCOPE_TOOLS_READ = "mcp:tools:read"
 """Call the server's read-only tools (annotated `readOnlyHint`); what using a server at all needs."""
@@ -236,6 +236,19 @@ class Jwks(Message, frozen=True, kw_only=True, tag="oauth.jwks.v1"):
     """Seconds a verifier may cache the set."""
 
 
+class MintServiceToken(Message, frozen=True, kw_only=True, tag="oauth.mint_service_token.v1"):
+    """A short-lived access token for the platform itself (the deployer's health check of a server).
+
+    Only the deployer's NATS user may ask for one. `sub` is `service:<service>`, `client_id` is
+    `bmms-<service>`, `aud` the server's canonical URL: the runner verifies it like any other token.
+    """
+
+    service: Annotated[str, msgspec.Meta(pattern=r"^[a-z]{1,32}$")]
+    resource: str
+    org_id: Id
+    scope: str = SCOPE_TOOLS_READ
+
+
 RegisterClientReply = ClientRegistered | OAuthError | Failed
 CreateClientReply = ClientRegistered | OAuthError | Failed
 StartAuthorizationReply = SignInRequired | ConsentRequired | OAuthError | Failed
@@ -243,3 +256,4 @@ DecideConsentReply = AuthorizationRedirect | OAuthError | Failed
 ExchangeTokenReply = TokenIssued | OAuthError | Failed
 RevokeTokenReply = TokenRevoked | OAuthError | Failed
 GetJwksReply = Jwks | Failed
+MintServiceTokenReply = TokenIssued | Failed

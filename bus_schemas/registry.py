@@ -51,6 +51,8 @@ from bus_schemas.oauth import (
     ExchangeTokenReply,
     GetJwks,
     GetJwksReply,
+    MintServiceToken,
+    MintServiceTokenReply,
     RegisterClient,
     RegisterClientReply,
     RevokeToken,
@@ -60,7 +62,21 @@ from bus_schemas.oauth import (
 )
 from bus_schemas.ops import DeadLetter
 from bus_schemas.plans import Artifact, ToolPlan
-from bus_schemas.usage import ToolCalled
+from bus_schemas.servers import (
+    ControlServer,
+    ControlServerReply,
+    GetServer,
+    GetServerLogs,
+    GetServerLogsReply,
+    GetServerReply,
+    ListServers,
+    ListServersReply,
+    ResolveServer,
+    ResolveServerReply,
+    ServerChanged,
+    ServerRoute,
+)
+from bus_schemas.usage import QuotaState, ToolCalled
 
 Req = TypeVar("Req", bound=Message)
 Rep = TypeVar("Rep")
@@ -155,7 +171,13 @@ DEADLETTER = Stream(
     description="Messages a consumer gave up on, with the reason: deadletter.<stream>.<consumer>.",
     max_age_seconds=30 * 24 * 3600,
 )
-STREAMS = (BUILDS, USAGE, DEADLETTER)
+SERVERS = Stream(
+    name="SERVERS",
+    subjects=("servers.>",),
+    description="Hosted servers' lifecycle: servers.<org>.<server>.changed.",
+    max_age_seconds=90 * 24 * 3600,
+)
+STREAMS = (BUILDS, USAGE, DEADLETTER, SERVERS)
 
 @dataclass(frozen=True)
 class ObjectBucket:
@@ -178,6 +200,30 @@ ARTIFACTS = ObjectBucket(
 )
 OBJECT_BUCKETS = (PLANS, ARTIFACTS)
 
+
+@dataclass(frozen=True)
+class KvBucket:
+    """A JetStream key-value bucket: latest state that others watch."""
+
+    name: str
+    description: str
+    owner: str
+    """The only actor that writes it; others may read or watch."""
+    message: Any
+    """The type of every value (JSON)."""
+    history: int = 1
+
+
+ROUTES = KvBucket(
+    name="ROUTES", description="Where each running server's public URL is forwarded: key <server_id>.",
+    owner="deployer", message=ServerRoute,
+)
+QUOTAS = KvBucket(
+    name="QUOTAS", description="Organisations over a quota: key <org_id> (absent = within every quota).",
+    owner="metering", message=QuotaState,
+)
+KV_BUCKETS = (ROUTES, QUOTAS)
+
 # --- event subjects ---
 
 BUILD_EVENTS: EventSubject[AnyBuildEvent] = EventSubject(
@@ -195,7 +241,12 @@ DEAD_LETTERS: EventSubject[DeadLetter] = EventSubject(
     message=DeadLetter,
     description="A parked message and why it was parked.",
 )
-EVENT_SUBJECTS = (BUILD_EVENTS, TOOL_USAGE, DEAD_LETTERS)
+SERVER_EVENTS: EventSubject[ServerChanged] = EventSubject(
+    pattern="servers.{org}.{server}.changed",
+    message=ServerChanged,
+    description="A hosted server's state or version changed; servers.<org>.> for an organisation's servers.",
+)
+EVENT_SUBJECTS = (BUILD_EVENTS, TOOL_USAGE, DEAD_LETTERS, SERVER_EVENTS)
 
 
 def build_subject(org: str, build: str, kind: BuildKind) -> str:
@@ -314,6 +365,35 @@ REVOKE_API_KEY: Rpc[RevokeApiKey, RevokeApiKeyReply] = Rpc(
     reply=RevokeApiKeyReply,
     description="Revoke an organisation's API key.",
 )
+OAUTH_MINT_SERVICE_TOKEN: Rpc[MintServiceToken, MintServiceTokenReply] = Rpc(
+    service="oauth",
+    endpoint="mint_service_token",
+    subject="rpc.oauth.service_token",
+    request=MintServiceToken,
+    reply=MintServiceTokenReply,
+    description="A short-lived access token for one server, for the platform's own health checks.",
+)
+LIST_SERVERS: Rpc[ListServers, ListServersReply] = Rpc(
+    service="deployer", endpoint="list_servers", subject="rpc.deployer.list", request=ListServers,
+    reply=ListServersReply, description="An organisation's hosted servers.",
+)
+GET_SERVER: Rpc[GetServer, GetServerReply] = Rpc(
+    service="deployer", endpoint="get_server", subject="rpc.deployer.get", request=GetServer,
+    reply=GetServerReply, description="One hosted server with its versions.",
+)
+CONTROL_SERVER: Rpc[ControlServer, ControlServerReply] = Rpc(
+    service="deployer", endpoint="control_server", subject="rpc.deployer.control", request=ControlServer,
+    reply=ControlServerReply, description="Stop, start, delete or roll back a hosted server.",
+)
+GET_SERVER_LOGS: Rpc[GetServerLogs, GetServerLogsReply] = Rpc(
+    service="deployer", endpoint="server_logs", subject="rpc.deployer.logs", request=GetServerLogs,
+    reply=GetServerLogsReply, description="The last lines a server's runner wrote.",
+)
+RESOLVE_SERVER: Rpc[ResolveServer, ResolveServerReply] = Rpc(
+    service="deployer", endpoint="resolve_server", subject="rpc.deployer.resolve", request=ResolveServer,
+    reply=ResolveServerReply, description="Which organisation owns a server (for oauth and metering).",
+)
+SERVER_RPCS = (LIST_SERVERS, GET_SERVER, CONTROL_SERVER, GET_SERVER_LOGS, RESOLVE_SERVER)
 IDENTITY_RPCS: tuple[Rpc[Any, Any], ...] = (
     REQUEST_MAGIC_LINK,
     REDEEM_MAGIC_LINK,
@@ -394,6 +474,8 @@ RPCS: tuple[Rpc[Any, Any], ...] = (
     OAUTH_EXCHANGE_TOKEN,
     OAUTH_REVOKE_TOKEN,
     OAUTH_GET_JWKS,
+    OAUTH_MINT_SERVICE_TOKEN,
+    *SERVER_RPCS,
 )
 
 # --- durable consumers ---

@@ -50,16 +50,18 @@ async def mark_requested(conn: asyncpg.Connection, build_id: str, seq: int) -> N
 
 async def apply_event(conn: asyncpg.Connection, build_id: str, kind: str, seq: int, failure: str | None) -> None:
     """Project one build event; safe under redelivery and out-of-order handling (guarded by sequence)."""
-    if kind in MILESTONES:
-        await conn.execute(
-            """
-            UPDATE builds SET status = $2, status_seq = $3, failure = $4, updated_at = now()
-            WHERE build_id = $1 AND status_seq < $3
-            """,
-            build_id, kind, seq, failure,
-        )
+    # One statement, so a reader never sees the new status with an older `last_seq`.
     await conn.execute(
-        "UPDATE builds SET last_seq = $2, updated_at = now() WHERE build_id = $1 AND last_seq < $2", build_id, seq
+        """
+        UPDATE builds SET
+            status = CASE WHEN $3 AND status_seq < $4 THEN $2 ELSE status END,
+            failure = CASE WHEN $3 AND status_seq < $4 THEN $5 ELSE failure END,
+            status_seq = CASE WHEN $3 AND status_seq < $4 THEN $4 ELSE status_seq END,
+            last_seq = GREATEST(last_seq, $4),
+            updated_at = now()
+        WHERE build_id = $1 AND (last_seq < $4 OR ($3 AND status_seq < $4))
+        """,
+        build_id, kind, kind in MILESTONES, seq, failure,
     )
 
 

@@ -15,6 +15,7 @@ from nats.js.api import (
     ConsumerConfig,
     DeliverPolicy,
     DiscardPolicy,
+    KeyValueConfig,
     ObjectStoreConfig,
     RetentionPolicy,
     StorageType,
@@ -25,7 +26,16 @@ from actors.runtime.codec import decode, encode
 from actors.runtime.logs import trace_id_var
 from actors.runtime.settings import Settings
 from bus_schemas.base import Failed, FailureCode
-from bus_schemas.registry import CONSUMERS, OBJECT_BUCKETS, STREAMS, TRACE_HEADER, Consumer, Rpc, Stream
+from bus_schemas.registry import (
+    CONSUMERS,
+    KV_BUCKETS,
+    OBJECT_BUCKETS,
+    STREAMS,
+    TRACE_HEADER,
+    Consumer,
+    Rpc,
+    Stream,
+)
 
 log = logging.getLogger("bmms.bus")
 
@@ -141,4 +151,11 @@ async def provision(js: JetStreamContext) -> None:
         except nats.js.errors.BucketNotFoundError:
             await js.create_object_store(
                 bucket.name, ObjectStoreConfig(description=bucket.description, storage=StorageType.FILE)
+            )
+    for kv in KV_BUCKETS:
+        try:
+            await js.key_value(kv.name)
+        except nats.js.errors.BucketNotFoundError:
+            await js.create_key_value(
+                KeyValueConfig(bucket=kv.name, description=kv.description, history=kv.history, storage=StorageType.FILE)
             )

@@ -1,0 +1,1 @@
+"""Where runners run: one `Backend` interface, three implementations (docker, swarm, process)."""

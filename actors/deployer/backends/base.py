@@ -1,0 +1,99 @@
+"""The one interface every runner backend implements, and what the deployer hands it.
+
+The deployer owns desired state (servers, versions, running or not) in its tables; a backend only makes
+one server's runner match a `RunnerSpec` and reports what it runs, so the deployer can reconcile after a
+restart. Every backend labels what it starts with the server id and artifact hash and finds its runners
+again by those labels alone (no in-memory bookkeeping survives a restart).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from bus_schemas.servers import BackendName, Isolation
+
+RUNNER_PORT = 8000
+"""The port a runner listens on inside its container (the process backend picks a free one instead)."""
+
+LABEL_PREFIX = "io.bmms."
+LABEL_SERVER = LABEL_PREFIX + "server"
+LABEL_ORG = LABEL_PREFIX + "org"
+LABEL_VERSION = LABEL_PREFIX + "version"
+LABEL_ARTIFACT = LABEL_PREFIX + "artifact"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits of one runner."""
+
+    memory_bytes: int = 256 * 1024 * 1024
+    cpus: float = 0.5
+    pids: int = 64
+
+
+@dataclass(frozen=True)
+class RunnerSpec:
+    """One server version to run."""
+
+    server_id: str
+    org_id: str
+    version: int
+    artifact_hash: str
+    artifact_json: bytes
+    """The Artifact (msgspec JSON) to serve; its SHA-256 is `artifact_hash`."""
+    env: Mapping[str, str]
+    """The runner's environment (`BMMS_RUNNER_*` settings and `BMMS_SECRET_<NAME>` values), minus the
+    artifact path and listen address, which the backend sets."""
+    limits: Limits = field(default_factory=Limits)
+
+
+@dataclass(frozen=True)
+class RunningRunner:
+    """A runner a backend runs."""
+
+    server_id: str
+    version: int
+    artifact_hash: str
+    upstream: str
+    """Base URL the platform reaches it at (its MCP endpoint is `<upstream>/mcp`)."""
+    ref: str
+    """The backend's own handle (container id, service id, pid)."""
+
+
+class BackendError(Exception):
+    """A backend could not do what it was asked; the message says what and why."""
+
+
+class Backend(Protocol):
+    """Runs runners."""
+
+    name: BackendName
+    isolation: Isolation
+
+    async def run(self, spec: RunnerSpec) -> RunningRunner:
+        """Make `spec` the one runner of its server: start it (building its image if needed) and replace any
+        other version that runs for the server. Idempotent: the same spec twice leaves one runner."""
+        ...
+
+    async def stop(self, server_id: str) -> None:
+        """Stop the server's runner (nothing runs afterwards); its image stays for a later start."""
+        ...
+
+    async def remove(self, server_id: str, artifact_hashes: tuple[str, ...]) -> None:
+        """Stop the server's runner and remove everything the backend keeps for it (containers, services,
+        images of those artifacts that no other server uses)."""
+        ...
+
+    async def running(self) -> list[RunningRunner]:
+        """Every runner this backend runs now, found by its labels (for reconciling after a restart)."""
+        ...
+
+    async def logs(self, server_id: str, tail: int) -> list[str]:
+        """The last `tail` lines the server's runner wrote (stdout and stderr)."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections (the runners keep running)."""
+        ...
