@@ -13,6 +13,10 @@ class ToolCalled(Message, frozen=True, kw_only=True, tag="usage.tool_called.v1")
     """One MCP tool call answered by a runner."""
 
     event_id: str
+    """Unique per call; also the `Nats-Msg-Id`, so a re-published event is stored once."""
+    org_id: Id
+    """The organisation the runner claims; metering attributes by its own server records and rejects a
+    mismatch."""
     server_id: Id
     tool: str
     duration_ms: float

@@ -19,7 +19,9 @@ from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 NATS_CONF = PROJECT_ROOT / "nats.conf"
-NATS_ROLES = ("admin", "gateway", "auth", "oauth", "planner", "codegen", "checker", "deployer", "events", "runner")
+NATS_ROLES = (
+    "admin", "gateway", "auth", "oauth", "planner", "codegen", "checker", "deployer", "metering", "events", "runner",
+)
 """Every user in nats.conf; each gets its own password."""
 
 
