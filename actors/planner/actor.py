@@ -77,6 +77,7 @@ def create_actor() -> Actor:
                 event = BuildRequested(
                     build_id=build_id, org_id=request.org_id, at=utc_now(),
                     name=request.name, requested_by=request.requested_by, source=request.source,
+                    server_id=request.server_id,
                 )
                 seq = await emit(ctx, event, "requested", "requested")
                 await storage.mark_requested(conn, build_id, seq)
