@@ -244,6 +244,8 @@ class MintServiceToken(Message, frozen=True, kw_only=True, tag="oauth.mint_servi
     """
 
     service: Annotated[str, msgspec.Meta(pattern=r"^[a-z]{1,32}$")]
+    issuer: str
+    """The issuer runners are configured with (the platform's public URL)."""
     resource: str
     org_id: Id
     scope: str = SCOPE_TOOLS_READ

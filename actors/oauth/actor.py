@@ -25,7 +25,7 @@ from actors.oauth.clients import (
     metadata_digest,
 )
 from actors.oauth.keys import Clock, KeyEncryption, SigningKeys
-from actors.oauth.resources import resolve_resource, servers_base
+from actors.oauth.resources import RegistryUnavailable, resolve_resource, servers_base
 from actors.oauth.scopes import ScopeError, describe, is_optional, parse_scope
 from actors.oauth.tokens import digest, mint_access_token, new_secret, pkce_matches
 from actors.runtime.actor import Actor, Context
@@ -45,6 +45,8 @@ from bus_schemas.oauth import (
     GetJwks,
     GetJwksReply,
     Jwks,
+    MintServiceToken,
+    MintServiceTokenReply,
     OAuthError,
     RegisterClient,
     RegisterClientReply,
@@ -62,6 +64,7 @@ from bus_schemas.registry import (
     OAUTH_DECIDE_CONSENT,
     OAUTH_EXCHANGE_TOKEN,
     OAUTH_GET_JWKS,
+    OAUTH_MINT_SERVICE_TOKEN,
     OAUTH_REGISTER_CLIENT,
     OAUTH_REVOKE_TOKEN,
     OAUTH_START_AUTHORIZATION,
@@ -270,7 +273,10 @@ def create_actor(config: OAuthConfig | None = None) -> Actor:
             return back("invalid_target", "send exactly one resource parameter: the MCP server's URL "
                         f"(got {len(request.resources)})")
         base = servers_base(settings().servers_url, request.issuer)
-        server = await resolve_resource(request.resources[0], base)
+        try:
+            server = await resolve_resource(ctx.nc, request.resources[0], base)
+        except RegistryUnavailable as exc:
+            return back("temporarily_unavailable", f"the server registry cannot be reached ({exc}); try again")
         if server is None:
             return back("invalid_target", f"resource {request.resources[0][:200]!r} is not an MCP server hosted here "
                         f"(expected {base}/<server-id>/mcp)")
@@ -280,7 +286,7 @@ def create_actor(config: OAuthConfig | None = None) -> Actor:
             return back("invalid_scope", str(exc))
         if request.signer is None:
             return SignInRequired(client_name=client.client_name)
-        if server.org_id is not None and server.org_id != request.signer.org_id:
+        if server.org_id != request.signer.org_id:
             return back("access_denied", "that MCP server belongs to another organisation")
         consent_id = secrets.token_urlsafe(18)
         csrf = secrets.token_urlsafe(32)
@@ -484,5 +490,31 @@ def create_actor(config: OAuthConfig | None = None) -> Actor:
             ctx.log.exception("cannot load the signing keys")
             return Failed(code=FailureCode.UNAVAILABLE, detail=f"signing keys unavailable: {type(exc).__name__}")
         return Jwks(keys=keys, max_age=cfg.jwks_max_age)
+
+    @actor.rpc(OAUTH_MINT_SERVICE_TOKEN)
+    async def mint_service_token(request: MintServiceToken, ctx: Context) -> MintServiceTokenReply:
+        # Only the deployer's NATS user may send this (nats.conf); the token is as narrow as a client's:
+        # one server (aud), the scopes asked for, short-lived.
+        base = servers_base(settings().servers_url, request.issuer)
+        try:
+            server = await resolve_resource(ctx.nc, request.resource, base)
+        except RegistryUnavailable as exc:
+            return Failed(code=FailureCode.UNAVAILABLE, detail=f"the server registry cannot be reached: {exc}")
+        if server is None:
+            return Failed(code=FailureCode.INVALID, field="resource",
+                          detail=f"{request.resource[:200]!r} is not an MCP server URL under {base}")
+        try:
+            scopes = parse_scope(request.scope)
+        except ScopeError as exc:
+            return Failed(code=FailureCode.INVALID, field="scope", detail=str(exc))
+        lifetime = 120
+        now = cfg.clock()
+        access, jti = mint_access_token(
+            await actor.keys(ctx).current(), issuer=request.issuer, subject=f"service:{request.service}",
+            audience=server.resource, client_id=f"bmms-{request.service}", scope=" ".join(scopes),
+            org_id=request.org_id, lifetime=lifetime, now=now.timestamp(),
+        )
+        ctx.log.info("service token %s for %s to %s (%s)", jti, request.service, server.resource, " ".join(scopes))
+        return TokenIssued(access_token=access, expires_in=lifetime, scope=" ".join(scopes))
 
     return actor

@@ -1,10 +1,10 @@
 """Which MCP server a `resource` (RFC 8707) names, and which organisation owns it.
 
-This is the one seam where the deployer's server registry will be asked (issue 5): today no server
-registry exists, so any well-formed URL in the platform's server URL space is accepted for any
-organisation (`org_id` None). Once the registry exists, `resolve_resource` asks it over the bus and
-returns the owning organisation; the consent step already refuses a resource owned by another
-organisation than the signed-in person's.
+The URL must have the shape of the server URL space (`<servers_url>/<server-id>/mcp`), and the server must
+exist in the deployer's registry, which says who owns it (asked over the bus, RESOLVE_SERVER). A token
+is only ever issued for a server that exists, to a person of the organisation that owns it: the
+runner checks `aud`, so a token for a made-up or foreign URL would otherwise open another
+organisation's server.
 """
 
 from __future__ import annotations
@@ -12,6 +12,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+from nats.aio.client import Client
+
+from actors.runtime.bus import call
+from bus_schemas.base import Failed, FailureCode
+from bus_schemas.registry import RESOLVE_SERVER
+from bus_schemas.servers import ResolveServer, ServerOwner
 
 _SERVER_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -23,8 +30,12 @@ class ResourceServer:
     resource: str
     """Its canonical URL, exactly as tokens carry it in `aud`."""
     server_id: str
-    org_id: str | None
-    """The owning organisation; None while there is no server registry to ask."""
+    org_id: str
+    """The owning organisation (from the deployer's registry)."""
+
+
+class RegistryUnavailable(Exception):
+    """The server registry did not answer; nothing can be issued for a server until it does."""
 
 
 def servers_base(servers_url: str | None, issuer: str) -> str:
@@ -32,8 +43,8 @@ def servers_base(servers_url: str | None, issuer: str) -> str:
     return (servers_url or f"{issuer}/servers").rstrip("/")
 
 
-async def resolve_resource(resource: str, servers_url: str) -> ResourceServer | None:
-    """The server `resource` names (`<servers_url>/<server-id>/mcp`), or None if it is not one of ours."""
+def server_id_of(resource: str, servers_url: str) -> str | None:
+    """The server id in `resource` (`<servers_url>/<server-id>/mcp`), or None if it has another shape."""
     parts = urlsplit(resource)
     if parts.query or parts.fragment or parts.username or parts.password:
         return None
@@ -41,6 +52,22 @@ async def resolve_resource(resource: str, servers_url: str) -> ResourceServer | 
     if not resource.startswith(prefix) or not resource.endswith("/mcp"):
         return None
     server_id = resource[len(prefix) : -len("/mcp")]
-    if not _SERVER_ID.match(server_id):
+    return server_id if _SERVER_ID.match(server_id) else None
+
+
+async def resolve_resource(nc: Client, resource: str, servers_url: str) -> ResourceServer | None:
+    """The server `resource` names, or None if it is not a server hosted here.
+
+    Raises RegistryUnavailable when the deployer's registry does not answer.
+    """
+    server_id = server_id_of(resource, servers_url)
+    if server_id is None:
         return None
-    return ResourceServer(resource=resource, server_id=server_id, org_id=None)
+    reply = await call(nc, RESOLVE_SERVER, ResolveServer(server_id=server_id), timeout=5)
+    if isinstance(reply, ServerOwner):
+        if reply.url != resource:
+            return None
+        return ResourceServer(resource=resource, server_id=server_id, org_id=reply.org_id)
+    if isinstance(reply, Failed) and reply.code == FailureCode.NOT_FOUND:
+        return None
+    raise RegistryUnavailable(reply.detail if isinstance(reply, Failed) else "no answer")

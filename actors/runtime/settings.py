@@ -37,6 +37,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Seconds a stopping actor waits for in-flight work before leaving it to redelivery."""
     db_pool_max: int = 10
     """Upper bound of an actor's asyncpg pool."""
+    quota_builds_per_month: int = 100
+    """The default plan's builds per organisation and UTC month (the metering actor's `default` plan, which
+    every organisation without another plan has); a negative value means unlimited."""
+    quota_tool_calls_per_month: int = 100_000
+    """The default plan's tool calls per organisation and UTC month; negative: unlimited."""
+    quota_running_servers: int = 5
+    """The default plan's servers an organisation may have running at once; negative: unlimited."""
     uvloop: bool = True
     """Run on uvloop (faster request/reply and pull consumers)."""
     smtp_url: str | None = None
@@ -63,6 +70,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     planner_allow_private_fetch: bool = False
     """Dev/test only: let the planner fetch OpenAPI documents over http from private or loopback
     addresses (production requires https to public addresses)."""
+    deploy_backend: str = "auto"
+    """Where the deployer runs servers: `docker` (hardened containers, the default when a Docker socket
+    answers), `swarm` (Docker Swarm services), `process` (local child processes with resource limits, less
+    isolated), or `auto`."""
+    docker_url: str | None = None
+    """The Docker Engine API (`unix:///var/run/docker.sock` when unset)."""
+    runner_nats_url: str | None = None
+    """The bus address runners use to publish usage events (default: `nats_url`)."""
+    runner_nats_password: str | None = None
+    """The `runner` NATS user's password, handed to every runner the deployer starts."""
+    runner_allowed_origins: str = ""
+    """Comma-separated browser origins runners accept (CORS and the Origin check) besides the public URL's."""
+    deploy_health_timeout: float = 60.0
+    """How long the deployer waits for a new runner to answer an authenticated `tools/list`."""
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:

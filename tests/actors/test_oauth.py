@@ -58,9 +58,11 @@ from tests.actors.oauth_helpers import (
     serve_asgi,
 )
 from tests.conftest import Stack, running
+from tests.server_registry import server_registry
 
 ISSUER = "https://bmms.example"
 RESOURCE = f"{ISSUER}/servers/weather/mcp"
+FOREIGN = f"{ISSUER}/servers/elsewhere/mcp"
 REDIRECT = "http://127.0.0.1:33418/callback"
 CLOCK = MovableClock()
 REGISTRATIONS_PER_HOUR = 20
@@ -70,7 +72,8 @@ REGISTRATIONS_PER_HOUR = 20
 async def oauth_actor(stack: Stack) -> AsyncIterator[None]:
     actor = create_actor(OAuthConfig(clock=CLOCK, registrations_per_hour=REGISTRATIONS_PER_HOUR))
     settings = stack.settings("oauth", secret_key=SECRET_KEY, oauth_allow_loopback_fetch=True)
-    async with running(actor, settings):
+    async with server_registry(stack, {"weather": ("oorg1", RESOURCE), "elsewhere": ("oorg2", FOREIGN)}), \
+            running(actor, settings):
         yield
 
 
@@ -306,6 +309,7 @@ async def test_token_request_with_another_redirect_uri_is_rejected(nc: Client) -
     (("https://evil.example/servers/weather/mcp",), "not an MCP server hosted here"),
     ((f"{ISSUER}/servers/weather",), "not an MCP server hosted here"),
     ((RESOURCE, f"{ISSUER}/servers/other/mcp"), "exactly one"),
+    ((f"{ISSUER}/servers/nosuchserver/mcp",), "not an MCP server hosted here"),
 ])
 async def test_missing_or_foreign_resource_is_refused_with_invalid_target(
     nc: Client, resources: tuple[str, ...], why: str
@@ -316,6 +320,15 @@ async def test_missing_or_foreign_resource_is_refused_with_invalid_target(
     assert isinstance(refused, OAuthError) and refused.location
     params = query_of(refused.location)
     assert params["error"] == "invalid_target" and why in params["error_description"]
+
+
+async def test_a_server_of_another_organisation_is_refused_with_access_denied(nc: Client) -> None:
+    client = await register(nc)
+    _, challenge = pkce_pair()
+    refused = await authorize(nc, client.client_id, challenge, resources=(FOREIGN,))
+    assert isinstance(refused, OAuthError) and refused.location
+    params = query_of(refused.location)
+    assert params["error"] == "access_denied" and "another organisation" in params["error_description"]
 
 
 async def test_token_request_for_another_resource_is_refused(nc: Client) -> None:

@@ -33,11 +33,14 @@ from runner_template.auth import AccessTokenVerifier
 from tests.actors.oauth_helpers import SECRET_KEY, bound_socket, pkce_pair, query_of, serve_asgi
 from tests.conftest import Stack, running
 from tests.gateway.conftest import Gateway, gateway_settings, serving
-from tests.gateway.test_identity_http import form_fields, fresh_email, fresh_ip, open_link, sign_in
+from tests.gateway.test_identity_http import form_fields, fresh_email, fresh_ip, me, open_link, sign_in
 from tests.mailbox import Mailbox, local_smtp
+from tests.server_registry import server_registry
 
 REDIRECT = "http://127.0.0.1:33418/callback"
 SERVER_ID = "weather"
+OWNER = fresh_email("owner")
+"""The person whose organisation owns the test's MCP server; every sign-in of this module is theirs."""
 
 
 @dataclass
@@ -47,6 +50,8 @@ class Platform:
     gateway: Gateway
     servers_url: str
     mcp_socket: Any
+    servers: dict[str, tuple[str, str]]
+    """The server registry's answers: server id -> (owning org, URL)."""
 
     @property
     def issuer(self) -> str:
@@ -71,11 +76,12 @@ async def platform(stack: Stack, mailbox: Mailbox) -> AsyncIterator[Platform]:
     oauth_settings = stack.settings("oauth", secret_key=SECRET_KEY, servers_url=servers_url,
                                     oauth_allow_loopback_fetch=True)
     async with (
+        server_registry(stack, {}) as servers,
         running(create_auth_actor(AuthConfig()), stack.settings("auth", smtp_url=mailbox.url)),
         running(create_oauth_actor(OAuthConfig(registrations_per_hour=1000)), oauth_settings),
         serving(gateway_settings(stack), GatewayConfig(feed_grace_seconds=0.3)) as gw,
     ):
-        yield Platform(gateway=gw, servers_url=servers_url, mcp_socket=sock)
+        yield Platform(gateway=gw, servers_url=servers_url, mcp_socket=sock, servers=servers)
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +91,17 @@ async def http(platform: Platform) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture(scope="module")
-async def session(http: httpx.AsyncClient, mailbox: Mailbox) -> str:
-    return await sign_in(http, mailbox, fresh_email("oauth"))
+async def session(platform: Platform, http: httpx.AsyncClient, mailbox: Mailbox) -> str:
+    """The owner's session; their organisation owns the server `weather` in the registry."""
+    token = await sign_in(http, mailbox, OWNER)
+    org_id = (await me(http, {"Cookie": f"bmms_session={token}"}))["org_id"]
+    platform.servers[SERVER_ID] = (str(org_id), platform.resource)
+    return token
+
+
+@pytest.fixture(autouse=True)
+def owner_signed_in(session: str) -> None:
+    """Every test runs after the owner signed in once (so the server has its owner)."""
 
 
 def protected_server(platform: Platform) -> Any:
@@ -170,7 +185,7 @@ class Browser:
         async with httpx.AsyncClient(base_url=self.platform.issuer, cookies=cookies, timeout=15) as browser:
             if self.session is None:
                 assert self.mailbox is not None
-                page = await sign_in_from_authorize(browser, authorization_url, self.mailbox, fresh_email("sdk"))
+                page = await sign_in_from_authorize(browser, authorization_url, self.mailbox, OWNER)
             else:
                 page = await browser.get(authorization_url)
             assert page.status_code == 200, page.text
@@ -358,7 +373,7 @@ async def test_a_long_authorization_request_survives_sign_in_and_shows_consent(
     url = await authorize_url(platform, client_id, challenge, state=state, scope=f"mcp:tools:read {tools}")
     assert len(httpx.URL(url).query) > 3000
     async with httpx.AsyncClient(base_url=platform.issuer, timeout=15) as browser:
-        consent = await sign_in_from_authorize(browser, url, mailbox, fresh_email("long"))
+        consent = await sign_in_from_authorize(browser, url, mailbox, OWNER)
         assert consent.status_code == 200, consent.text
         assert "Signed in as" in consent.text and "mcp:tool:tool_number_59" in consent.text
         decided = await browser.post("/oauth/authorize/decision",
