@@ -183,6 +183,7 @@ class Actor:
             # ready, or a request sent right away finds no responders.
             await nc.flush()
             self.ready.set()
+            await self.started(base)
             self.log.info("actor %s serving", self.name, extra={"copy_of": self.name})
             await stop.wait()
             self.log.info("actor %s draining", self.name)
@@ -201,6 +202,9 @@ class Actor:
             if db is not None:
                 await db.close()
             self.log.info("actor %s stopped", self.name)
+
+    async def started(self, ctx: Context) -> None:
+        """Called once every endpoint and consumer listens (e.g. to reconcile state); no-op by default."""
 
     # --- request/reply ---
 
