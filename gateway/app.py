@@ -20,6 +20,8 @@ from gateway.health import HealthController
 from gateway.identity import IDENTITY_CONTROLLERS
 from gateway.oauth import OAuthController
 from gateway.problems import problem_response
+from gateway.routing import ServerRouting
+from gateway.servers import ServersController
 from gateway.services import EdgeServices
 from gateway.sign_in import SignInPageController
 from gateway.tracing import trace_middleware
@@ -30,6 +32,7 @@ def create_app(settings: Settings, config: GatewayConfig | None = None) -> Lites
 
     The running services are at `app.state.services` (an `EdgeServices`)."""
     services = EdgeServices(settings, config or GatewayConfig())
+    routing = ServerRouting(lambda: services.bus)  # dev routing of <servers_url>/<id>/mcp (gateway.routing)
 
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
@@ -57,6 +60,7 @@ def create_app(settings: Settings, config: GatewayConfig | None = None) -> Lites
     return Litestar(
         route_handlers=[
             HealthController, BuildsController, *IDENTITY_CONTROLLERS, SignInPageController, OAuthController,
+            ServersController, *routing.route_handlers,
         ],
         dependencies={
             "services": Provide(provide_services, sync_to_thread=False),
@@ -64,7 +68,7 @@ def create_app(settings: Settings, config: GatewayConfig | None = None) -> Lites
             "authenticator": Provide(provide_authenticator, sync_to_thread=False),
             "feeds": Provide(provide_feeds, sync_to_thread=False),
         },
-        lifespan=[lifespan],
+        lifespan=[lifespan, routing.lifespan],
         middleware=[trace_middleware],
         # One handler for everything: every error is a problem document (gateway.problems).
         exception_handlers={Exception: problem_response},

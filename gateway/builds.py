@@ -86,7 +86,7 @@ class BuildsController(Controller):
         """Accept a build request and start the pipeline; watch it at `links.stream`."""
         request = SubmitBuild(
             org_id=principal.org_id, requested_by=principal.subject, name=data.name, source=data.source,
-            idempotency_key=idempotency_key,
+            idempotency_key=idempotency_key, server_id=data.server_id,
         )
         accepted = await bus.ask(SUBMIT_BUILD, request, BuildAccepted)
         links = build_links(accepted.build_id)

@@ -112,7 +112,7 @@ def _validation_problem(exc: ValidationException) -> Problem:
         if not isinstance(item, dict):
             continue
         key = str(item.get("key", ""))
-        source = str(item.get("source", "body"))
+        source = str(getattr(item.get("source"), "value", None) or item.get("source") or "body")  # ParamType -> "query"
         # Litestar names the whole body `data`; inside it the path is relative to the body.
         field = "" if key == "data" else key
         errors.append(ProblemField(field=field or "$", source=source, message=str(item.get("message", ""))))

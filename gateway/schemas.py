@@ -6,6 +6,7 @@ from typing import Annotated
 
 import msgspec
 
+from bus_schemas.base import Id
 from bus_schemas.builds import BuildSource, BuildStatus
 
 
@@ -16,6 +17,8 @@ class CreateBuild(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     """A short name for the server."""
     source: BuildSource
     """What the server should do; `kind` says which form: plain_words, openapi or tool_spec."""
+    server_id: Id | None = None
+    """Deploy the build as a new version of this server of the organisation (same URL); omit for a new server."""
 
 
 class BuildLinks(msgspec.Struct, frozen=True, kw_only=True):
