@@ -262,7 +262,7 @@ class ServerProxy:
         """Forward one request of server `scope["path_params"]["server_id"]` to `upstream_path` on its runner."""
         if scope["type"] != ScopeType.HTTP:
             raise Problem(404, "hosted servers speak HTTP here, not WebSocket", code=FailureCode.NOT_FOUND)
-        server_id = str(scope["path_params"].get("server_id", ""))
+        server_id = server_in_path(scope["path"])
         route = self.routes.get(server_id) if SUBJECT_TOKEN_RE.match(server_id) else None
         if route is None:
             raise Problem(404, f"no server {server_id[:80]!r} is running here", code=FailureCode.NOT_FOUND)
@@ -317,10 +317,10 @@ class ServerProxy:
                 await send(_body(chunk, more=True))
             await send(_body(b"", more=False))
         except asyncio.CancelledError:
-            if watcher.done() and not watcher.cancelled():
-                response.close()
-                return  # the client left; nothing more to send
-            raise
+            if relay is None or not watcher.done() or watcher.cancelled():
+                raise
+            relay.uncancel()  # our own cancellation: the client left, there is nothing more to send
+            response.close()
         except (aiohttp.ClientError, OSError) as exc:
             # Too late for a problem document: end the response without its last chunk so the client
             # sees a broken stream, not a complete one.
@@ -338,11 +338,19 @@ class ServerProxy:
         async def forward_prm(scope: Scope, receive: Receive, send: Send) -> None:
             await self.forward(scope, receive, send, PRM_PATH + MCP_PATH)
 
+        # Mounts, not `{server_id}` path parameters: Litestar 2.25 cannot parse path parameters of an ASGI
+        # handler for HTTP requests (it looks them up by method); `server_in_path` parses the rest.
         return [
-            asgi(f"{SERVERS_PATH}/{{server_id:str}}{MCP_PATH}", copy_scope=False, name="server-mcp")(forward_mcp),
-            asgi(f"{PRM_PATH}{SERVERS_PATH}/{{server_id:str}}{MCP_PATH}", copy_scope=False,
-                 name="server-prm")(forward_prm),
+            asgi(SERVERS_PATH, is_mount=True, copy_scope=False, name="server-mcp")(forward_mcp),
+            asgi(PRM_PATH + SERVERS_PATH, is_mount=True, copy_scope=False, name="server-prm")(forward_prm),
         ]
+
+
+def server_in_path(path: str) -> str:
+    """The server id of a path below a mount (`/<server_id>/mcp`, a trailing slash tolerated); "" for
+    any other path."""
+    parts = path.strip("/").split("/")
+    return parts[0] if len(parts) == 2 and parts[1] == MCP_PATH.strip("/") else ""
 
 
 def _body(data: bytes, *, more: bool) -> HTTPResponseBodyEvent:
