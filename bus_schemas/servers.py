@@ -143,3 +143,13 @@ GetServerReply = ServerReply | Failed
 ControlServerReply = ServerReply | Failed
 GetServerLogsReply = ServerLogs | Failed
 ResolveServerReply = ServerOwner | Failed
+
+
+def servers_base(servers_url: str | None, issuer: str) -> str:
+    """The base URL of the server URL space, without a trailing slash (default `<issuer>/servers`)."""
+    return (servers_url or f"{issuer}/servers").rstrip("/")
+
+
+def server_url(servers_url: str | None, issuer: str, server_id: str) -> str:
+    """A server's stable public MCP URL: `<servers base>/<server_id>/mcp` (the audience of its tokens)."""
+    return f"{servers_base(servers_url, issuer)}/{server_id}/mcp"

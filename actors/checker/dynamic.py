@@ -67,7 +67,9 @@ async def sandboxed_runner(artifact: Artifact, sandbox: Sandbox) -> AsyncIterato
         # The trusted packages come from where this checker's own copy lives (an editable install's finder
         # does not resolve them from a foreign working directory).
         env = {**minimal_env(), "PYTHONPATH": str(runner_template_dir().parent), "BMMS_RUNNER_ARTIFACT": str(path),
-               "BMMS_RUNNER_HOST": "127.0.0.1", "BMMS_RUNNER_PORT": "0"}
+               "BMMS_RUNNER_HOST": "127.0.0.1", "BMMS_RUNNER_PORT": "0",
+               # the sandboxed check calls the tools itself, on loopback, before any client can: no OAuth here
+               "BMMS_RUNNER_INSECURE_NO_AUTH": "1"}
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-s", "-m", "runner_template", cwd=tmp, env=env, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,

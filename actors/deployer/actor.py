@@ -1,12 +1,499 @@
-"""The deployer actor: consumes its pipeline stage; the deploy step itself is not built yet."""
+"""The deployer actor: turns each checked build into a running, health-checked server at a stable URL.
+
+It owns servers and their versions (its tables are the desired state) and makes the backend match them:
+- a `checked` build becomes a new server, or a new version of the server its request names;
+- the runner is started through the backend, asked for its tools over MCP with a real service token
+  (audience = the server's public URL), and only then routed (ROUTES bucket) and announced
+  (`deployed` with the URL and install snippets; `servers.<org>.<server>.changed`);
+- stop, start, roll back, delete and logs are RPCs; every change of a server holds a Postgres advisory
+  lock on it, so copies of the deployer never act on one server at once;
+- at start and then periodically it reconciles: runners of servers that should not run are stopped or
+  removed (no orphans), servers that should run but do not are started again (no duplicates: a backend
+  runs at most one runner per server).
+"""
 
 from __future__ import annotations
 
-from actors.runtime.actor import Actor
-from actors.runtime.build_events import unbuilt_stage
-from bus_schemas.registry import DEPLOYER_CHECKED
+import asyncio
+import contextlib
+import uuid
+import zlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+from nats.js import JetStreamContext
+
+from actors.deployer import storage
+from actors.deployer.backends.base import Backend, BackendError, RunnerSpec, RunningRunner
+from actors.deployer.backends.select import create_backend
+from actors.deployer.health import Unhealthy, wait_healthy
+from actors.deployer.install import install_snippets
+from actors.runtime.actor import Actor, Context, utc_now
+from actors.runtime.build_events import emit, fail_step, fail_step_when_parked, start_step
+from actors.runtime.bus import call
+from actors.runtime.codec import decode, encode
+from actors.runtime.objects import ObjectUnusable, load_verified
+from actors.runtime.settings import Settings
+from bus_schemas.base import Failed, FailureCode
+from bus_schemas.builds import AnyBuildEvent, BuildChecked, BuildDeployed, BuildRequested, LogLine, StepChanged
+from bus_schemas.oauth import MintServiceToken, TokenIssued
+from bus_schemas.plans import Artifact, canonical_artifact_bytes
+from bus_schemas.registry import (
+    ARTIFACTS,
+    BUILDS,
+    CONTROL_SERVER,
+    DEPLOYER_CHECKED,
+    GET_SERVER,
+    GET_SERVER_LOGS,
+    LIST_SERVERS,
+    OAUTH_MINT_SERVICE_TOKEN,
+    RESOLVE_SERVER,
+    ROUTES,
+    SERVER_EVENTS,
+    build_subject,
+)
+from bus_schemas.servers import (
+    ControlServer,
+    ControlServerReply,
+    GetServer,
+    GetServerLogs,
+    GetServerLogsReply,
+    GetServerReply,
+    ListServers,
+    ListServersReply,
+    ResolveServer,
+    ResolveServerReply,
+    ServerChanged,
+    ServerList,
+    ServerLogs,
+    ServerOwner,
+    ServerReply,
+    ServerRoute,
+    ServerState,
+    server_url,
+)
+
+RECONCILE_EVERY_SECONDS = 30.0
 
 
-def create_actor() -> Actor:
-    """The deployer actor, wired to its durable consumer."""
-    return unbuilt_stage("deployer", DEPLOYER_CHECKED, "deploy")
+class DeployRefused(Exception):
+    """A deploy or lifecycle action cannot go ahead; `code` and `detail` say why."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+def new_server_id(build_id: str) -> str:
+    """The id of the server a build creates: derived from the build, so a redelivered build finds it."""
+    return f"s{build_id}"
+
+
+class DeployerActor(Actor):
+    """The deployer, with its backend made from the settings when it starts."""
+
+    def __init__(self, backend: Backend | None = None) -> None:
+        super().__init__("deployer", migrations=Path(__file__).parent / "migrations")
+        self._given_backend = backend
+        self.backend: Backend | None = backend
+        self.settings: Settings | None = None
+        self._reconciler: asyncio.Task[None] | None = None
+
+    async def serve(self, settings: Settings, stop: asyncio.Event) -> None:
+        self.settings = settings
+        if self.backend is None:
+            self.backend = create_backend(settings)
+        try:
+            await super().serve(settings, stop)
+        finally:
+            if self._reconciler is not None:
+                self._reconciler.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._reconciler
+            if self._given_backend is None and self.backend is not None:
+                await self.backend.close()
+                self.backend = None
+
+    async def started(self, ctx: Context) -> None:
+        self._reconciler = asyncio.create_task(self._reconcile_forever(ctx))
+
+    async def _reconcile_forever(self, ctx: Context) -> None:
+        while True:
+            try:
+                await reconcile(self, ctx)
+            except Exception:  # a failed round is logged and retried next round
+                ctx.log.exception("reconciling servers failed")
+            await asyncio.sleep(RECONCILE_EVERY_SECONDS)
+
+    # --- what every operation needs ---
+
+    @property
+    def runner_backend(self) -> Backend:
+        assert self.backend is not None, "the deployer is not serving"
+        return self.backend
+
+    @property
+    def config(self) -> Settings:
+        assert self.settings is not None, "the deployer is not serving"
+        return self.settings
+
+    @property
+    def issuer(self) -> str:
+        if not self.config.public_url:
+            raise DeployRefused(FailureCode.UNAVAILABLE, "BMMS_PUBLIC_URL is not set: the deployer cannot tell "
+                                "servers their public URL or which issuer signs their tokens")
+        return self.config.public_url.rstrip("/")
+
+    def url_of(self, server_id: str) -> str:
+        return server_url(self.config.servers_url, self.issuer, server_id)
+
+    def runner_env(self, server: storage.Server) -> dict[str, str]:
+        """A runner's settings (see runner_template.app): who it is, who signs its tokens, where the bus is."""
+        settings = self.config
+        origins = [o.strip() for o in settings.runner_allowed_origins.split(",") if o.strip()]
+        env = {
+            "BMMS_RUNNER_RESOURCE": server.url,
+            "BMMS_RUNNER_ISSUER": self.issuer,
+            "BMMS_RUNNER_SERVER_ID": server.server_id,
+            "BMMS_RUNNER_ORG_ID": server.org_id,
+            "BMMS_RUNNER_NAME": server.name,
+            "BMMS_RUNNER_ALLOWED_ORIGINS": ",".join(origins),
+        }
+        if settings.runner_nats_password:
+            env |= {
+                "BMMS_RUNNER_NATS_URL": settings.runner_nats_url or settings.nats_url,
+                "BMMS_RUNNER_NATS_USER": "runner",
+                "BMMS_RUNNER_NATS_PASSWORD": settings.runner_nats_password,
+            }
+        return env
+
+    async def spec_for(self, js: JetStreamContext, server: storage.Server, version: storage.Version) -> RunnerSpec:
+        store = await js.object_store(ARTIFACTS.name)
+        try:
+            artifact = await load_verified(store, ARTIFACTS, version.artifact_hash, Artifact,
+                                           canonical_artifact_bytes, "artifact")
+        except ObjectUnusable as exc:
+            raise DeployRefused(FailureCode.INTERNAL, str(exc)) from None
+        return RunnerSpec(
+            server_id=server.server_id, org_id=server.org_id, version=version.version,
+            artifact_hash=version.artifact_hash, artifact_json=canonical_artifact_bytes(artifact),
+            env=self.runner_env(server),
+        )
+
+    async def service_token(self, ctx: Context, server: storage.Server) -> str:
+        asked = MintServiceToken(service="deployer", issuer=self.issuer, resource=server.url, org_id=server.org_id)
+        reply = await call(ctx.nc, OAUTH_MINT_SERVICE_TOKEN, asked, timeout=10)
+        if not isinstance(reply, TokenIssued):
+            raise DeployRefused(FailureCode.UNAVAILABLE, f"no token for the health check: {reply.detail}")
+        return reply.access_token
+
+    async def start_checked(self, ctx: Context, server: storage.Server, version: storage.Version) -> RunningRunner:
+        """Run `version` of `server`, health-check it over MCP with a real token, route it."""
+        spec = await self.spec_for(ctx.js, server, version)
+        try:
+            runner = await self.runner_backend.run(spec)
+        except BackendError as exc:
+            raise DeployRefused("backend_failed", f"the {self.runner_backend.name} backend could not start the "
+                                f"runner: {exc}") from None
+        token = await self.service_token(ctx, server)
+        try:
+            await wait_healthy(f"{runner.upstream}/mcp", token, version.tools,
+                               timeout=self.config.deploy_health_timeout)
+        except Unhealthy as exc:
+            raise DeployRefused("unhealthy", f"version {version.version} failed its health check: {exc}") from None
+        await put_route(ctx.js, ServerRoute(server_id=server.server_id, org_id=server.org_id,
+                                            upstream=runner.upstream, version=version.version))
+        return runner
+
+
+async def put_route(js: JetStreamContext, route: ServerRoute) -> None:
+    kv = await js.key_value(ROUTES.name)
+    await kv.put(route.server_id, encode(route))
+
+
+async def drop_route(js: JetStreamContext, server_id: str) -> None:
+    kv = await js.key_value(ROUTES.name)
+    with contextlib.suppress(Exception):  # no route is what we want
+        await kv.delete(server_id)
+
+
+async def announce(ctx: Context, server: storage.Server, state: ServerState, version: int | None,
+                   detail: str | None = None) -> None:
+    event = ServerChanged(org_id=server.org_id, server_id=server.server_id, state=state, version=version,
+                          url=server.url, at=utc_now(), detail=detail)
+    await ctx.publish(SERVER_EVENTS.subject(org=server.org_id, server=server.server_id), event,
+                      msg_id=uuid.uuid4().hex)
+
+
+@contextlib.asynccontextmanager
+async def server_lock(pool: asyncpg.Pool, server_id: str) -> AsyncIterator[asyncpg.Connection]:
+    """Hold the server's advisory lock (shared by every deployer copy) and a connection."""
+    key = zlib.crc32(f"deployer:{server_id}".encode())
+    async with pool.acquire() as conn:
+        await conn.execute("SELECT pg_advisory_lock($1)", key)
+        try:
+            yield conn
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", key)
+
+
+@contextlib.asynccontextmanager
+async def heartbeat(ctx: Context, every: float = 10.0) -> AsyncIterator[None]:
+    """Keep a long handler's message from being redelivered while it works."""
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(every)
+            await ctx.still_working()
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def requested_of(js: JetStreamContext, build: BuildChecked) -> BuildRequested:
+    """The build's `requested` event: its name and the server it is a new version of, if any."""
+    msg = await js.get_last_msg(BUILDS.name, build_subject(build.org_id, build.build_id, "requested"))
+    event = decode(AnyBuildEvent, msg.data or b"")
+    if not isinstance(event, BuildRequested):
+        raise DeployRefused(FailureCode.INTERNAL, f"build {build.build_id} has no requested event")
+    return event
+
+
+async def deploy_build(actor: DeployerActor, ctx: Context, checked: BuildChecked) -> tuple[storage.Server, int]:
+    """Make the checked build's artifact the running version of its server; (server, version)."""
+    requested = await requested_of(ctx.js, checked)
+    store = await ctx.js.object_store(ARTIFACTS.name)
+    try:
+        artifact = await load_verified(store, ARTIFACTS, checked.artifact_hash, Artifact,
+                                       canonical_artifact_bytes, "artifact")
+    except ObjectUnusable as exc:
+        raise DeployRefused(FailureCode.INTERNAL, str(exc)) from None
+    server_id = requested.server_id or new_server_id(checked.build_id)
+    async with server_lock(ctx.pool, server_id) as conn:
+        if requested.server_id:
+            server = await storage.find_server(conn, server_id, checked.org_id)
+            if server is None or server.desired == "deleted":
+                raise DeployRefused(FailureCode.NOT_FOUND, f"no server {server_id} in this organisation to "
+                                    "deploy a new version of")
+        else:
+            server = await storage.create_server(
+                conn, server_id=server_id, org_id=checked.org_id, name=requested.name,
+                url=actor.url_of(server_id), backend=actor.runner_backend.name,
+            )
+        previous = server.version if server.state == "running" else None
+        version = await storage.add_version(conn, server_id=server_id, build_id=checked.build_id,
+                                            artifact_hash=checked.artifact_hash, tools=artifact.tools)
+        if server.state == "running" and server.version == version.version:
+            return server, version.version  # a redelivered build that was deployed already
+        await storage.set_state(conn, server_id, state="deploying", detail=None)
+        try:
+            await actor.start_checked(ctx, server, version)
+        except DeployRefused as refused:
+            await keep_previous(actor, ctx, conn, server, previous, refused)
+            raise
+        await storage.set_state(conn, server_id, state="running", desired="running", version=version.version)
+        server = await storage.find_server(conn, server_id) or server
+    await announce(ctx, server, "running", version.version)
+    return server, version.version
+
+
+async def keep_previous(actor: DeployerActor, ctx: Context, conn: asyncpg.Connection, server: storage.Server,
+                        previous: int | None, refused: DeployRefused) -> None:
+    """After a failed deploy: the version that ran before runs again (a redeploy), or nothing runs (new)."""
+    if previous is not None:
+        old = await storage.find_version(conn, server.server_id, previous)
+        if old is not None:
+            try:
+                await actor.start_checked(ctx, server, old)
+            except DeployRefused as again:
+                ctx.log.error("server %s: version %s does not come back either: %s", server.server_id, previous,
+                              again.detail)
+            else:
+                await storage.set_state(conn, server.server_id, state="running", version=previous,
+                                        detail=f"the new version failed and version {previous} serves again: "
+                                               f"{refused.detail}")
+                return
+    with contextlib.suppress(BackendError):
+        await actor.runner_backend.stop(server.server_id)
+    await drop_route(ctx.js, server.server_id)
+    await storage.set_state(conn, server.server_id, state="failed", detail=refused.detail)
+    await announce(ctx, server, "failed", server.version, refused.detail)
+
+
+async def control(actor: DeployerActor, ctx: Context, request: ControlServer) -> storage.Server:
+    """Stop, start, delete or roll back a server of the request's organisation."""
+    backend = actor.runner_backend
+    async with server_lock(ctx.pool, request.server_id) as conn:
+        server = await storage.find_server(conn, request.server_id, request.org_id)
+        if server is None or server.desired == "deleted":
+            raise DeployRefused(FailureCode.NOT_FOUND, f"no server {request.server_id} in this organisation")
+        if request.action == "stop":
+            await drop_route(ctx.js, server.server_id)
+            await backend.stop(server.server_id)
+            await storage.set_state(conn, server.server_id, state="stopped", desired="stopped")
+            state: ServerState = "stopped"
+        elif request.action == "delete":
+            await drop_route(ctx.js, server.server_id)
+            hashes = tuple(v.artifact_hash for v in await storage.versions(conn, server.server_id))
+            await backend.remove(server.server_id, hashes)
+            await storage.set_state(conn, server.server_id, state="deleted", desired="deleted")
+            state = "deleted"
+        else:
+            number = request.version if request.action == "rollback" else server.version
+            if number is None:
+                raise DeployRefused(FailureCode.INVALID, "say which version to roll back to")
+            version = await storage.find_version(conn, server.server_id, number)
+            if version is None:
+                raise DeployRefused(FailureCode.NOT_FOUND, f"server {server.server_id} has no version {number}")
+            await actor.start_checked(ctx, server, version)
+            await storage.set_state(conn, server.server_id, state="running", desired="running", version=number)
+            state = "running"
+        changed = await storage.find_server(conn, server.server_id)
+    assert changed is not None
+    await announce(ctx, changed, state, changed.version)
+    return changed
+
+
+async def reconcile(actor: DeployerActor, ctx: Context) -> None:
+    """Make what runs match what should: one round, under a lock only one deployer copy holds at a time."""
+    backend = actor.runner_backend
+    async with ctx.pool.acquire() as conn:
+        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", zlib.crc32(b"deployer:reconcile")):
+            return
+        try:
+            wanted = {s.server_id: s for s in await storage.list_servers(conn)}
+            running = {r.server_id: r for r in await backend.running()}
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", zlib.crc32(b"deployer:reconcile"))
+    for server_id, runner in running.items():
+        server = wanted.get(server_id)
+        if server is None or server.desired != "running":
+            async with server_lock(ctx.pool, server_id) as conn:
+                current = await storage.find_server(conn, server_id)
+                if current is None or current.desired == "deleted":
+                    hashes = () if current is None else tuple(
+                        v.artifact_hash for v in await storage.versions(conn, server_id))
+                    ctx.log.warning("removing orphan runner of %s (%s)", server_id, runner.ref)
+                    await backend.remove(server_id, hashes or (runner.artifact_hash,))
+                elif current.desired == "stopped":
+                    ctx.log.warning("stopping runner of stopped server %s", server_id)
+                    await backend.stop(server_id)
+    for server_id, server in wanted.items():
+        if server.desired != "running" or server.version is None or server.state == "deploying":
+            continue
+        found = running.get(server_id)
+        if found is not None and found.version == server.version:
+            await put_route(ctx.js, ServerRoute(server_id=server_id, org_id=server.org_id,
+                                                upstream=found.upstream, version=server.version))
+            continue
+        async with server_lock(ctx.pool, server_id) as conn:
+            current = await storage.find_server(conn, server_id)
+            if current is None or current.desired != "running" or current.version is None:
+                continue
+            version = await storage.find_version(conn, server_id, current.version)
+            if version is None:
+                continue
+            ctx.log.warning("server %s should run version %s: starting it", server_id, current.version)
+            try:
+                await actor.start_checked(ctx, current, version)
+            except DeployRefused as refused:
+                await storage.set_state(conn, server_id, state="failed", detail=refused.detail)
+                await announce(ctx, current, "failed", current.version, refused.detail)
+            else:
+                if current.state != "running":
+                    await storage.set_state(conn, server_id, state="running")
+                    await announce(ctx, current, "running", current.version)
+
+
+def _failed(refused: DeployRefused) -> Failed:
+    return Failed(code=refused.code, detail=refused.detail)
+
+
+def create_actor(backend: Backend | None = None) -> Actor:
+    """The deployer actor (with the backend the settings choose, unless one is given)."""
+    actor = DeployerActor(backend)
+
+    @actor.consumer(DEPLOYER_CHECKED, on_park=fail_step_when_parked("deploy", "deploying"))
+    async def deploy(event: AnyBuildEvent, ctx: Context) -> None:
+        if not isinstance(event, BuildChecked):
+            return
+        ids = {"build_id": event.build_id, "org_id": event.org_id}
+        await start_step(ctx, event, "deploy")
+        backend = actor.runner_backend
+        if backend.isolation == "process":
+            await emit(ctx, LogLine(**ids, at=utc_now(), step="deploy", level="warning",
+                                    message="this platform runs servers as local processes (no Docker): they are "
+                                            "less isolated than containers"), "log", "deploy:isolation")
+        try:
+            async with heartbeat(ctx):
+                server, version = await deploy_build(actor, ctx, event)
+        except DeployRefused as refused:
+            await fail_step(ctx, event, "deploy", refused.code, refused.detail)
+            return
+        await emit(ctx, LogLine(**ids, at=utc_now(), step="deploy", level="info",
+                                message=f"version {version} answers an authenticated tools/list at {server.url}"),
+                   "log", "deploy:healthy")
+        await emit(ctx, StepChanged(**ids, at=utc_now(), step="deploy", state="finished"), "step", "deploy:finished")
+        await emit(ctx, BuildDeployed(
+            **ids, at=utc_now(), url=server.url, server_id=server.server_id, version=version,
+            backend=backend.name, isolation=backend.isolation, install=install_snippets(server.name, server.url),
+        ), "deployed", "deployed")
+
+    async def info(conn: asyncpg.Connection, server: storage.Server) -> ServerReply:
+        return ServerReply(server=storage.server_info(server, await storage.versions(conn, server.server_id),
+                                                      actor.runner_backend.isolation))
+
+    @actor.rpc(LIST_SERVERS)
+    async def list_servers(request: ListServers, ctx: Context) -> ListServersReply:
+        async with ctx.pool.acquire() as conn:
+            servers = await storage.list_servers(conn, request.org_id)
+            return ServerList(servers=tuple([(await info(conn, s)).server for s in servers]))
+
+    @actor.rpc(GET_SERVER)
+    async def get_server(request: GetServer, ctx: Context) -> GetServerReply:
+        async with ctx.pool.acquire() as conn:
+            server = await storage.find_server(conn, request.server_id, request.org_id)
+            if server is None or server.desired == "deleted":
+                return Failed(code=FailureCode.NOT_FOUND, detail=f"no server {request.server_id} in this organisation")
+            return await info(conn, server)
+
+    @actor.rpc(CONTROL_SERVER)
+    async def control_server(request: ControlServer, ctx: Context) -> ControlServerReply:
+        try:
+            server = await control(actor, ctx, request)
+        except DeployRefused as refused:
+            return _failed(refused)
+        except BackendError as exc:
+            return Failed(code=FailureCode.UNAVAILABLE, detail=f"the {actor.runner_backend.name} backend: {exc}")
+        ctx.log.info("server %s: %s by %s", request.server_id, request.action, request.requested_by or "-")
+        async with ctx.pool.acquire() as conn:
+            return await info(conn, server)
+
+    @actor.rpc(GET_SERVER_LOGS)
+    async def server_logs(request: GetServerLogs, ctx: Context) -> GetServerLogsReply:
+        async with ctx.pool.acquire() as conn:
+            server = await storage.find_server(conn, request.server_id, request.org_id)
+        if server is None or server.desired == "deleted":
+            return Failed(code=FailureCode.NOT_FOUND, detail=f"no server {request.server_id} in this organisation")
+        lines = await actor.runner_backend.logs(server.server_id, request.tail)
+        return ServerLogs(server_id=server.server_id, lines=tuple(lines))
+
+    @actor.rpc(RESOLVE_SERVER)
+    async def resolve_server(request: ResolveServer, ctx: Context) -> ResolveServerReply:
+        async with ctx.pool.acquire() as conn:
+            server = await storage.find_server(conn, request.server_id)
+            if server is None or server.desired == "deleted":
+                return Failed(code=FailureCode.NOT_FOUND, detail=f"no server {request.server_id}")
+            current = None if server.version is None else await storage.find_version(
+                conn, server.server_id, server.version)
+        return ServerOwner(server_id=server.server_id, org_id=server.org_id, url=server.url,
+                           tool_names=current.tools if current else ())
+
+    return actor

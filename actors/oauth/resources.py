@@ -18,7 +18,9 @@ from nats.aio.client import Client
 from actors.runtime.bus import call
 from bus_schemas.base import Failed, FailureCode
 from bus_schemas.registry import RESOLVE_SERVER
-from bus_schemas.servers import ResolveServer, ServerOwner
+from bus_schemas.servers import ResolveServer, ServerOwner, servers_base
+
+__all__ = ["RegistryUnavailable", "ResourceServer", "resolve_resource", "server_id_of", "servers_base"]
 
 _SERVER_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -36,11 +38,6 @@ class ResourceServer:
 
 class RegistryUnavailable(Exception):
     """The server registry did not answer; nothing can be issued for a server until it does."""
-
-
-def servers_base(servers_url: str | None, issuer: str) -> str:
-    """The base URL of the server URL space, without a trailing slash."""
-    return (servers_url or f"{issuer}/servers").rstrip("/")
 
 
 def server_id_of(resource: str, servers_url: str) -> str | None:

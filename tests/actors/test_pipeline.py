@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -10,12 +11,16 @@ from typing import Any
 from nats.aio.client import Client
 
 from actors.catalog import create_actor
+from actors.deployer.actor import create_actor as create_deployer
+from actors.deployer.backends.process import ProcessBackend
 from actors.runtime.bus import call
 from actors.runtime.codec import decode
+from bus_schemas.base import Failed
 from bus_schemas.builds import (
     AnyBuildEvent,
     BuildAccepted,
     BuildChecked,
+    BuildDeployed,
     BuildFailed,
     BuildGenerated,
     BuildPlanned,
@@ -29,7 +34,9 @@ from bus_schemas.builds import (
     ToolSpec,
     ToolSpecSource,
 )
-from bus_schemas.registry import BUILD_EVENTS, BUILDS, GET_BUILD, SUBMIT_BUILD
+from bus_schemas.registry import BUILD_EVENTS, BUILDS, GET_BUILD, GET_SERVER, SUBMIT_BUILD
+from bus_schemas.servers import GetServer, ServerReply
+from tests.actors.oauth_helpers import SECRET_KEY
 from tests.conftest import Stack, eventually, running
 
 CALCULATOR = ToolSpecSource(tools=(
@@ -46,12 +53,25 @@ CALCULATOR = ToolSpecSource(tools=(
 ))
 
 
+PUBLIC_URL = "https://bmms.test"
+
+
 @contextlib.asynccontextmanager
-async def pipeline(stack: Stack) -> AsyncIterator[None]:
+async def pipeline(stack: Stack) -> AsyncIterator[ProcessBackend]:
+    """Every pipeline actor, the Authorization Server (service tokens) and the deployer on local processes."""
+    backend = ProcessBackend(stack.root / f"runners-{secrets.token_hex(4)}")
     async with contextlib.AsyncExitStack() as actors:
-        for name in ("planner", "codegen", "checker", "deployer"):
+        for name in ("planner", "codegen", "checker"):
             await actors.enter_async_context(running(create_actor(name), stack.settings(name)))
-        yield
+        await actors.enter_async_context(running(create_actor("oauth"), stack.settings("oauth", secret_key=SECRET_KEY)))
+        deployer_settings = stack.settings("deployer", public_url=PUBLIC_URL,
+                                           runner_nats_password=stack.nats.passwords["runner"])
+        await actors.enter_async_context(running(create_deployer(backend), deployer_settings))
+        try:
+            yield backend
+        finally:
+            for runner in await backend.running():
+                await backend.remove(runner.server_id, ())
 
 
 async def build_history(nc: Client, org: str, build: str, last_seq: int) -> list[AnyBuildEvent]:
@@ -77,23 +97,33 @@ async def submit_and_settle(
 
     async def settled() -> Any:
         summary = await call(nc, GET_BUILD, GetBuild(org_id=org, build_id=accepted.build_id), timeout=10)
-        return summary if summary.status == "failed" else None
+        return summary if summary.status in ("failed", "deployed") else None
 
     summary = await eventually(settled, timeout=90)
     return await build_history(nc, org, accepted.build_id, summary.last_seq)
 
 
-async def test_tool_spec_build_is_planned_generated_and_checked_then_stops_at_deploy(
+async def test_tool_spec_build_is_planned_generated_checked_and_deployed_at_its_stable_url(
     stack: Stack, admin_nc: Client
 ) -> None:
-    async with pipeline(stack):
+    async with pipeline(stack) as backend:
         history = await submit_and_settle(admin_nc, "pipe1", "calculator")
-    kinds = [type(e).__name__ for e in history]
-    assert kinds.index("BuildPlanned") < kinds.index("BuildGenerated") < kinds.index("BuildChecked")
-    failed = history[-1]
-    assert isinstance(failed, BuildFailed)
-    # Deploying is the runners issue: the build says so at that step, after a passed check.
-    assert failed.step == "deploy" and failed.code == "not_implemented"
+        kinds = [type(e).__name__ for e in history]
+        assert kinds.index("BuildPlanned") < kinds.index("BuildGenerated") < kinds.index("BuildChecked")
+        deployed = history[-1]
+        assert isinstance(deployed, BuildDeployed), history[-3:]
+        assert deployed.url == f"{PUBLIC_URL}/servers/{deployed.server_id}/mcp" and deployed.version == 1
+        assert deployed.backend == "process" and deployed.isolation == "process"
+        assert {s.client for s in deployed.install} == {"Claude Code", "Claude Desktop", "ChatGPT", "Cursor", "VS Code"}
+        assert all(deployed.url in s.text for s in deployed.install)
+        warnings = [e for e in history if isinstance(e, LogLine) and e.level == "warning" and e.step == "deploy"]
+        assert warnings and "less isolated" in warnings[0].message
+        (runner,) = await backend.running()
+        assert runner.server_id == deployed.server_id
+        server = await call(admin_nc, GET_SERVER, GetServer(org_id="pipe1", server_id=deployed.server_id), timeout=10)
+        assert isinstance(server, ServerReply) and server.server.state == "running", server
+        foreign = await call(admin_nc, GET_SERVER, GetServer(org_id="other", server_id=deployed.server_id), timeout=10)
+        assert isinstance(foreign, Failed) and foreign.code == "not_found"
 
 
 async def test_same_input_built_twice_gives_the_same_artifact_hash(stack: Stack, admin_nc: Client) -> None:
@@ -121,4 +151,4 @@ async def test_openapi_document_with_circular_refs_builds_to_a_checked_artifact(
     assert planned.tool_count >= 20
     assert any(isinstance(e, BuildChecked) for e in history), [
         getattr(e, "message", getattr(e, "detail", "")) for e in history if isinstance(e, LogLine | BuildFailed)
-    ]
+    ][-4:]
