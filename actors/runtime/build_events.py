@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-from actors.runtime.actor import Actor, Context, ParkHook, utc_now
+from actors.runtime.actor import Context, ParkHook, utc_now
 from actors.runtime.codec import decode
 from bus_schemas.base import FailureCode
 from bus_schemas.builds import AnyBuildEvent, BuildEvent, BuildFailed, BuildKind, LogLine, StepChanged
-from bus_schemas.registry import Consumer, build_subject
+from bus_schemas.registry import build_subject
 
 Step = Literal["plan", "generate", "check", "deploy"]
 
@@ -30,23 +30,6 @@ async def start_step(ctx: Context, build: BuildEvent, step: Step) -> None:
     """Record that `step` started."""
     event = StepChanged(build_id=build.build_id, org_id=build.org_id, at=utc_now(), step=step, state="started")
     await emit(ctx, event, "step", f"{step}:started")
-
-
-def unbuilt_stage(name: str, consumer: Consumer[Any], step: Step) -> Actor:
-    """An actor wired to its pipeline consumer whose step is not built yet: it fails the build at
-    `step` and says so plainly, instead of pretending to do the work."""
-    actor = Actor(name)
-
-    @actor.consumer(consumer)
-    async def refuse(event: BuildEvent, ctx: Context) -> None:
-        await start_step(ctx, event, step)
-        await fail_step(
-            ctx, event, step, FailureCode.NOT_IMPLEMENTED,
-            f"the {name} actor cannot {step} servers yet: the build was planned, generated and checked, "
-            "but running it arrives with the runners",
-        )
-
-    return actor
 
 
 def fail_step_when_parked(step: Step, doing: str) -> ParkHook:
