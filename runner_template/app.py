@@ -1,30 +1,79 @@
-"""Serving a generated server over Streamable HTTP (stateless, so replicas need no sticky routing).
+"""Serving a generated server over Streamable HTTP: both protocol revisions from one endpoint, stateless.
 
-The runner reads its settings once from the environment: the artifact the deployer wrote (`Artifact` JSON,
-the generated module with its tool list, secret names and upstream hosts), where to listen, and the
-secret values as `BMMS_SECRET_<NAME>`. The Resource Server wiring (token verifier, protected resource
-metadata, CORS, usage events) plugs in through `create_server(..., token_verifier=, auth=)`.
+The runner reads its settings once from the environment (`RunnerSettings`), builds the upstream policy with
+the secret values, then removes the credentials from `os.environ` before the generated module is imported
+(it runs in this process). `runner_app` wires the pieces:
+
+- `/mcp`: CORS for browser clients -> Host/Origin, bearer token and per-tool scope (`resource.McpEndpoint`)
+  -> the SDK's Streamable HTTP handler (stateless; the 2026-07-28 per-request path and the 2025-11-25
+  initialize path are dispatched by the SDK on the `MCP-Protocol-Version` header) -> the server's middleware
+  (`metering.ToolCallMeter`: over-quota refusal, one usage event per call) -> the tools;
+- `/.well-known/oauth-protected-resource/mcp` (and the public-path form): RFC 9728 metadata;
+- `/healthz`: liveness and the tool list, no auth;
+- the bus (`bus.RunnerBus`, when NATS is configured): JWKS, usage events, the QUOTAS watch.
+
+The platform forwards `<origin>/servers/<id>/mcp` to this `/mcp` and
+`<origin>/.well-known/oauth-protected-resource/servers/<id>/mcp` to `/.well-known/oauth-protected-resource/mcp`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import socket
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import msgspec
 import uvicorn
 from mcp.server import MCPServer
+from mcp.server.auth.routes import cors_middleware
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
+from bus_schemas.base import SUBJECT_TOKEN_RE
 from bus_schemas.plans import Artifact
 from runner_template import upstream
+from runner_template.auth import AccessTokenVerifier, jwks_over_http
+from runner_template.bus import RunnerBus
+from runner_template.logs import AccessLog, configure_logging
+from runner_template.metering import QuotaGate, ToolCallMeter, UsageOutbox
+from runner_template.resource import WELL_KNOWN_PRM, McpEndpoint, Protection, origin_of, transport_security
+from runner_template.sdk import tools_of
 from runner_template.server import create_server, load_module
 
+log = logging.getLogger("bmms.runner")
+
 MCP_PATH = "/mcp"
+LOOPBACK_HOSTS = ("127.0.0.1", "127.0.0.1:*", "localhost", "localhost:*", "[::1]", "[::1]:*")
+"""Host values the platform reaches a runner by directly (the deployer's health check, the dev gateway)."""
+CORS_ALLOW_HEADERS = ("Authorization", "Content-Type", "Accept", "Mcp-Protocol-Version", "Mcp-Method", "Mcp-Name",
+                      "Mcp-Session-Id", "Last-Event-ID")
+CORS_EXPOSE_HEADERS = ("Mcp-Session-Id", "WWW-Authenticate")
+SECRET_VARIABLES = ("BMMS_RUNNER_NATS_PASSWORD",)
+"""Credentials removed from the environment once read (with every `BMMS_SECRET_*`)."""
+
+
+def _csv(value: str | None) -> tuple[str, ...]:
+    return tuple(v.strip() for v in (value or "").split(",") if v.strip())
+
+
+def _canonical_url(name: str, value: str, *, path: bool) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("https", "http") or not parts.hostname or parts.query or parts.fragment:
+        raise SystemExit(f"{name} must be an absolute http(s) URL without query or fragment, not {value!r}")
+    if path and (not parts.path or parts.path.endswith("/")):
+        raise SystemExit(f"{name} must name the MCP endpoint (e.g. https://host/servers/<id>/mcp), no trailing "
+                         f"slash, not {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -41,20 +90,124 @@ class RunnerSettings:
     """The server's name in MCP; defaults to the artifact's module name."""
     upstream_timeout_seconds: float = 30.0
     """Timeout of each upstream call."""
+    resource: str | None = None
+    """This server's canonical public URL, e.g. https://mcp.example.com/servers/<id>/mcp: the token audience."""
+    issuer: str | None = None
+    """Our Authorization Server's issuer, byte for byte as in its metadata and in tokens' `iss`."""
+    insecure_no_auth: bool = False
+    """BMMS_RUNNER_INSECURE_NO_AUTH=1: serve without any token check. Only for tests of tool behaviour and the
+    checker's sandboxed run; a deployed runner always has RESOURCE and ISSUER."""
+    server_id: str = ""
+    """The hosted server's id (usage events, /healthz)."""
+    org_id: str = ""
+    """The owning organisation (usage events, the QUOTAS key watched)."""
+    allowed_origins: tuple[str, ...] = ()
+    """Browser origins accepted (CORS and the Origin check) besides the RESOURCE's own."""
+    allowed_hosts: tuple[str, ...] = ()
+    """Extra Host values accepted (e.g. a Swarm service name), besides the RESOURCE's host, loopback and this
+    machine's own names and addresses."""
+    nats_url: str | None = None
+    """The bus; without it no usage events, no quota watch, and the JWKS comes over HTTP."""
+    nats_user: str = "runner"
+    nats_password: str = field(default="", repr=False)
+    jwks_url: str | None = None
+    """Where to GET the JWKS when there is no bus (default: `<issuer>/oauth/jwks.json`)."""
+    jwks_refetch_seconds: float = 10.0
+    """An unknown `kid` fetches the JWKS again at most this often (a rotated-in key is picked up then)."""
+    usage_queue_size: int = 10_000
+    """Usage events kept while the bus is away; the oldest are dropped beyond this."""
+    log_level: str = "INFO"
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str]) -> RunnerSettings:
-        """Read the settings from `BMMS_RUNNER_*` variables."""
+        """Read the settings from `BMMS_RUNNER_*` variables; exits saying what is missing or malformed."""
         artifact = environ.get("BMMS_RUNNER_ARTIFACT")
         if not artifact:
             raise SystemExit("BMMS_RUNNER_ARTIFACT must name the artifact to serve")
-        return cls(
+        resource = environ.get("BMMS_RUNNER_RESOURCE") or None
+        issuer = environ.get("BMMS_RUNNER_ISSUER") or None
+        insecure = environ.get("BMMS_RUNNER_INSECURE_NO_AUTH", "") == "1"
+        if not insecure and not (resource and issuer):
+            raise SystemExit("BMMS_RUNNER_RESOURCE and BMMS_RUNNER_ISSUER must be set (the runner is an OAuth "
+                             "Resource Server); BMMS_RUNNER_INSECURE_NO_AUTH=1 serves without auth, for tests only")
+        if resource:
+            _canonical_url("BMMS_RUNNER_RESOURCE", resource, path=True)
+        if issuer:
+            _canonical_url("BMMS_RUNNER_ISSUER", issuer, path=False)
+        settings = cls(
             artifact=artifact,
             host=environ.get("BMMS_RUNNER_HOST", "127.0.0.1"),
             port=int(environ.get("BMMS_RUNNER_PORT", "0")),
             name=environ.get("BMMS_RUNNER_NAME") or None,
             upstream_timeout_seconds=float(environ.get("BMMS_RUNNER_UPSTREAM_TIMEOUT_SECONDS", "30")),
+            resource=resource,
+            issuer=issuer,
+            insecure_no_auth=insecure,
+            server_id=environ.get("BMMS_RUNNER_SERVER_ID", ""),
+            org_id=environ.get("BMMS_RUNNER_ORG_ID", ""),
+            allowed_origins=_csv(environ.get("BMMS_RUNNER_ALLOWED_ORIGINS")),
+            allowed_hosts=_csv(environ.get("BMMS_RUNNER_ALLOWED_HOSTS")),
+            nats_url=environ.get("BMMS_RUNNER_NATS_URL") or None,
+            nats_user=environ.get("BMMS_RUNNER_NATS_USER") or "runner",
+            nats_password=environ.get("BMMS_RUNNER_NATS_PASSWORD", ""),
+            jwks_url=environ.get("BMMS_RUNNER_JWKS_URL") or None,
+            jwks_refetch_seconds=float(environ.get("BMMS_RUNNER_JWKS_REFETCH_SECONDS", "10")),
+            usage_queue_size=int(environ.get("BMMS_RUNNER_USAGE_QUEUE_SIZE", "10000")),
+            log_level=environ.get("BMMS_RUNNER_LOG_LEVEL", "INFO"),
         )
+        settings.check_bus()
+        return settings
+
+    def check_bus(self) -> None:
+        """With a bus, usage events need valid server and organisation ids (they are subject tokens)."""
+        if self.nats_url:
+            for name, value in (("BMMS_RUNNER_SERVER_ID", self.server_id), ("BMMS_RUNNER_ORG_ID", self.org_id)):
+                if not SUBJECT_TOKEN_RE.match(value):
+                    raise SystemExit(f"{name} must be set to a server/organisation id when BMMS_RUNNER_NATS_URL is")
+
+    def host_allowlist(self) -> list[str]:
+        """Host header values accepted: the public host, loopback, this machine's names and addresses, extras."""
+        hosts = list(LOOPBACK_HOSTS)
+        if self.resource:
+            parts = urlsplit(self.resource)
+            hosts += [parts.netloc.lower(), f"{_host_literal(parts.hostname or '')}:*"]
+        for name in _own_addresses(self.host):
+            hosts += [name, f"{name}:*"]
+        hosts += self.allowed_hosts
+        return list(dict.fromkeys(hosts))
+
+    def origin_allowlist(self) -> list[str]:
+        """Origins accepted: the RESOURCE's own and the configured ones."""
+        origins = [origin_of(self.resource)] if self.resource else []
+        return list(dict.fromkeys([*origins, *(o.rstrip("/").lower() for o in self.allowed_origins)]))
+
+
+def _host_literal(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _own_addresses(bind_host: str) -> list[str]:
+    """How the platform may address this machine directly: the bind address, the host name and its addresses
+    (in a container: the container id and the container's address on its network)."""
+    names = [] if bind_host in ("", "0.0.0.0", "::") else [_host_literal(bind_host)]  # noqa: S104 (compared, not bound)
+    try:
+        hostname = socket.gethostname()
+        names.append(hostname.lower())
+        names += [_host_literal(a) for a in socket.gethostbyname_ex(hostname)[2]]
+    except OSError:
+        pass
+    return names
+
+
+def scrub_secrets(environ: MutableMapping[str, str]) -> list[str]:
+    """Remove credentials (the NATS password, every `BMMS_SECRET_*`) from `environ`; the names removed.
+
+    Done after they are read and before the generated module is imported: it runs in this process.
+    """
+    names = [k for k in environ if k in SECRET_VARIABLES or k.startswith(upstream.SECRET_ENV_PREFIX)]
+    for name in names:
+        del environ[name]
+    return names
 
 
 def read_artifact(path: str) -> Artifact:
@@ -68,11 +221,100 @@ def server_for_artifact(artifact: Artifact, *, name: str | None = None) -> MCPSe
     return create_server(module, name=name or artifact.module_name, expected_tools=artifact.tools)
 
 
-def create_app(server: MCPServer, *, host: str = "127.0.0.1") -> Starlette:
-    """The ASGI app: the MCP endpoint at /mcp, stateless, JSON responses."""
-    return server.streamable_http_app(
-        streamable_http_path=MCP_PATH, stateless_http=True, json_response=True, host=host,
+@dataclass
+class Runtime:
+    """What a running runner app holds beside the MCP server (reachable as `app.state.runtime`)."""
+
+    quota: QuotaGate
+    outbox: UsageOutbox
+    bus: RunnerBus | None = None
+    protection: Protection | None = None
+
+
+def runner_app(settings: RunnerSettings, artifact: Artifact) -> Starlette:
+    """The whole runner for `settings`: the artifact's server behind the Resource Server, with the bus."""
+    module = load_module(artifact.module_name, artifact.module_source)
+    runtime = Runtime(quota=QuotaGate(), outbox=UsageOutbox(settings.usage_queue_size))
+    if settings.nats_url:
+        settings.check_bus()
+        runtime.bus = RunnerBus(url=settings.nats_url, user=settings.nats_user, password=settings.nats_password,
+                                server_id=settings.server_id, org_id=settings.org_id, quota=runtime.quota,
+                                outbox=runtime.outbox)
+    else:
+        log.warning("no BMMS_RUNNER_NATS_URL: usage events are not published and quotas are not enforced")
+    meter = ToolCallMeter(server_id=settings.server_id, org_id=settings.org_id, quota=runtime.quota,
+                          outbox=runtime.outbox if runtime.bus else None)
+    server = create_server(module, name=settings.name or artifact.module_name, expected_tools=artifact.tools,
+                           middleware=[meter])
+    if not settings.insecure_no_auth:
+        if not (settings.resource and settings.issuer):
+            raise ValueError("a protected runner needs its resource URL and the issuer")
+        key_source = (runtime.bus.fetch_jwks if runtime.bus is not None
+                      else jwks_over_http(settings.jwks_url or f"{settings.issuer}/oauth/jwks.json"))
+        verifier = AccessTokenVerifier(issuer=settings.issuer, resource=settings.resource, key_source=key_source,
+                                       refetch_interval=settings.jwks_refetch_seconds)
+        runtime.protection = Protection(resource=settings.resource, issuer=settings.issuer, verifier=verifier,
+                                        read_only={info.name: info.read_only for info, _ in tools_of(module)})
+    else:
+        log.warning("BMMS_RUNNER_INSECURE_NO_AUTH=1: serving without any token check (tests only)")
+    return create_app(server, protection=runtime.protection, allowed_hosts=settings.host_allowlist(),
+                      allowed_origins=settings.origin_allowlist(), server_id=settings.server_id, runtime=runtime)
+
+
+def create_app(
+    server: MCPServer,
+    *,
+    protection: Protection | None = None,
+    allowed_hosts: Sequence[str] = LOOPBACK_HOSTS,
+    allowed_origins: Sequence[str] = (),
+    server_id: str = "",
+    runtime: Runtime | None = None,
+    host: str | None = None,
+) -> Starlette:
+    """The ASGI app around `server` (see the module doc); `protection` None serves /mcp without auth."""
+    del host  # the bind address no longer decides the allowed hosts: `allowed_hosts` does
+    security = transport_security(list(allowed_hosts), list(allowed_origins))
+    # Built for its session manager (stateless, JSON responses); the routes around it are ours.
+    server.streamable_http_app(streamable_http_path=MCP_PATH, stateless_http=True, json_response=True,
+                               transport_security=security)
+    manager = server.session_manager
+    endpoint = CORSMiddleware(
+        McpEndpoint(manager.handle_request, security, protection),
+        allow_origins=list(allowed_origins), allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+        allow_headers=list(CORS_ALLOW_HEADERS), expose_headers=list(CORS_EXPOSE_HEADERS), max_age=600,
     )
+
+    async def healthz(request: Request) -> Response:
+        tools = [t.name for t in await server.list_tools()]
+        return JSONResponse({"status": "ok", "server_id": server_id, "tools": tools},
+                            headers={"Cache-Control": "no-store"})
+
+    routes = [Route(MCP_PATH, endpoint), Route("/healthz", healthz, methods=["GET"])]
+    if protection is not None:
+        document = protection.protected_resource_metadata()
+
+        async def metadata(request: Request) -> Response:
+            return JSONResponse(document, headers={"Cache-Control": "public, max-age=300"})
+
+        paths = {WELL_KNOWN_PRM + MCP_PATH, WELL_KNOWN_PRM + urlsplit(protection.resource).path}
+        routes += [Route(p, cors_middleware(metadata, ["GET", "OPTIONS"]), methods=["GET", "OPTIONS"])
+                   for p in sorted(paths)]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with manager.run():
+            bus = runtime.bus if runtime is not None else None
+            if bus is not None:
+                await bus.start()
+            try:
+                yield
+            finally:
+                if bus is not None:
+                    await bus.stop()
+
+    app = Starlette(routes=routes, middleware=[Middleware(AccessLog)], lifespan=lifespan)
+    app.state.runtime = runtime
+    return app
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -89,7 +331,8 @@ def bind(host: str, port: int) -> socket.socket:
 async def serve(app: Starlette, sock: socket.socket, *, on_ready: Callable[[], None] | None = None,
                 stop: asyncio.Event | None = None) -> None:
     """Serve `app` on `sock` until `stop` is set (or a signal, when run as the process's main)."""
-    server = _Server(uvicorn.Config(app, log_level="warning", lifespan="on"), on_ready)
+    server = _Server(uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False, log_config=None),
+                     on_ready)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     if stop is not None:
         waiter = asyncio.create_task(stop.wait())
@@ -112,15 +355,18 @@ class _Server(uvicorn.Server):
             self._on_ready()
 
 
-def main(environ: Mapping[str, str] | None = None) -> None:
+def main(environ: MutableMapping[str, str] | None = None) -> None:
     """Run one generated server as this process, until SIGINT/SIGTERM."""
     env = os.environ if environ is None else environ
     settings = RunnerSettings.from_environment(env)
     artifact = read_artifact(settings.artifact)
-    upstream.configure(upstream.UpstreamPolicy.from_environment(
+    policy = upstream.UpstreamPolicy.from_environment(
         artifact.upstream_hosts, artifact.secrets, env, timeout_seconds=settings.upstream_timeout_seconds,
-    ))
-    app = create_app(server_for_artifact(artifact, name=settings.name), host=settings.host)
+    )
+    scrub_secrets(env)  # before the generated module is imported: it runs in this process
+    configure_logging(settings.log_level)
+    upstream.configure(policy)
+    app = runner_app(settings, artifact)
     sock = bind(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host

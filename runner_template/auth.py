@@ -2,7 +2,8 @@
 
 `AccessTokenVerifier` is the mcp SDK's `TokenVerifier` seam. It accepts a token only if its header says
 RS256 with a `kid` and type `at+jwt`, the key with that `kid` is in the Authorization Server's JWKS
-(fetched over HTTP, cached, fetched again on an unknown `kid` but at most once per `refetch_interval`),
+(from a pluggable key source - the bus or HTTP - cached, fetched again on an unknown `kid` but at most once
+per `refetch_interval`),
 the signature verifies, `iss` is the issuer byte for byte, `aud` is this server's canonical URL, and
 `exp`/`nbf` hold. Anything else - `alg: none`, HS256 "signed" with the public key, a key nobody
 published, an expired token, a token for another server - is refused, and the reason logged.
@@ -19,7 +20,7 @@ import base64
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import httpx2
@@ -38,8 +39,38 @@ SCOPE_TOOLS_WRITE = "mcp:tools:write"
 SCOPE_TOOL_PREFIX = "mcp:tool:"
 
 
+KeySource = Callable[[], Awaitable[Mapping[str, Any]]]
+"""Where the verifier gets the Authorization Server's JWK Set (RFC 7517 JSON: `{"keys": [...]}`);
+raises KeySourceUnavailable (or returns something unreadable) when it cannot."""
+
+
 class TokenRejected(Exception):
     """Why a bearer token is not accepted."""
+
+
+class KeySourceUnavailable(Exception):
+    """The JWK Set could not be fetched now; the verifier keeps the keys it has."""
+
+
+def jwks_over_http(url: str, http: httpx2.AsyncClient | None = None) -> KeySource:
+    """A key source that GETs the JWK Set at `url` (with `http`, or a fresh client per fetch)."""
+
+    async def fetch() -> Mapping[str, Any]:
+        try:
+            if http is not None:
+                response = await http.get(url, timeout=5.0)
+            else:
+                async with httpx2.AsyncClient(timeout=5.0, trust_env=False) as client:
+                    response = await client.get(url)
+            response.raise_for_status()
+            document = response.json()
+        except (httpx2.HTTPError, ValueError) as exc:
+            raise KeySourceUnavailable(f"GET {url}: {exc!r}") from None
+        if not isinstance(document, dict):
+            raise KeySourceUnavailable(f"GET {url}: not a JWK Set")
+        return document
+
+    return fetch
 
 
 def scopes_for_tool(name: str, *, read_only: bool) -> tuple[str, ...]:
@@ -74,6 +105,7 @@ class AccessTokenVerifier:
         *,
         issuer: str,
         resource: str,
+        key_source: KeySource | None = None,
         jwks_url: str | None = None,
         required_scopes: tuple[str, ...] = (),
         cache_seconds: float = 300.0,
@@ -86,13 +118,13 @@ class AccessTokenVerifier:
         """Our Authorization Server's issuer, exactly as in its metadata and in `iss`."""
         self.resource = resource
         """This server's canonical URL (with `/mcp`); tokens must carry it as `aud`."""
-        self.jwks_url = jwks_url or f"{issuer}/oauth/jwks.json"
+        self._key_source = key_source or jwks_over_http(jwks_url or f"{issuer}/oauth/jwks.json", http)
+        """Without one, the JWKS is fetched over HTTP from `jwks_url` (default: the issuer's)."""
         self.required_scopes = required_scopes
         self.cache_seconds = cache_seconds
         self.refetch_interval = refetch_interval
         self.leeway = leeway
         self.clock = clock
-        self._http = http
         self._keys: dict[str, RSAKey] = {}
         self._fetched_at: float | None = None
         self._attempted_at: float | None = None
@@ -172,15 +204,9 @@ class AccessTokenVerifier:
     async def _fetch(self) -> None:
         self._attempted_at = time.monotonic()
         try:
-            if self._http is not None:
-                response = await self._http.get(self.jwks_url, timeout=5.0)
-            else:
-                async with httpx2.AsyncClient(timeout=5.0) as http:
-                    response = await http.get(self.jwks_url)
-            response.raise_for_status()
-            key_set = KeySet.import_key_set(response.json())
-        except (httpx2.HTTPError, ValueError, JoseError) as exc:
-            log.warning("cannot fetch the JWKS at %s: %r", self.jwks_url, exc)
+            key_set = KeySet.import_key_set(dict(await self._key_source()))  # type: ignore[arg-type]
+        except (KeySourceUnavailable, ValueError, TypeError, KeyError, JoseError) as exc:
+            log.warning("cannot fetch the JWKS for %s: %r", self.resource, exc)
             return  # keep the keys we have; the next unknown kid tries again
         self._keys = {
             str(k.kid): k for k in key_set.keys

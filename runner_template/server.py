@@ -12,16 +12,17 @@ import functools
 import inspect
 import sys
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, get_origin
 
 from mcp.server import MCPServer
-from mcp.server.auth.provider import TokenVerifier
-from mcp.server.auth.settings import AuthSettings
+from mcp.server.context import ServerMiddleware
+from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import ToolAnnotations
 from pydantic.fields import FieldInfo
 
 from runner_template import RUNNER_TEMPLATE_VERSION
+from runner_template.metering import refusal_var
 from runner_template.sdk import ToolInfo, tools_of
 
 
@@ -53,14 +54,16 @@ def wire_names(fn: Callable[..., Any]) -> dict[str, str]:
     return names
 
 
-def _bound_by_wire_name(fn: Callable[..., Any], aliases: dict[str, str]) -> Callable[..., Any]:
-    """`fn`, callable with its arguments keyed by wire name (what the SDK passes when aliases are used)."""
-    if not aliases:
-        return fn
+def _registered_callable(fn: Callable[..., Any], aliases: dict[str, str]) -> Callable[..., Any]:
+    """`fn` as the SDK calls it: arguments keyed by wire name (what the SDK passes when aliases are used)
+    mapped back to parameter names, and a call the runtime refuses (over quota, see
+    `metering.refusal_var`) raised as a tool error before the generated code runs."""
     by_wire = {wire: name for name, wire in aliases.items()}
 
     def python_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
-        return {by_wire.get(key, key): value for key, value in kwargs.items()}
+        if refusal := refusal_var.get():
+            raise ToolError(refusal)
+        return {by_wire.get(key, key): value for key, value in kwargs.items()} if by_wire else kwargs
 
     wrapper: Callable[..., Any]
     if inspect.iscoroutinefunction(fn):
@@ -71,7 +74,7 @@ def _bound_by_wire_name(fn: Callable[..., Any], aliases: dict[str, str]) -> Call
         wrapper = call_async
     else:
 
-        def call_sync(**kwargs: Any) -> Any:
+        def call_sync(**kwargs: Any) -> Any:  # the SDK runs it in a worker thread, context copied
             return fn(**python_kwargs(kwargs))
 
         wrapper = call_sync
@@ -95,13 +98,13 @@ def create_server(
     *,
     name: str,
     expected_tools: tuple[str, ...] | None = None,
-    token_verifier: TokenVerifier | None = None,
-    auth: AuthSettings | None = None,
+    middleware: Sequence[ServerMiddleware[Any]] = (),
 ) -> MCPServer:
     """An `MCPServer` serving every tool of the generated `module`.
 
-    `expected_tools` (the artifact's list) must match the module's tools exactly when given; `auth` and
-    `token_verifier` (see `runner_template.auth`) make it a Resource Server.
+    `expected_tools` (the artifact's list) must match the module's tools exactly when given; `middleware`
+    (e.g. `metering.ToolCallMeter`) sees every request. Authorization is not the SDK's here: the runner's
+    HTTP layer (`runner_template.resource`) verifies tokens and per-tool scopes in front of it.
     """
     found = tools_of(module)
     if not found:
@@ -111,12 +114,10 @@ def create_server(
         raise ModuleRefused(f"module {module.__name__} defines a tool name twice: {names}")
     if expected_tools is not None and tuple(names) != tuple(expected_tools):
         raise ModuleRefused(f"module {module.__name__} defines {names}, its artifact lists {list(expected_tools)}")
-    server = MCPServer(
-        name=name, version=RUNNER_TEMPLATE_VERSION, token_verifier=token_verifier, auth=auth,
-    )
+    server = MCPServer(name=name, version=RUNNER_TEMPLATE_VERSION, middleware=middleware)
     for info, fn in found:
         server.add_tool(
-            _bound_by_wire_name(fn, wire_names(fn)),
+            _registered_callable(fn, wire_names(fn)),
             name=info.name,
             title=info.title,
             description=fn.__doc__ or info.title,

@@ -185,7 +185,7 @@ async def test_runner_process_serves_an_artifact_file(upstream_api, tmp_path: Pa
     path = tmp_path / "artifact.json"
     path.write_bytes(msgspec.json.encode(artifact))
     env = {**os.environ, "BMMS_RUNNER_ARTIFACT": str(path), "BMMS_RUNNER_PORT": "0",
-           f"{upstream.SECRET_ENV_PREFIX}{SECRET_NAME}": SECRET_VALUE}
+           "BMMS_RUNNER_INSECURE_NO_AUTH": "1", f"{upstream.SECRET_ENV_PREFIX}{SECRET_NAME}": SECRET_VALUE}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "runner_template", env=env, stdout=asyncio.subprocess.PIPE,
     )
