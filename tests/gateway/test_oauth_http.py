@@ -5,8 +5,6 @@ registration, consent, PKCE, token, refresh, then a tool call. The person signs 
 from __future__ import annotations
 
 import datetime as dt
-import html
-import re
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -21,7 +19,7 @@ from mcp.client.auth import OAuthClientProvider
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server import MCPServer
 from mcp.server.auth.settings import AuthSettings
-from mcp.shared.auth import AuthorizationCodeResult, OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
+from mcp.shared.auth import OAuthClientMetadata
 from pydantic import AnyUrl
 
 from actors.auth.actor import create_actor as create_auth_actor
@@ -33,8 +31,9 @@ from runner_template.auth import AccessTokenVerifier
 from tests.actors.oauth_helpers import SECRET_KEY, bound_socket, pkce_pair, query_of, serve_asgi
 from tests.conftest import Stack, running
 from tests.gateway.conftest import Gateway, gateway_settings, serving
-from tests.gateway.test_identity_http import form_fields, fresh_email, fresh_ip, me, open_link, sign_in
+from tests.gateway.test_identity_http import fresh_email, me, sign_in
 from tests.mailbox import Mailbox, local_smtp
+from tests.oauth_browser import Browser, MemoryStorage, consent_form, sign_in_from_authorize
 from tests.server_registry import server_registry
 
 REDIRECT = "http://127.0.0.1:33418/callback"
@@ -122,98 +121,11 @@ def protected_server(platform: Platform) -> Any:
     return mcp.streamable_http_app(streamable_http_path=f"/servers/{SERVER_ID}/mcp", stateless_http=True)
 
 
-class MemoryStorage:
-    """The SDK's TokenStorage, kept in memory."""
-
-    def __init__(self) -> None:
-        self.tokens: OAuthToken | None = None
-        self.client: OAuthClientInformationFull | None = None
-        self.token_history: list[OAuthToken] = []
-
-    async def get_tokens(self) -> OAuthToken | None:
-        return self.tokens
-
-    async def set_tokens(self, tokens: OAuthToken) -> None:
-        self.tokens = tokens
-        self.token_history.append(tokens)
-
-    async def get_client_info(self) -> OAuthClientInformationFull | None:
-        return self.client
-
-    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
-        self.client = client_info
-
-
-async def sign_in_from_authorize(
-    browser: httpx.AsyncClient, authorization_url: str, mailbox: Mailbox, email: str
-) -> httpx.Response:
-    """What a person without a session does: open the authorization URL, land on the sign-in page, send
-    their address, open the mailed link, press "Sign in", and come back; the page they come back to."""
-    sent_away = await browser.get(authorization_url)
-    assert sent_away.status_code == 303, sent_away.text
-    sign_in_page = sent_away.headers["location"]
-    assert sign_in_page.startswith("/sign-in?next=")
-    page = await browser.get(sign_in_page)
-    assert page.status_code == 200, page.text
-    before = mailbox.count(email)
-    sent = await browser.post("/sign-in", data={**form_fields(html.unescape(page.text)), "email": email},
-                              headers={"X-Forwarded-For": fresh_ip()})
-    assert sent.status_code == 200 and "Check your email" in sent.text
-    landed = await open_link(browser, await mailbox.link_token(email, after=before))
-    assert landed.status_code == 303, landed.text
-    back = httpx.URL(authorization_url)
-    assert landed.headers["location"] == f"{back.path}?{back.query.decode()}"  # byte for byte
-    return await browser.get(landed.headers["location"])
-
-
-class Browser:
-    """Acts as the person's browser: follows the authorization URL (with the session cookie, or signing in
-    by mail on the way when there is none), approves the consent form, and captures the redirect back to
-    the client."""
-
-    def __init__(self, platform: Platform, session: str | None = None, untick: tuple[str, ...] = (),
-                 mailbox: Mailbox | None = None) -> None:
-        self.platform = platform
-        self.session = session
-        self.untick = untick
-        self.mailbox = mailbox
-        self.location: str | None = None
-        self.consent_html = ""
-
-    async def redirect_handler(self, authorization_url: str) -> None:
-        cookies = {"bmms_session": self.session} if self.session else None
-        async with httpx.AsyncClient(base_url=self.platform.issuer, cookies=cookies, timeout=15) as browser:
-            if self.session is None:
-                assert self.mailbox is not None
-                page = await sign_in_from_authorize(browser, authorization_url, self.mailbox, OWNER)
-            else:
-                page = await browser.get(authorization_url)
-            assert page.status_code == 200, page.text
-            self.consent_html = page.text
-            form = consent_form(page.text)
-            form["decision"] = "approve"
-            optional = [s for s in re.findall(r'name="scope" value="([^"]+)"', page.text) if s not in self.untick]
-            decided = await browser.post(f"{self.platform.issuer}/oauth/authorize/decision",
-                                         data={**form, "scope": optional})
-            assert decided.status_code == 303, decided.text
-            self.location = decided.headers["location"]
-
-    async def callback_handler(self) -> AuthorizationCodeResult:
-        assert self.location is not None
-        params = query_of(self.location)
-        return AuthorizationCodeResult(code=params["code"], state=params.get("state"), iss=params.get("iss"))
-
-
-def consent_form(page: str) -> dict[str, str]:
-    """The hidden fields of the consent form."""
-    return dict(re.findall(r'<input type="hidden" name="([a-z_]+)" value="([^"]*)">', page))
-
-
 async def test_the_mcp_sdk_connects_through_discovery_registration_sign_in_consent_token_and_refresh(
     platform: Platform, mailbox: Mailbox
 ) -> None:
     storage = MemoryStorage()
-    browser = Browser(platform, mailbox=mailbox)  # nobody is signed in: the browser signs in by mail
+    browser = Browser(platform.issuer, OWNER, mailbox=mailbox)  # nobody is signed in: the browser signs in by mail
     provider = OAuthClientProvider(
         server_url=platform.resource,
         client_metadata=OAuthClientMetadata(
