@@ -85,8 +85,13 @@ class RunnerBus:
         await asyncio.gather(self._publish_usage(js), self._watch_quota(js))
 
     async def _connect(self) -> Client:
+        last_error = ""
+
         async def on_error(exc: Exception) -> None:
-            log.warning("nats error: %s", exc)
+            nonlocal last_error
+            # nats-py retries a refused connection every half second: say so once, not each time
+            log.log(logging.DEBUG if str(exc) == last_error else logging.WARNING, "nats error: %s", exc)
+            last_error = str(exc)
 
         async def on_disconnect() -> None:
             log.warning("disconnected from nats")

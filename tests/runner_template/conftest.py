@@ -139,7 +139,8 @@ async def serving(app: Starlette) -> AsyncIterator[str]:
 
 @contextlib.asynccontextmanager
 async def runner(settings: RunnerSettings, artifact: Artifact | None = None,
-                 upstream_hosts: tuple[str, ...] | None = None) -> AsyncIterator[RunningRunner]:
+                 upstream_hosts: tuple[str, ...] | None = None, *, wait_for_bus: bool = True,
+                 ) -> AsyncIterator[RunningRunner]:
     """`runner_app(settings, artifact)` served in this loop, with the upstream secret configured."""
     artifact = artifact or sample_artifact()
     upstream.configure(upstream.UpstreamPolicy.from_environment(
@@ -150,7 +151,7 @@ async def runner(settings: RunnerSettings, artifact: Artifact | None = None,
     try:
         async with serving(app) as base:
             runtime = app.state.runtime
-            if runtime.bus is not None:
+            if runtime.bus is not None and wait_for_bus:
                 await asyncio.wait_for(runtime.bus.connected.wait(), timeout=15)
             yield RunningRunner(base=base, settings=settings, runtime=runtime)
     finally:
