@@ -33,7 +33,14 @@ from actors.catalog import ACTORS
 from bus_schemas.builds import PlainWords
 from bus_schemas.registry import CONSUMERS, RPCS
 from ops.apikeys import DEV_ORG, ensure_dev_api_key
-from ops.infra import EmbeddedPostgres, NatsServer, load_or_create_passwords, start_nats, start_postgres
+from ops.infra import (
+    EmbeddedPostgres,
+    NatsServer,
+    free_port,
+    load_or_create_passwords,
+    start_nats,
+    start_postgres,
+)
 from ops.migrate import migrate
 from ops.operator import (
     DEV_API_KEY_FILE,
@@ -272,10 +279,21 @@ class DevStack:
         raise OperatorError(f"a bmms dev (pid {stack.pid}) is already running on {self.root}")
 
     async def _start_children(self, infra: Infrastructure) -> None:
+        # The gateway's URL is every hosted server's URL base and the issuer of their tokens: the deployer
+        # must know it before the gateway listens, so a free port is chosen here when none was asked for.
+        if not self.port:
+            self.port = free_port()
+        public_url = self.base_environ.get("BMMS_PUBLIC_URL") or f"http://127.0.0.1:{self.port}"
         for name in ACTORS:
             environ = child_environ(self.base_environ, infra, name, self.root, database=True)
+            environ["BMMS_PUBLIC_URL"] = public_url
             if name == "oauth" and "BMMS_SECRET_KEY" not in environ:
                 environ["BMMS_SECRET_KEY"] = load_or_create_secret_key(self.root / SECRET_KEY_FILE)
+            if name == "deployer":
+                # runners get the `runner` role (usage events, the public keys, quota state) and nothing more;
+                # when `bmms dev` ends, the servers it runs stop too, and start again with it
+                environ["BMMS_RUNNER_NATS_PASSWORD"] = infra.passwords["runner"]
+                environ.setdefault("BMMS_DEPLOY_STOP_RUNNERS_ON_EXIT", "true")
             self.children.append(await spawn(name, ["actor", name], environ))
         ready_file = self.root / "run" / "gateway.url"
         ready_file.parent.mkdir(parents=True, exist_ok=True)
@@ -283,6 +301,7 @@ class DevStack:
         # The gateway only checks that the database answers (for /readyz); it reads no tables.
         environ = child_environ(self.base_environ, infra, GATEWAY, self.root, database=True)
         environ["BMMS_HTTP_PORT"] = str(self.port)
+        environ["BMMS_PUBLIC_URL"] = public_url
         self.children.append(await spawn(GATEWAY, ["gateway", "--ready-file", str(ready_file)], environ))
 
     async def _guard(self, work: Awaitable[T], what: str) -> T:

@@ -112,6 +112,10 @@ class DeployerActor(Actor):
                 self._reconciler.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._reconciler
+            if self.backend is not None and settings.deploy_stop_runners_on_exit:
+                for runner in await self.backend.running():
+                    with contextlib.suppress(BackendError):
+                        await self.backend.stop(runner.server_id)
             if self._given_backend is None and self.backend is not None:
                 await self.backend.close()
                 self.backend = None

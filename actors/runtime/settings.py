@@ -82,6 +82,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """The `runner` NATS user's password, handed to every runner the deployer starts."""
     runner_allowed_origins: str = ""
     """Comma-separated browser origins runners accept (CORS and the Origin check) besides the public URL's."""
+    deploy_stop_runners_on_exit: bool = False
+    """Stop every runner when the deployer stops (it starts them again when it comes back): what `bmms dev`
+    wants; in production runners outlive a deployer restart."""
     deploy_health_timeout: float = 60.0
     """How long the deployer waits for a new runner to answer an authenticated `tools/list`."""
 
