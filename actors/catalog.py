@@ -13,6 +13,7 @@ ACTORS: dict[str, str] = {
     "codegen": "actors.codegen.actor",
     "checker": "actors.checker.actor",
     "deployer": "actors.deployer.actor",
+    "metering": "actors.metering.actor",
 }
 """Actor name -> module with a `create_actor() -> Actor` factory."""
 

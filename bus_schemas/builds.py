@@ -189,6 +189,9 @@ class BuildPlanned(BuildEvent, frozen=True, kw_only=True, tag="build.planned.v1"
 
     plan_hash: str
     tool_count: int
+    model_input_tokens: int = 0
+    """Model tokens the plan cost (plain-words plans ask Claude; the others cost none), for metering."""
+    model_output_tokens: int = 0
 
 
 class BuildGenerated(BuildEvent, frozen=True, kw_only=True, tag="build.generated.v1"):

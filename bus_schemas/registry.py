@@ -76,7 +76,16 @@ from bus_schemas.servers import (
     ServerChanged,
     ServerRoute,
 )
-from bus_schemas.usage import QuotaState, ToolCalled
+from bus_schemas.usage import (
+    CheckQuota,
+    CheckQuotaReply,
+    GetQuota,
+    GetQuotaReply,
+    GetUsage,
+    GetUsageReply,
+    QuotaState,
+    ToolCalled,
+)
 
 Req = TypeVar("Req", bound=Message)
 Rep = TypeVar("Rep")
@@ -394,6 +403,19 @@ RESOLVE_SERVER: Rpc[ResolveServer, ResolveServerReply] = Rpc(
     reply=ResolveServerReply, description="Which organisation owns a server (for oauth and metering).",
 )
 SERVER_RPCS = (LIST_SERVERS, GET_SERVER, CONTROL_SERVER, GET_SERVER_LOGS, RESOLVE_SERVER)
+CHECK_QUOTA: Rpc[CheckQuota, CheckQuotaReply] = Rpc(
+    service="metering", endpoint="check_quota", subject="rpc.metering.check_quota", request=CheckQuota,
+    reply=CheckQuotaReply, description="May an organisation start one more build or server (`quota_exceeded` if not).",
+)
+GET_USAGE: Rpc[GetUsage, GetUsageReply] = Rpc(
+    service="metering", endpoint="get_usage", subject="rpc.metering.usage", request=GetUsage,
+    reply=GetUsageReply, description="One organisation's usage in one month: per server, per tool, per day, builds.",
+)
+GET_QUOTA: Rpc[GetQuota, GetQuotaReply] = Rpc(
+    service="metering", endpoint="get_quota", subject="rpc.metering.quota", request=GetQuota,
+    reply=GetQuotaReply, description="An organisation's plan and each quota's use.",
+)
+METERING_RPCS = (CHECK_QUOTA, GET_USAGE, GET_QUOTA)
 IDENTITY_RPCS: tuple[Rpc[Any, Any], ...] = (
     REQUEST_MAGIC_LINK,
     REDEEM_MAGIC_LINK,
@@ -476,6 +498,7 @@ RPCS: tuple[Rpc[Any, Any], ...] = (
     OAUTH_GET_JWKS,
     OAUTH_MINT_SERVICE_TOKEN,
     *SERVER_RPCS,
+    *METERING_RPCS,
 )
 
 # --- durable consumers ---
@@ -526,7 +549,28 @@ METERING_USAGE: Consumer[ToolCalled] = Consumer(
     filter_subject=USAGE.subjects[0],
     message=ToolCalled,
     owner="metering",
-    description="Aggregates usage events.",
+    description="Aggregates usage events (in batches, each once by its event id).",
+    # A tool call of a server metering has not heard of yet waits for the server's `changed` event
+    # (METERING_SERVERS) this long in all before it is parked: about two and a half minutes.
+    max_deliveries=8,
+    ack_wait_seconds=15.0,
+    backoff_seconds=(0.5, 1.0, 2.0, 5.0, 15.0, 30.0, 90.0),
+)
+METERING_SERVERS: Consumer[ServerChanged] = Consumer(
+    stream=SERVERS,
+    durable="metering",
+    filter_subject=SERVERS.subjects[0],
+    message=ServerChanged,
+    owner="metering",
+    description="Keeps metering's own record of which organisation owns each server, and which run.",
+)
+METERING_BUILDS: Consumer[AnyBuildEvent] = Consumer(
+    stream=BUILDS,
+    durable="metering",
+    filter_subject=BUILDS.subjects[0],
+    message=AnyBuildEvent,
+    owner="metering",
+    description="Counts requested builds, step timings and model tokens per organisation.",
 )
 CONSUMERS: tuple[Consumer[Any], ...] = (
     PLANNER_REQUESTED,
@@ -535,6 +579,8 @@ CONSUMERS: tuple[Consumer[Any], ...] = (
     CHECKER_GENERATED,
     DEPLOYER_CHECKED,
     METERING_USAGE,
+    METERING_SERVERS,
+    METERING_BUILDS,
 )
 
 TRACE_HEADER = "Bmms-Trace-Id"

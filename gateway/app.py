@@ -25,6 +25,7 @@ from gateway.servers import ServersController
 from gateway.services import EdgeServices
 from gateway.sign_in import SignInPageController
 from gateway.tracing import trace_middleware
+from gateway.usage import UsageController
 
 
 def create_app(settings: Settings, config: GatewayConfig | None = None) -> Litestar:
@@ -60,7 +61,7 @@ def create_app(settings: Settings, config: GatewayConfig | None = None) -> Lites
     return Litestar(
         route_handlers=[
             HealthController, BuildsController, *IDENTITY_CONTROLLERS, SignInPageController, OAuthController,
-            ServersController, *routing.route_handlers,
+            ServersController, UsageController, *routing.route_handlers,
         ],
         dependencies={
             "services": Provide(provide_services, sync_to_thread=False),

@@ -12,6 +12,7 @@ from actors.planner.planning import finish_plan, plan_request, store_plan
 from actors.planner.problems import PlanNotes, PlanProblem
 from actors.runtime.actor import Actor, Context, utc_now
 from actors.runtime.build_events import emit, fail_step, fail_step_when_parked, start_step
+from actors.runtime.bus import call
 from actors.runtime.codec import encode
 from actors.runtime.settings import Settings
 from bus_schemas.base import Failed, FailureCode
@@ -28,7 +29,8 @@ from bus_schemas.builds import (
     SubmitBuild,
     SubmitBuildReply,
 )
-from bus_schemas.registry import BUILD_STATUS, GET_BUILD, PLANNER_REQUESTED, SUBMIT_BUILD
+from bus_schemas.registry import BUILD_STATUS, CHECK_QUOTA, GET_BUILD, PLANNER_REQUESTED, SUBMIT_BUILD
+from bus_schemas.usage import CheckQuota
 
 
 def new_build_id() -> str:
@@ -55,6 +57,28 @@ async def emit_notes(ctx: Context, build: BuildRequested, notes: PlanNotes) -> N
         line = LogLine(build_id=build.build_id, org_id=build.org_id, at=utc_now(), step="plan", level=level,
                        message=message)
         await emit(ctx, line, "log", f"plan:log:{index}")
+
+
+QUOTA_CHECK_TIMEOUT = 3.0
+"""Seconds the plan step waits for the metering actor's answer about the build quota."""
+
+
+async def check_build_quota(ctx: Context, build: BuildRequested, notes: PlanNotes) -> str | None:
+    """Why the organisation may not start this build (its build quota is used up), or None.
+
+    Without an answer from the metering actor (not running, too slow, failing) the build goes ahead with a
+    warning in its log: metering being down must not stop every build, and builds it missed are still
+    counted from their `requested` events once it is back."""
+    assert ctx.delivery is not None
+    request = CheckQuota(org_id=build.org_id, quota="builds_per_month", build_id=build.build_id,
+                         requested_seq=ctx.delivery.stream_seq)
+    answer = await call(ctx.nc, CHECK_QUOTA, request, timeout=QUOTA_CHECK_TIMEOUT)
+    if isinstance(answer, Failed):
+        if answer.code == FailureCode.QUOTA_EXCEEDED:
+            return answer.detail
+        ctx.log.warning("build %s: quota not checked: %s", build.build_id, answer.detail)
+        notes.warn(f"the build quota was not checked ({answer.detail}); the build goes ahead")
+    return None
 
 
 def create_actor() -> Actor:
@@ -107,8 +131,13 @@ def create_actor() -> Actor:
         await start_step(ctx, event, "plan")
         async with ctx.pool.acquire() as conn:
             planned = await storage.find_plan(conn, event.build_id)
+        notes = PlanNotes()
         if planned is None:  # not planned before (a redelivery after recording reuses the recorded plan)
-            notes = PlanNotes()
+            refusal = await check_build_quota(ctx, event, notes)
+            if refusal is not None:
+                await emit_notes(ctx, event, notes)
+                await fail_step(ctx, event, "plan", FailureCode.QUOTA_EXCEEDED, refusal)
+                return
             try:
                 plan = await plan_request(event, actor.settings, notes)
             except PlanProblem as problem:
@@ -129,7 +158,9 @@ def create_actor() -> Actor:
         digest, tool_count = planned
         ids = {"build_id": event.build_id, "org_id": event.org_id}
         await emit(ctx, StepChanged(**ids, at=utc_now(), step="plan", state="finished"), "step", "plan:finished")
-        await emit(ctx, BuildPlanned(**ids, at=utc_now(), plan_hash=digest, tool_count=tool_count), "planned",
-                   "planned")
+        planned_event = BuildPlanned(**ids, at=utc_now(), plan_hash=digest, tool_count=tool_count,
+                                     model_input_tokens=notes.model_input_tokens,
+                                     model_output_tokens=notes.model_output_tokens)
+        await emit(ctx, planned_event, "planned", "planned")
 
     return actor

@@ -165,6 +165,8 @@ async def plan_plain_words(text: str, server_name: str, config: ClaudeConfig, no
         raise PlanProblem(f"Claude refused the planning request: HTTP {exc.status_code}: {exc.message}") from None
     finally:
         await client.close()
+        notes.model_input_tokens += input_tokens
+        notes.model_output_tokens += output_tokens
         if input_tokens or output_tokens:
             notes.info(
                 f"Claude ({config.model}) used {input_tokens:,} input and {output_tokens:,} output tokens "

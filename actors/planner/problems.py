@@ -18,6 +18,9 @@ class PlanNotes:
 
     lines: list[tuple[Literal["info", "warning"], str]] = field(default_factory=list)
     flags: list[PlanFlag] = field(default_factory=list)
+    model_input_tokens: int = 0
+    """Model tokens planning cost (for metering), summed over every request to the model."""
+    model_output_tokens: int = 0
 
     def info(self, message: str) -> None:
         """A line the person watching should read."""

@@ -8,14 +8,20 @@ Delivery rules for consumers, the same for every actor:
   time) is parked before the handler runs again, so a crash loop ends;
 - on stop, no new messages are fetched, in-flight ones get `drain_timeout` to finish, and anything
   unfinished is simply not acked, so JetStream redelivers it to another copy.
+
+A batch consumer (`Actor.batch_consumer`) follows the same rules for a whole fetched batch at once: its
+handler applies every message in one go (one database transaction) and may mark single messages to be
+retried later or parked; the others are acked together after the handler returned. When the handler
+raises, the batch is handed over again one message at a time, so one bad message retries or parks alone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -89,8 +95,43 @@ class Context:
         return self.db
 
 
+@dataclass
+class BatchItem(Generic[M]):
+    """One message of a batch and where it came from."""
+
+    message: M
+    delivery: Delivery
+    trace_id: str
+    _msg: Msg
+    _verdict: tuple[str, str] | None = None
+
+
+class Batch(Generic[M]):
+    """Messages fetched together for one handler call; every item the handler does not mark is acked."""
+
+    def __init__(self, items: list[BatchItem[M]]) -> None:
+        self.items = items
+
+    def __iter__(self) -> Iterator[BatchItem[M]]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def retry_later(self, item: BatchItem[M], reason: str) -> None:
+        """Not applicable yet (e.g. it refers to something not known yet): nak with the consumer's backoff;
+        after `max_deliveries` it is parked with `reason`."""
+        item._verdict = ("retry", reason)
+
+    def park(self, item: BatchItem[M], reason: str) -> None:
+        """Never applicable: park it in the dead-letter stream with `reason` now."""
+        item._verdict = ("park", reason)
+
+
 RpcHandler = Callable[[Req, Context], Awaitable[Rep]]
 ConsumerHandler = Callable[[M, Context], Awaitable[None]]
+BatchHandler = Callable[[Batch[M], Context], Awaitable[None]]
+TimerHandler = Callable[[Context], Awaitable[None]]
 ParkHook = Callable[[bytes, str, Context], Awaitable[None]]
 
 
@@ -103,9 +144,11 @@ class _Endpoint(Generic[Req, Rep]):
 @dataclass(frozen=True)
 class _Subscription:
     spec: Consumer[Any]
-    handler: ConsumerHandler[Any]
+    handler: Callable[[Any, Context], Awaitable[None]]
     on_park: ParkHook | None
     max_in_flight: int
+    max_batch: int | None = None
+    """Set for a batch consumer: the most messages one handler call gets."""
 
 
 def utc_now() -> str:
@@ -123,6 +166,7 @@ class Actor:
         self.log = logging.getLogger(f"bmms.{name}")
         self._endpoints: list[_Endpoint[Any, Any]] = []
         self._subscriptions: list[_Subscription] = []
+        self._timers: list[tuple[float, TimerHandler]] = []
         self.ready = asyncio.Event()
         """Set once every endpoint and consumer is listening."""
 
@@ -146,6 +190,30 @@ class Actor:
             if spec.owner != self.name:
                 raise ValueError(f"consumer {spec.durable} belongs to {spec.owner}, not {self.name}")
             self._subscriptions.append(_Subscription(spec, handler, on_park, max_in_flight))
+            return handler
+
+        return register
+
+    def batch_consumer(
+        self, spec: Consumer[M], *, max_batch: int = 500, on_park: ParkHook | None = None
+    ) -> Callable[[BatchHandler[M]], BatchHandler[M]]:
+        """Handle the messages of durable consumer `spec` in batches of up to `max_batch`, for throughput:
+        the handler applies a whole batch at once, and its messages are acked together."""
+
+        def register(handler: BatchHandler[M]) -> BatchHandler[M]:
+            if spec.owner != self.name:
+                raise ValueError(f"consumer {spec.durable} belongs to {spec.owner}, not {self.name}")
+            self._subscriptions.append(_Subscription(spec, handler, on_park, 1, max_batch))
+            return handler
+
+        return register
+
+    def every(self, seconds: float) -> Callable[[TimerHandler], TimerHandler]:
+        """Run the decorated handler once when serving starts and then every `seconds` until it stops; every
+        copy of the actor runs it, so it must be safe to run concurrently (and a failure only logs)."""
+
+        def register(handler: TimerHandler) -> TimerHandler:
+            self._timers.append((seconds, handler))
             return handler
 
         return register
@@ -175,10 +243,16 @@ class Actor:
                     )
             stopping = asyncio.Event()
             loops = [
-                asyncio.create_task(self._consume(sub, base, stopping, settings.drain_timeout))
+                asyncio.create_task(
+                    (self._consume if sub.max_batch is None else self._consume_batches)(
+                        sub, base, stopping, settings.drain_timeout
+                    )
+                )
                 for sub in self._subscriptions
             ]
             await asyncio.gather(*(self._bound(sub, js) for sub in self._subscriptions))
+            loops += [asyncio.create_task(self._tick(seconds, handler, base, stopping))
+                      for seconds, handler in self._timers]
             # The endpoints' subscriptions must have reached the server before anyone is told we are
             # ready, or a request sent right away finds no responders.
             await nc.flush()
@@ -205,6 +279,18 @@ class Actor:
 
     async def started(self, ctx: Context) -> None:
         """Called once every endpoint and consumer listens (e.g. to reconcile state); no-op by default."""
+
+    async def _tick(self, seconds: float, handler: TimerHandler, base: Context, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            token = trace_id_var.set(new_trace_id())
+            try:
+                await handler(base)
+            except Exception:
+                self.log.exception("timer %s failed", getattr(handler, "__name__", handler))
+            finally:
+                trace_id_var.reset(token)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), timeout=seconds)
 
     # --- request/reply ---
 
@@ -319,6 +405,112 @@ class Actor:
                 await msg.nak(delay=backoff)
                 return
             await msg.ack_sync()
+        finally:
+            trace_id_var.reset(token)
+
+    # --- batch consumers ---
+
+    async def _consume_batches(self, sub: _Subscription, base: Context, stopping: asyncio.Event, drain: float) -> None:
+        spec = sub.spec
+        assert sub.max_batch is not None
+        pull = await base.js.pull_subscribe_bind(durable=spec.durable, stream=spec.stream.name)
+        try:
+            while not stopping.is_set():
+                try:
+                    msgs = await pull.fetch(batch=sub.max_batch, timeout=0.5)
+                except (nats.errors.TimeoutError, TimeoutError):
+                    continue
+                except nats.errors.ConnectionClosedError:
+                    break
+                except Exception:
+                    self.log.warning("fetch from %s failed; retrying", spec.durable, exc_info=True)
+                    await asyncio.sleep(0.5)  # the server is restarting; try again shortly
+                    continue
+                handling = asyncio.create_task(self._deliver_batch(sub, base, msgs))
+                stop_wait = asyncio.create_task(stopping.wait())
+                await asyncio.wait({handling, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+                stop_wait.cancel()
+                if not handling.done():
+                    _, pending = await asyncio.wait({handling}, timeout=drain)
+                    if pending:
+                        handling.cancel()  # not acked: JetStream redelivers the batch to another copy
+                        self.log.warning("left a batch of %d message(s) of %s to redelivery", len(msgs),
+                                         spec.durable)
+                elif handling.exception() is not None:
+                    self.log.error("batch of %s failed", spec.durable, exc_info=handling.exception())
+        finally:
+            try:
+                await pull.unsubscribe()
+            except Exception:
+                self.log.debug("unsubscribe after stop failed", exc_info=True)
+
+    def _item_context(self, base: Context, item: BatchItem[Any]) -> Context:
+        return Context(actor=self.name, nc=base.nc, js=base.js, db=base.db, log=self.log, delivery=item.delivery,
+                       _msg=item._msg)
+
+    async def _deliver_batch(self, sub: _Subscription, base: Context, msgs: list[Msg]) -> None:
+        spec = sub.spec
+        items: list[BatchItem[Any]] = []
+        for msg in msgs:
+            meta = msg.metadata
+            delivery = Delivery(
+                subject=msg.subject,
+                stream_seq=int(meta.sequence.stream),
+                deliveries=int(meta.num_delivered),
+                stored_at_us=int(meta.timestamp.timestamp() * 1_000_000),
+            )
+            trace = (msg.headers or {}).get(TRACE_HEADER) or new_trace_id()
+            try:
+                message = decode(spec.message, msg.data)
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                item = BatchItem(message=None, delivery=delivery, trace_id=trace, _msg=msg)
+                await self._park_item(sub, base, item, f"undecodable message: {exc}")
+                continue
+            item = BatchItem(message=message, delivery=delivery, trace_id=trace, _msg=msg)
+            if delivery.deliveries > spec.max_deliveries:
+                reason = f"delivered {delivery.deliveries - 1} times without an answer (crash or timeout)"
+                await self._park_item(sub, base, item, reason)
+                continue
+            items.append(item)
+        if items:
+            await self._handle_batch(sub, base, items)
+
+    async def _handle_batch(self, sub: _Subscription, base: Context, items: list[BatchItem[Any]]) -> None:
+        spec = sub.spec
+        token = trace_id_var.set(items[0].trace_id if len(items) == 1 else new_trace_id())
+        try:
+            await sub.handler(Batch(items), base)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if len(items) > 1:
+                self.log.warning("%s: a batch of %d failed (%r); handling its messages one by one", spec.durable,
+                                 len(items), exc)
+                for item in items:
+                    item._verdict = None
+                    await self._handle_batch(sub, base, [item])
+                return
+            self.log.warning("%s: handler fault on %s (delivery %d): %r", spec.durable, items[0].delivery.subject,
+                             items[0].delivery.deliveries, exc)
+            items[0]._verdict = ("retry", f"handler failed: {exc!r}")
+        finally:
+            trace_id_var.reset(token)
+        for item in items:
+            if item._verdict is None:
+                await item._msg.ack()  # the effect is committed; a lost ack only means a redelivery
+            elif item._verdict[0] == "park":
+                await self._park_item(sub, base, item, item._verdict[1])
+            elif item.delivery.deliveries >= spec.max_deliveries:
+                await self._park_item(sub, base, item,
+                                      f"{item._verdict[1]} (still, after {item.delivery.deliveries} deliveries)")
+            else:
+                backoff = spec.backoff_seconds[min(item.delivery.deliveries, len(spec.backoff_seconds)) - 1]
+                await item._msg.nak(delay=backoff)
+
+    async def _park_item(self, sub: _Subscription, base: Context, item: BatchItem[Any], reason: str) -> None:
+        token = trace_id_var.set(item.trace_id)
+        try:
+            await self._park(sub, self._item_context(base, item), item._msg, reason)
         finally:
             trace_id_var.reset(token)
 

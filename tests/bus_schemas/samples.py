@@ -9,7 +9,7 @@ import msgspec
 from msgspec import inspect as mi
 
 # Candidates tried, in order, against a string field's pattern; the first that matches is used.
-_PATTERN_CANDIDATES = ("sample_1", "sample", "a", "1", "x-1", "SAMPLE_1")
+_PATTERN_CANDIDATES = ("sample_1", "sample", "a", "1", "x-1", "SAMPLE_1", "2026-11")
 
 
 def sample_value(t: mi.Type, *, variant: int = 0, full: bool = True) -> Any:
