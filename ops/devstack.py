@@ -30,6 +30,8 @@ from nats.aio.client import Client
 from nats.micro.service import ServiceVerb, control_subject
 
 from actors.catalog import ACTORS
+from actors.deployer.backends.select import backend_name
+from actors.runtime.settings import Settings
 from bus_schemas.builds import PlainWords
 from bus_schemas.registry import CONSUMERS, RPCS
 from ops.apikeys import DEV_ORG, ensure_dev_api_key
@@ -142,7 +144,7 @@ def start_infrastructure(env: Environment, nats_port: int) -> Infrastructure:
         infra = Infrastructure(nats_url=env.settings.nats_url, database_url="", passwords=dict(env.role_passwords))
     else:
         passwords = load_or_create_passwords(root / PASSWORDS_FILE)
-        server = start_nats(root / "nats", passwords, port=nats_port)
+        server = start_nats(root / "nats", passwords, host=bus_host(env.settings), port=nats_port)
         infra = Infrastructure(nats_url=server.url, database_url="", passwords=passwords, nats=server)
     try:
         if env.settings.database_url:
@@ -154,6 +156,12 @@ def start_infrastructure(env: Environment, nats_port: int) -> Infrastructure:
         infra.stop()
         raise
     return infra
+
+
+def bus_host(settings: Settings) -> str:
+    """Where the dev NATS listens: loopback, or every address when runners run in containers (they reach
+    the bus through the Docker bridge as host.docker.internal; every NATS user needs its password)."""
+    return "0.0.0.0" if backend_name(settings) in ("docker", "swarm") else "127.0.0.1"  # noqa: S104
 
 
 def child_environ(

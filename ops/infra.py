@@ -80,8 +80,9 @@ class NatsServer:
 
     @property
     def url(self) -> str:
-        """Client URL without credentials."""
-        return f"nats://{self.host}:{self.port}"
+        """Client URL without credentials (loopback when the server listens on every address)."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host  # noqa: S104 (compared, not bound)
+        return f"nats://{host}:{self.port}"
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL after 10 s)."""
@@ -116,7 +117,8 @@ def start_nats(
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"nats-server exited with {process.returncode}: {log_path.read_text()[-2000:]}")
-        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
+        probe = "127.0.0.1" if host == "0.0.0.0" else host  # noqa: S104 (compared, not bound)
+        with contextlib.suppress(OSError), socket.create_connection((probe, port), timeout=0.2):
             return NatsServer(process, host, port, passwords, log_path)
         time.sleep(0.05)  # polling a child process's listen socket; bounded by the deadline
     process.kill()

@@ -63,7 +63,8 @@ def stack_root() -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def nats_server(stack_root: Path) -> Iterator[NatsServer]:
     passwords = {role: new_nats_password() for role in NATS_ROLES}
-    server = start_nats(stack_root / "nats", passwords)
+    # every address: runners in containers reach the bus over the Docker bridge (all users have passwords)
+    server = start_nats(stack_root / "nats", passwords, host="0.0.0.0")  # noqa: S104
     yield server
     server.stop()
 
