@@ -269,10 +269,12 @@ def create_app(
     allowed_origins: Sequence[str] = (),
     server_id: str = "",
     runtime: Runtime | None = None,
-    host: str | None = None,
 ) -> Starlette:
-    """The ASGI app around `server` (see the module doc); `protection` None serves /mcp without auth."""
-    del host  # the bind address no longer decides the allowed hosts: `allowed_hosts` does
+    """The ASGI app around `server` (see the module doc); `protection` None serves /mcp without auth.
+
+    `allowed_hosts` and `allowed_origins` configure the SDK's DNS-rebinding guard (which the SDK would
+    otherwise derive from the bind address alone) and CORS.
+    """
     security = transport_security(list(allowed_hosts), list(allowed_origins))
     # Built for its session manager (stateless, JSON responses); the routes around it are ours.
     server.streamable_http_app(streamable_http_path=MCP_PATH, stateless_http=True, json_response=True,
@@ -320,7 +322,9 @@ def create_app(
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket, bound before the server starts so port 0 resolves to a known port."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say TCP, and without it every
+    # response waits ~40 ms for the client's delayed ACK (Nagle)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(128)

@@ -5,6 +5,7 @@ real mcp client in both protocol revisions and with plain HTTP where the HTTP an
 from __future__ import annotations
 
 import json
+import socket
 import time
 import uuid
 from typing import Any
@@ -13,9 +14,11 @@ import httpx2
 import pytest
 from mcp.shared.exceptions import MCPError
 
-from runner_template.app import MCP_PATH
+from runner_template.app import MCP_PATH, bind
+from tests.actors.oauth_helpers import document_server, serve_asgi
 from tests.runner_template.conftest import (
     ISSUER,
+    KEY,
     PUBLIC_HOST,
     ROTATED,
     SECRET_VALUE,
@@ -227,3 +230,23 @@ async def test_mcp_endpoint_path_is_the_one_the_platform_forwards_to(protected: 
     async with httpx2.AsyncClient() as http:
         elsewhere = await http.post(protected.base + "/servers/x/mcp", json={})
     assert elsewhere.status_code == 404
+
+
+async def test_without_a_bus_the_jwks_is_fetched_over_http() -> None:
+    documents = {"/oauth/jwks.json": (json.dumps({"keys": [KEY.as_dict(private=False)]}).encode(), {})}
+    app = document_server(documents)
+    async with serve_asgi(app) as base:
+        sid = server_id()
+        async with runner(settings_for(None, sid, jwks_url=base + "/oauth/jwks.json")) as running:
+            assert running.runtime.bus is None
+            answer = await post(running.url, "tools/list", bearer=token(running.settings.resource))
+    assert answer.status_code == 200 and app.hits["/oauth/jwks.json"] == 1
+
+
+def test_the_listening_socket_says_tcp_so_asyncio_turns_nagle_off() -> None:
+    # with proto 0 asyncio leaves Nagle on, and every answer waited ~40 ms for the client's delayed ACK
+    sock = bind("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()
