@@ -107,6 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument("--client-id", help="a chosen client id (default: generated)")
     register.add_argument("--confidential", action="store_true",
                           help="issue a client secret (client_secret_basic); default: a public client")
+
+    runner_image = commands.add_parser("runner-image", help="build the runner container images (no registry needed)")
+    runner_image_commands = runner_image.add_subparsers(dest="runner_image_command", required=True, metavar="ACTION")
+    build_images = runner_image_commands.add_parser(
+        "build", help="build the runner base image (debootstrap; needs root) and runtime image, when missing",
+        description="Tags: bmms-runner-base:<inputs hash>, bmms-runner:<sources hash>. BMMS_RUNNER_BASE_IMAGE "
+                    "uses (and pulls) a ready-made base instead; BMMS_RUNNER_DEBIAN_MIRROR, BMMS_RUNNER_BUILD_DIR.",
+    )
+    build_images.add_argument("--force", action="store_true", help="rebuild the base image even if it exists")
     return parser
 
 
@@ -261,6 +270,24 @@ def cmd_oauth_client(args: argparse.Namespace, env: Environment) -> int:
     return asyncio.run(create())
 
 
+def cmd_runner_image(args: argparse.Namespace, env: Environment) -> int:
+    """`bmms runner-image build`."""
+    import time
+
+    from ops.runner_image import RunnerImageError, RunnerImageSettings, build_runner_images
+
+    configure_logging(env.settings.log_level, json_lines=False)
+    started = time.monotonic()
+    try:
+        base, runtime = asyncio.run(build_runner_images(RunnerImageSettings.from_environment(os.environ),
+                                                        force=args.force))
+    except RunnerImageError as exc:
+        print(f"bmms runner-image: {exc}", file=sys.stderr)
+        return 1
+    print(f"base {base}\nruntime {runtime}\nready in {time.monotonic() - started:.1f} s")
+    return 0
+
+
 def _run_until_interrupted(main: Callable[[asyncio.Event], Coroutine[Any, Any, int]]) -> int:
     """Run `main(stop)`; SIGINT/SIGTERM set `stop` so it can close its consumer before exiting."""
 
@@ -289,6 +316,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Environment], int]] = {
     "schema": cmd_schema,
     "apikey": cmd_apikey,
     "oauth-client": cmd_oauth_client,
+    "runner-image": cmd_runner_image,
 }
 
 
