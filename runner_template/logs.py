@@ -44,6 +44,10 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # httpx2 logs every upstream request's full URL at INFO: with query-parameter auth that holds a secret
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
+    # the SDK logs each stateless request's transport set-up and tear-down at INFO; `AccessLog` says enough
+    logging.getLogger("mcp").setLevel(logging.WARNING)
 
 
 class AccessLog:

@@ -172,9 +172,11 @@ class RecordingUpstream:
 
     def __init__(self) -> None:
         self.requests: list[dict[str, str]] = []
+        self.queries: list[dict[str, str]] = []
 
     async def user(self, request: Request) -> Response:
         self.requests.append(dict(request.headers))
+        self.queries.append(dict(request.query_params))
         return JSONResponse({"id": request.path_params["user_id"], "name": "Ada"})
 
     def app(self) -> Starlette:

@@ -43,7 +43,7 @@ def environment() -> str:
 async def whoami() -> object:
     """Ask the upstream API who we are."""
     return await upstream.request("GET", "UPSTREAM/users/{id}", path={"id": "me"},
-                                  auth=upstream.Auth(kind="bearer", secret="EXAMPLE_TOKEN"))
+                                  auth=upstream.Auth(kind="query", name="key", secret="EXAMPLE_TOKEN"))
 '''
 
 
@@ -103,8 +103,8 @@ async def test_the_deployers_environment_serves_and_the_secrets_are_gone_from_it
     assert not any(n.startswith("BMMS_SECRET_") or n == "BMMS_RUNNER_NATS_PASSWORD" for n in names)
     assert not any(SECRET_VALUE in v or password in v for v in variables)
     assert not upstream_answer.is_error, upstream_answer  # the secret still reaches upstream, from the policy
-    assert api.requests[0]["authorization"] == f"Bearer {SECRET_VALUE}"
-    lines = [json.loads(line) for line in (tmp_path / "runner.log").read_text().splitlines() if line.startswith("{")]
+    assert api.queries == [{"key": SECRET_VALUE}] and "authorization" not in api.requests[0]
+    lines = [json.loads(line) for line in (tmp_path / "runner.log").read_text().splitlines()]  # all JSON
     calls = [line for line in lines if line.get("event") == "tool_call"]
     assert [(c["tool"], c["status"], c["client_id"]) for c in calls] == [
         ("environment", "ok", "client-1"), ("whoami", "ok", "client-1")]
