@@ -10,8 +10,10 @@ artifact's findings, which are deterministic, so a redelivered `generated` chang
 
 from __future__ import annotations
 
+import asyncio
 import keyword
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import nats.js.errors
@@ -54,15 +56,27 @@ async def load_plan(store: ObjectStore, plan_hash: str) -> ToolPlan:
     return await load_verified(store, PLANS, plan_hash, ToolPlan, canonical_plan_bytes, "plan of the artifact")
 
 
-async def check_artifact(artifact: Artifact, toolchain: Toolchain) -> list[Finding]:
-    """The static findings of the artifact's module: rules first, then mypy and ruff, each by position."""
+async def check_artifact(
+    artifact: Artifact, toolchain: Toolchain, dynamic: Callable[[], Awaitable[list[Finding]]] | None = None
+) -> list[Finding]:
+    """The findings of the artifact's module: the AST rules first, then mypy and ruff, each by position, then
+    the sandboxed run's. `dynamic` runs only when the AST rules found no error (they are the safety gate:
+    what they pass may run in the sandbox), and then at the same time as mypy and ruff."""
     file = f"{artifact.module_name}.py"
     static = check_source(artifact.module_source, file, artifact.tools)
     if any(f.rule in {"syntax-error", "too-large"} for f in static):
         return static  # nothing more to learn from the tools
+    runs_dynamic = dynamic is not None and not errors(static)
     # Static findings lead: they say what the code tries to do, the tools' findings often only follow from it.
-    tooled = await check_with_tools(artifact.module_source, artifact.module_name, toolchain)
-    return static + [f for f in tooled if f not in static]
+    tooled, ran = await asyncio.gather(
+        check_with_tools(artifact.module_source, artifact.module_name, toolchain),
+        dynamic() if dynamic is not None and runs_dynamic else _no_findings(),
+    )
+    return static + [f for f in tooled if f not in static] + ran
+
+
+async def _no_findings() -> list[Finding]:
+    return []
 
 
 def failure_detail(findings: list[Finding]) -> str:
@@ -94,17 +108,14 @@ def create_actor(toolchain: Toolchain | None = None, sandbox: Sandbox | None = N
         except ArtifactUnusable as exc:
             await fail_step(ctx, event, "check", FailureCode.NOT_FOUND, str(exc))
             return
+        try:
+            plan = await load_plan(await ctx.js.object_store(PLANS.name), artifact.plan_hash)
+        except ArtifactUnusable as exc:
+            await fail_step(ctx, event, "check", FailureCode.NOT_FOUND, str(exc))
+            return
         await ctx.still_working()
-        findings = await check_artifact(artifact, tools)
-        if not errors(findings):
-            # Only code that passed the static checks is ever run, and then only in the sandbox.
-            try:
-                plan = await load_plan(await ctx.js.object_store(PLANS.name), artifact.plan_hash)
-            except ArtifactUnusable as exc:
-                await fail_step(ctx, event, "check", FailureCode.NOT_FOUND, str(exc))
-                return
-            await ctx.still_working()
-            findings += await run_dynamic_check(artifact, plan, limits)
+        # Only code that passed the AST rules is ever run, and then only in the sandbox.
+        findings = await check_artifact(artifact, tools, lambda: run_dynamic_check(artifact, plan, limits))
         for index, finding in enumerate(findings[:MAX_LOGGED_FINDINGS]):
             text = f"check: {finding.render()}"
             line = LogLine(**ids, at=utc_now(), step="check", level=finding.severity, message=text)

@@ -56,14 +56,14 @@ class Stack:
         return passwords["admin"]
 
 
-def start_stack(root: Path) -> Stack:
-    """`bmms dev` on a free port; returns once it printed its URL and key."""
+def start_stack(root: Path, env: dict[str, str] | None = None) -> Stack:
+    """`bmms dev` on a free port (with `env` added to ours); returns once it printed its URL and key."""
     process = subprocess.Popen(
         [sys.executable, "-m", "ops.cli", "dev", "--data-dir", str(root / "data"), "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
-        env={**os.environ, "BMMS_LOG_LEVEL": "WARNING"},
+        env={**os.environ, "BMMS_LOG_LEVEL": "WARNING", **(env or {})},
     )
     assert process.stdout is not None
     found: dict[str, str] = {}

@@ -74,7 +74,7 @@ async def serve_asgi(app: Any, sock: socket.socket | None = None) -> AsyncIterat
 
 def bound_socket() -> socket.socket:
     """A listening loopback socket on a free port (bound now, so its port is known before serving)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)

@@ -1,0 +1,237 @@
+"""Deploy benchmark, all figures from one run on one machine.
+
+1. Build latency per backend: from `POST /v1/builds` (an explicit two-tool spec, a new one each time, so
+   nothing is cached) to the first authenticated `tools/list` answer at the server's public URL (through
+   the gateway's routing, with a real access token from our Authorization Server): p50 and p95.
+2. A runner's tool-call latency (one client, sequential) and throughput (several clients) against a bare
+   `MCPServer` with the same tool (ops/bench/bare_server.py), in the same run: the runner verifies the
+   token, checks the tool's scope and publishes one usage event per call; the bare server does none of it.
+
+Each backend gets its own private `bmms dev` stack in a temp dir. Run:
+`.venv/bin/python -m ops.bench.bench_deploy [--backends process,docker] [--builds 6] [--calls 300]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx2
+import nats
+import nats.errors
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from nats.aio.client import Client as Nats
+
+from actors.runtime.bus import call
+from actors.runtime.codec import decode
+from bus_schemas.builds import AnyBuildEvent, StepChanged
+from bus_schemas.oauth import MintServiceToken, TokenIssued
+from bus_schemas.registry import BUILD_EVENTS, BUILDS, OAUTH_MINT_SERVICE_TOKEN, ROUTES
+from bus_schemas.servers import ServerRoute
+from ops.bench.bench_gateway import Stack, http_json, start_stack
+from ops.infra import free_port
+
+TARGET_P50_SECONDS = {"docker": 5.0, "swarm": 5.0, "process": 3.0}
+TARGET_OVERHEAD = 1.25
+
+
+def tool_spec(n: int) -> dict[str, object]:
+    salt = secrets.token_hex(3)
+    return {"name": f"bench {n}", "source": {"kind": "tool_spec", "tools": [
+        {"name": "add", "description": f"Add two integers ({salt}).",
+         "parameters": [{"name": "a", "type": "integer"}, {"name": "b", "type": "integer"}],
+         "implementation": {"kind": "function", "body": "return a + b"}},
+        {"name": "shout", "description": "Upper-case a text.",
+         "parameters": [{"name": "text", "type": "string"}],
+         "implementation": {"kind": "function", "body": "return text.upper()"}},
+    ]}}
+
+
+@contextlib.asynccontextmanager
+async def admin_bus(stack: Stack) -> AsyncIterator[Nats]:
+    nc = await nats.connect(stack.nats_url, user="admin", password=stack.admin_password())
+    try:
+        yield nc
+    finally:
+        await nc.close()
+
+
+async def token_for(nc: Nats, stack: Stack, url: str) -> str:
+    asked = MintServiceToken(service="bench", issuer=stack.url, resource=url, org_id=stack.org,
+                             scope="mcp:tools:read mcp:tools:write")
+    reply = await call(nc, OAUTH_MINT_SERVICE_TOKEN, asked, timeout=10)
+    assert isinstance(reply, TokenIssued), reply
+    return reply.access_token
+
+
+async def list_tools(url: str, token: str | None) -> list[str]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with (httpx2.AsyncClient(headers=headers, timeout=30) as http,
+                Client(streamable_http_client(url, http_client=http)) as client):
+        return [t.name for t in (await client.list_tools()).tools]
+
+
+STEP_TIMES: dict[str, list[float]] = {}
+
+
+async def record_step_times(nc: Nats, org: str, build_id: str) -> None:
+    """Each step's duration (started -> finished, or -> the next step's start) from the build's events."""
+    js = nc.jetstream()
+    sub = await js.subscribe(BUILD_EVENTS.wildcard(org=org, build=build_id), stream=BUILDS.name,
+                             ordered_consumer=True)
+    marks: list[tuple[str, str, float]] = []
+    with contextlib.suppress(TimeoutError, nats.errors.TimeoutError):
+        while True:
+            event = decode(AnyBuildEvent, (await sub.next_msg(timeout=0.5)).data)
+            if isinstance(event, StepChanged):
+                marks.append((event.step, event.state, dt.datetime.fromisoformat(event.at).timestamp()))
+    await sub.unsubscribe()
+    started = {step: at for step, state, at in marks if state == "started"}
+    finished = {step: at for step, state, at in marks if state == "finished"}
+    for step, at in started.items():
+        if step in finished:
+            STEP_TIMES.setdefault(step, []).append(finished[step] - at)
+
+
+async def one_build(stack: Stack, nc: Nats, n: int) -> tuple[float, str]:
+    """Seconds from the request to the first authenticated tools/list answer, and the server URL."""
+    started = time.perf_counter()
+    created = await asyncio.to_thread(http_json, "POST", f"{stack.url}/v1/builds", stack.key, tool_spec(n))
+    build_id = str(created["build_id"])
+    while True:
+        summary = await asyncio.to_thread(http_json, "GET", f"{stack.url}/v1/builds/{build_id}", stack.key)
+        if summary["status"] == "failed":
+            raise RuntimeError(f"build {build_id} failed: {summary.get('failure')}")
+        if summary["status"] == "deployed":
+            break
+        await asyncio.sleep(0.02)
+    servers = await asyncio.to_thread(http_json, "GET", f"{stack.url}/v1/servers", stack.key)
+    listed: list[dict[str, object]] = servers["servers"]  # type: ignore[assignment]
+    url = next(str(s["url"]) for s in listed if str(s["server_id"]).endswith(build_id))
+    token = await token_for(nc, stack, url)
+    while True:
+        try:
+            tools = await list_tools(url, token)
+        except Exception:  # not routed yet: the next try
+            await asyncio.sleep(0.02)
+            continue
+        assert sorted(tools) == ["add", "shout"], tools
+        elapsed = time.perf_counter() - started
+        await record_step_times(nc, stack.org, build_id)
+        return elapsed, url
+
+
+async def call_latencies(url: str, token: str | None, calls: int) -> list[float]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    out: list[float] = []
+    async with (httpx2.AsyncClient(headers=headers, timeout=30) as http,
+                Client(streamable_http_client(url, http_client=http)) as client):
+        for i in range(calls):
+            t = time.perf_counter()
+            result = await client.call_tool("add", {"a": i, "b": 1})
+            out.append(time.perf_counter() - t)
+            assert not result.is_error, result
+    return out
+
+
+async def throughput(url: str, token: str | None, clients: int, calls: int) -> float:
+    started = time.perf_counter()
+    await asyncio.gather(*(call_latencies(url, token, calls) for _ in range(clients)))
+    return clients * calls / (time.perf_counter() - started)
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def bench_backend(backend: str, builds: int, calls: int, lines: list[str]) -> None:
+    with tempfile.TemporaryDirectory(prefix="bmms-bench-deploy-") as root:
+        stack = start_stack(Path(root), {"BMMS_DEPLOY_BACKEND": backend})
+        try:
+            async with admin_bus(stack) as nc:
+                await one_build(stack, nc, 0)  # warm-up: first imports, image layers, pools
+                STEP_TIMES.clear()
+                seconds = [(await one_build(stack, nc, n))[0] for n in range(1, builds + 1)]
+                steps = ", ".join(f"{step} {statistics.median(times):.2f} s" for step, times in STEP_TIMES.items())
+                p50, p95 = pct(seconds, 0.5), pct(seconds, 0.95)
+                target = TARGET_P50_SECONDS[backend]
+                lines.append(f"build latency [{backend}] request -> first authenticated tools/list, {builds} builds: "
+                             f"p50 {p50:.2f} s, p95 {p95:.2f} s (target p50 <= {target:.0f} s: "
+                             f"{'met' if p50 <= target else 'NOT met'}); step medians: {steps}")
+                if backend == "process":
+                    await bench_calls(stack, nc, calls, lines)
+        finally:
+            stack.process.send_signal(2)
+            stack.process.wait(120)
+
+
+async def bench_calls(stack: Stack, nc: Nats, calls: int, lines: list[str]) -> None:
+    _, url = await one_build(stack, nc, 99)
+    token = await token_for(nc, stack, url)
+    kv = await nc.jetstream().key_value(ROUTES.name)
+    server_id = url.rsplit("/", 2)[-2]
+    route = decode(ServerRoute, (await kv.get(server_id)).value or b"")
+    direct = f"{route.upstream}/mcp"
+    port = free_port()
+    bare = await asyncio.create_subprocess_exec(sys.executable, "-m", "ops.bench.bare_server", str(port),
+                                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    bare_url = f"http://127.0.0.1:{port}/mcp"
+    try:
+        for _ in range(200):
+            with contextlib.suppress(Exception):
+                await list_tools(bare_url, None)
+                break
+            await asyncio.sleep(0.05)
+        await call_latencies(bare_url, None, 30)
+        await call_latencies(direct, token, 30)
+        bare_lat = await call_latencies(bare_url, None, calls)
+        runner_lat = await call_latencies(direct, token, calls)
+        routed_lat = await call_latencies(url, token, calls)
+        bare_tp = await throughput(bare_url, None, 8, calls // 4)
+        runner_tp = await throughput(direct, token, 8, calls // 4)
+    finally:
+        bare.terminate()
+        await bare.wait()
+    b50, r50, g50 = (statistics.median(x) * 1000 for x in (bare_lat, runner_lat, routed_lat))
+    ratio = r50 / b50
+    lines += [
+        f"tool call, one client, {calls} sequential calls (mcp SDK client, p50 / p95):",
+        f"  bare MCPServer               {b50:6.2f} ms / {pct(bare_lat, 0.95) * 1000:6.2f} ms",
+        f"  runner (auth + usage event)  {r50:6.2f} ms / {pct(runner_lat, 0.95) * 1000:6.2f} ms   "
+        f"ratio {ratio:.2f} (target <= {TARGET_OVERHEAD}: {'met' if ratio <= TARGET_OVERHEAD else 'NOT met'})",
+        f"  runner via the gateway URL   {g50:6.2f} ms / {pct(routed_lat, 0.95) * 1000:6.2f} ms",
+        f"tool call throughput, 8 clients: bare {bare_tp:.0f} calls/s, runner {runner_tp:.0f} calls/s "
+        f"(ratio {runner_tp / bare_tp:.2f})",
+    ]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backends", default="process,docker", help="comma-separated: process, docker, swarm")
+    parser.add_argument("--builds", type=int, default=6, help="measured builds per backend (after one warm-up)")
+    parser.add_argument("--calls", type=int, default=300, help="sequential tool calls per server")
+    args = parser.parse_args()
+    lines = [f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}"]
+    for backend in args.backends.split(","):
+        asyncio.run(bench_backend(backend.strip(), args.builds, args.calls, lines))
+    print("\n".join(lines))
+    print(json.dumps({"note": "figures above are from this one run"}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
