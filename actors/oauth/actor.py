@@ -23,8 +23,9 @@ from actors.oauth.clients import (
     checked_metadata,
     is_metadata_document_url,
     metadata_digest,
+    trusting,
 )
-from actors.oauth.keys import Clock, KeyEncryption, SigningKeys
+from actors.oauth.keys import Clock, KeyEncryption, SigningKeys, signing_key_encryption
 from actors.oauth.resources import RegistryUnavailable, resolve_resource, servers_base
 from actors.oauth.scopes import ScopeError, describe, is_optional, parse_scope
 from actors.oauth.tokens import digest, mint_access_token, new_secret, pkce_matches
@@ -120,8 +121,9 @@ class OAuthActor(Actor):
         if not settings.secret_key:
             raise RuntimeError("the oauth actor needs BMMS_SECRET_KEY (its signing keys are stored encrypted)")
         self.settings = settings
-        self.encryption = KeyEncryption(settings.secret_key)
-        self.documents = MetadataDocuments(allow_loopback=settings.oauth_allow_loopback_fetch)
+        self.encryption = signing_key_encryption(settings.secret_key)
+        self.documents = MetadataDocuments(allow_loopback=settings.oauth_allow_loopback_fetch,
+                                           tls=trusting(settings.oauth_metadata_ca_file))
         await super().serve(settings, stop)
 
     def keys(self, ctx: Context) -> SigningKeys:

@@ -8,6 +8,7 @@ import ipaddress
 import json
 import re
 import socket
+import ssl
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -140,6 +141,16 @@ def _address_allowed(address: str, allow_loopback: bool) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
+def trusting(ca_file: str | None) -> ssl.SSLContext | None:
+    """A verifying TLS context that trusts the PEM CA certificates in `ca_file` besides the system's
+    (a private PKI; the tests' own CA); None without a file."""
+    if not ca_file:
+        return None
+    context = ssl.create_default_context()
+    context.load_verify_locations(cafile=ca_file)
+    return context
+
+
 class MetadataDocuments:
     """Fetches Client ID Metadata Documents safely and caches them as their Cache-Control allows.
 
@@ -149,6 +160,9 @@ class MetadataDocuments:
     certificate check), so a second, different DNS answer cannot redirect it; no redirects are
     followed; the body is capped at `max_bytes` and the whole fetch at `timeout` seconds (under the
     gateway's RPC timeout, so a slow document is refused with a reason rather than a 503).
+
+    Certificates are always verified: against the system's trust store, or `tls` when given (a context
+    that trusts a private CA as well, see `trusting`); verification is never turned off.
     """
 
     def __init__(
@@ -160,8 +174,11 @@ class MetadataDocuments:
         max_entries: int = 1000,
         default_ttl: float = 300.0,
         max_ttl: float = 24 * 3600.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.allow_loopback = allow_loopback
+        self.tls = tls
+        """How https documents are verified; None: the system's trust store."""
         self.max_bytes = max_bytes
         self.timeout = timeout
         self.max_entries = max_entries
@@ -237,7 +254,9 @@ class MetadataDocuments:
         connect_url = parts._replace(netloc=f"{literal}:{port}").geturl()
         headers = {"Host": parts.netloc, "Accept": "application/json"}
         try:
-            async with httpx2.AsyncClient(follow_redirects=False, timeout=self.timeout) as http:  # noqa: SIM117
+            async with httpx2.AsyncClient(follow_redirects=False, timeout=self.timeout,  # noqa: SIM117
+                                          verify=self.tls if self.tls is not None else True,
+                                          trust_env=False) as http:
                 async with http.stream("GET", connect_url, headers=headers,
                                        extensions={"sni_hostname": host}) as response:
                     if response.status_code != 200:

@@ -60,6 +60,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     oauth_allow_loopback_fetch: bool = False
     """Dev/test only: let the oauth actor fetch client metadata documents over http from loopback
     addresses (production requires https to public addresses)."""
+    oauth_metadata_ca_file: str | None = None
+    """A PEM file of CA certificates the oauth actor trusts, besides the system's, when it fetches client
+    metadata documents over https (a private PKI; tests). Certificates are always verified."""
     anthropic_api_key: str | None = None
     """Claude API key for planning from plain words (also read from plain `ANTHROPIC_API_KEY`); unset,
     plain-words builds fail at plan saying so, while OpenAPI and tool-spec builds need no key."""
