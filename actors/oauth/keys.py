@@ -5,45 +5,26 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import os
 import secrets
 from collections.abc import Callable
 
 import asyncpg
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from joserfc.jwk import RSAKey
 
+from actors.runtime.crypto import OAUTH_SIGNING_KEYS, KeyEncryption
 from bus_schemas.oauth import PublicJwk
+
+__all__ = ["OAUTH_SIGNING_KEYS", "Clock", "KeyEncryption", "SigningKeys", "public_jwk", "signing_key_encryption"]
 
 Clock = Callable[[], dt.datetime]
 """Now, as an aware UTC datetime; injectable so tests move time instead of sleeping."""
 
-_NONCE = 12
 _LOCK_KEY = 0x6F61757468_6B6579  # advisory lock: one copy at a time creates or rotates keys
 
 
-class KeyEncryption:
-    """AES-256-GCM under a key derived (HKDF-SHA256) from BMMS_SECRET_KEY; the kid is associated data,
-    so a ciphertext cannot be moved onto another key's row."""
-
-    def __init__(self, secret_key: str) -> None:
-        if len(secret_key) < 16:
-            raise ValueError("BMMS_SECRET_KEY must be at least 16 characters (use 32 random bytes)")
-        kek = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"bmms oauth signing keys v1").derive(
-            secret_key.encode()
-        )
-        self._aead = AESGCM(kek)
-
-    def seal(self, kid: str, plaintext: bytes) -> bytes:
-        """nonce || ciphertext."""
-        nonce = os.urandom(_NONCE)
-        return nonce + self._aead.encrypt(nonce, plaintext, kid.encode())
-
-    def open(self, kid: str, sealed: bytes) -> bytes:
-        """The plaintext; raises cryptography's InvalidTag when the key or the data is wrong."""
-        return self._aead.decrypt(sealed[:_NONCE], sealed[_NONCE:], kid.encode())
+def signing_key_encryption(secret_key: str) -> KeyEncryption:
+    """The encryption of the `oauth_signing_keys` rows (the kid is the associated data)."""
+    return KeyEncryption(secret_key, purpose=OAUTH_SIGNING_KEYS)
 
 
 def public_jwk(key: RSAKey) -> PublicJwk:

@@ -18,7 +18,7 @@ from nats.aio.client import Client
 
 from actors.oauth.actor import OAuthConfig, create_actor
 from actors.oauth.clients import MetadataDocuments, MetadataError
-from actors.oauth.keys import KeyEncryption
+from actors.oauth.keys import signing_key_encryption
 from actors.oauth.tokens import digest
 from actors.runtime.bus import call, connect
 from bus_schemas.oauth import (
@@ -453,10 +453,10 @@ async def test_nothing_secret_is_stored_in_clear(nc: Client, db: asyncpg.Connect
     for row in keys:
         sealed = bytes(row["private_key"])
         assert b"PRIVATE KEY" not in sealed
-        pem = KeyEncryption(SECRET_KEY).open(row["kid"], sealed)
+        pem = signing_key_encryption(SECRET_KEY).open(row["kid"], sealed)
         assert pem.startswith(b"-----BEGIN PRIVATE KEY-----")
         with pytest.raises(Exception):  # noqa: B017 (cryptography's InvalidTag)
-            KeyEncryption("another-key-encryption-key-abcdef").open(row["kid"], sealed)
+            signing_key_encryption("another-key-encryption-key-abcdef").open(row["kid"], sealed)
 
 
 # --- Client ID Metadata Documents ---
