@@ -6,6 +6,8 @@ stored by the auth actor only as a hash.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import msgspec
 
 from bus_schemas.base import Failed, Id, Message
@@ -204,6 +206,103 @@ class InviteCreated(Message, frozen=True, kw_only=True, tag="auth.invite_created
     role: str
 
 
+Role = Literal["owner", "member"]
+"""A person's role in an organisation: owners manage members, invitations and roles."""
+
+
+class MemberInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """One person of an organisation."""
+
+    person_id: str
+    email: str
+    role: str
+    joined_at: str
+
+
+class ListMembers(Message, frozen=True, kw_only=True, tag="auth.list_members.v1"):
+    """The people of an organisation and their roles; the asker must be one of them."""
+
+    org_id: Id
+    asked_by: str
+    """The asking person's id."""
+
+
+class MemberList(Message, frozen=True, kw_only=True, tag="auth.member_list.v1"):
+    """An organisation's people, in the order they joined."""
+
+    members: tuple[MemberInfo, ...]
+
+
+class RemoveMember(Message, frozen=True, kw_only=True, tag="auth.remove_member.v1"):
+    """An owner removes a person from the organisation (never its last owner)."""
+
+    org_id: Id
+    removed_by: str
+    """The removing person's id; only an owner may remove."""
+    person_id: str
+
+
+class MemberRemoved(Message, frozen=True, kw_only=True, tag="auth.member_removed.v1"):
+    """The person no longer belongs to the organisation; their sessions no longer act in it."""
+
+    org_id: str
+    person_id: str
+
+
+class ChangeMemberRole(Message, frozen=True, kw_only=True, tag="auth.change_member_role.v1"):
+    """An owner makes a member an owner or an owner a member (never leaving the organisation without one)."""
+
+    org_id: Id
+    changed_by: str
+    """The changing person's id; only an owner may change roles."""
+    person_id: str
+    role: Role
+
+
+class MemberRoleChanged(Message, frozen=True, kw_only=True, tag="auth.member_role_changed.v1"):
+    """The person, with their role now."""
+
+    org_id: str
+    member: MemberInfo
+
+
+class InviteInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """One pending invitation."""
+
+    invite_id: str
+    email: str
+    role: str
+    invited_by: str
+    created_at: str
+
+
+class ListInvites(Message, frozen=True, kw_only=True, tag="auth.list_invites.v1"):
+    """An organisation's pending invitations; owners only."""
+
+    org_id: Id
+    asked_by: str
+
+
+class InviteList(Message, frozen=True, kw_only=True, tag="auth.invite_list.v1"):
+    """Pending invitations, newest first."""
+
+    invites: tuple[InviteInfo, ...]
+
+
+class RevokeInvite(Message, frozen=True, kw_only=True, tag="auth.revoke_invite.v1"):
+    """An owner withdraws a pending invitation: signing in with that address no longer joins."""
+
+    org_id: Id
+    revoked_by: str
+    invite_id: str
+
+
+class InviteRevoked(Message, frozen=True, kw_only=True, tag="auth.invite_revoked.v1"):
+    """The invitation is gone."""
+
+    invite_id: str
+
+
 # --- API keys managed by people ---
 
 
@@ -261,3 +360,8 @@ InviteMemberReply = InviteCreated | Failed
 IssueApiKeyReply = ApiKeyCreated | Failed
 ListApiKeysReply = ApiKeyList | Failed
 RevokeApiKeyReply = ApiKeyRevoked | Failed
+ListMembersReply = MemberList | Failed
+RemoveMemberReply = MemberRemoved | Failed
+ChangeMemberRoleReply = MemberRoleChanged | Failed
+ListInvitesReply = InviteList | Failed
+RevokeInviteReply = InviteRevoked | Failed

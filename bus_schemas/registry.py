@@ -21,6 +21,8 @@ from bus_schemas.builds import (
 from bus_schemas.identity import (
     Authenticate,
     AuthenticateReply,
+    ChangeMemberRole,
+    ChangeMemberRoleReply,
     CreateApiKey,
     CreateApiKeyReply,
     GetMe,
@@ -31,14 +33,22 @@ from bus_schemas.identity import (
     IssueApiKeyReply,
     ListApiKeys,
     ListApiKeysReply,
+    ListInvites,
+    ListInvitesReply,
+    ListMembers,
+    ListMembersReply,
     ListSessions,
     ListSessionsReply,
     RedeemMagicLink,
     RedeemMagicLinkReply,
+    RemoveMember,
+    RemoveMemberReply,
     RequestMagicLink,
     RequestMagicLinkReply,
     RevokeApiKey,
     RevokeApiKeyReply,
+    RevokeInvite,
+    RevokeInviteReply,
     RevokeSession,
     RevokeSessionReply,
 )
@@ -350,6 +360,26 @@ INVITE_MEMBER: Rpc[InviteMember, InviteMemberReply] = Rpc(
     reply=InviteMemberReply,
     description="An owner invites an email address; it joins as a member on its next sign-in.",
 )
+LIST_INVITES: Rpc[ListInvites, ListInvitesReply] = Rpc(
+    service="auth", endpoint="list_invites", subject="rpc.auth.invites.list", request=ListInvites,
+    reply=ListInvitesReply, description="An organisation's pending invitations (owners only).",
+)
+REVOKE_INVITE: Rpc[RevokeInvite, RevokeInviteReply] = Rpc(
+    service="auth", endpoint="revoke_invite", subject="rpc.auth.invites.revoke", request=RevokeInvite,
+    reply=RevokeInviteReply, description="An owner withdraws a pending invitation.",
+)
+LIST_MEMBERS: Rpc[ListMembers, ListMembersReply] = Rpc(
+    service="auth", endpoint="list_members", subject="rpc.auth.members.list", request=ListMembers,
+    reply=ListMembersReply, description="An organisation's people and their roles (for its members).",
+)
+REMOVE_MEMBER: Rpc[RemoveMember, RemoveMemberReply] = Rpc(
+    service="auth", endpoint="remove_member", subject="rpc.auth.members.remove", request=RemoveMember,
+    reply=RemoveMemberReply, description="An owner removes a person from the organisation (never the last owner).",
+)
+CHANGE_MEMBER_ROLE: Rpc[ChangeMemberRole, ChangeMemberRoleReply] = Rpc(
+    service="auth", endpoint="change_member_role", subject="rpc.auth.members.role", request=ChangeMemberRole,
+    reply=ChangeMemberRoleReply, description="An owner changes a person's role (never leaving no owner).",
+)
 ISSUE_API_KEY: Rpc[IssueApiKey, IssueApiKeyReply] = Rpc(
     service="auth",
     endpoint="issue_api_key",
@@ -423,6 +453,11 @@ IDENTITY_RPCS: tuple[Rpc[Any, Any], ...] = (
     LIST_SESSIONS,
     REVOKE_SESSION,
     INVITE_MEMBER,
+    LIST_INVITES,
+    REVOKE_INVITE,
+    LIST_MEMBERS,
+    REMOVE_MEMBER,
+    CHANGE_MEMBER_ROLE,
     ISSUE_API_KEY,
     LIST_API_KEYS,
     REVOKE_API_KEY,

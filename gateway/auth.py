@@ -151,13 +151,16 @@ class Authenticator:
                 return None
             raise
 
-    def forget(self, *, token: str | None = None, subject: str | None = None, session_id: str | None = None) -> None:
-        """Drop cached principals of a credential, of a subject (`api_key:<id>`) or of a session, so a
+    def forget(self, *, token: str | None = None, subject: str | None = None, session_id: str | None = None,
+               person_id: str | None = None, org_id: str | None = None) -> None:
+        """Drop cached principals of a credential, of a subject (`api_key:<id>`), of a session, or of a
+        person in one organisation (`person_id` with `org_id`: removed or given another role), so a
         revocation handled by this gateway holds here at once."""
         digest = hashlib.sha256(token.encode()).digest() if token else None
         stale = [
             key for key, (_, p) in self._cache.items()
             if key[0] == digest or (subject and p.subject == subject) or (session_id and p.session_id == session_id)
+            or (person_id and p.person_id == person_id and p.org_id == org_id)
         ]
         for key in stale:
             del self._cache[key]

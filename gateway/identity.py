@@ -11,6 +11,11 @@ Routes (the JSON ones answer RFC 9457 problems on failure):
 - `GET /v1/me` -> the caller, the active organisation (`X-Org`, else the first), role and every org.
 - `GET /v1/sessions`, `DELETE /v1/sessions/{id}` -> a person's sessions, and ending one.
 - `POST /v1/invites {email}` -> 201; owners only (403 otherwise).
+- `GET /v1/org/members` -> the active organisation's people and roles (its members);
+  `PATCH /v1/org/members/{person_id} {role}` -> owner <-> member, `DELETE /v1/org/members/{person_id}`
+  -> 204 (the person's sessions stop acting in it); `GET /v1/org/invites`,
+  `DELETE /v1/org/invites/{invite_id}` -> pending invitations. Owners only but the list of people; the
+  last owner can be neither removed nor demoted (409).
 - `POST /v1/api-keys {label?}` -> 201 with the secret, shown once; `GET /v1/api-keys` (no secrets);
   `DELETE /v1/api-keys/{id}` -> 204.
 Managing sessions, invitations and keys needs a signed-in person: an API key cannot mint more keys.
@@ -22,7 +27,7 @@ import logging
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Request, Response, delete, get, post
+from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.datastructures import Cookie
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, JSONBody, QueryParameter
@@ -35,32 +40,48 @@ from bus_schemas.identity import (
     ApiKeyCreated,
     ApiKeyList,
     ApiKeyRevoked,
+    ChangeMemberRole,
     GetMe,
     InviteCreated,
+    InviteList,
     InviteMember,
+    InviteRevoked,
     IssueApiKey,
     ListApiKeys,
+    ListInvites,
+    ListMembers,
     ListSessions,
     MagicLinkRequested,
     Me,
+    MemberList,
+    MemberRemoved,
+    MemberRoleChanged,
     Principal,
     RedeemMagicLink,
+    RemoveMember,
     RequestMagicLink,
     RevokeApiKey,
+    RevokeInvite,
     RevokeSession,
+    Role,
     SessionList,
     SessionRevoked,
     SessionStarted,
 )
 from bus_schemas.registry import (
+    CHANGE_MEMBER_ROLE,
     GET_ME,
     INVITE_MEMBER,
     ISSUE_API_KEY,
     LIST_API_KEYS,
+    LIST_INVITES,
+    LIST_MEMBERS,
     LIST_SESSIONS,
     REDEEM_MAGIC_LINK,
+    REMOVE_MEMBER,
     REQUEST_MAGIC_LINK,
     REVOKE_API_KEY,
+    REVOKE_INVITE,
     REVOKE_SESSION,
 )
 from gateway.auth import SESSION_COOKIE, Authenticator, provide_principal, session_token
@@ -140,6 +161,32 @@ class InviteView(msgspec.Struct, frozen=True, kw_only=True):
     org_id: str
     email: str
     role: str
+
+
+class PendingInviteView(msgspec.Struct, frozen=True, kw_only=True):
+    """A pending invitation of the active organisation."""
+
+    invite_id: str
+    email: str
+    role: str
+    invited_by: str
+    """The inviting person's id."""
+    created_at: str
+
+
+class MemberView(msgspec.Struct, frozen=True, kw_only=True):
+    """A person of the active organisation."""
+
+    person_id: str
+    email: str
+    role: str
+    joined_at: str
+
+
+class RoleBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A person's new role."""
+
+    role: Role
 
 
 class ApiKeyBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -362,6 +409,68 @@ class InvitesController(Controller):
         return InviteView(invite_id=invite.invite_id, org_id=invite.org_id, email=invite.email, role=invite.role)
 
 
+class OrgController(Controller):
+    """The active organisation's people and pending invitations; the organisation is always the caller's."""
+
+    path = "/v1/org"
+    tags = ["identity"]
+    dependencies = {"principal": Provide(provide_principal)}
+
+    @get("/members", summary="List the organisation's people")
+    async def list_members(self, principal: NamedDependency[Principal], bus: NamedDependency[BusClient]
+                           ) -> dict[str, list[MemberView]]:
+        """Every person of the organisation with their role, in the order they joined (members only)."""
+        listed = await bus.ask(LIST_MEMBERS, ListMembers(org_id=principal.org_id, asked_by=require_person(principal)),
+                               MemberList)
+        return {"members": [MemberView(person_id=m.person_id, email=m.email, role=m.role, joined_at=m.joined_at)
+                            for m in listed.members]}
+
+    @patch("/members/{person_id:str}", summary="Change a person's role")
+    async def change_role(
+        self, person_id: FromPath[str], data: JSONBody[RoleBody], principal: NamedDependency[Principal],
+        bus: NamedDependency[BusClient], authenticator: NamedDependency[Authenticator],
+    ) -> MemberView:
+        """An owner makes a member an owner, or an owner a member; 409 for the last owner."""
+        changed = await bus.ask(
+            CHANGE_MEMBER_ROLE,
+            ChangeMemberRole(org_id=principal.org_id, changed_by=require_person(principal), person_id=person_id,
+                             role=data.role),
+            MemberRoleChanged,
+        )
+        authenticator.forget(person_id=person_id, org_id=principal.org_id)
+        member = changed.member
+        return MemberView(person_id=member.person_id, email=member.email, role=member.role,
+                          joined_at=member.joined_at)
+
+    @delete("/members/{person_id:str}", status_code=204, summary="Remove a person")
+    async def remove_member(
+        self, person_id: FromPath[str], principal: NamedDependency[Principal], bus: NamedDependency[BusClient],
+        authenticator: NamedDependency[Authenticator],
+    ) -> None:
+        """An owner removes a person: their sessions stop acting in this organisation at once through this
+        gateway, and within the auth cache bound through every other copy. 409 for the last owner."""
+        await bus.ask(REMOVE_MEMBER, RemoveMember(org_id=principal.org_id, removed_by=require_person(principal),
+                                                  person_id=person_id), MemberRemoved)
+        authenticator.forget(person_id=person_id, org_id=principal.org_id)
+
+    @get("/invites", summary="List pending invitations")
+    async def list_invites(self, principal: NamedDependency[Principal], bus: NamedDependency[BusClient]
+                           ) -> dict[str, list[PendingInviteView]]:
+        """The organisation's invitations nobody accepted yet, newest first (owners only)."""
+        listed = await bus.ask(LIST_INVITES, ListInvites(org_id=principal.org_id, asked_by=require_person(principal)),
+                               InviteList)
+        return {"invites": [PendingInviteView(invite_id=i.invite_id, email=i.email, role=i.role,
+                                              invited_by=i.invited_by, created_at=i.created_at)
+                            for i in listed.invites]}
+
+    @delete("/invites/{invite_id:str}", status_code=204, summary="Withdraw an invitation")
+    async def revoke_invite(self, invite_id: FromPath[str], principal: NamedDependency[Principal],
+                            bus: NamedDependency[BusClient]) -> None:
+        """An owner withdraws a pending invitation: signing in with that address no longer joins."""
+        await bus.ask(REVOKE_INVITE, RevokeInvite(org_id=principal.org_id, revoked_by=require_person(principal),
+                                                  invite_id=invite_id), InviteRevoked)
+
+
 class ApiKeysController(Controller):
     """The active organisation's API keys, for scripts and CI."""
 
@@ -401,5 +510,6 @@ class ApiKeysController(Controller):
         authenticator.forget(subject=f"api_key:{key_id}")
 
 
-IDENTITY_CONTROLLERS = (SignInController, MeController, SessionsController, InvitesController, ApiKeysController)
+IDENTITY_CONTROLLERS = (SignInController, MeController, SessionsController, InvitesController, OrgController,
+                        ApiKeysController)
 """Every identity route, for the app factory."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import math
 import secrets
 from pathlib import Path
@@ -37,29 +38,46 @@ from bus_schemas.identity import (
     ApiKeyRevoked,
     Authenticate,
     AuthenticateReply,
+    ChangeMemberRole,
+    ChangeMemberRoleReply,
     CreateApiKey,
     CreateApiKeyReply,
     GetMe,
     GetMeReply,
     InviteCreated,
+    InviteInfo,
+    InviteList,
     InviteMember,
     InviteMemberReply,
+    InviteRevoked,
     IssueApiKey,
     IssueApiKeyReply,
     ListApiKeys,
     ListApiKeysReply,
+    ListInvites,
+    ListInvitesReply,
+    ListMembers,
+    ListMembersReply,
     ListSessions,
     ListSessionsReply,
     MagicLinkRequested,
     Me,
+    MemberInfo,
+    MemberList,
+    MemberRemoved,
+    MemberRoleChanged,
     OrgMembership,
     Principal,
     RedeemMagicLink,
     RedeemMagicLinkReply,
+    RemoveMember,
+    RemoveMemberReply,
     RequestMagicLink,
     RequestMagicLinkReply,
     RevokeApiKey,
     RevokeApiKeyReply,
+    RevokeInvite,
+    RevokeInviteReply,
     RevokeSession,
     RevokeSessionReply,
     SessionInfo,
@@ -70,21 +88,27 @@ from bus_schemas.identity import (
 )
 from bus_schemas.registry import (
     AUTHENTICATE,
+    CHANGE_MEMBER_ROLE,
     CREATE_API_KEY,
     GET_ME,
     INVITE_MEMBER,
     ISSUE_API_KEY,
     LIST_API_KEYS,
+    LIST_INVITES,
+    LIST_MEMBERS,
     LIST_SESSIONS,
     REDEEM_MAGIC_LINK,
+    REMOVE_MEMBER,
     REQUEST_MAGIC_LINK,
     REVOKE_API_KEY,
+    REVOKE_INVITE,
     REVOKE_SESSION,
 )
 
 REJECTED = "invalid or revoked API key"
 SESSION_REJECTED = "the session is invalid, expired or revoked; sign in again"
 LINK_REJECTED = "this sign-in link is invalid, expired or already used; ask for a new one"
+OWNERS_ONLY = "only an owner of the organisation can {}"
 
 
 class AuthActor(Actor):
@@ -119,6 +143,29 @@ async def _first_org(conn: asyncpg.Connection | asyncpg.Pool, person_id: str) ->
     return await conn.fetchrow(
         "SELECT org_id, role FROM memberships WHERE person_id = $1 ORDER BY joined_at LIMIT 1", person_id
     )
+
+
+async def _owner_check(conn: asyncpg.Connection, org_id: str, person_id: str, what: str,
+                       log: logging.Logger) -> Failed | None:
+    """None when `person_id` owns `org_id`, else the Failed(forbidden) to answer (the refusal logged)."""
+    role = await conn.fetchval("SELECT role FROM memberships WHERE org_id = $1 AND person_id = $2", org_id, person_id)
+    if role == "owner":
+        return None
+    log.info("rejected %s in %s by %s: %s", what, org_id, person_id,
+             "not a member" if role is None else f"role {role}, not owner")
+    return Failed(code=FailureCode.FORBIDDEN, detail=OWNERS_ONLY.format(what))
+
+
+async def _lock_org(conn: asyncpg.Connection, org_id: str) -> None:
+    """Serialise membership changes of one organisation (two owners demoting each other at once must not
+    leave it with none), until the transaction ends."""
+    await conn.execute("SELECT 1 FROM orgs WHERE org_id = $1 FOR UPDATE", org_id)
+
+
+async def _owners(conn: asyncpg.Connection, org_id: str) -> int:
+    """How many owners the organisation has."""
+    count: int = await conn.fetchval("SELECT count(*) FROM memberships WHERE org_id = $1 AND role = 'owner'", org_id)
+    return count
 
 
 async def _new_org(conn: asyncpg.Connection, name: str) -> str:
@@ -446,6 +493,115 @@ def create_actor(config: AuthConfig | None = None) -> Actor:
         ctx.log.info("%s invited an address into %s (invite %s)", request.invited_by, request.org_id,
                      invite["invite_id"])
         return InviteCreated(invite_id=invite["invite_id"], org_id=request.org_id, email=email, role=invite["role"])
+
+    @actor.rpc(LIST_MEMBERS)
+    async def list_members(request: ListMembers, ctx: Context) -> ListMembersReply:
+        rows = await ctx.pool.fetch(
+            """
+            SELECT m.person_id, p.email, m.role, m.joined_at FROM memberships m JOIN people p USING (person_id)
+            WHERE m.org_id = $1 AND EXISTS (SELECT 1 FROM memberships a WHERE a.org_id = $1 AND a.person_id = $2)
+            ORDER BY m.joined_at
+            """,
+            request.org_id, request.asked_by,
+        )
+        if not rows:  # the asker is not a member (an organisation is never empty)
+            ctx.log.info("rejected member list of %s by %s: not a member", request.org_id, request.asked_by)
+            return Failed(code=FailureCode.FORBIDDEN, detail="only a member of the organisation can list its people")
+        return MemberList(members=tuple(
+            MemberInfo(person_id=r["person_id"], email=r["email"], role=r["role"], joined_at=_iso(r["joined_at"]))
+            for r in rows
+        ))
+
+    @actor.rpc(REMOVE_MEMBER)
+    async def remove_member(request: RemoveMember, ctx: Context) -> RemoveMemberReply:
+        async with ctx.pool.acquire() as conn, conn.transaction():
+            await _lock_org(conn, request.org_id)
+            refused = await _owner_check(conn, request.org_id, request.removed_by, "remove people", ctx.log)
+            if refused is not None:
+                return refused
+            role = await conn.fetchval("SELECT role FROM memberships WHERE org_id = $1 AND person_id = $2",
+                                       request.org_id, request.person_id)
+            if role is None:
+                ctx.log.info("rejected removal from %s: %s is not a member", request.org_id, request.person_id[:64])
+                return Failed(code=FailureCode.NOT_FOUND,
+                              detail=f"no person {request.person_id[:64]!r} in this organisation")
+            if role == "owner" and await _owners(conn, request.org_id) == 1:
+                ctx.log.info("rejected removal of the last owner %s of %s", request.person_id, request.org_id)
+                return Failed(code=FailureCode.CONFLICT, field="person_id",
+                              detail="the last owner cannot be removed; make someone else an owner first")
+            await conn.execute("DELETE FROM memberships WHERE org_id = $1 AND person_id = $2",
+                               request.org_id, request.person_id)
+        # Sessions belong to the person, not to one organisation: every request checks the membership
+        # (AUTHENTICATE), so from now on no session of theirs acts in this organisation.
+        ctx.log.info("%s removed %s from %s", request.removed_by, request.person_id, request.org_id)
+        return MemberRemoved(org_id=request.org_id, person_id=request.person_id)
+
+    @actor.rpc(CHANGE_MEMBER_ROLE)
+    async def change_member_role(request: ChangeMemberRole, ctx: Context) -> ChangeMemberRoleReply:
+        async with ctx.pool.acquire() as conn, conn.transaction():
+            await _lock_org(conn, request.org_id)
+            refused = await _owner_check(conn, request.org_id, request.changed_by, "change roles", ctx.log)
+            if refused is not None:
+                return refused
+            role = await conn.fetchval("SELECT role FROM memberships WHERE org_id = $1 AND person_id = $2",
+                                       request.org_id, request.person_id)
+            if role is None:
+                ctx.log.info("rejected role change in %s: %s is not a member", request.org_id, request.person_id[:64])
+                return Failed(code=FailureCode.NOT_FOUND,
+                              detail=f"no person {request.person_id[:64]!r} in this organisation")
+            if role == "owner" and request.role != "owner" and await _owners(conn, request.org_id) == 1:
+                ctx.log.info("rejected demotion of the last owner %s of %s", request.person_id, request.org_id)
+                return Failed(code=FailureCode.CONFLICT, field="role",
+                              detail="the organisation's last owner cannot become a member; make someone else "
+                                     "an owner first")
+            row = await conn.fetchrow(
+                """
+                UPDATE memberships m SET role = $3 FROM people p
+                WHERE m.org_id = $1 AND m.person_id = $2 AND p.person_id = m.person_id
+                RETURNING m.person_id, p.email, m.role, m.joined_at
+                """,
+                request.org_id, request.person_id, request.role,
+            )
+        ctx.log.info("%s made %s %s of %s", request.changed_by, request.person_id, request.role, request.org_id)
+        return MemberRoleChanged(org_id=request.org_id, member=MemberInfo(
+            person_id=row["person_id"], email=row["email"], role=row["role"], joined_at=_iso(row["joined_at"])))
+
+    @actor.rpc(LIST_INVITES)
+    async def list_invites(request: ListInvites, ctx: Context) -> ListInvitesReply:
+        async with ctx.pool.acquire() as conn:
+            refused = await _owner_check(conn, request.org_id, request.asked_by, "list invitations", ctx.log)
+            if refused is not None:
+                return refused
+            rows = await conn.fetch(
+                """
+                SELECT invite_id, email, role, invited_by, created_at FROM invites
+                WHERE org_id = $1 AND accepted_at IS NULL ORDER BY created_at DESC
+                """,
+                request.org_id,
+            )
+        return InviteList(invites=tuple(
+            InviteInfo(invite_id=r["invite_id"], email=r["email"], role=r["role"], invited_by=r["invited_by"],
+                       created_at=_iso(r["created_at"]))
+            for r in rows
+        ))
+
+    @actor.rpc(REVOKE_INVITE)
+    async def revoke_invite(request: RevokeInvite, ctx: Context) -> RevokeInviteReply:
+        async with ctx.pool.acquire() as conn, conn.transaction():
+            refused = await _owner_check(conn, request.org_id, request.revoked_by, "withdraw invitations", ctx.log)
+            if refused is not None:
+                return refused
+            revoked = await conn.fetchval(
+                "DELETE FROM invites WHERE org_id = $1 AND invite_id = $2 AND accepted_at IS NULL RETURNING invite_id",
+                request.org_id, request.invite_id,
+            )
+        if revoked is None:
+            ctx.log.info("rejected invitation withdrawal in %s: no pending invite %s there", request.org_id,
+                         request.invite_id[:64])
+            return Failed(code=FailureCode.NOT_FOUND,
+                          detail=f"no pending invitation {request.invite_id[:64]!r} in this organisation")
+        ctx.log.info("%s withdrew invitation %s of %s", request.revoked_by, revoked, request.org_id)
+        return InviteRevoked(invite_id=revoked)
 
     @actor.rpc(ISSUE_API_KEY)
     async def issue_api_key(request: IssueApiKey, ctx: Context) -> IssueApiKeyReply:
