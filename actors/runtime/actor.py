@@ -101,7 +101,8 @@ class BatchItem(Generic[M]):
 
     message: M
     delivery: Delivery
-    trace_id: str
+    trace_id: str | None
+    """The publisher's trace id, if it sent one."""
     _msg: Msg
     _verdict: tuple[str, str] | None = None
 
@@ -459,7 +460,7 @@ class Actor:
                 deliveries=int(meta.num_delivered),
                 stored_at_us=int(meta.timestamp.timestamp() * 1_000_000),
             )
-            trace = (msg.headers or {}).get(TRACE_HEADER) or new_trace_id()
+            trace = (msg.headers or {}).get(TRACE_HEADER)
             try:
                 message = decode(spec.message, msg.data)
             except (msgspec.ValidationError, msgspec.DecodeError) as exc:
@@ -477,7 +478,7 @@ class Actor:
 
     async def _handle_batch(self, sub: _Subscription, base: Context, items: list[BatchItem[Any]]) -> None:
         spec = sub.spec
-        token = trace_id_var.set(items[0].trace_id if len(items) == 1 else new_trace_id())
+        token = trace_id_var.set((items[0].trace_id if len(items) == 1 else None) or new_trace_id())
         try:
             await sub.handler(Batch(items), base)
         except asyncio.CancelledError:
@@ -508,7 +509,7 @@ class Actor:
                 await item._msg.nak(delay=backoff)
 
     async def _park_item(self, sub: _Subscription, base: Context, item: BatchItem[Any], reason: str) -> None:
-        token = trace_id_var.set(item.trace_id)
+        token = trace_id_var.set(item.trace_id or new_trace_id())
         try:
             await self._park(sub, self._item_context(base, item), item._msg, reason)
         finally:

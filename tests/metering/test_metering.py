@@ -164,11 +164,18 @@ async def test_a_call_claiming_another_organisation_is_rejected_and_never_counte
         honest = [tool_call(owner, server, n) for n in range(3, 5)]
         await publish_calls(js, [*forged, *honest])
         await eventually(lambda: _exactly(db, owner, 2))
-        rejected = await eventually(lambda: db.fetch(
-            "SELECT event_id, claimed_org, recorded_org FROM metering_rejected WHERE server_id = $1", server))
-        assert {(r["event_id"], r["claimed_org"], r["recorded_org"]) for r in rejected} == {  # type: ignore[attr-defined]
+
+        async def all_rejected() -> list[asyncpg.Record] | None:
+            rows = await db.fetch(
+                "SELECT event_id, claimed_org, recorded_org FROM metering_rejected WHERE server_id = $1", server)
+            return rows if len(rows) >= len(forged) else None
+
+        rejected = await eventually(all_rejected)
+        assert isinstance(rejected, list)
+        assert {(r["event_id"], r["claimed_org"], r["recorded_org"]) for r in rejected} == {
             (c.event_id, claimant, owner) for c in forged
         }
+        await eventually(lambda: usage_drained(admin_nc))
         assert (await usage(admin_nc, claimant)).tool_calls == 0
         assert (await usage(admin_nc, owner)).tool_calls == 2
 
@@ -388,7 +395,7 @@ async def test_build_usage_counts_requests_step_timings_and_model_tokens(stack: 
             report = await usage(admin_nc, org)
             return report if report.build_steps and report.model_input_tokens else None
 
-        report = await eventually(report_with_steps)
+        report = await eventually(report_with_steps, timeout=30)
     assert isinstance(report, UsageReport)
     assert report.builds == 1
     assert (report.model_input_tokens, report.model_output_tokens) == (1200, 340)
