@@ -25,6 +25,7 @@ from actors.checker.toolchain import Toolchain, check_with_tools
 from actors.runtime.actor import Actor, Context, TransientError, utc_now
 from actors.runtime.build_events import emit, fail_step, fail_step_when_parked, start_step
 from actors.runtime.objects import ObjectUnusable, load_verified
+from actors.runtime.zygote import ForkServer
 from bus_schemas.base import FailureCode
 from bus_schemas.builds import AnyBuildEvent, BuildChecked, BuildGenerated, LogLine, StepChanged
 from bus_schemas.plans import Artifact, ToolPlan, canonical_artifact_bytes, canonical_plan_bytes
@@ -92,6 +93,8 @@ def create_actor(toolchain: Toolchain | None = None, sandbox: Sandbox | None = N
     # One mypy cache per checker process: cold runs cost seconds, warm ones a fraction of that.
     tools = toolchain or Toolchain(cache_dir=Path(tempfile.mkdtemp(prefix="bmms-checker-mypy-")))
     limits = sandbox or Sandbox()
+    # One fork server per checker process: sandboxed runners start without paying the runner's imports.
+    forks = ForkServer(Path(tempfile.mkdtemp(prefix="bmms-checker-forks-")))
 
     @actor.consumer(CHECKER_GENERATED, on_park=fail_step_when_parked("check", "checking"), max_in_flight=4)
     async def check_build(event: AnyBuildEvent, ctx: Context) -> None:
@@ -115,7 +118,7 @@ def create_actor(toolchain: Toolchain | None = None, sandbox: Sandbox | None = N
             return
         await ctx.still_working()
         # Only code that passed the AST rules is ever run, and then only in the sandbox.
-        findings = await check_artifact(artifact, tools, lambda: run_dynamic_check(artifact, plan, limits))
+        findings = await check_artifact(artifact, tools, lambda: run_dynamic_check(artifact, plan, limits, forks))
         for index, finding in enumerate(findings[:MAX_LOGGED_FINDINGS]):
             text = f"check: {finding.render()}"
             line = LogLine(**ids, at=utc_now(), step="check", level=finding.severity, message=text)

@@ -14,9 +14,7 @@ import ast
 import asyncio
 import contextlib
 import os
-import resource
 import signal
-import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -27,7 +25,8 @@ import msgspec
 from mcp import Client
 
 from actors.checker.rules import Finding, callee_name
-from actors.checker.toolchain import minimal_env, runner_template_dir
+from actors.checker.toolchain import minimal_env
+from actors.runtime.zygote import ChildLimits, ForkServer, ForkServerError, free_port, wait_listening
 from bus_schemas.plans import Artifact, PlannedTool, PureFunction, ToolPlan
 
 
@@ -42,15 +41,10 @@ class Sandbox:
     call_timeout_seconds: float = 10.0
 
 
-def _limits(sandbox: Sandbox) -> Callable[[], None]:
-    def apply() -> None:  # runs in the child between fork and exec
-        resource.setrlimit(resource.RLIMIT_CPU, (sandbox.cpu_seconds, sandbox.cpu_seconds))
-        resource.setrlimit(resource.RLIMIT_AS, (sandbox.address_space_bytes, sandbox.address_space_bytes))
-        resource.setrlimit(resource.RLIMIT_NOFILE, (sandbox.open_files, sandbox.open_files))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
-
-    return apply
+def _limits(sandbox: Sandbox) -> ChildLimits:
+    # stdout/stderr go to a log file in the sandbox's temp dir: the file-size limit leaves room for it only
+    return ChildLimits(address_space_bytes=sandbox.address_space_bytes, open_files=sandbox.open_files,
+                       file_size_bytes=1024 * 1024, cpu_seconds=sandbox.cpu_seconds)
 
 
 class RunnerDidNotStart(Exception):
@@ -58,39 +52,32 @@ class RunnerDidNotStart(Exception):
 
 
 @contextlib.asynccontextmanager
-async def sandboxed_runner(artifact: Artifact, sandbox: Sandbox) -> AsyncIterator[str]:
-    """Serve `artifact` from a sandboxed child process; yields its MCP URL, kills it afterwards."""
+async def sandboxed_runner(artifact: Artifact, sandbox: Sandbox, forks: ForkServer) -> AsyncIterator[str]:
+    """Serve `artifact` from a sandboxed child forked by `forks`; yields its MCP URL, kills it afterwards."""
     offline = msgspec.structs.replace(artifact, upstream_hosts=(), secrets=())
     with tempfile.TemporaryDirectory(prefix="bmms-dyncheck-") as tmp:
         path = Path(tmp) / "artifact.json"
         path.write_bytes(msgspec.json.encode(offline))
-        # The trusted packages come from where this checker's own copy lives (an editable install's finder
-        # does not resolve them from a foreign working directory).
-        env = {**minimal_env(), "PYTHONPATH": str(runner_template_dir().parent), "BMMS_RUNNER_ARTIFACT": str(path),
-               "BMMS_RUNNER_HOST": "127.0.0.1", "BMMS_RUNNER_PORT": "0",
+        log = Path(tmp) / "runner.log"
+        port = free_port()
+        env = {**minimal_env(), "BMMS_RUNNER_ARTIFACT": str(path), "BMMS_RUNNER_HOST": "127.0.0.1",
+               "BMMS_RUNNER_PORT": str(port),
                # the sandboxed check calls the tools itself, on loopback, before any client can: no OAuth here
                "BMMS_RUNNER_INSECURE_NO_AUTH": "1"}
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-s", "-m", "runner_template", cwd=tmp, env=env, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
-            preexec_fn=_limits(sandbox),  # only setrlimit calls between fork and exec
-        )
         try:
-            assert proc.stdout is not None and proc.stderr is not None
+            pid, started = await forks.spawn(env=env, cwd=Path(tmp), log=log, limits=_limits(sandbox))
+        except (ForkServerError, OSError) as exc:
+            raise RunnerDidNotStart(f"the sandbox could not start: {exc}") from None
+        try:
             try:
-                line = await asyncio.wait_for(proc.stdout.readline(), sandbox.start_timeout_seconds)
-            except TimeoutError:
-                raise RunnerDidNotStart(f"no ready line in {sandbox.start_timeout_seconds:.0f} s") from None
-            text = line.decode(errors="replace").strip()
-            if not text.startswith("runner listening on "):
-                err = (await proc.stderr.read(4000)).decode(errors="replace").strip().splitlines()
-                raise RunnerDidNotStart(err[-1] if err else f"exited with {await proc.wait()}")
-            yield text.removeprefix("runner listening on ")
+                await wait_listening(pid, started, port, sandbox.start_timeout_seconds)
+            except ForkServerError as exc:
+                said = log.read_text(errors="replace").strip().splitlines() if log.exists() else []
+                raise RunnerDidNotStart(said[-1] if said else str(exc)) from None
+            yield f"http://127.0.0.1:{port}/mcp"
         finally:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
 
 
 def sample_value(schema: Any) -> Any:
@@ -164,7 +151,7 @@ def compare_schema(
     return findings
 
 
-async def run_dynamic_check(artifact: Artifact, plan: ToolPlan, sandbox: Sandbox) -> list[Finding]:
+async def run_dynamic_check(artifact: Artifact, plan: ToolPlan, sandbox: Sandbox, forks: ForkServer) -> list[Finding]:
     """Findings from running the artifact: tool list vs plan, and sample calls of pure read-only tools."""
     file = f"{artifact.module_name}.py"
     lines = _tool_lines(artifact.module_source)
@@ -174,7 +161,7 @@ async def run_dynamic_check(artifact: Artifact, plan: ToolPlan, sandbox: Sandbox
 
     findings: list[Finding] = []
     try:
-        async with sandboxed_runner(artifact, sandbox) as url, Client(url) as client:
+        async with sandboxed_runner(artifact, sandbox, forks) as url, Client(url) as client:
             listed = {t.name: t for t in (await client.list_tools()).tools}
             planned = {t.name: t for t in plan.tools}
             for name in sorted(set(planned) - set(listed)):

@@ -4,16 +4,21 @@ first error finding; and the type check and lint it runs on every module."""
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import msgspec
+import pytest
 
 from actors.catalog import create_actor
 from actors.checker.dynamic import Sandbox, run_dynamic_check
-from actors.checker.toolchain import Toolchain, check_with_tools
+from actors.checker.toolchain import Toolchain, check_with_tools, minimal_env
 from actors.codegen.actor import build_artifact
 from actors.runtime.actor import utc_now
 from actors.runtime.bus import publish_event
+from actors.runtime.zygote import ForkServer
 from bus_schemas.builds import BuildChecked, BuildFailed, BuildGenerated, LogLine
 from bus_schemas.plans import Artifact, PlannedTool, PureFunction, ToolPlan, canonical_artifact_bytes
 from bus_schemas.registry import ARTIFACTS, build_subject
@@ -156,40 +161,50 @@ async def test_artifact_whose_tools_differ_from_the_plan_fails_the_dynamic_check
     assert expected in logs
 
 
-async def test_sandboxed_run_lists_and_calls_the_pure_tools_of_codegen_output() -> None:
+@pytest.fixture(scope="module")
+async def forks(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ForkServer]:
+    server = ForkServer(tmp_path_factory.mktemp("forks"))
+    yield server
+    await server.close()
+
+
+async def test_sandboxed_run_lists_and_calls_the_pure_tools_of_codegen_output(forks: ForkServer) -> None:
     plan = sample_plan("https://api.example.com")
     artifact = build_artifact(plan, plan_hash(plan))
-    assert await run_dynamic_check(artifact, plan, Sandbox()) == []
+    assert await run_dynamic_check(artifact, plan, Sandbox(), forks) == []
 
 
-async def test_pure_tool_that_raises_on_its_sample_is_a_warning() -> None:
+async def test_pure_tool_that_raises_on_its_sample_is_a_warning(forks: ForkServer) -> None:
     source = CLEAN.replace('return {"c": math.hypot(a, b)}', 'raise ValueError(f"no {a}")')
-    findings = await run_dynamic_check(artifact_of(source), hypot_plan(), Sandbox())
+    findings = await run_dynamic_check(artifact_of(source), hypot_plan(), Sandbox(), forks)
     assert [(f.rule, f.severity, f.line) for f in findings] == [("dynamic-call", "warning", 11)]
 
 
-async def test_runner_that_cannot_start_is_an_error() -> None:
+async def test_runner_that_cannot_start_is_an_error(forks: ForkServer) -> None:
     source = CLEAN.replace("import math", "import math\n\nraise SystemExit('boom')")
-    [finding] = await run_dynamic_check(artifact_of(source), hypot_plan(), Sandbox())
+    [finding] = await run_dynamic_check(artifact_of(source), hypot_plan(), Sandbox(), forks)
     assert finding.rule == "dynamic-start" and finding.severity == "error"
 
 
-async def test_sandboxed_runner_gets_no_platform_settings_or_secrets() -> None:
-    import os
-
+async def test_sandboxed_runner_gets_no_platform_settings_or_secrets(tmp_path: Path) -> None:
     os.environ["BMMS_SECRET_LEAK_CHECK"] = "top-secret"
+    forks = ForkServer(tmp_path)  # started while the checker's environment holds a secret
     try:
-        source = CLEAN.replace(
-            'return {"c": math.hypot(a, b)}', 'raise ValueError("probe")'
-        )
-        # The sandbox env is built from an allowlist: nothing BMMS_* but the runner's own settings.
-        from actors.checker.toolchain import minimal_env
-
+        # The tool looks for the secret in its environment and in what /proc shows of it.
+        source = CLEAN.replace('return {"c": math.hypot(a, b)}', (
+            'environ = open("/proc/self/environ", "rb").read()\n'
+            '    if b"top-secret" in environ or b"BMMS_SECRET" in environ:\n'
+            '        raise ValueError("the secret leaked")\n'
+            '    return {"c": math.hypot(a, b)}'
+        ))
         assert not any(k.startswith("BMMS_") for k in minimal_env())
-        findings = await run_dynamic_check(artifact_of(source), hypot_plan(), Sandbox())
+        assert await run_dynamic_check(artifact_of(source), hypot_plan(), Sandbox(), forks) == []
+        leaky = source.replace('b"top-secret" in environ', 'b"PATH" in environ')  # the probe itself works
+        findings = await run_dynamic_check(artifact_of(leaky), hypot_plan(), Sandbox(), forks)
         assert [f.rule for f in findings] == ["dynamic-call"]
     finally:
         del os.environ["BMMS_SECRET_LEAK_CHECK"]
+        await forks.close()
 
 
 async def test_bad_artifact_fails_at_check_with_the_first_finding(stack: Stack, admin_nc) -> None:
