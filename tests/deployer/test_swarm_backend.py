@@ -59,7 +59,7 @@ async def test_service_runs_hardened_and_answers_mcp(backend: SwarmBackend, dock
     spec = service["Spec"]
     assert spec["UpdateConfig"]["Order"] == "start-first" and spec["UpdateConfig"]["FailureAction"] == "rollback"
     assert spec["Labels"][LABEL_ARTIFACT] == CALCULATOR.artifact_hash
-    [info] = await task_containers(docker, server_id)
+    info = max(await task_containers(docker, server_id), key=lambda c: str(c["Created"]))
     host = info["HostConfig"]
     assert host["ReadonlyRootfs"] is True
     assert host["CapDrop"] == ["ALL"]
@@ -81,8 +81,11 @@ async def test_new_version_rolls_out_and_a_failing_one_is_rolled_back(
     backend: SwarmBackend, docker: aiodocker.Docker, server_id: str
 ) -> None:
     first = await backend.run(spec_for(server_id, CALCULATOR))
+    index = (await docker.services.inspect(first.ref))["Version"]["Index"]
     again = await backend.run(spec_for(server_id, CALCULATOR))
-    assert again == first
+    # The same spec again changes nothing (no update); in host mode the upstream is the task's port.
+    assert (again.ref, again.version, again.artifact_hash) == (first.ref, 1, CALCULATOR.artifact_hash)
+    assert (await docker.services.inspect(first.ref))["Version"]["Index"] == index
     second = await backend.run(spec_for(server_id, MULTIPLY, version=2))
     assert second.version == 2 and second.ref == first.ref  # the same service, rolled forward
     assert (await call_tool(second.upstream, "multiply", {"a": 6, "b": 7}))["content"] == [
