@@ -213,6 +213,16 @@ class TokenRevoked(Message, frozen=True, kw_only=True, tag="oauth.token_revoked.
     """Revocation done (also answered for unknown tokens, as RFC 7009 §2.2 asks)."""
 
 
+class GrantRevoked(Message, frozen=True, kw_only=True, tag="oauth.grant_revoked.v1"):
+    """A grant ended early (revoked by its client, a reused code or refresh token): resource servers refuse
+    every access token carrying its id (the `gid` claim) until those tokens would have expired anyway."""
+
+    grant_id: str
+    org_id: str
+    reason: str
+    revoked_at: str
+
+
 class GetJwks(Message, frozen=True, kw_only=True, tag="oauth.get_jwks.v1"):
     """The public keys that verify tokens."""
 

@@ -61,6 +61,7 @@ from bus_schemas.oauth import (
     ExchangeTokenReply,
     GetJwks,
     GetJwksReply,
+    GrantRevoked,
     MintServiceToken,
     MintServiceTokenReply,
     RegisterClient,
@@ -231,6 +232,8 @@ class KvBucket:
     message: Any
     """The type of every value (JSON)."""
     history: int = 1
+    ttl_seconds: int = 0
+    """How long an entry lives (0: until deleted)."""
 
 
 ROUTES = KvBucket(
@@ -241,7 +244,20 @@ QUOTAS = KvBucket(
     name="QUOTAS", description="Organisations over a quota: key <org_id> (absent = within every quota).",
     owner="metering", message=QuotaState,
 )
-KV_BUCKETS = (ROUTES, QUOTAS)
+REVOKED = KvBucket(
+    name="REVOKED",
+    description="Grants revoked early: key <org_id>.<grant_id>; runners refuse access tokens whose `gid` is here.",
+    owner="oauth", message=GrantRevoked,
+    # Longer than an access token lives (15 min) plus verifiers' leeway (30 s): an entry outlives every
+    # token of its grant, and the bucket never grows without bound.
+    ttl_seconds=20 * 60,
+)
+KV_BUCKETS = (ROUTES, QUOTAS, REVOKED)
+
+
+def revocation_key(org_id: str, grant_id: str) -> str:
+    """The REVOKED key of a grant (runners watch `<org_id>.*`, their organisation's)."""
+    return f"{subject_token(org_id)}.{subject_token(grant_id)}"
 
 # --- event subjects ---
 

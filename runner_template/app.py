@@ -10,7 +10,7 @@ the secret values, then removes the credentials from `os.environ` before the gen
   (`metering.ToolCallMeter`: over-quota refusal, one usage event per call) -> the tools;
 - `/.well-known/oauth-protected-resource/mcp` (and the public-path form): RFC 9728 metadata;
 - `/healthz`: liveness and the tool list, no auth;
-- the bus (`bus.RunnerBus`, when NATS is configured): JWKS, usage events, the QUOTAS watch.
+- the bus (`bus.RunnerBus`, when NATS is configured): JWKS, usage events, the QUOTAS and REVOKED watches.
 
 The platform forwards `<origin>/servers/<id>/mcp` to this `/mcp` and
 `<origin>/.well-known/oauth-protected-resource/servers/<id>/mcp` to `/.well-known/oauth-protected-resource/mcp`.
@@ -41,8 +41,9 @@ from starlette.routing import Route
 
 from bus_schemas.base import SUBJECT_TOKEN_RE
 from bus_schemas.plans import Artifact
+from bus_schemas.registry import REVOKED
 from runner_template import upstream
-from runner_template.auth import AccessTokenVerifier, jwks_over_http
+from runner_template.auth import AccessTokenVerifier, RevokedGrants, jwks_over_http
 from runner_template.bus import RunnerBus
 from runner_template.logs import AccessLog, configure_logging
 from runner_template.metering import QuotaGate, ToolCallMeter, UsageOutbox
@@ -227,6 +228,8 @@ class Runtime:
 
     quota: QuotaGate
     outbox: UsageOutbox
+    revoked: RevokedGrants = field(default_factory=lambda: RevokedGrants(REVOKED.ttl_seconds))
+    """Grants revoked early (fed by the bus's REVOKED watch); their tokens are refused."""
     bus: RunnerBus | None = None
     protection: Protection | None = None
 
@@ -239,7 +242,7 @@ def runner_app(settings: RunnerSettings, artifact: Artifact) -> Starlette:
         settings.check_bus()
         runtime.bus = RunnerBus(url=settings.nats_url, user=settings.nats_user, password=settings.nats_password,
                                 server_id=settings.server_id, org_id=settings.org_id, quota=runtime.quota,
-                                outbox=runtime.outbox)
+                                outbox=runtime.outbox, revoked=runtime.revoked)
     else:
         log.warning("no BMMS_RUNNER_NATS_URL: usage events are not published and quotas are not enforced")
     meter = ToolCallMeter(server_id=settings.server_id, org_id=settings.org_id, quota=runtime.quota,
@@ -252,7 +255,7 @@ def runner_app(settings: RunnerSettings, artifact: Artifact) -> Starlette:
         key_source = (runtime.bus.fetch_jwks if runtime.bus is not None
                       else jwks_over_http(settings.jwks_url or f"{settings.issuer}/oauth/jwks.json"))
         verifier = AccessTokenVerifier(issuer=settings.issuer, resource=settings.resource, key_source=key_source,
-                                       refetch_interval=settings.jwks_refetch_seconds)
+                                       refetch_interval=settings.jwks_refetch_seconds, revoked=runtime.revoked)
         runtime.protection = Protection(resource=settings.resource, issuer=settings.issuer, verifier=verifier,
                                         read_only={info.name: info.read_only for info, _ in tools_of(module)})
     else:

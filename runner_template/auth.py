@@ -8,6 +8,9 @@ the signature verifies, `iss` is the issuer byte for byte, `aud` is this server'
 `exp`/`nbf` hold. Anything else - `alg: none`, HS256 "signed" with the public key, a key nobody
 published, an expired token, a token for another server - is refused, and the reason logged.
 
+A token whose `gid` claim names a grant in `RevokedGrants` (fed from the REVOKED bucket by the bus) is
+refused too: "the grant was revoked".
+
 Scopes (see `bus_schemas.oauth`): read-only tools need `mcp:tools:read`, other tools `mcp:tools:write`,
 and `mcp:tool:<name>` allows one tool whatever its kind. `scopes_for_tool` says which scopes a call
 accepts, for the 403 `insufficient_scope` challenge.
@@ -50,6 +53,35 @@ class TokenRejected(Exception):
 
 class KeySourceUnavailable(Exception):
     """The JWK Set could not be fetched now; the verifier keeps the keys it has."""
+
+
+class RevokedGrants:
+    """Grants revoked early, as the REVOKED bucket reports them: grant id -> when it can be forgotten.
+
+    An entry is kept `keep_seconds` after its revocation (the bucket's TTL, longer than any token of the
+    grant lives), so the set stays as small as the bucket."""
+
+    def __init__(self, keep_seconds: float, clock: Callable[[], float] = time.time) -> None:
+        self.keep_seconds = keep_seconds
+        self.clock = clock
+        self._until: dict[str, float] = {}
+        self.updates = 0
+        """Revocations applied (tests wait on it)."""
+
+    def revoke(self, grant_id: str, revoked_at: float | None = None) -> None:
+        """Record a revoked grant (`revoked_at`: epoch seconds, default now)."""
+        now = self.clock()
+        self._until[grant_id] = (revoked_at if revoked_at is not None else now) + self.keep_seconds
+        self.updates += 1
+        if len(self._until) % 256 == 0:
+            self._until = {g: t for g, t in self._until.items() if t > now}
+
+    def __contains__(self, grant_id: object) -> bool:
+        until = self._until.get(grant_id) if isinstance(grant_id, str) else None
+        return until is not None and until > self.clock()
+
+    def __len__(self) -> int:
+        return len(self._until)
 
 
 def jwks_over_http(url: str, http: httpx2.AsyncClient | None = None) -> KeySource:
@@ -113,6 +145,7 @@ class AccessTokenVerifier:
         leeway: int = 30,
         clock: Callable[[], float] = time.time,
         http: httpx2.AsyncClient | None = None,
+        revoked: RevokedGrants | None = None,
     ) -> None:
         self.issuer = issuer
         """Our Authorization Server's issuer, exactly as in its metadata and in `iss`."""
@@ -125,6 +158,8 @@ class AccessTokenVerifier:
         self.refetch_interval = refetch_interval
         self.leeway = leeway
         self.clock = clock
+        self.revoked = revoked
+        """Grants whose tokens are refused although valid otherwise; None: no revocation list."""
         self._keys: dict[str, RSAKey] = {}
         self._fetched_at: float | None = None
         self._attempted_at: float | None = None
@@ -170,6 +205,9 @@ class AccessTokenVerifier:
         audience = claims["aud"]
         if audience != self.resource:  # a list audience would name other servers too: one server per token
             raise TokenRejected(f"audience {audience!r} is not {self.resource}")
+        grant = claims.get("gid")
+        if self.revoked is not None and isinstance(grant, str) and grant in self.revoked:
+            raise TokenRejected("the grant was revoked")
         scopes = str(claims.get("scope", "")).split()
         missing = [s for s in self.required_scopes if s not in scopes]
         if missing:
@@ -181,7 +219,7 @@ class AccessTokenVerifier:
             expires_at=int(claims["exp"]),
             resource=self.resource,
             subject=str(claims["sub"]),
-            claims={"iss": claims["iss"], "org_id": claims.get("org_id"), "jti": claims.get("jti")},
+            claims={"iss": claims["iss"], "org_id": claims.get("org_id"), "jti": claims.get("jti"), "gid": grant},
         )
 
     async def _key(self, kid: str) -> RSAKey:

@@ -1,6 +1,7 @@
 """The runner on the bus, as the `runner` NATS user (nats.conf): the only things it may do are fetch the public
-signing keys (`rpc.oauth.jwks`), publish usage events (`usage.<server>.tool`, into the USAGE stream), and
-watch its organisation's key in the QUOTAS bucket. Replies arrive on `_INBOX_runner`.
+signing keys (`rpc.oauth.jwks`), publish usage events (`usage.<server>.tool`, into the USAGE stream),
+watch its organisation's key in the QUOTAS bucket and its organisation's revoked grants in the REVOKED
+bucket. Replies arrive on `_INBOX_runner`.
 
 Nothing here may hold up a tool call: the connection is made in the background (and retried), usage events
 wait in `UsageOutbox` until JetStream acknowledges them (re-publishing is safe: `Nats-Msg-Id` is the event
@@ -26,10 +27,10 @@ from nats.js.client import KV_PRE_TEMPLATE, KV_STREAM_TEMPLATE
 from nats.js.kv import KV_DEL, KV_MARKER_REASON, KV_OP, KV_PURGE
 
 from bus_schemas.base import Failed
-from bus_schemas.oauth import GetJwks, GetJwksReply
-from bus_schemas.registry import OAUTH_GET_JWKS, QUOTAS, TOOL_USAGE
+from bus_schemas.oauth import GetJwks, GetJwksReply, GrantRevoked
+from bus_schemas.registry import OAUTH_GET_JWKS, QUOTAS, REVOKED, TOOL_USAGE
 from bus_schemas.usage import QuotaState
-from runner_template.auth import KeySourceUnavailable
+from runner_template.auth import KeySourceUnavailable, RevokedGrants
 from runner_template.metering import QuotaGate, UsageOutbox
 
 log = logging.getLogger("bmms.runner.bus")
@@ -37,13 +38,14 @@ log = logging.getLogger("bmms.runner.bus")
 _encoder = msgspec.json.Encoder()
 _jwks_reply = msgspec.json.Decoder(GetJwksReply)
 _quota_state = msgspec.json.Decoder(QuotaState)
+_grant_revoked = msgspec.json.Decoder(GrantRevoked)
 
 
 class RunnerBus:
     """One runner's NATS connection and the background work on it."""
 
     def __init__(self, *, url: str, user: str, password: str, server_id: str, org_id: str, quota: QuotaGate,
-                 outbox: UsageOutbox, retry_seconds: float = 1.0) -> None:
+                 outbox: UsageOutbox, revoked: RevokedGrants | None = None, retry_seconds: float = 1.0) -> None:
         self.url = url
         self.user = user
         self._password = password
@@ -51,6 +53,8 @@ class RunnerBus:
         self.org_id = org_id
         self.quota = quota
         self.outbox = outbox
+        self.revoked = revoked
+        """Where revoked grants of the organisation go (None: not watched)."""
         self.retry_seconds = retry_seconds
         self.published = 0
         """Usage events JetStream acknowledged."""
@@ -59,6 +63,7 @@ class RunnerBus:
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._quota_sub: JetStreamContext.PushSubscription | None = None
+        self._revoked_sub: JetStreamContext.PushSubscription | None = None
 
     async def start(self) -> None:
         """Connect (in the background, retrying) and start publishing usage and watching the quota."""
@@ -82,7 +87,7 @@ class RunnerBus:
         self.nc = nc
         self.connected.set()
         js = nc.jetstream()
-        await asyncio.gather(self._publish_usage(js), self._watch_quota(js))
+        await asyncio.gather(self._publish_usage(js), self._watch_quota(js), self._watch_revocations(js))
 
     async def _connect(self) -> Client:
         last_error = ""
@@ -178,3 +183,37 @@ class RunnerBus:
             log.error("unreadable quota state for %s: %s", self.org_id, exc)
             return
         self.quota.update(state)
+
+    async def _watch_revocations(self, js: JetStreamContext) -> None:
+        """Watch REVOKED keys `<org_id>.*`: an unnamed ordered consumer, every live entry first (the bucket
+        holds one value per key, so that is each revoked grant once), then every new one. The runner may only
+        create it and answer its flow control (nats.conf): no stream info, no direct get."""
+        if self.revoked is None:
+            return
+        subject = KV_PRE_TEMPLATE.format(bucket=REVOKED.name) + self.org_id + ".*"
+        while True:
+            try:
+                self._revoked_sub = await js.subscribe(
+                    subject, stream=KV_STREAM_TEMPLATE.format(bucket=REVOKED.name), cb=self._on_revoked,
+                    ordered_consumer=True, deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+                )
+                return
+            except Exception as exc:  # bucket missing, bus down: try again
+                log.warning("cannot watch the revoked grants of %s: %r", self.org_id, exc)
+            await self._pause()
+
+    async def _on_revoked(self, msg: Msg) -> None:
+        assert self.revoked is not None
+        headers = msg.headers or {}
+        if headers.get(KV_OP) in (KV_DEL, KV_PURGE) or KV_MARKER_REASON in headers or not msg.data:
+            return  # a revocation is never taken back; an expired entry's grant has no live token left
+        grant_id = msg.subject.rsplit(".", 1)[-1]
+        try:
+            revoked = _grant_revoked.decode(msg.data)
+        except msgspec.DecodeError as exc:  # the key alone says which grant: refuse its tokens anyway
+            log.error("unreadable revocation of grant %s: %s", grant_id, exc)
+        else:
+            grant_id = revoked.grant_id
+        stored = msg.metadata.timestamp.timestamp() if msg.metadata.timestamp else None
+        self.revoked.revoke(grant_id, stored)
+        log.info("grant revoked", extra={"event": "grant_revoked", "grant_id": grant_id})

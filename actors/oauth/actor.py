@@ -27,6 +27,7 @@ from actors.oauth.clients import (
 )
 from actors.oauth.keys import Clock, KeyEncryption, SigningKeys, signing_key_encryption
 from actors.oauth.resources import RegistryUnavailable, resolve_resource, servers_base
+from actors.oauth.revocations import record_revocation, republish_recent
 from actors.oauth.scopes import ScopeError, describe, is_optional, parse_scope
 from actors.oauth.tokens import digest, mint_access_token, new_secret, pkce_matches
 from actors.runtime.actor import Actor, Context
@@ -69,6 +70,7 @@ from bus_schemas.registry import (
     OAUTH_REGISTER_CLIENT,
     OAUTH_REVOKE_TOKEN,
     OAUTH_START_AUTHORIZATION,
+    REVOKED,
 )
 
 log = logging.getLogger("bmms.oauth")
@@ -124,7 +126,20 @@ class OAuthActor(Actor):
         self.encryption = signing_key_encryption(settings.secret_key)
         self.documents = MetadataDocuments(allow_loopback=settings.oauth_allow_loopback_fetch,
                                            tls=trusting(settings.oauth_metadata_ca_file))
+        if self.config.access_token_ttl + VERIFIER_LEEWAY >= dt.timedelta(seconds=REVOKED.ttl_seconds):
+            raise RuntimeError(f"access tokens live {self.config.access_token_ttl}, as long as the {REVOKED.name} "
+                               "bucket keeps a revocation: a revoked grant's tokens would work again")
         await super().serve(settings, stop)
+
+    async def started(self, ctx: Context) -> None:
+        """Write the grants revoked within the REVOKED bucket's TTL again, in case a write was lost."""
+        try:
+            written = await republish_recent(ctx.pool, ctx.js, self.config.clock())
+        except Exception:
+            ctx.log.exception("could not catch up on revoked grants")
+            return
+        if written:
+            ctx.log.info("recorded %d recently revoked grant(s) in %s again", written, REVOKED.name)
 
     def keys(self, ctx: Context) -> SigningKeys:
         """The signing keys (built on first use, once the pool exists)."""
@@ -135,6 +150,10 @@ class OAuthActor(Actor):
                 publish_retired_for=self.config.access_token_ttl + dt.timedelta(minutes=5),
             )
         return self._keys
+
+
+VERIFIER_LEEWAY = dt.timedelta(seconds=30)
+"""The clock leeway resource servers allow on `exp` (runner_template.auth)."""
 
 
 def _refuse(
@@ -382,12 +401,20 @@ def create_actor(config: OAuthConfig | None = None) -> Actor:
         access, _ = mint_access_token(
             await actor.keys(ctx).current(), issuer=row["issuer"], subject=row["subject"], audience=row["resource"],
             client_id=client.client_id, scope=scope, org_id=row["org_id"], lifetime=lifetime, now=now.timestamp(),
+            grant_id=grant_id,
         )
         refresh = None
         if "refresh_token" in client.grant_types:
             refresh = new_secret("bmms_rt_")
             await storage.add_refresh_token(ctx.pool, grant_id, digest(refresh), now, now + cfg.refresh_token_ttl)
         return TokenIssued(access_token=access, expires_in=lifetime, refresh_token=refresh, scope=scope)
+
+    async def end_grant(ctx: Context, grant_id: str, reason: str) -> None:
+        """Revoke a grant: no more refreshes, and its access tokens refused by runners (the REVOKED bucket)."""
+        now = cfg.clock()
+        org_id = await storage.revoke_grant(ctx.pool, grant_id, reason, now)
+        if org_id is not None:
+            await record_revocation(ctx.js, grant_id=grant_id, org_id=org_id, reason=reason, at=now)
 
     @actor.rpc(OAUTH_EXCHANGE_TOKEN)
     async def exchange_token(request: ExchangeToken, ctx: Context) -> ExchangeTokenReply:
@@ -413,7 +440,7 @@ def create_actor(config: OAuthConfig | None = None) -> Actor:
             if row is None:
                 return _refuse("invalid_grant", "unknown authorization code", what=what, client=cid)
             if not first:
-                await storage.revoke_grant(ctx.pool, row["grant_id"], "authorization code reused", now)
+                await end_grant(ctx, row["grant_id"], "authorization code reused")
                 return _refuse("invalid_grant", "this authorization code was already used; every token it issued "
                                "is revoked", what=what, client=cid)
             if row["client_id"] != cid:
@@ -449,7 +476,7 @@ def create_actor(config: OAuthConfig | None = None) -> Actor:
         if row["revoked_at"] is not None:
             return _refuse("invalid_grant", "this grant was revoked; authorize again", what=what, client=cid)
         if not first:
-            await storage.revoke_grant(ctx.pool, row["grant_id"], "refresh token reused", now)
+            await end_grant(ctx, row["grant_id"], "refresh token reused")
             return _refuse("invalid_grant", "this refresh token was already used; its whole family is revoked, "
                            "authorize again", what=what, client=cid)
         if row["expires_at"] <= now:
@@ -477,10 +504,10 @@ def create_actor(config: OAuthConfig | None = None) -> Actor:
             return client
         row = await storage.find_refresh_token(ctx.pool, digest(request.token))
         if row is not None and row["client_id"] == client.client_id:
-            await storage.revoke_grant(ctx.pool, row["grant_id"], "revoked by the client", cfg.clock())
+            await end_grant(ctx, row["grant_id"], "revoked by the client")
             ctx.log.info("client %s revoked grant %s", client.client_id, row["grant_id"])
-        # Access tokens are short-lived JWTs that resource servers verify offline; revoking the refresh
-        # token ends the grant, and its access tokens run out within `access_token_ttl`.
+        # Access tokens are JWTs that resource servers verify offline; ending the grant also lists it in
+        # the REVOKED bucket, which runners watch to refuse its access tokens within moments.
         return TokenRevoked()
 
     @actor.rpc(OAUTH_GET_JWKS)

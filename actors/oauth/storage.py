@@ -195,12 +195,23 @@ async def use_code(pool: asyncpg.Pool, code_hash: str, now: dt.datetime) -> tupl
     return row, first is not None
 
 
-async def revoke_grant(pool: asyncpg.Pool, grant_id: str, reason: str, now: dt.datetime) -> None:
-    """End a grant: its refresh tokens (the family) stop working."""
-    await pool.execute(
-        "UPDATE oauth_grants SET revoked_at = $3, revoked_reason = $2 WHERE grant_id = $1 AND revoked_at IS NULL",
+async def revoke_grant(pool: asyncpg.Pool, grant_id: str, reason: str, now: dt.datetime) -> str | None:
+    """End a grant: its refresh tokens (the family) stop working. The grant's organisation when this call
+    ended it, None when it had ended already."""
+    org_id: str | None = await pool.fetchval(
+        "UPDATE oauth_grants SET revoked_at = $3, revoked_reason = $2 WHERE grant_id = $1 AND revoked_at IS NULL "
+        "RETURNING org_id",
         grant_id, reason, now,
     )
+    return org_id
+
+
+async def revoked_since(pool: asyncpg.Pool, since: dt.datetime) -> list[asyncpg.Record]:
+    """Grants revoked at or after `since` (grant_id, org_id, revoked_reason, revoked_at)."""
+    rows: list[asyncpg.Record] = await pool.fetch(
+        "SELECT grant_id, org_id, revoked_reason, revoked_at FROM oauth_grants WHERE revoked_at >= $1", since
+    )
+    return rows
 
 
 async def add_refresh_token(

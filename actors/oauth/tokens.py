@@ -43,8 +43,10 @@ def mint_access_token(
     org_id: str,
     lifetime: int,
     now: float | None = None,
+    grant_id: str | None = None,
 ) -> tuple[str, str]:
-    """(the RS256 JWT, its jti)."""
+    """(the RS256 JWT, its jti). A token issued under a grant carries its id as `gid`, so resource servers
+    can refuse it once the grant is revoked (service tokens have none)."""
     issued = int(time.time() if now is None else now)
     jti = secrets.token_urlsafe(16)
     claims = {
@@ -59,5 +61,7 @@ def mint_access_token(
         "client_id": client_id,
         "org_id": org_id,
     }
+    if grant_id is not None:
+        claims["gid"] = grant_id
     header = {"alg": "RS256", "kid": key.kid, "typ": ACCESS_TOKEN_TYPE}
     return jwt.encode(header, claims, key, algorithms=["RS256"]), jti

@@ -157,5 +157,6 @@ async def provision(js: JetStreamContext) -> None:
             await js.key_value(kv.name)
         except nats.js.errors.BucketNotFoundError:
             await js.create_key_value(
-                KeyValueConfig(bucket=kv.name, description=kv.description, history=kv.history, storage=StorageType.FILE)
+                KeyValueConfig(bucket=kv.name, description=kv.description, history=kv.history, storage=StorageType.FILE,
+                               ttl=float(kv.ttl_seconds) or None)
             )
