@@ -76,16 +76,24 @@ from bus_schemas.plans import Artifact, ToolPlan
 from bus_schemas.servers import (
     ControlServer,
     ControlServerReply,
+    DeleteServerSecret,
+    DeleteServerSecretReply,
     GetServer,
     GetServerLogs,
     GetServerLogsReply,
     GetServerReply,
     ListServers,
+    ListServerSecrets,
+    ListServerSecretsReply,
     ListServersReply,
     ResolveServer,
     ResolveServerReply,
     ServerChanged,
     ServerRoute,
+    SetServerSecret,
+    SetServerSecretReply,
+    StageBuildSecrets,
+    StageBuildSecretsReply,
 )
 from bus_schemas.usage import (
     CheckQuota,
@@ -449,6 +457,27 @@ RESOLVE_SERVER: Rpc[ResolveServer, ResolveServerReply] = Rpc(
     reply=ResolveServerReply, description="Which organisation owns a server (for oauth and metering).",
 )
 SERVER_RPCS = (LIST_SERVERS, GET_SERVER, CONTROL_SERVER, GET_SERVER_LOGS, RESOLVE_SERVER)
+# Server secrets: a value travels only in a set or stage request (rpc.* subjects are in no stream), never back.
+SET_SERVER_SECRET: Rpc[SetServerSecret, SetServerSecretReply] = Rpc(
+    service="deployer", endpoint="set_server_secret", subject="rpc.deployer.secrets.set", request=SetServerSecret,
+    reply=SetServerSecretReply, description="Store a server's upstream credential sealed; restart it if it runs.",
+)
+LIST_SERVER_SECRETS: Rpc[ListServerSecrets, ListServerSecretsReply] = Rpc(
+    service="deployer", endpoint="list_server_secrets", subject="rpc.deployer.secrets.list",
+    request=ListServerSecrets, reply=ListServerSecretsReply,
+    description="A server's secret names, which its version needs and which are missing (never values).",
+)
+DELETE_SERVER_SECRET: Rpc[DeleteServerSecret, DeleteServerSecretReply] = Rpc(
+    service="deployer", endpoint="delete_server_secret", subject="rpc.deployer.secrets.delete",
+    request=DeleteServerSecret, reply=DeleteServerSecretReply,
+    description="Forget a server's secret; restart it if it runs and needs it.",
+)
+STAGE_BUILD_SECRETS: Rpc[StageBuildSecrets, StageBuildSecretsReply] = Rpc(
+    service="deployer", endpoint="stage_build_secrets", subject="rpc.deployer.secrets.stage",
+    request=StageBuildSecrets, reply=StageBuildSecretsReply,
+    description="Keep the secrets given with a build sealed until the build's server exists, then set them on it.",
+)
+SECRET_RPCS = (SET_SERVER_SECRET, LIST_SERVER_SECRETS, DELETE_SERVER_SECRET, STAGE_BUILD_SECRETS)
 CHECK_QUOTA: Rpc[CheckQuota, CheckQuotaReply] = Rpc(
     service="metering", endpoint="check_quota", subject="rpc.metering.check_quota", request=CheckQuota,
     reply=CheckQuotaReply, description="May an organisation start one more build or server (`quota_exceeded` if not).",
@@ -549,6 +578,7 @@ RPCS: tuple[Rpc[Any, Any], ...] = (
     OAUTH_GET_JWKS,
     OAUTH_MINT_SERVICE_TOKEN,
     *SERVER_RPCS,
+    *SECRET_RPCS,
     *METERING_RPCS,
 )
 

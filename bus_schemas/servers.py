@@ -7,11 +7,13 @@ new version; rolling back points the server at an earlier one; the URL never cha
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 import msgspec
 
 from bus_schemas.base import Failed, Id, Message
+from bus_schemas.plans import SecretName
 
 ServerState = Literal["deploying", "running", "stopped", "failed", "deleted"]
 BackendName = Literal["docker", "swarm", "process"]
@@ -138,11 +140,116 @@ class ServerOwner(Message, frozen=True, kw_only=True, tag="servers.owner.v1"):
     tool_names: tuple[str, ...] = ()
 
 
+# --- server secrets: upstream credentials, held by the deployer, sealed at rest ---
+
+SECRET_NAME_RE = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
+"""What a secret name looks like (`bus_schemas.plans.SecretName`), for checks outside a message."""
+MAX_SECRET_BYTES = 8192
+"""The largest secret value (UTF-8 bytes) the deployer keeps."""
+MAX_SECRETS_PER_REQUEST = 32
+"""The most secrets one build request may carry."""
+SecretValue = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_SECRET_BYTES)]
+"""An upstream credential's value (at most MAX_SECRET_BYTES bytes of UTF-8, checked by the deployer)."""
+
+
+class SetServerSecret(Message, frozen=True, kw_only=True, tag="servers.secrets.set.v1"):
+    """Store (or replace) one secret of a server; a running server that needs it restarts with it.
+
+    The only messages that carry a value are this one and StageBuildSecrets, as requests on `rpc.`
+    subjects (never stored in a stream); no reply, event or log line holds one."""
+
+    org_id: Id
+    server_id: Id
+    name: SecretName
+    value: SecretValue
+    requested_by: str = ""
+
+    def __repr__(self) -> str:  # a logged request must not show the value
+        return (f"SetServerSecret(org_id={self.org_id!r}, server_id={self.server_id!r}, name={self.name!r}, "
+                "value=<redacted>)")
+
+
+class ServerSecretSet(Message, frozen=True, kw_only=True, tag="servers.secrets.set_reply.v1"):
+    """The secret is stored; `restarted` says whether the server's runner was restarted with it."""
+
+    server_id: Id
+    name: SecretName
+    updated_at: str
+    restarted: bool
+
+
+class ListServerSecrets(Message, frozen=True, kw_only=True, tag="servers.secrets.list.v1"):
+    """Which secrets a server has, which its current version needs, and which of those are missing."""
+
+    org_id: Id
+    server_id: Id
+
+
+class ServerSecretInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """One stored secret, without its value."""
+
+    name: SecretName
+    updated_at: str
+    updated_by: str
+
+
+class ServerSecrets(Message, frozen=True, kw_only=True, tag="servers.secrets.listed.v1"):
+    """A server's secrets by name (never values)."""
+
+    server_id: Id
+    secrets: tuple[ServerSecretInfo, ...]
+    needed: tuple[str, ...]
+    """Secret names the running (or current) version reads."""
+    missing: tuple[str, ...]
+    """Of `needed`, those not set: tools that use them answer a tool error until they are."""
+
+
+class DeleteServerSecret(Message, frozen=True, kw_only=True, tag="servers.secrets.delete.v1"):
+    """Forget one secret of a server; a running server that needs it restarts without it."""
+
+    org_id: Id
+    server_id: Id
+    name: SecretName
+    requested_by: str = ""
+
+
+class ServerSecretDeleted(Message, frozen=True, kw_only=True, tag="servers.secrets.deleted.v1"):
+    server_id: Id
+    name: SecretName
+    restarted: bool
+
+
+class StageBuildSecrets(Message, frozen=True, kw_only=True, tag="servers.secrets.stage.v1"):
+    """Secrets given with a build request: kept sealed for the build and moved onto its server when the
+    build deploys (or set on it at once, when it has deployed already)."""
+
+    org_id: Id
+    build_id: Id
+    secrets: Annotated[dict[SecretName, SecretValue], msgspec.Meta(min_length=1, max_length=MAX_SECRETS_PER_REQUEST)]
+    requested_by: str = ""
+
+    def __repr__(self) -> str:  # a logged request must not show the values
+        return (f"StageBuildSecrets(org_id={self.org_id!r}, build_id={self.build_id!r}, "
+                f"names={sorted(self.secrets)!r}, values=<redacted>)")
+
+
+class BuildSecretsStaged(Message, frozen=True, kw_only=True, tag="servers.secrets.staged.v1"):
+    """The build's secrets are stored; `server_id` is set when the build had deployed already."""
+
+    build_id: Id
+    names: tuple[str, ...]
+    server_id: Id | None = None
+
+
 ListServersReply = ServerList | Failed
 GetServerReply = ServerReply | Failed
 ControlServerReply = ServerReply | Failed
 GetServerLogsReply = ServerLogs | Failed
 ResolveServerReply = ServerOwner | Failed
+SetServerSecretReply = ServerSecretSet | Failed
+ListServerSecretsReply = ServerSecrets | Failed
+DeleteServerSecretReply = ServerSecretDeleted | Failed
+StageBuildSecretsReply = BuildSecretsStaged | Failed
 
 
 def servers_base(servers_url: str | None, issuer: str) -> str:

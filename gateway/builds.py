@@ -14,7 +14,8 @@ from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from bus_schemas.base import SUBJECT_TOKEN_RE, FailureCode
 from bus_schemas.builds import BuildAccepted, BuildSummary, GetBuild, SubmitBuild
 from bus_schemas.identity import Principal
-from bus_schemas.registry import GET_BUILD, SUBMIT_BUILD
+from bus_schemas.registry import GET_BUILD, STAGE_BUILD_SECRETS, SUBMIT_BUILD
+from bus_schemas.servers import BuildSecretsStaged, StageBuildSecrets
 from gateway.auth import (
     WEBSOCKET_BEARER_PROTOCOL,
     Authenticator,
@@ -58,6 +59,21 @@ def _close_reason(text: str) -> str:
     return text if len(data) <= 123 else data[:120].decode(errors="ignore") + "..."
 
 
+async def stage_secrets(bus: BusClient, principal: Principal, build_id: str, secrets: dict[str, str]) -> None:
+    """Hand a build's secrets to the deployer, which sets them on the build's server before it starts (or at
+    once, when it has deployed already)."""
+    request = StageBuildSecrets(org_id=principal.org_id, build_id=build_id, secrets=secrets,
+                                requested_by=principal.subject)
+    try:
+        await bus.ask(STAGE_BUILD_SECRETS, request, BuildSecretsStaged)
+    except Problem as problem:
+        raise Problem(problem.status, f"build {build_id} was accepted, but its secrets were not stored: "
+                      f"{problem.detail}; send the request again with the same Idempotency-Key, or set them with "
+                      "PUT /v1/servers/<server_id>/secrets/<NAME> once it deploys",
+                      code=problem.code, errors=problem.errors, headers=problem.headers,
+                      extra={"build_id": build_id}) from None
+
+
 class BuildsController(Controller):
     """Builds of the caller's organisation."""
 
@@ -83,12 +99,15 @@ class BuildsController(Controller):
                             description="Retrying with the same key returns the same build instead of a new one."),
         ] = None,
     ) -> Response[BuildCreated]:
-        """Accept a build request and start the pipeline; watch it at `links.stream`."""
+        """Accept a build request and start the pipeline; watch it at `links.stream`. Secrets given with it
+        go to the deployer only (split off here, at the edge), never into the build request or its events."""
         request = SubmitBuild(
             org_id=principal.org_id, requested_by=principal.subject, name=data.name, source=data.source,
             idempotency_key=idempotency_key, server_id=data.server_id,
         )
         accepted = await bus.ask(SUBMIT_BUILD, request, BuildAccepted)
+        if data.secrets:
+            await stage_secrets(bus, principal, accepted.build_id, data.secrets)
         links = build_links(accepted.build_id)
         return Response(
             BuildCreated(build_id=accepted.build_id, status=accepted.status, links=links),

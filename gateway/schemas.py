@@ -8,6 +8,8 @@ import msgspec
 
 from bus_schemas.base import Id
 from bus_schemas.builds import BuildSource, BuildStatus
+from bus_schemas.plans import SecretName
+from bus_schemas.servers import MAX_SECRETS_PER_REQUEST, SecretValue
 
 
 class CreateBuild(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -19,6 +21,10 @@ class CreateBuild(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     """What the server should do; `kind` says which form: plain_words, openapi or tool_spec."""
     server_id: Id | None = None
     """Deploy the build as a new version of this server of the organisation (same URL); omit for a new server."""
+    secrets: Annotated[dict[SecretName, SecretValue], msgspec.Meta(max_length=MAX_SECRETS_PER_REQUEST)] | None = None
+    """Upstream credentials by secret name (e.g. `{"NOTES_KEY": "..."}` for the security scheme `notes_key`, or
+    `credentials.secret_name`): handed to the deployer alone, sealed, and set on the build's server before it
+    starts; they never enter the build request, its events or the plan."""
 
 
 class BuildLinks(msgspec.Struct, frozen=True, kw_only=True):

@@ -10,6 +10,14 @@ Redeploying a new version is `POST /v1/builds` with `server_id` in the body.
 - `POST /v1/servers/{server_id}/rollback {"version": n}` -> the server, running version n
 - `DELETE /v1/servers/{server_id}` -> the server, `state: "deleted"`
 - `GET /v1/servers/{server_id}/logs?tail=N` -> `{"server_id", "lines": [...]}`
+- `PUT /v1/servers/{server_id}/secrets/{NAME} {"value": "..."}` -> 204; a running server whose version
+  reads NAME restarts with it (same URL)
+- `GET /v1/servers/{server_id}/secrets` -> names with when and by whom they were set, which ones the
+  current version `needed`, and which of those are `missing`; never a value
+- `DELETE /v1/servers/{server_id}/secrets/{NAME}` -> 204
+
+A secret's value goes to the deployer only (sealed at rest there) and never comes back: not in a reply,
+a problem detail, an event or a log line.
 """
 
 from __future__ import annotations
@@ -17,28 +25,45 @@ from __future__ import annotations
 from typing import Annotated
 
 import msgspec
-from litestar import Controller, delete, get, post
+from litestar import Controller, delete, get, post, put
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, JSONBody, QueryParameter
 
 from bus_schemas.base import SUBJECT_TOKEN_RE, FailureCode
 from bus_schemas.identity import Principal
-from bus_schemas.registry import CONTROL_SERVER, GET_SERVER, GET_SERVER_LOGS, LIST_SERVERS
+from bus_schemas.registry import (
+    CONTROL_SERVER,
+    DELETE_SERVER_SECRET,
+    GET_SERVER,
+    GET_SERVER_LOGS,
+    LIST_SERVER_SECRETS,
+    LIST_SERVERS,
+    SET_SERVER_SECRET,
+)
 from bus_schemas.servers import (
+    SECRET_NAME_RE,
     ControlServer,
+    DeleteServerSecret,
     GetServer,
     GetServerLogs,
     ListServers,
+    ListServerSecrets,
+    SecretValue,
     ServerAction,
     ServerInfo,
     ServerList,
     ServerLogs,
     ServerReply,
+    ServerSecretDeleted,
+    ServerSecretInfo,
+    ServerSecrets,
+    ServerSecretSet,
+    SetServerSecret,
 )
 from gateway.auth import provide_principal
 from gateway.builds import require_json
 from gateway.bus import BusClient
-from gateway.problems import Problem
+from gateway.problems import Problem, ProblemField
 
 
 class ServerListView(msgspec.Struct, frozen=True, kw_only=True):
@@ -59,6 +84,32 @@ class RollbackBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
     version: Annotated[int, msgspec.Meta(ge=1)]
     """One of the server's versions, as listed in `versions`."""
+
+
+class SecretBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A secret's value (at most 8 KiB); it is stored encrypted and never shown again."""
+
+    value: SecretValue
+
+
+class ServerSecretsView(msgspec.Struct, frozen=True, kw_only=True):
+    """A server's secrets by name (never values), and which ones its current version needs."""
+
+    server_id: str
+    secrets: tuple[ServerSecretInfo, ...]
+    needed: tuple[str, ...]
+    """Secret names the current version's tools read."""
+    missing: tuple[str, ...]
+    """Needed names not set yet: the tools that use them answer a tool error until they are."""
+
+
+def checked_secret_name(name: str) -> str:
+    """A secret name as the deployer keeps them: upper-snake-case, up to 64 characters."""
+    if not SECRET_NAME_RE.match(name):
+        raise Problem(400, f"a secret name is upper-snake-case (A-Z, 0-9, _; starting with a letter; at most 64 "
+                      f"characters), not {name[:80]!r}", code=FailureCode.INVALID,
+                      errors=[ProblemField(field="name", source="path", message="not an upper-snake-case name")])
+    return name
 
 
 def checked_server_id(server_id: str) -> str:
@@ -145,3 +196,44 @@ class ServersController(Controller):
         request = GetServerLogs(org_id=principal.org_id, server_id=checked_server_id(server_id), tail=tail)
         logs = await bus.ask(GET_SERVER_LOGS, request, ServerLogs)
         return ServerLogsView(server_id=logs.server_id, lines=logs.lines)
+
+    @put("/{server_id:str}/secrets/{name:str}", status_code=204, before_request=require_json,
+         summary="Set a server secret")
+    async def set_secret(
+        self,
+        server_id: FromPath[str],
+        name: FromPath[str],
+        data: JSONBody[SecretBody],
+        principal: NamedDependency[Principal],
+        bus: NamedDependency[BusClient],
+    ) -> None:
+        """Store an upstream credential of the server under NAME (the tools read it as that secret); a
+        running server whose version reads it restarts with it, same URL. Setting it again replaces it."""
+        request = SetServerSecret(
+            org_id=principal.org_id, server_id=checked_server_id(server_id), name=checked_secret_name(name),
+            value=data.value, requested_by=principal.subject,
+        )
+        await bus.ask(SET_SERVER_SECRET, request, ServerSecretSet)
+
+    @get("/{server_id:str}/secrets", summary="List a server's secrets")
+    async def list_secrets(
+        self, server_id: FromPath[str], principal: NamedDependency[Principal], bus: NamedDependency[BusClient]
+    ) -> ServerSecretsView:
+        """The server's secret names (never values), which its current version needs, and which are missing."""
+        request = ListServerSecrets(org_id=principal.org_id, server_id=checked_server_id(server_id))
+        listed = await bus.ask(LIST_SERVER_SECRETS, request, ServerSecrets)
+        return ServerSecretsView(server_id=listed.server_id, secrets=listed.secrets, needed=listed.needed,
+                                 missing=listed.missing)
+
+    @delete("/{server_id:str}/secrets/{name:str}", status_code=204, summary="Delete a server secret")
+    async def delete_secret(
+        self,
+        server_id: FromPath[str],
+        name: FromPath[str],
+        principal: NamedDependency[Principal],
+        bus: NamedDependency[BusClient],
+    ) -> None:
+        """Forget the secret; a running server whose version reads it restarts without it."""
+        request = DeleteServerSecret(org_id=principal.org_id, server_id=checked_server_id(server_id),
+                                     name=checked_secret_name(name), requested_by=principal.subject)
+        await bus.ask(DELETE_SERVER_SECRET, request, ServerSecretDeleted)

@@ -112,7 +112,7 @@ class Child:
 
 
 SECRET_KEY_FILE = Path("secrets") / "secret-key"
-"""The oauth actor's key-encryption key (BMMS_SECRET_KEY) of a dev stack, relative to its data dir."""
+"""The key-encryption key (BMMS_SECRET_KEY) of a dev stack's oauth actor and deployer, relative to its data dir."""
 
 
 def load_or_create_secret_key(path: Path) -> str:
@@ -295,7 +295,9 @@ class DevStack:
         for name in ACTORS:
             environ = child_environ(self.base_environ, infra, name, self.root, database=True)
             environ["BMMS_PUBLIC_URL"] = public_url
-            if name == "oauth" and "BMMS_SECRET_KEY" not in environ:
+            if name in ("oauth", "deployer") and "BMMS_SECRET_KEY" not in environ:
+                # oauth seals its signing keys, the deployer the servers' upstream secrets (each its own
+                # derived key: actors.runtime.crypto)
                 environ["BMMS_SECRET_KEY"] = load_or_create_secret_key(self.root / SECRET_KEY_FILE)
             if name == "deployer":
                 # runners get the `runner` role (usage events, the public keys, quota state) and nothing more;

@@ -52,6 +52,10 @@ async def _violations(stack: Stack, role: str, action: str, subject: str) -> lis
         ("codegen", "publish", "rpc.builds.submit"),
         ("events", "publish", "builds.o1.b1.failed"),
         ("events", "subscribe", "_INBOX_planner.>"),
+        # server secrets: only the gateway asks, only the deployer answers
+        ("runner", "publish", "rpc.deployer.secrets.list"),
+        ("planner", "publish", "rpc.deployer.secrets.set"),
+        ("gateway", "subscribe", "rpc.deployer.secrets.set"),
     ],
 )
 async def test_role_is_refused_what_it_does_not_need(stack: Stack, role: str, action: str, subject: str) -> None:
@@ -68,6 +72,9 @@ async def test_role_is_refused_what_it_does_not_need(stack: Stack, role: str, ac
         ("auth", "subscribe", "rpc.auth.authenticate"),
         ("gateway", "publish", "rpc.auth.magic_link.redeem"),
         ("gateway", "publish", "rpc.auth.api_keys.revoke"),
+        ("gateway", "publish", "rpc.deployer.secrets.set"),
+        ("gateway", "publish", "rpc.deployer.secrets.stage"),
+        ("deployer", "subscribe", "rpc.deployer.secrets.set"),
     ],
 )
 async def test_role_is_allowed_what_it_needs(stack: Stack, role: str, action: str, subject: str) -> None:

@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import uuid
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 
 import asyncpg
 from nats.js import JetStreamContext
 
-from actors.deployer import storage
+from actors.deployer import server_secrets, storage
 from actors.deployer.backends.base import Backend, BackendError, RunnerSpec, RunningRunner
 from actors.deployer.backends.select import create_backend
 from actors.deployer.health import Unhealthy, wait_healthy
@@ -43,24 +44,33 @@ from bus_schemas.registry import (
     ARTIFACTS,
     BUILDS,
     CONTROL_SERVER,
+    DELETE_SERVER_SECRET,
     DEPLOYER_CHECKED,
     GET_SERVER,
     GET_SERVER_LOGS,
+    LIST_SERVER_SECRETS,
     LIST_SERVERS,
     OAUTH_MINT_SERVICE_TOKEN,
     RESOLVE_SERVER,
     ROUTES,
     SERVER_EVENTS,
+    SET_SERVER_SECRET,
+    STAGE_BUILD_SECRETS,
     build_subject,
 )
 from bus_schemas.servers import (
+    BuildSecretsStaged,
     ControlServer,
     ControlServerReply,
+    DeleteServerSecret,
+    DeleteServerSecretReply,
     GetServer,
     GetServerLogs,
     GetServerLogsReply,
     GetServerReply,
     ListServers,
+    ListServerSecrets,
+    ListServerSecretsReply,
     ListServersReply,
     ResolveServer,
     ResolveServerReply,
@@ -70,7 +80,15 @@ from bus_schemas.servers import (
     ServerOwner,
     ServerReply,
     ServerRoute,
+    ServerSecretDeleted,
+    ServerSecretInfo,
+    ServerSecrets,
+    ServerSecretSet,
     ServerState,
+    SetServerSecret,
+    SetServerSecretReply,
+    StageBuildSecrets,
+    StageBuildSecretsReply,
     server_url,
 )
 
@@ -99,10 +117,13 @@ class DeployerActor(Actor):
         self._given_backend = backend
         self.backend: Backend | None = backend
         self.settings: Settings | None = None
+        self.secret_box = server_secrets.SecretBox(None)
+        """Seals server secrets under BMMS_SECRET_KEY (without one, secrets cannot be set)."""
         self._reconciler: asyncio.Task[None] | None = None
 
     async def serve(self, settings: Settings, stop: asyncio.Event) -> None:
         self.settings = settings
+        self.secret_box = server_secrets.SecretBox(settings.secret_key)
         if self.backend is None:
             self.backend = create_backend(settings)
         try:
@@ -153,8 +174,9 @@ class DeployerActor(Actor):
     def url_of(self, server_id: str) -> str:
         return server_url(self.config.servers_url, self.issuer, server_id)
 
-    def runner_env(self, server: storage.Server) -> dict[str, str]:
-        """A runner's settings (see runner_template.app): who it is, who signs its tokens, where the bus is."""
+    def runner_env(self, server: storage.Server, secrets: Mapping[str, str] | None = None) -> dict[str, str]:
+        """A runner's settings (see runner_template.app): who it is, who signs its tokens, where the bus is,
+        and `BMMS_SECRET_<NAME>` for each of `secrets` (the stored ones its artifact declares)."""
         settings = self.config
         origins = [o.strip() for o in settings.runner_allowed_origins.split(",") if o.strip()]
         env = {
@@ -171,19 +193,24 @@ class DeployerActor(Actor):
                 "BMMS_RUNNER_NATS_USER": "runner",
                 "BMMS_RUNNER_NATS_PASSWORD": settings.runner_nats_password,
             }
-        return env
+        return env | server_secrets.runner_secret_env(secrets or {})
 
-    async def spec_for(self, js: JetStreamContext, server: storage.Server, version: storage.Version) -> RunnerSpec:
-        store = await js.object_store(ARTIFACTS.name)
+    async def spec_for(self, ctx: Context, server: storage.Server, version: storage.Version) -> RunnerSpec:
+        store = await ctx.js.object_store(ARTIFACTS.name)
         try:
             artifact = await load_verified(store, ARTIFACTS, version.artifact_hash, Artifact,
                                            canonical_artifact_bytes, "artifact")
         except ObjectUnusable as exc:
             raise DeployRefused(FailureCode.INTERNAL, str(exc)) from None
+        try:
+            async with ctx.pool.acquire() as conn:
+                secrets = await server_secrets.values_for(conn, self.secret_box, server.server_id, artifact.secrets)
+        except server_secrets.SecretsUnavailable as exc:
+            raise DeployRefused(FailureCode.UNAVAILABLE, str(exc)) from None
         return RunnerSpec(
             server_id=server.server_id, org_id=server.org_id, version=version.version,
             artifact_hash=version.artifact_hash, artifact_json=canonical_artifact_bytes(artifact),
-            env=self.runner_env(server),
+            env=self.runner_env(server, secrets),
         )
 
     async def service_token(self, ctx: Context, server: storage.Server) -> str:
@@ -195,7 +222,7 @@ class DeployerActor(Actor):
 
     async def start_checked(self, ctx: Context, server: storage.Server, version: storage.Version) -> RunningRunner:
         """Run `version` of `server`, health-check it over MCP with a real token, route it."""
-        spec = await self.spec_for(ctx.js, server, version)
+        spec = await self.spec_for(ctx, server, version)
         try:
             runner = await self.runner_backend.run(spec)
         except BackendError as exc:
@@ -294,6 +321,7 @@ async def deploy_build(actor: DeployerActor, ctx: Context, checked: BuildChecked
         previous = server.version if server.state == "running" else None
         version = await storage.add_version(conn, server_id=server_id, build_id=checked.build_id,
                                             artifact_hash=checked.artifact_hash, tools=artifact.tools)
+        await adopt_build_secrets(actor, conn, checked, server_id)
         if server.state == "running" and server.version == version.version:
             return server, version.version  # a redelivered build that was deployed already
         await storage.set_state(conn, server_id, state="deploying", detail=None)
@@ -331,6 +359,59 @@ async def keep_previous(actor: DeployerActor, ctx: Context, conn: asyncpg.Connec
     await announce(ctx, server, "failed", server.version, refused.detail)
 
 
+async def adopt_build_secrets(actor: DeployerActor, conn: asyncpg.Connection, checked: BuildChecked,
+                              server_id: str) -> None:
+    """Move the secrets given with the build onto its server, before the build's runner starts."""
+    try:
+        await server_secrets.adopt_staged(conn, actor.secret_box, org_id=checked.org_id, build_id=checked.build_id,
+                                          server_id=server_id)
+    except server_secrets.SecretsUnavailable as exc:
+        raise DeployRefused(FailureCode.UNAVAILABLE, str(exc)) from None
+
+
+async def warn_missing_secrets(ctx: Context, checked: BuildChecked, server: storage.Server) -> None:
+    """A warning line in the build log for each secret the new version reads that its server does not have."""
+    try:
+        needed = await server_secrets.artifact_secrets(ctx.js, checked.artifact_hash)
+    except ObjectUnusable:
+        return  # the deploy itself just loaded it; nothing to say if it is gone since
+    async with ctx.pool.acquire() as conn:
+        have = {s.name for s in await server_secrets.stored(conn, server.server_id)}
+    for name in sorted(set(needed) - have):
+        message = (f"secret {name} is not set: the tools that use it answer a tool error until it is "
+                   f"(PUT /v1/servers/{server.server_id}/secrets/{name})")
+        await emit(ctx, LogLine(build_id=checked.build_id, org_id=checked.org_id, at=utc_now(), step="deploy",
+                                level="warning", message=message), "log", f"deploy:secret-missing:{name}")
+
+
+async def restart_for_secrets(actor: DeployerActor, ctx: Context, server_id: str, names: Iterable[str]) -> bool:
+    """Run a server's current version again with its secrets as stored now (start's and rollback's path,
+    under the server's lock), if it should run and its version reads one of `names`; whether it did."""
+    async with server_lock(ctx.pool, server_id) as conn:
+        server = await storage.find_server(conn, server_id)
+        if server is None or server.desired != "running" or server.version is None:
+            return False
+        version = await storage.find_version(conn, server_id, server.version)
+        if version is None:
+            return False
+        try:
+            needed = await server_secrets.artifact_secrets(ctx.js, version.artifact_hash)
+        except ObjectUnusable as exc:
+            raise DeployRefused(FailureCode.INTERNAL, str(exc)) from None
+        if not set(names) & set(needed):
+            return False
+        try:
+            await actor.start_checked(ctx, server, version)
+        except DeployRefused as refused:
+            await storage.set_state(conn, server_id, state="failed", detail=refused.detail)
+            await announce(ctx, server, "failed", server.version, refused.detail)
+            raise
+        if server.state != "running":
+            await storage.set_state(conn, server_id, state="running")
+            await announce(ctx, server, "running", server.version)
+    return True
+
+
 async def control(actor: DeployerActor, ctx: Context, request: ControlServer) -> storage.Server:
     """Stop, start, delete or roll back a server of the request's organisation."""
     backend = actor.runner_backend
@@ -348,6 +429,7 @@ async def control(actor: DeployerActor, ctx: Context, request: ControlServer) ->
             hashes = tuple(v.artifact_hash for v in await storage.versions(conn, server.server_id))
             await backend.remove(server.server_id, hashes)
             await storage.set_state(conn, server.server_id, state="deleted", desired="deleted")
+            await server_secrets.forget_server(conn, server.server_id)
             state = "deleted"
         else:
             number = request.version if request.action == "rollback" else server.version
@@ -372,6 +454,7 @@ async def reconcile(actor: DeployerActor, ctx: Context) -> None:
         if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", zlib.crc32(b"deployer:reconcile")):
             return
         try:
+            await server_secrets.purge_stale_staged(conn, dt.datetime.now(dt.UTC))
             wanted = {s.server_id: s for s in await storage.list_servers(conn)}
             running = {r.server_id: r for r in await backend.running()}
         finally:
@@ -441,6 +524,7 @@ def create_actor(backend: Backend | None = None) -> Actor:
         except DeployRefused as refused:
             await fail_step(ctx, event, "deploy", refused.code, refused.detail)
             return
+        await warn_missing_secrets(ctx, event, server)
         await emit(ctx, LogLine(**ids, at=utc_now(), step="deploy", level="info",
                                 message=f"version {version} answers an authenticated tools/list at {server.url}"),
                    "log", "deploy:healthy")
@@ -499,5 +583,104 @@ def create_actor(backend: Backend | None = None) -> Actor:
                 conn, server.server_id, server.version)
         return ServerOwner(server_id=server.server_id, org_id=server.org_id, url=server.url,
                            tool_names=current.tools if current else ())
+
+    # --- server secrets (values come in, never go out: replies, events and log lines carry names) ---
+
+    async def live_server(conn: asyncpg.Connection, org_id: str, server_id: str) -> storage.Server | None:
+        server = await storage.find_server(conn, server_id, org_id)
+        return None if server is None or server.desired == "deleted" else server
+
+    async def restarted(ctx: Context, server_id: str, names: Iterable[str], what: str) -> bool | Failed:
+        try:
+            return await restart_for_secrets(actor, ctx, server_id, names)
+        except DeployRefused as refused:
+            return Failed(code=refused.code, detail=f"{what}, but server {server_id} did not restart with it: "
+                                                    f"{refused.detail}")
+        except BackendError as exc:
+            return Failed(code=FailureCode.UNAVAILABLE, detail=f"{what}, but the {actor.runner_backend.name} "
+                                                               f"backend could not restart server {server_id}: {exc}")
+
+    @actor.rpc(SET_SERVER_SECRET)
+    async def set_server_secret(request: SetServerSecret, ctx: Context) -> SetServerSecretReply:
+        problem = server_secrets.value_problem(request.value)
+        if problem is not None:
+            return Failed(code=FailureCode.INVALID, detail=problem, field="value")
+        try:
+            async with ctx.pool.acquire() as conn:
+                server = await live_server(conn, request.org_id, request.server_id)
+                if server is None:
+                    return Failed(code=FailureCode.NOT_FOUND, detail=f"no server {request.server_id} in this "
+                                                                     "organisation")
+                updated_at = await server_secrets.put_secret(conn, actor.secret_box, server_id=server.server_id,
+                                                             name=request.name, value=request.value,
+                                                             by=request.requested_by)
+        except server_secrets.SecretsUnavailable as exc:
+            return Failed(code=FailureCode.UNAVAILABLE, detail=str(exc))
+        ctx.log.info("server %s: secret %s set by %s", server.server_id, request.name, request.requested_by or "-")
+        done = await restarted(ctx, server.server_id, (request.name,), f"secret {request.name} is stored")
+        if isinstance(done, Failed):
+            return done
+        return ServerSecretSet(server_id=server.server_id, name=request.name,
+                               updated_at=server_secrets.rfc3339(updated_at), restarted=done)
+
+    @actor.rpc(LIST_SERVER_SECRETS)
+    async def list_server_secrets(request: ListServerSecrets, ctx: Context) -> ListServerSecretsReply:
+        async with ctx.pool.acquire() as conn:
+            server = await live_server(conn, request.org_id, request.server_id)
+            if server is None:
+                return Failed(code=FailureCode.NOT_FOUND, detail=f"no server {request.server_id} in this organisation")
+            have = await server_secrets.stored(conn, server.server_id)
+            current = None if server.version is None else await storage.find_version(
+                conn, server.server_id, server.version)
+        try:
+            needed = () if current is None else await server_secrets.artifact_secrets(ctx.js, current.artifact_hash)
+        except ObjectUnusable as exc:
+            return Failed(code=FailureCode.INTERNAL, detail=str(exc))
+        names = {s.name for s in have}
+        return ServerSecrets(
+            server_id=server.server_id,
+            secrets=tuple(ServerSecretInfo(name=s.name, updated_at=server_secrets.rfc3339(s.updated_at),
+                                           updated_by=s.updated_by) for s in have),
+            needed=tuple(sorted(needed)), missing=tuple(n for n in sorted(needed) if n not in names),
+        )
+
+    @actor.rpc(DELETE_SERVER_SECRET)
+    async def delete_server_secret(request: DeleteServerSecret, ctx: Context) -> DeleteServerSecretReply:
+        async with ctx.pool.acquire() as conn:
+            server = await live_server(conn, request.org_id, request.server_id)
+            if server is None:
+                return Failed(code=FailureCode.NOT_FOUND, detail=f"no server {request.server_id} in this organisation")
+            if not await server_secrets.delete_secret(conn, server.server_id, request.name):
+                return Failed(code=FailureCode.NOT_FOUND, detail=f"server {server.server_id} has no secret "
+                                                                 f"{request.name}")
+        ctx.log.info("server %s: secret %s deleted by %s", server.server_id, request.name,
+                     request.requested_by or "-")
+        done = await restarted(ctx, server.server_id, (request.name,), f"secret {request.name} is deleted")
+        if isinstance(done, Failed):
+            return done
+        return ServerSecretDeleted(server_id=server.server_id, name=request.name, restarted=done)
+
+    @actor.rpc(STAGE_BUILD_SECRETS)
+    async def stage_build_secrets(request: StageBuildSecrets, ctx: Context) -> StageBuildSecretsReply:
+        for name, value in sorted(request.secrets.items()):
+            problem = server_secrets.value_problem(value)
+            if problem is not None:
+                return Failed(code=FailureCode.INVALID, detail=f"secret {name}: {problem}", field=f"secrets.{name}")
+        try:
+            async with ctx.pool.acquire() as conn:
+                server_id = await server_secrets.stage_or_put(
+                    conn, actor.secret_box, org_id=request.org_id, build_id=request.build_id,
+                    values=request.secrets, by=request.requested_by,
+                )
+        except server_secrets.SecretsUnavailable as exc:
+            return Failed(code=FailureCode.UNAVAILABLE, detail=str(exc))
+        names = tuple(sorted(request.secrets))
+        ctx.log.info("build %s: secret(s) %s %s", request.build_id, ", ".join(names),
+                     f"set on server {server_id}" if server_id else "kept until it deploys")
+        if server_id is not None:
+            done = await restarted(ctx, server_id, names, "the build's secrets are stored")
+            if isinstance(done, Failed):
+                return done
+        return BuildSecretsStaged(build_id=request.build_id, names=names, server_id=server_id)
 
     return actor

@@ -52,8 +52,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     mail_from: str = "Build My MCP Server <no-reply@localhost>"
     """The From address of sign-in and invitation mail."""
     secret_key: str | None = None
-    """Key-encryption key of the oauth actor: its token-signing private keys are stored AES-GCM encrypted
-    under a key derived from it (`bmms dev` generates one into the data dir's secrets)."""
+    """Key-encryption key of the oauth actor (its token-signing private keys) and the deployer (hosted servers'
+    upstream secrets): each stores them AES-GCM encrypted under its own key derived from this one (`bmms dev`
+    generates one into the data dir's secrets). Without it the deployer runs, but refuses to keep secrets."""
     servers_url: str | None = None
     """Base URL under which hosted MCP servers live (`<servers_url>/<server-id>/mcp`); default
     `<issuer>/servers`. OAuth `resource` values must be under it."""

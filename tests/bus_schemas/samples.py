@@ -51,7 +51,9 @@ def sample_value(t: mi.Type, *, variant: int = 0, full: bool = True) -> Any:
     if isinstance(t, mi.TupleType):
         return [sample_value(item, variant=variant, full=full) for item in t.item_types]
     if isinstance(t, mi.DictType):
-        return {"sample-key": sample_value(t.value_type, variant=variant, full=full)}
+        key_type = t.key_type  # a key with a pattern (a secret name) gets a matching sample
+        key = _sample_str(key_type) if isinstance(key_type, mi.StrType) and key_type.pattern else "sample-key"
+        return {key: sample_value(t.value_type, variant=variant, full=full)}
     raise NotImplementedError(f"no sample for {t!r}: teach tests/bus_schemas/samples.py this type")
 
 

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import shutil
 import signal
 from collections import deque
+from collections.abc import Mapping
 from pathlib import Path
 
 from actors.deployer.backends.base import Backend, BackendError, RunnerSpec, RunningRunner
@@ -37,10 +39,17 @@ from bus_schemas.servers import BackendName, Isolation
 
 _STATE = "runner.json"
 _LOG = "runner.log"
+_ENV_DIGEST = "runner.env.sha256"
+"""Digest of the environment the runner was started with: the same version with other secrets is replaced."""
 
 
 def _alive(pid: int, started: int) -> bool:
     return started != 0 and start_time(pid) == started
+
+
+def env_digest(env: Mapping[str, str]) -> str:
+    """What tells two runner environments apart (secret values enter only hashed)."""
+    return hashlib.sha256(json.dumps(sorted(env.items())).encode()).hexdigest()
 
 
 class ProcessBackend(Backend):
@@ -68,6 +77,12 @@ class ProcessBackend(Backend):
             return None
         return state
 
+    def _env_digest(self, server_id: str) -> str | None:
+        try:
+            return (self._dir(server_id) / _ENV_DIGEST).read_text()
+        except OSError:
+            return None
+
     def _runner_of(self, server_id: str) -> RunningRunner | None:
         state = self._state(server_id)
         if state is None or not _alive(int(str(state["pid"])), int(str(state.get("start_time", 0)))):
@@ -80,7 +95,8 @@ class ProcessBackend(Backend):
     async def run(self, spec: RunnerSpec) -> RunningRunner:
         async with self._lock(spec.server_id):
             current = self._runner_of(spec.server_id)
-            if current is not None and current.artifact_hash == spec.artifact_hash and current.version == spec.version:
+            if (current is not None and current.artifact_hash == spec.artifact_hash and current.version == spec.version
+                    and self._env_digest(spec.server_id) == env_digest(spec.env)):
                 return current
             directory = self._dir(spec.server_id)
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -112,6 +128,7 @@ class ProcessBackend(Backend):
                 "pid": pid, "start_time": started, "port": port, "version": spec.version,
                 "artifact_hash": spec.artifact_hash, "org_id": spec.org_id,
             }))
+            (directory / _ENV_DIGEST).write_text(env_digest(spec.env))
             if current is not None:
                 await self._terminate(int(current.ref))
             for old in directory.glob("*.json"):
