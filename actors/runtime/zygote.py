@@ -48,7 +48,7 @@ class ChildLimits:
     file_size_bytes: int = 64 * 1024 * 1024
     cpu_seconds: int | None = None
     """CPU time the child may use in all (it starts from zero after the fork); None: no limit."""
-    niceness: int = 5
+    niceness: int = 0
 
     def apply(self) -> None:
         """Set the limits on this process (call in the child)."""

@@ -24,7 +24,7 @@ from actors.planner.problems import PlanNotes
 from actors.planner.tool_spec import plan_tool_spec
 from bus_schemas.builds import FunctionBody, ToolParameter, ToolSpec, ToolSpecSource
 from bus_schemas.plans import Artifact, canonical_artifact_bytes
-from ops.infra import NATS_ROLES, NatsServer, new_nats_password, start_nats
+from ops.infra import NATS_ROLES, NatsServer, free_port, new_nats_password, start_nats
 from ops.runner_image import RunnerImageError, RunnerImages, RunnerImageSettings
 
 NO_AUTH = {"BMMS_RUNNER_INSECURE_NO_AUTH": "1"}
@@ -134,5 +134,21 @@ async def exec_in(docker: aiodocker.Docker, container_id: str, *argv: str) -> tu
     return int(info["ExitCode"]), output.decode(errors="replace")
 
 
+@pytest.fixture(scope="session")
+async def swarm(docker: aiodocker.Docker) -> AsyncIterator[None]:
+    """A swarm this Engine manages; created (on 127.0.0.1) only if there is none, and then left at the end."""
+    state = (await docker.system.info())["Swarm"]["LocalNodeState"]
+    created = False
+    if state == "inactive":
+        await docker.swarm.init(advertise_addr="127.0.0.1", listen_addr=f"127.0.0.1:{free_port('127.0.0.1')}")
+        created = True
+    elif state != "active":
+        pytest.skip(f"this Engine's swarm is {state}")
+    yield
+    if created:
+        await docker.swarm.leave(force=True)
+
+
+
 __all__ = ["CALCULATOR", "NO_AUTH", "RUNNER_PORT", "Rendered", "exec_in", "new_server_id", "render", "spec_for",
-           "tool"]
+           "swarm", "tool"]

@@ -13,25 +13,9 @@ from aiodocker.exceptions import DockerError
 
 from actors.deployer.backends.base import LABEL_ARTIFACT, LABEL_SERVER, LABEL_VERSION, BackendError, Limits
 from actors.deployer.backends.swarm import SwarmBackend
-from ops.infra import free_port
 from ops.runner_image import RunnerImages, server_image_ref
 from tests.deployer.conftest import CALCULATOR, exec_in, render, spec_for, tool
 from tests.deployer.test_docker_backend import BROKEN, MULTIPLY, call_tool
-
-
-@pytest.fixture(scope="module")
-async def swarm(docker: aiodocker.Docker) -> AsyncIterator[None]:
-    """A swarm this Engine manages; created (on 127.0.0.1) only if there is none, and then left at the end."""
-    state = (await docker.system.info())["Swarm"]["LocalNodeState"]
-    created = False
-    if state == "inactive":
-        await docker.swarm.init(advertise_addr="127.0.0.1", listen_addr=f"127.0.0.1:{free_port('127.0.0.1')}")
-        created = True
-    elif state != "active":
-        pytest.skip(f"this Engine's swarm is {state}")
-    yield
-    if created:
-        await docker.swarm.leave(force=True)
 
 
 @pytest.fixture

@@ -6,14 +6,16 @@ config, delete the server and find nothing left behind. Once per backend."""
 from __future__ import annotations
 
 import contextlib
+import json
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiodocker
 import httpx
 import httpx2
-import pytest
+from aiodocker.exceptions import DockerError
 from aiohttp import web
 from mcp import Client
 from mcp.client.auth import OAuthClientProvider
@@ -26,15 +28,18 @@ from actors.auth.actor import create_actor as create_auth_actor
 from actors.auth.config import AuthConfig
 from actors.catalog import create_actor
 from actors.deployer.actor import create_actor as create_deployer
-from actors.deployer.backends.base import Backend
+from actors.deployer.backends.base import LABEL_SERVER, Backend
+from actors.deployer.backends.docker import HOST_ALIAS, DockerBackend
+from actors.deployer.backends.process import ProcessBackend
+from actors.deployer.backends.swarm import SwarmBackend
 from actors.runtime.codec import decode
 from bus_schemas.builds import AnyBuildEvent, BuildDeployed, BuildFailed
 from bus_schemas.registry import BUILD_EVENTS, BUILDS, TOOL_USAGE, USAGE
 from bus_schemas.usage import ToolCalled
 from gateway.config import GatewayConfig
+from ops.runner_image import RunnerImages, server_image_ref
 from tests.actors.oauth_helpers import SECRET_KEY
 from tests.conftest import Stack, eventually, running
-from tests.e2e.backends import BACKENDS, BackendCase
 from tests.gateway.conftest import gateway_settings, serving
 from tests.gateway.test_identity_http import me, sign_in
 from tests.mailbox import Mailbox, local_smtp
@@ -77,7 +82,7 @@ class Upstream:
 
 
 @contextlib.asynccontextmanager
-async def notes_upstream(host: str) -> AsyncIterator[Upstream]:
+async def notes_upstream(listen_host: str, host: str) -> AsyncIterator[Upstream]:
     upstream = Upstream(base_url="")
 
     async def note(request: web.Request) -> web.Response:
@@ -93,7 +98,7 @@ async def notes_upstream(host: str) -> AsyncIterator[Upstream]:
     app.router.add_get("/notes", notes)
     runner = web.AppRunner(app)
     await runner.setup()
-    site = web.TCPSite(runner, host, 0)
+    site = web.TCPSite(runner, listen_host, 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     upstream.base_url = f"http://{host}:{port}"
@@ -101,6 +106,34 @@ async def notes_upstream(host: str) -> AsyncIterator[Upstream]:
         yield upstream
     finally:
         await runner.cleanup()
+
+
+@dataclass(frozen=True)
+class BackendCase:
+    """One backend under test: the backend, where the test's upstream API listens so its runners reach it
+    (containers reach the host as host.docker.internal), and how to see what it keeps of a server."""
+
+    backend: Backend
+    listen_host: str = "127.0.0.1"
+    upstream_host: str = "127.0.0.1"
+    docker: aiodocker.Docker | None = None
+
+    async def leftovers(self, server_id: str, artifact_hashes: tuple[str, ...]) -> list[str]:
+        """What the backend still keeps of a deleted server: processes and files, or containers, services
+        and images."""
+        found = [r.server_id for r in await self.backend.running() if r.server_id == server_id]
+        if isinstance(self.backend, ProcessBackend):
+            return found + [str(p) for p in [self.backend.root / server_id] if p.exists()]
+        assert self.docker is not None
+        label = json.dumps({"label": [f"{LABEL_SERVER}={server_id}"]})
+        found += [c.id for c in await self.docker.containers.list(all=True, filters=label)]
+        if isinstance(self.backend, SwarmBackend):
+            services = await self.docker.services.list(filters={"label": f"{LABEL_SERVER}={server_id}"})
+            found += [service["ID"] for service in services]
+        for digest in artifact_hashes:
+            with contextlib.suppress(DockerError):
+                found.append((await self.docker.images.inspect(server_image_ref(digest)))["Id"])
+        return found
 
 
 @dataclass
@@ -119,9 +152,9 @@ class Platform:
 
 @contextlib.asynccontextmanager
 async def platform_on(stack: Stack, case: BackendCase, admin: Nats) -> AsyncIterator[Platform]:
+    backend = case.backend
     async with contextlib.AsyncExitStack() as stack_:
-        backend = await stack_.enter_async_context(case.backend(stack))
-        upstream = await stack_.enter_async_context(notes_upstream(case.upstream_host))
+        upstream = await stack_.enter_async_context(notes_upstream(case.listen_host, case.upstream_host))
         mailbox: Mailbox = await stack_.enter_async_context(local_smtp())
         await stack_.enter_async_context(running(create_auth_actor(AuthConfig()),
                                                  stack.settings("auth", smtp_url=mailbox.url)))
@@ -132,7 +165,7 @@ async def platform_on(stack: Stack, case: BackendCase, admin: Nats) -> AsyncIter
         gw = await stack_.enter_async_context(serving(gateway_settings(stack), GatewayConfig(feed_grace_seconds=0.3)))
         deployer_settings = stack.settings(
             "deployer", public_url=gw.base_url, runner_nats_password=stack.nats.passwords["runner"],
-            runner_nats_url=case.runner_nats_url(stack), deploy_health_timeout=90.0,
+            deploy_health_timeout=120.0, secret_key=SECRET_KEY,
         )
         await stack_.enter_async_context(running(create_deployer(backend), deployer_settings))
         http = await stack_.enter_async_context(httpx.AsyncClient(base_url=gw.base_url, timeout=60))
@@ -149,6 +182,7 @@ async def platform_on(stack: Stack, case: BackendCase, admin: Nats) -> AsyncIter
         finally:
             for runner in await backend.running():
                 await backend.remove(runner.server_id, (runner.artifact_hash,))
+            await backend.close()
 
 
 async def build(platform: Platform, document: str, server_id: str | None = None) -> BuildDeployed:
@@ -208,15 +242,36 @@ async def usage_events(admin: Nats, server_id: str) -> list[ToolCalled]:
     return events
 
 
-@pytest.mark.parametrize("case", BACKENDS, ids=lambda c: c.name)
-async def test_a_server_built_from_openapi_is_hosted_called_redeployed_rolled_back_and_deleted(
-    stack: Stack, admin_nc: Nats, case: BackendCase
+def process_case(stack: Stack) -> BackendCase:
+    """The process backend in a directory of its own."""
+    return BackendCase(ProcessBackend(stack.root / f"e2e-runners-{secrets.token_hex(4)}"))
+
+
+async def test_on_local_processes(stack: Stack, admin_nc: Nats) -> None:
+    await hosted_server_flow(stack, admin_nc, process_case(stack))
+
+
+async def test_on_docker(stack: Stack, admin_nc: Nats, docker: aiodocker.Docker, runner_images: RunnerImages) -> None:
+    case = BackendCase(DockerBackend(runner_images, docker=docker, ready_timeout=120), listen_host="0.0.0.0",
+                       upstream_host=HOST_ALIAS, docker=docker)
+    await hosted_server_flow(stack, admin_nc, case)
+
+
+async def test_on_swarm(
+    stack: Stack, admin_nc: Nats, docker: aiodocker.Docker, runner_images: RunnerImages, swarm: None
 ) -> None:
-    case.require()
+    case = BackendCase(SwarmBackend(runner_images, docker=docker, ready_timeout=180), listen_host="0.0.0.0",
+                       upstream_host=HOST_ALIAS, docker=docker)
+    await hosted_server_flow(stack, admin_nc, case)
+
+
+async def hosted_server_flow(stack: Stack, admin_nc: Nats, case: BackendCase) -> None:
+    """Sign in, build from OpenAPI, OAuth + a tool call with the real SDK client, the usage event, redeploy
+    and roll back under one URL and one client config, delete: nothing left."""
     async with platform_on(stack, case, admin_nc) as platform:
         first = await build(platform, notes_api(platform.upstream.base_url, with_list=False))
         assert first.url == f"{platform.issuer}/servers/{first.server_id}/mcp"
-        assert first.backend == case.name and first.version == 1
+        assert first.backend == case.backend.name and first.version == 1
         storage = MemoryStorage()
 
         async with mcp_client(platform, first.url, storage) as client:
@@ -257,13 +312,11 @@ async def test_a_server_built_from_openapi_is_hosted_called_redeployed_rolled_ba
         assert storage.tokens == tokens_before
 
         # Delete: nothing of the server is left in the backend.
+        shown = await platform.http.get(f"/v1/servers/{first.server_id}", headers=headers)
+        hashes = tuple(v["artifact_hash"] for v in shown.json()["versions"])
+        assert len(hashes) == 2
         deleted = await platform.http.delete(f"/v1/servers/{first.server_id}", headers=headers)
         assert deleted.status_code == 200, deleted.text
-        assert [r for r in await backend_runners(platform) if r == first.server_id] == []
-        assert await case.leftovers(first.server_id, (first,)) == []
+        assert await case.leftovers(first.server_id, hashes) == []
         gone = await platform.http.post(first.url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
         assert gone.status_code == 404
-
-
-async def backend_runners(platform: Platform) -> list[str]:
-    return [r.server_id for r in await platform.backend.running()]
