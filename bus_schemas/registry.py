@@ -130,6 +130,9 @@ class Rpc(Generic[Req, Rep]):
     reply: Any
     """The reply type: a union of the result Struct and `Failed`."""
     description: str
+    timeout_seconds: float | None = None
+    """How long callers wait for an answer when it is longer than their usual RPC timeout (an endpoint that
+    starts and health-checks a server takes as long as that does)."""
 
 
 @dataclass(frozen=True)
@@ -446,7 +449,7 @@ GET_SERVER: Rpc[GetServer, GetServerReply] = Rpc(
 )
 CONTROL_SERVER: Rpc[ControlServer, ControlServerReply] = Rpc(
     service="deployer", endpoint="control_server", subject="rpc.deployer.control", request=ControlServer,
-    reply=ControlServerReply, description="Stop, start, delete or roll back a hosted server.",
+    reply=ControlServerReply, description="Stop, start, delete or roll back a hosted server.", timeout_seconds=300.0,
 )
 GET_SERVER_LOGS: Rpc[GetServerLogs, GetServerLogsReply] = Rpc(
     service="deployer", endpoint="server_logs", subject="rpc.deployer.logs", request=GetServerLogs,
@@ -461,6 +464,7 @@ SERVER_RPCS = (LIST_SERVERS, GET_SERVER, CONTROL_SERVER, GET_SERVER_LOGS, RESOLV
 SET_SERVER_SECRET: Rpc[SetServerSecret, SetServerSecretReply] = Rpc(
     service="deployer", endpoint="set_server_secret", subject="rpc.deployer.secrets.set", request=SetServerSecret,
     reply=SetServerSecretReply, description="Store a server's upstream credential sealed; restart it if it runs.",
+    timeout_seconds=300.0,
 )
 LIST_SERVER_SECRETS: Rpc[ListServerSecrets, ListServerSecretsReply] = Rpc(
     service="deployer", endpoint="list_server_secrets", subject="rpc.deployer.secrets.list",
@@ -471,11 +475,13 @@ DELETE_SERVER_SECRET: Rpc[DeleteServerSecret, DeleteServerSecretReply] = Rpc(
     service="deployer", endpoint="delete_server_secret", subject="rpc.deployer.secrets.delete",
     request=DeleteServerSecret, reply=DeleteServerSecretReply,
     description="Forget a server's secret; restart it if it runs and needs it.",
+    timeout_seconds=300.0,
 )
 STAGE_BUILD_SECRETS: Rpc[StageBuildSecrets, StageBuildSecretsReply] = Rpc(
     service="deployer", endpoint="stage_build_secrets", subject="rpc.deployer.secrets.stage",
     request=StageBuildSecrets, reply=StageBuildSecretsReply,
     description="Keep the secrets given with a build sealed until the build's server exists, then set them on it.",
+    timeout_seconds=300.0,
 )
 SECRET_RPCS = (SET_SERVER_SECRET, LIST_SERVER_SECRETS, DELETE_SERVER_SECRET, STAGE_BUILD_SECRETS)
 CHECK_QUOTA: Rpc[CheckQuota, CheckQuotaReply] = Rpc(

@@ -25,7 +25,7 @@ class BusClient:
     async def ask(self, rpc: Rpc[Any, Any], request: object, expect: type[T]) -> T:
         """Call `rpc`; return its `expect` reply, or raise the Problem its `Failed` reply maps to."""
         try:
-            reply = await call(self.nc, rpc, request, timeout=self.rpc_timeout)
+            reply = await call(self.nc, rpc, request, timeout=max(self.rpc_timeout, rpc.timeout_seconds or 0.0))
         except nats.errors.Error as exc:
             # `call` turns no-responders and timeouts into values; a closed connection still raises.
             raise Problem(503, f"the message bus is unavailable ({type(exc).__name__})",
