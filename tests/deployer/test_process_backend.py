@@ -72,3 +72,15 @@ async def test_a_runner_that_cannot_start_is_reported_and_the_old_one_keeps_serv
         await backend.run(spec_for(server_id, broken, version=2))
     (still,) = await backend.running()
     assert still.ref == first.ref and (await healthz(still.upstream))["tools"] == ["add"]
+
+
+async def test_the_same_version_with_another_environment_is_replaced(backend: ProcessBackend, server_id: str) -> None:
+    """A changed secret is a changed environment: the runner restarts with it, an unchanged one does not."""
+    first = await backend.run(spec_for(server_id, CALCULATOR, env={"BMMS_SECRET_API_KEY": "one"}))
+    same = await backend.run(spec_for(server_id, CALCULATOR, env={"BMMS_SECRET_API_KEY": "one"}))
+    assert same.ref == first.ref
+    rotated = await backend.run(spec_for(server_id, CALCULATOR, env={"BMMS_SECRET_API_KEY": "two"}))
+    assert rotated.ref != first.ref and (await healthz(rotated.upstream))["tools"] == ["add"]
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(first.ref), 0)
+    assert [r.ref for r in await backend.running()] == [rotated.ref]
