@@ -15,6 +15,7 @@ from gateway.auth import Authenticator
 from gateway.builds import BuildsController
 from gateway.bus import BusClient
 from gateway.config import GatewayConfig
+from gateway.events import EventsController
 from gateway.feeds import BuildFeeds
 from gateway.health import HealthController
 from gateway.identity import IDENTITY_CONTROLLERS
@@ -61,7 +62,7 @@ def create_app(settings: Settings, config: GatewayConfig | None = None) -> Lites
     return Litestar(
         route_handlers=[
             HealthController, BuildsController, *IDENTITY_CONTROLLERS, SignInPageController, OAuthController,
-            ServersController, UsageController, *routing.route_handlers,
+            ServersController, UsageController, EventsController, *routing.route_handlers,
         ],
         dependencies={
             "services": Provide(provide_services, sync_to_thread=False),

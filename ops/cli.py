@@ -69,10 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     events = commands.add_parser(
-        "events", parents=[data], help="print builds' events from the BUILDS stream",
-        description="Acts as the NATS events role. " + CREDENTIALS_HELP,
+        "events", parents=[data], help="print builds' events (over the gateway with an API key, or from NATS)",
+        description="With --url and --api-key (or BMMS_API_KEY): the key's own organisation's events from the "
+                    "gateway's GET /v1/events (Server-Sent Events), resumed after the last sequence when the "
+                    "connection drops; this is the way for event consumers. Without --url: OPERATORS ONLY, straight "
+                    "from the BUILDS stream as the NATS events role, which reads every organisation's builds "
+                    "(--org picks one). " + CREDENTIALS_HELP,
     )
-    events.add_argument("--org", required=True, help="organisation id")
+    events.add_argument("--url", help="the gateway's base URL, e.g. https://bmms.example.com")
+    events.add_argument("--api-key", dest="api_key", default=os.environ.get("BMMS_API_KEY"),
+                        help="an API key of the organisation (default: BMMS_API_KEY)")
+    events.add_argument("--org", help="organisation id (NATS mode, operators only; over --url the key decides)")
     events.add_argument("--build", help="only this build")
     start = events.add_mutually_exclusive_group()
     start.add_argument("--from-start", dest="from_start", action="store_true", default=True,
@@ -189,6 +196,24 @@ def cmd_events(args: argparse.Namespace, env: Environment) -> int:
     """`bmms events`."""
     from ops.events import tail_events
 
+    if args.url:
+        from ops.events import tail_events_http
+
+        if not args.api_key:
+            print("bmms events --url needs --api-key (or BMMS_API_KEY)", file=sys.stderr)
+            return 2
+        if args.org:
+            print("bmms events --url: the API key decides the organisation; drop --org", file=sys.stderr)
+            return 2
+        return _run_until_interrupted(
+            lambda stop: tail_events_http(
+                args.url, args.api_key, args.build, from_start=args.from_start, follow=args.follow,
+                as_json=args.json, out=sys.stdout, stop=stop,
+            )
+        )
+    if not args.org:
+        print("bmms events needs --url and --api-key, or (operators, over NATS) --org", file=sys.stderr)
+        return 2
     _quiet_operator_logs(env.settings)
     settings = env.as_role("events")
     return _run_until_interrupted(
