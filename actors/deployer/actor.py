@@ -43,6 +43,7 @@ from bus_schemas.plans import Artifact, canonical_artifact_bytes
 from bus_schemas.registry import (
     ARTIFACTS,
     BUILDS,
+    CHECK_QUOTA,
     CONTROL_SERVER,
     DELETE_SERVER_SECRET,
     DEPLOYER_CHECKED,
@@ -91,6 +92,7 @@ from bus_schemas.servers import (
     StageBuildSecretsReply,
     server_url,
 )
+from bus_schemas.usage import CheckQuota
 
 RECONCILE_EVERY_SECONDS = 30.0
 
@@ -220,8 +222,20 @@ class DeployerActor(Actor):
             raise DeployRefused(FailureCode.UNAVAILABLE, f"no token for the health check: {reply.detail}")
         return reply.access_token
 
+    async def check_running_quota(self, ctx: Context, server: storage.Server) -> None:
+        """Refuse to start a server over the organisation's running-servers quota (metering decides; a server
+        that runs already takes no second slot). Without an answer from metering the server starts, logged."""
+        asked = CheckQuota(org_id=server.org_id, quota="running_servers", server_id=server.server_id)
+        answer = await call(ctx.nc, CHECK_QUOTA, asked, timeout=3)
+        if isinstance(answer, Failed):
+            if answer.code == FailureCode.QUOTA_EXCEEDED:
+                raise DeployRefused(FailureCode.QUOTA_EXCEEDED, answer.detail)
+            ctx.log.warning("server %s: running-servers quota not checked: %s", server.server_id, answer.detail)
+
     async def start_checked(self, ctx: Context, server: storage.Server, version: storage.Version) -> RunningRunner:
-        """Run `version` of `server`, health-check it over MCP with a real token, route it."""
+        """Run `version` of `server` (within its organisation's quota), health-check it over MCP with a real
+        token, route it."""
+        await self.check_running_quota(ctx, server)
         spec = await self.spec_for(ctx, server, version)
         try:
             runner = await self.runner_backend.run(spec)

@@ -34,8 +34,9 @@ from bus_schemas.builds import (
     ToolSpec,
     ToolSpecSource,
 )
-from bus_schemas.registry import BUILD_EVENTS, BUILDS, GET_BUILD, GET_SERVER, SUBMIT_BUILD
+from bus_schemas.registry import BUILD_EVENTS, BUILDS, CHECK_QUOTA, GET_BUILD, GET_SERVER, SUBMIT_BUILD
 from bus_schemas.servers import GetServer, ServerReply
+from bus_schemas.usage import CheckQuota
 from tests.actors.oauth_helpers import SECRET_KEY
 from tests.conftest import Stack, eventually, running
 
@@ -152,3 +153,22 @@ async def test_openapi_document_with_circular_refs_builds_to_a_checked_artifact(
     assert any(isinstance(e, BuildChecked) for e in history), [
         getattr(e, "message", getattr(e, "detail", "")) for e in history if isinstance(e, LogLine | BuildFailed)
     ][-4:]
+
+
+async def test_a_server_over_the_running_servers_quota_fails_at_deploy_saying_so(
+    stack: Stack, admin_nc: Client
+) -> None:
+    metering = stack.settings("metering", quota_running_servers=1)
+    async with pipeline(stack), running(create_actor("metering"), metering):
+        first = await submit_and_settle(admin_nc, "pipe4", "calculator")
+        assert isinstance(first[-1], BuildDeployed), first[-3:]
+
+        async def counted() -> Failed | None:  # metering learns of the running server from its event
+            answer = await call(admin_nc, CHECK_QUOTA, CheckQuota(org_id="pipe4", quota="running_servers"), timeout=10)
+            return answer if isinstance(answer, Failed) else None
+
+        await eventually(counted, timeout=30)
+        second = await submit_and_settle(admin_nc, "pipe4", "calculator")
+    failed = second[-1]
+    assert isinstance(failed, BuildFailed) and failed.step == "deploy" and failed.code == "quota_exceeded"
+    assert "running_servers" in failed.detail
