@@ -8,6 +8,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx2
+from mcp import Client as McpClient
+from mcp.client.streamable_http import streamable_http_client
 from nats.aio.client import Client
 
 from actors.catalog import create_actor
@@ -34,8 +37,18 @@ from bus_schemas.builds import (
     ToolSpec,
     ToolSpecSource,
 )
-from bus_schemas.registry import BUILD_EVENTS, BUILDS, CHECK_QUOTA, GET_BUILD, GET_SERVER, SUBMIT_BUILD
-from bus_schemas.servers import GetServer, ServerReply
+from bus_schemas.oauth import MintServiceToken, TokenIssued
+from bus_schemas.registry import (
+    BUILD_EVENTS,
+    BUILDS,
+    CHECK_QUOTA,
+    GET_BUILD,
+    GET_SERVER,
+    OAUTH_MINT_SERVICE_TOKEN,
+    ROUTES,
+    SUBMIT_BUILD,
+)
+from bus_schemas.servers import GetServer, ServerReply, ServerRoute
 from bus_schemas.usage import CheckQuota
 from tests.actors.oauth_helpers import SECRET_KEY
 from tests.conftest import Stack, eventually, running
@@ -172,3 +185,32 @@ async def test_a_server_over_the_running_servers_quota_fails_at_deploy_saying_so
     failed = second[-1]
     assert isinstance(failed, BuildFailed) and failed.step == "deploy" and failed.code == "quota_exceeded"
     assert "running_servers" in failed.detail
+
+
+async def test_calls_over_the_tool_call_quota_are_refused_by_the_running_server_within_a_bounded_time(
+    stack: Stack, admin_nc: Client
+) -> None:
+    metering = stack.settings("metering", quota_tool_calls_per_month=3)
+    async with pipeline(stack), running(create_actor("metering"), metering):
+        deployed = (await submit_and_settle(admin_nc, "pipe5", "calculator"))[-1]
+        assert isinstance(deployed, BuildDeployed)
+        token = await call(admin_nc, OAUTH_MINT_SERVICE_TOKEN, MintServiceToken(
+            service="test", issuer=PUBLIC_URL, resource=deployed.url, org_id="pipe5",
+            scope="mcp:tools:read mcp:tools:write"), timeout=10)
+        assert isinstance(token, TokenIssued)
+        kv = await admin_nc.jetstream().key_value(ROUTES.name)
+        route = decode(ServerRoute, (await kv.get(deployed.server_id)).value or b"")
+        headers = {"Authorization": f"Bearer {token.access_token}"}
+        async with (
+            httpx2.AsyncClient(headers=headers, timeout=30) as http,
+            McpClient(streamable_http_client(f"{route.upstream}/mcp", http_client=http)) as client,
+        ):
+            for i in range(3):
+                assert not (await client.call_tool("add", {"a": i, "b": 1})).is_error
+
+            async def refused() -> str | None:  # metering counts the calls, writes QUOTAS; the runner watches it
+                result = await client.call_tool("add", {"a": 1, "b": 1})
+                return str(result.content) if result.is_error else None
+
+            refusal = await eventually(refused, timeout=30, interval=0.1)
+        assert "over quota" in str(refusal) and "tool_calls_per_month" in str(refusal)
