@@ -135,7 +135,9 @@ async def test_owners_change_roles_and_the_last_owner_cannot_become_a_member(
                                     headers=a.as_member()), 400)
 
 
-async def test_two_owners_demoting_each_other_at_once_leave_one_owner(http: httpx.AsyncClient, mailbox: Mailbox) -> None:
+async def test_two_owners_demoting_each_other_at_once_leave_one_owner(
+    http: httpx.AsyncClient, mailbox: Mailbox
+) -> None:
     a = await team(http, mailbox)
     promoted = await http.patch(f"/v1/org/members/{a.member_id}", json={"role": "owner"}, headers=a.as_owner())
     assert promoted.status_code == 200
