@@ -249,6 +249,21 @@ class MemberRemoved(Message, frozen=True, kw_only=True, tag="auth.member_removed
     person_id: str
 
 
+class MembershipEnded(Message, frozen=True, kw_only=True, tag="identity.membership_ended.v1"):
+    """Event: a person may no longer use an organisation (removed from it; a role that cannot use its servers
+    would say so too). The oauth actor ends every grant the person gave MCP clients in that organisation."""
+
+    event_id: Id
+    """Unique per membership that ended (the `Nats-Msg-Id`), so a re-published event is stored once."""
+    org_id: Id
+    person_id: Id
+    """The person, as OAuth grants name their subject."""
+    ended_by: str
+    """Who ended it (the removing owner's person id)."""
+    ended_at: str
+    """RFC 3339 UTC."""
+
+
 class ChangeMemberRole(Message, frozen=True, kw_only=True, tag="auth.change_member_role.v1"):
     """An owner makes a member an owner or an owner a member (never leaving the organisation without one)."""
 

@@ -207,6 +207,8 @@ class RevokeToken(Message, frozen=True, kw_only=True, tag="oauth.revoke_token.v1
     client_id: str | None = None
     client_secret: str | None = None
     client_auth: ClientAuthUsed = "none"
+    issuer: str | None = None
+    """The issuer the request came to; an access token is revoked only if its `iss` is this one."""
 
 
 class TokenRevoked(Message, frozen=True, kw_only=True, tag="oauth.token_revoked.v1"):
@@ -214,13 +216,16 @@ class TokenRevoked(Message, frozen=True, kw_only=True, tag="oauth.token_revoked.
 
 
 class GrantRevoked(Message, frozen=True, kw_only=True, tag="oauth.grant_revoked.v1"):
-    """A grant ended early (revoked by its client, a reused code or refresh token): resource servers refuse
-    every access token carrying its id (the `gid` claim) until those tokens would have expired anyway."""
+    """A grant ended early (revoked by its client, a reused code or refresh token, its person removed from
+    the organisation): resource servers refuse every access token carrying its id (the `gid` claim) until
+    those tokens would have expired anyway. With `token_id`, only that one access token was revoked."""
 
     grant_id: str
     org_id: str
     reason: str
     revoked_at: str
+    token_id: str | None = None
+    """Set when one access token (this `jti`) was revoked (RFC 7009), not its whole grant."""
 
 
 class GetJwks(Message, frozen=True, kw_only=True, tag="oauth.get_jwks.v1"):

@@ -39,6 +39,7 @@ from bus_schemas.identity import (
     ListMembersReply,
     ListSessions,
     ListSessionsReply,
+    MembershipEnded,
     RedeemMagicLink,
     RedeemMagicLinkReply,
     RemoveMember,
@@ -208,7 +209,14 @@ SERVERS = Stream(
     description="Hosted servers' lifecycle: servers.<org>.<server>.changed.",
     max_age_seconds=90 * 24 * 3600,
 )
-STREAMS = (BUILDS, USAGE, DEADLETTER, SERVERS)
+IDENTITY = Stream(
+    name="IDENTITY",
+    subjects=("identity.>",),
+    description="Changes to who may use an organisation, for the actors that hold credentials of people: "
+                "identity.<org>.<kind>.",
+    max_age_seconds=30 * 24 * 3600,
+)
+STREAMS = (BUILDS, USAGE, DEADLETTER, SERVERS, IDENTITY)
 
 @dataclass(frozen=True)
 class ObjectBucket:
@@ -266,9 +274,10 @@ REVOKED = KvBucket(
 KV_BUCKETS = (ROUTES, QUOTAS, REVOKED)
 
 
-def revocation_key(org_id: str, grant_id: str) -> str:
-    """The REVOKED key of a grant (runners watch `<org_id>.*`, their organisation's)."""
-    return f"{subject_token(org_id)}.{subject_token(grant_id)}"
+def revocation_key(org_id: str, revoked_id: str) -> str:
+    """The REVOKED key of a revoked grant, or of one revoked access token (its `jti`): runners watch
+    `<org_id>.*`, their organisation's."""
+    return f"{subject_token(org_id)}.{subject_token(revoked_id)}"
 
 # --- event subjects ---
 
@@ -292,7 +301,12 @@ SERVER_EVENTS: EventSubject[ServerChanged] = EventSubject(
     message=ServerChanged,
     description="A hosted server's state or version changed; servers.<org>.> for an organisation's servers.",
 )
-EVENT_SUBJECTS = (BUILD_EVENTS, TOOL_USAGE, DEAD_LETTERS, SERVER_EVENTS)
+MEMBERSHIP_ENDED: EventSubject[MembershipEnded] = EventSubject(
+    pattern="identity.{org}.membership_ended",
+    message=MembershipEnded,
+    description="A person may no longer use an organisation (published by auth, with Nats-Msg-Id = event id).",
+)
+EVENT_SUBJECTS = (BUILD_EVENTS, TOOL_USAGE, DEAD_LETTERS, SERVER_EVENTS, MEMBERSHIP_ENDED)
 
 
 def build_subject(org: str, build: str, kind: BuildKind) -> str:
@@ -659,6 +673,14 @@ METERING_BUILDS: Consumer[AnyBuildEvent] = Consumer(
     owner="metering",
     description="Counts requested builds, step timings and model tokens per organisation.",
 )
+OAUTH_MEMBERSHIP_ENDED: Consumer[MembershipEnded] = Consumer(
+    stream=IDENTITY,
+    durable="oauth",
+    filter_subject=MEMBERSHIP_ENDED.wildcard(),
+    message=MembershipEnded,
+    owner="oauth",
+    description="Ends every OAuth grant a person gave in an organisation they may no longer use.",
+)
 CONSUMERS: tuple[Consumer[Any], ...] = (
     PLANNER_REQUESTED,
     BUILD_STATUS,
@@ -668,6 +690,7 @@ CONSUMERS: tuple[Consumer[Any], ...] = (
     METERING_USAGE,
     METERING_SERVERS,
     METERING_BUILDS,
+    OAUTH_MEMBERSHIP_ENDED,
 )
 
 TRACE_HEADER = "Bmms-Trace-Id"

@@ -376,7 +376,7 @@ class OAuthController(Controller):
 
     @post("/oauth/revoke", status_code=200, summary="Token revocation (RFC 7009)")
     async def revoke(self, request: Request[Any, Any, Any], services: NamedDependency[EdgeServices]) -> Response[bytes]:
-        """Revoke a refresh token (and its family); unknown tokens are answered 200 too."""
+        """Revoke a refresh token (and its family) or one access token; unknown tokens are answered 200 too."""
         parsed = await _form(request)
         if isinstance(parsed, OAuthError):
             return _refused_at_edge(parsed, "revocation")
@@ -389,7 +389,7 @@ class OAuthController(Controller):
         client_id, secret, used = credentials
         reply = await self._ask(services, OAUTH_REVOKE_TOKEN, RevokeToken(
             token=form["token"], token_type_hint=form.get("token_type_hint"), client_id=client_id,
-            client_secret=secret, client_auth=used,
+            client_secret=secret, client_auth=used, issuer=issuer_of(request),
         ))
         if isinstance(reply, OAuthError):
             return _oauth_error(reply)

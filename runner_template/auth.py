@@ -9,7 +9,8 @@ the signature verifies, `iss` is the issuer byte for byte, `aud` is this server'
 published, an expired token, a token for another server - is refused, and the reason logged.
 
 A token whose `gid` claim names a grant in `RevokedGrants` (fed from the REVOKED bucket by the bus) is
-refused too: "the grant was revoked".
+refused too: "the grant was revoked"; so is one whose `jti` is there (that one token was revoked, RFC 7009):
+"the token was revoked".
 
 Scopes (see `bus_schemas.oauth`): read-only tools need `mcp:tools:read`, other tools `mcp:tools:write`,
 and `mcp:tool:<name>` allows one tool whatever its kind. `scopes_for_tool` says which scopes a call
@@ -56,7 +57,8 @@ class KeySourceUnavailable(Exception):
 
 
 class RevokedGrants:
-    """Grants revoked early, as the REVOKED bucket reports them: grant id -> when it can be forgotten.
+    """Grants, and single access tokens, revoked early, as the REVOKED bucket reports them: grant id or
+    token id (`jti`) -> when it can be forgotten. The two never collide (`g` + 24 hex digits; 22 base64url).
 
     An entry is kept `keep_seconds` after its revocation (the bucket's TTL, longer than any token of the
     grant lives), so the set stays as small as the bucket."""
@@ -69,7 +71,7 @@ class RevokedGrants:
         """Revocations applied (tests wait on it)."""
 
     def revoke(self, grant_id: str, revoked_at: float | None = None) -> None:
-        """Record a revoked grant (`revoked_at`: epoch seconds, default now)."""
+        """Record a revoked grant or access token (`revoked_at`: epoch seconds, default now)."""
         now = self.clock()
         self._until[grant_id] = (revoked_at if revoked_at is not None else now) + self.keep_seconds
         self.updates += 1
@@ -206,8 +208,10 @@ class AccessTokenVerifier:
         if audience != self.resource:  # a list audience would name other servers too: one server per token
             raise TokenRejected(f"audience {audience!r} is not {self.resource}")
         grant = claims.get("gid")
-        if self.revoked is not None and isinstance(grant, str) and grant in self.revoked:
-            raise TokenRejected("the grant was revoked")
+        if self.revoked is not None:
+            for what, revocable in (("grant", grant), ("token", claims.get("jti"))):
+                if isinstance(revocable, str) and revocable in self.revoked:
+                    raise TokenRejected(f"the {what} was revoked")
         scopes = str(claims.get("scope", "")).split()
         missing = [s for s in self.required_scopes if s not in scopes]
         if missing:

@@ -207,13 +207,13 @@ class RunnerBus:
         headers = msg.headers or {}
         if headers.get(KV_OP) in (KV_DEL, KV_PURGE) or KV_MARKER_REASON in headers or not msg.data:
             return  # a revocation is never taken back; an expired entry's grant has no live token left
-        grant_id = msg.subject.rsplit(".", 1)[-1]
+        revoked_id = msg.subject.rsplit(".", 1)[-1]  # a grant id, or one access token's jti
         try:
             revoked = _grant_revoked.decode(msg.data)
-        except msgspec.DecodeError as exc:  # the key alone says which grant: refuse its tokens anyway
-            log.error("unreadable revocation of grant %s: %s", grant_id, exc)
+        except msgspec.DecodeError as exc:  # the key alone says what was revoked: refuse it anyway
+            log.error("unreadable revocation of %s: %s", revoked_id, exc)
         else:
-            grant_id = revoked.grant_id
+            revoked_id = revoked.token_id or revoked.grant_id
         stored = msg.metadata.timestamp.timestamp() if msg.metadata.timestamp else None
-        self.revoked.revoke(grant_id, stored)
-        log.info("grant revoked", extra={"event": "grant_revoked", "grant_id": grant_id})
+        self.revoked.revoke(revoked_id, stored)
+        log.info("grant or token revoked", extra={"event": "grant_revoked", "grant_id": revoked_id})

@@ -1,5 +1,6 @@
-"""The oauth role in nats.conf: it answers its own RPCs and nothing else; the gateway reaches only the
-public OAuth endpoints (pre-registering clients stays an operator action)."""
+"""The oauth role in nats.conf: it answers its own RPCs, consumes ended memberships (which only auth publishes)
+and nothing else; the gateway reaches only the public OAuth endpoints (pre-registering clients stays an
+operator action)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,15 @@ from tests.test_nats_conf import _violations
         ("oauth", "subscribe", "_INBOX_gateway.>"),
         ("gateway", "publish", "rpc.oauth.clients.create"),
         ("gateway", "subscribe", "rpc.oauth.>"),
+        # ended memberships: only auth says a person left; the oauth actor reads only its own consumer
+        ("oauth", "publish", "identity.o1.membership_ended"),
+        ("gateway", "publish", "identity.o1.membership_ended"),
+        ("runner", "publish", "identity.o1.membership_ended"),
+        ("auth", "publish", "identity.o1.something_else"),
+        ("oauth", "publish", "$JS.API.CONSUMER.INFO.IDENTITY.someone"),
+        ("oauth", "publish", "$JS.ACK.BUILDS.planner.x"),
+        ("oauth", "publish", "deadletter.BUILDS.planner"),
+        ("metering", "publish", "$JS.API.CONSUMER.INFO.IDENTITY.oauth"),
     ],
 )
 async def test_oauth_roles_are_refused_what_they_do_not_need(
@@ -34,6 +44,10 @@ async def test_oauth_roles_are_refused_what_they_do_not_need(
         ("gateway", "publish", "rpc.oauth.authorize.start"),
         ("gateway", "publish", "rpc.oauth.clients.register"),
         ("admin", "publish", "rpc.oauth.clients.create"),
+        ("auth", "publish", "identity.o1.membership_ended"),
+        ("oauth", "publish", "$JS.API.CONSUMER.INFO.IDENTITY.oauth"),
+        ("oauth", "publish", "$JS.ACK.IDENTITY.oauth.x"),
+        ("oauth", "publish", "deadletter.IDENTITY.oauth"),
     ],
 )
 async def test_oauth_roles_are_allowed_what_they_need(stack: Stack, role: str, action: str, subject: str) -> None:

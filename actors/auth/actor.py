@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import logging
 import math
 import secrets
@@ -66,6 +67,7 @@ from bus_schemas.identity import (
     MemberList,
     MemberRemoved,
     MemberRoleChanged,
+    MembershipEnded,
     OrgMembership,
     Principal,
     RedeemMagicLink,
@@ -97,6 +99,7 @@ from bus_schemas.registry import (
     LIST_INVITES,
     LIST_MEMBERS,
     LIST_SESSIONS,
+    MEMBERSHIP_ENDED,
     REDEEM_MAGIC_LINK,
     REMOVE_MEMBER,
     REQUEST_MAGIC_LINK,
@@ -137,6 +140,12 @@ class AuthActor(Actor):
 
 def _iso(value: dt.datetime) -> str:
     return value.astimezone(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _membership_event_id(org_id: str, person_id: str, joined_at: dt.datetime) -> str:
+    """The id of the event ending one membership: the same for every publish of it, another for a later
+    membership of the same person in the same organisation."""
+    return "me" + hashlib.sha256(f"{org_id}:{person_id}:{joined_at.isoformat()}".encode()).hexdigest()[:40]
 
 
 async def _first_org(conn: asyncpg.Connection | asyncpg.Pool, person_id: str) -> asyncpg.Record | None:
@@ -529,10 +538,21 @@ def create_actor(config: AuthConfig | None = None) -> Actor:
                 ctx.log.info("rejected removal of the last owner %s of %s", request.person_id, request.org_id)
                 return Failed(code=FailureCode.CONFLICT, field="person_id",
                               detail="the last owner cannot be removed; make someone else an owner first")
-            await conn.execute("DELETE FROM memberships WHERE org_id = $1 AND person_id = $2",
-                               request.org_id, request.person_id)
+            joined_at = await conn.fetchval(
+                "DELETE FROM memberships WHERE org_id = $1 AND person_id = $2 RETURNING joined_at",
+                request.org_id, request.person_id)
+            # Stored in the IDENTITY stream before the removal commits: if it cannot be, the removal fails and
+            # is asked again, so the oauth actor never misses one (a commit failing after it only ends grants
+            # early). The id names this membership, so a repeated publish is stored once.
+            ended = MembershipEnded(
+                event_id=_membership_event_id(request.org_id, request.person_id, joined_at),
+                org_id=request.org_id, person_id=request.person_id, ended_by=request.removed_by,
+                ended_at=_iso(dt.datetime.now(dt.UTC)),
+            )
+            await ctx.publish(MEMBERSHIP_ENDED.subject(org=request.org_id), ended, msg_id=ended.event_id)
         # Sessions belong to the person, not to one organisation: every request checks the membership
-        # (AUTHENTICATE), so from now on no session of theirs acts in this organisation.
+        # (AUTHENTICATE), so from now on no session of theirs acts in this organisation; the oauth actor
+        # ends the grants they gave MCP clients there (MEMBERSHIP_ENDED).
         ctx.log.info("%s removed %s from %s", request.removed_by, request.person_id, request.org_id)
         return MemberRemoved(org_id=request.org_id, person_id=request.person_id)
 

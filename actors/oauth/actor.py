@@ -27,12 +27,13 @@ from actors.oauth.clients import (
 )
 from actors.oauth.keys import Clock, KeyEncryption, SigningKeys, signing_key_encryption
 from actors.oauth.resources import RegistryUnavailable, resolve_resource, servers_base
-from actors.oauth.revocations import record_revocation, republish_recent
+from actors.oauth.revocations import REVOKED_ALONE_REASON, record_revocation, republish_recent
 from actors.oauth.scopes import ScopeError, describe, is_optional, parse_scope
-from actors.oauth.tokens import digest, mint_access_token, new_secret, pkce_matches
-from actors.runtime.actor import Actor, Context
+from actors.oauth.tokens import digest, mint_access_token, new_secret, our_access_token_claims, pkce_matches
+from actors.runtime.actor import Actor, Context, TransientError
 from actors.runtime.settings import Settings
 from bus_schemas.base import Failed, FailureCode
+from bus_schemas.identity import MembershipEnded
 from bus_schemas.oauth import (
     AuthorizationRedirect,
     ClientMetadata,
@@ -66,6 +67,7 @@ from bus_schemas.registry import (
     OAUTH_DECIDE_CONSENT,
     OAUTH_EXCHANGE_TOKEN,
     OAUTH_GET_JWKS,
+    OAUTH_MEMBERSHIP_ENDED,
     OAUTH_MINT_SERVICE_TOKEN,
     OAUTH_REGISTER_CLIENT,
     OAUTH_REVOKE_TOKEN,
@@ -443,6 +445,8 @@ def create_actor(config: OAuthConfig | None = None) -> Actor:
                 await end_grant(ctx, row["grant_id"], "authorization code reused")
                 return _refuse("invalid_grant", "this authorization code was already used; every token it issued "
                                "is revoked", what=what, client=cid)
+            if row["revoked_at"] is not None:  # e.g. the person left the organisation before the exchange
+                return _refuse("invalid_grant", "this grant was revoked; authorize again", what=what, client=cid)
             if row["client_id"] != cid:
                 return _refuse("invalid_grant", "the authorization code was issued to another client",
                                what=what, client=cid)
@@ -506,9 +510,55 @@ def create_actor(config: OAuthConfig | None = None) -> Actor:
         if row is not None and row["client_id"] == client.client_id:
             await end_grant(ctx, row["grant_id"], "revoked by the client")
             ctx.log.info("client %s revoked grant %s", client.client_id, row["grant_id"])
+        elif row is None and request.token.count(".") == 2:
+            await revoke_access_token(ctx, client, request)
         # Access tokens are JWTs that resource servers verify offline; ending the grant also lists it in
         # the REVOKED bucket, which runners watch to refuse its access tokens within moments.
         return TokenRevoked()
+
+    async def revoke_access_token(ctx: Context, client: Client, request: RevokeToken) -> None:
+        """Revoke one access token of the client's: listed by its `jti` in REVOKED until it expires, so
+        runners refuse it; the grant and its other tokens stay. Anything not ours, not the client's or
+        already expired is left alone (RFC 7009 answers 200 all the same)."""
+        claims = None
+        if request.issuer is not None:
+            claims = our_access_token_claims(request.token, await actor.keys(ctx).verifying(), request.issuer)
+        if claims is None:
+            ctx.log.info("revocation by client %s: not an access token of this issuer; nothing to do",
+                         client.client_id)
+            return
+        jti, grant_id, org_id = claims.get("jti"), claims.get("gid"), claims.get("org_id")
+        if claims.get("client_id") != client.client_id or not all(isinstance(v, str) for v in (jti, grant_id, org_id)):
+            ctx.log.warning("client %s asked to revoke an access token that is not its own; ignored", client.client_id)
+            return
+        assert isinstance(jti, str) and isinstance(grant_id, str) and isinstance(org_id, str)
+        now = cfg.clock()
+        expires_at = dt.datetime.fromtimestamp(int(claims["exp"]), dt.UTC) + VERIFIER_LEEWAY
+        if expires_at <= now:
+            return  # no verifier accepts it any more
+        await storage.revoke_access_token(ctx.pool, jti=jti, grant_id=grant_id, org_id=org_id,
+                                          client_id=client.client_id, now=now, expires_at=expires_at)
+        await record_revocation(ctx.js, grant_id=grant_id, org_id=org_id, reason=REVOKED_ALONE_REASON, at=now,
+                                token_id=jti)
+        ctx.log.info("client %s revoked access token %s of grant %s", client.client_id, jti, grant_id)
+
+    @actor.consumer(OAUTH_MEMBERSHIP_ENDED)
+    async def end_membership_grants(event: MembershipEnded, ctx: Context) -> None:
+        """A person may no longer use an organisation: end every grant they gave MCP clients there (refreshes
+        refused, access tokens listed in REVOKED). Safe twice: a redelivery records the same grants again."""
+        now = cfg.clock()
+        ended = await storage.end_grants_of_person(
+            ctx.pool, event.org_id, event.person_id, "the person left the organisation", now,
+            since=now - dt.timedelta(seconds=REVOKED.ttl_seconds),
+        )
+        recorded = [
+            await record_revocation(ctx.js, grant_id=row["grant_id"], org_id=row["org_id"],
+                                    reason=row["revoked_reason"] or "revoked", at=row["revoked_at"])
+            for row in ended
+        ]
+        if not all(recorded):  # nak: the redelivery writes them again
+            raise TransientError(f"{recorded.count(False)} revoked grant(s) not recorded in {REVOKED.name}")
+        ctx.log.info("%s left %s: ended %d grant(s) of theirs", event.person_id, event.org_id, len(ended))
 
     @actor.rpc(OAUTH_GET_JWKS)
     async def get_jwks(request: GetJwks, ctx: Context) -> GetJwksReply:

@@ -9,7 +9,7 @@ import secrets
 from collections.abc import Callable
 
 import asyncpg
-from joserfc.jwk import RSAKey
+from joserfc.jwk import KeySet, RSAKey
 
 from actors.runtime.crypto import OAUTH_SIGNING_KEYS, KeyEncryption
 from bus_schemas.oauth import PublicJwk
@@ -89,10 +89,17 @@ class SigningKeys:
 
     async def published(self) -> tuple[PublicJwk, ...]:
         """Every key a verifier may meet: the signing key and recently retired ones."""
+        return tuple(public_jwk(key) for key in await self._published_keys())
+
+    async def verifying(self) -> KeySet:
+        """The published keys as a key set, to check that a token is one we signed."""
+        return KeySet(list(await self._published_keys()))
+
+    async def _published_keys(self) -> list[RSAKey]:
         await self.current()
         rows = await self.pool.fetch(
             "SELECT public_jwk FROM oauth_signing_keys WHERE retired_at IS NULL OR retired_at > $1 "
             "ORDER BY created_at DESC",
             self.clock() - self.publish_retired_for,
         )
-        return tuple(public_jwk(RSAKey.import_key(json.loads(r["public_jwk"]))) for r in rows)
+        return [RSAKey.import_key(json.loads(r["public_jwk"])) for r in rows]

@@ -3,8 +3,9 @@
 Access tokens are JWTs that runners verify offline, so ending a grant in the database stops refreshes but
 not the access tokens already out (15 minutes each). Each revoked grant is therefore also written to the
 REVOKED bucket under `<org_id>.<grant_id>`; runners watch their organisation's keys and refuse tokens whose
-`gid` claim names a revoked grant. Entries expire with the bucket's TTL, which outlives every token of the
-grant, so the bucket stays small.
+`gid` claim names a revoked grant. An access token revoked on its own (RFC 7009) is written under
+`<org_id>.<jti>`, and runners refuse the token whose `jti` it names; the grant's other tokens keep working.
+Entries expire with the bucket's TTL, which outlives every token of the grant, so the bucket stays small.
 
 The write goes straight to the bucket's subject (a JetStream publish acknowledged by the stream), which is
 all the `oauth` NATS user may do with it. A write lost to a bus fault is made again when the actor next
@@ -28,6 +29,9 @@ from bus_schemas.registry import REVOKED, revocation_key
 
 log = logging.getLogger("bmms.oauth.revocations")
 
+REVOKED_ALONE_REASON = "access token revoked by the client"
+"""The reason recorded for one access token revoked (RFC 7009)."""
+
 ATTEMPTS = 3
 """Writes tried before the revocation is left to the next start's catch-up."""
 
@@ -37,11 +41,13 @@ def _iso(value: dt.datetime) -> str:
 
 
 async def record_revocation(
-    js: JetStreamContext, *, grant_id: str, org_id: str, reason: str, at: dt.datetime
+    js: JetStreamContext, *, grant_id: str, org_id: str, reason: str, at: dt.datetime, token_id: str | None = None
 ) -> bool:
-    """Write the revoked grant to REVOKED; whether JetStream stored it."""
-    subject = KV_PRE_TEMPLATE.format(bucket=REVOKED.name) + revocation_key(org_id, grant_id)
-    payload = encode(GrantRevoked(grant_id=grant_id, org_id=org_id, reason=reason, revoked_at=_iso(at)))
+    """Write the revoked grant (or, with `token_id`, only that access token of it) to REVOKED; whether
+    JetStream stored it."""
+    subject = KV_PRE_TEMPLATE.format(bucket=REVOKED.name) + revocation_key(org_id, token_id or grant_id)
+    payload = encode(GrantRevoked(grant_id=grant_id, org_id=org_id, reason=reason, revoked_at=_iso(at),
+                                  token_id=token_id))
     for attempt in range(1, ATTEMPTS + 1):
         try:
             await js.publish(subject, payload, timeout=2.0)
@@ -57,10 +63,14 @@ async def record_revocation(
 
 
 async def republish_recent(pool: asyncpg.Pool, js: JetStreamContext, now: dt.datetime) -> int:
-    """Write every grant revoked within the bucket's TTL again (a start-up catch-up); how many."""
-    rows = await storage.revoked_since(pool, now - dt.timedelta(seconds=REVOKED.ttl_seconds))
+    """Write every grant and access token revoked within the bucket's TTL again (a start-up catch-up); how
+    many."""
+    since = now - dt.timedelta(seconds=REVOKED.ttl_seconds)
     written = 0
-    for row in rows:
+    for row in await storage.revoked_since(pool, since):
         written += await record_revocation(js, grant_id=row["grant_id"], org_id=row["org_id"],
                                            reason=row["revoked_reason"] or "revoked", at=row["revoked_at"])
+    for row in await storage.tokens_revoked_since(pool, since):
+        written += await record_revocation(js, grant_id=row["grant_id"], org_id=row["org_id"],
+                                           reason=REVOKED_ALONE_REASON, at=row["revoked_at"], token_id=row["jti"])
     return written

@@ -51,6 +51,7 @@ async def delete_expired(pool: asyncpg.Pool, now: dt.datetime, keep: dt.timedelt
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("DELETE FROM oauth_codes WHERE expires_at < $1", now - keep)
         await conn.execute("DELETE FROM oauth_refresh_tokens WHERE expires_at < $1", now - keep)
+        await conn.execute("DELETE FROM oauth_revoked_tokens WHERE expires_at < $1", now - keep)
         await conn.execute(
             """
             DELETE FROM oauth_grants g WHERE g.created_at < $1
@@ -204,6 +205,48 @@ async def revoke_grant(pool: asyncpg.Pool, grant_id: str, reason: str, now: dt.d
         grant_id, reason, now,
     )
     return org_id
+
+
+async def end_grants_of_person(
+    pool: asyncpg.Pool, org_id: str, subject: str, reason: str, now: dt.datetime, since: dt.datetime
+) -> list[asyncpg.Record]:
+    """End every grant `subject` gave in `org_id` and drop their pending consents there (a consent page
+    left open cannot open a new grant). Returns each grant of theirs revoked at or after `since`: this
+    call's and those of an earlier call, so a repeated call records them again (grant_id, org_id,
+    revoked_reason, revoked_at)."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("DELETE FROM oauth_consents WHERE org_id = $1 AND subject = $2", org_id, subject)
+        await conn.execute(
+            "UPDATE oauth_grants SET revoked_at = $4, revoked_reason = $3 "
+            "WHERE org_id = $1 AND subject = $2 AND revoked_at IS NULL",
+            org_id, subject, reason, now,
+        )
+        rows: list[asyncpg.Record] = await conn.fetch(
+            "SELECT grant_id, org_id, revoked_reason, revoked_at FROM oauth_grants "
+            "WHERE org_id = $1 AND subject = $2 AND revoked_at >= $3",
+            org_id, subject, since,
+        )
+    return rows
+
+
+async def revoke_access_token(
+    pool: asyncpg.Pool, *, jti: str, grant_id: str, org_id: str, client_id: str, now: dt.datetime,
+    expires_at: dt.datetime,
+) -> None:
+    """Remember one revoked access token until it expires (a second revocation changes nothing)."""
+    await pool.execute(
+        "INSERT INTO oauth_revoked_tokens (jti, grant_id, org_id, client_id, revoked_at, expires_at) "
+        "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (jti) DO NOTHING",
+        jti, grant_id, org_id, client_id, now, expires_at,
+    )
+
+
+async def tokens_revoked_since(pool: asyncpg.Pool, since: dt.datetime) -> list[asyncpg.Record]:
+    """Access tokens revoked one by one at or after `since` (jti, grant_id, org_id, revoked_at)."""
+    rows: list[asyncpg.Record] = await pool.fetch(
+        "SELECT jti, grant_id, org_id, revoked_at FROM oauth_revoked_tokens WHERE revoked_at >= $1", since
+    )
+    return rows
 
 
 async def revoked_since(pool: asyncpg.Pool, since: dt.datetime) -> list[asyncpg.Record]:

@@ -7,9 +7,11 @@ import hashlib
 import hmac
 import secrets
 import time
+from typing import Any
 
 from joserfc import jwt
-from joserfc.jwk import RSAKey
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet, RSAKey
 
 ACCESS_TOKEN_TYPE = "at+jwt"  # noqa: S105
 """The `typ` header of access tokens (RFC 9068), so no other JWT of ours passes for one."""
@@ -65,3 +67,17 @@ def mint_access_token(
         claims["gid"] = grant_id
     header = {"alg": "RS256", "kid": key.kid, "typ": ACCESS_TOKEN_TYPE}
     return jwt.encode(header, claims, key, algorithms=["RS256"]), jti
+
+
+def our_access_token_claims(token: str, keys: KeySet, issuer: str) -> dict[str, Any] | None:
+    """The claims of `token` if it is an access token we signed (RS256 with a published key, type at+jwt)
+    for `issuer`; None for anything else (another JWT, a forgery, a refresh token, garbage). Expiry is the
+    caller's business."""
+    try:
+        decoded = jwt.decode(token, keys, algorithms=["RS256"])
+    except (JoseError, ValueError, TypeError):
+        return None
+    if decoded.header.get("typ") != ACCESS_TOKEN_TYPE or not decoded.header.get("kid"):
+        return None
+    claims = decoded.claims
+    return claims if claims.get("iss") == issuer else None
