@@ -54,6 +54,7 @@ from bus_schemas.usage import (
 QUOTA_RECHECK_SECONDS = 60.0
 """How often organisations over a quota are re-evaluated (a new month, a plan changed elsewhere)."""
 MAX_BATCH = 1000
+LINGER_SECONDS = 0.25
 """Usage events applied per database transaction."""
 CATCH_UP_SECONDS = 2.0
 """How long a build-quota check waits for metering to have counted every build requested before it."""
@@ -112,7 +113,9 @@ def create_actor() -> Actor:
     """The metering actor: usage, server and build consumers, quota and usage endpoints."""
     actor = MeteringActor()
 
-    @actor.batch_consumer(METERING_USAGE, max_batch=MAX_BATCH)
+    # Calls trickle in one at a time from each runner: waiting a moment for more turns a database transaction
+    # per call into one per batch, which is what keeps metering's cost small next to the calls it counts.
+    @actor.batch_consumer(METERING_USAGE, max_batch=MAX_BATCH, linger=LINGER_SECONDS)
     async def meter_tool_calls(batch: Batch[ToolCalled], ctx: Context) -> None:
         unknown = {i.message.server_id for i in batch} - actor.owners.keys()
         calls: list[storage.ToolCall] = []

@@ -150,6 +150,9 @@ class _Subscription:
     max_in_flight: int
     max_batch: int | None = None
     """Set for a batch consumer: the most messages one handler call gets."""
+    linger: float = 0.0
+    """A batch consumer waits this long after a batch's first message for more (fewer, fuller batches when
+    messages trickle in: the per-batch cost is paid once for many)."""
 
 
 def utc_now() -> str:
@@ -196,15 +199,16 @@ class Actor:
         return register
 
     def batch_consumer(
-        self, spec: Consumer[M], *, max_batch: int = 500, on_park: ParkHook | None = None
+        self, spec: Consumer[M], *, max_batch: int = 500, linger: float = 0.0, on_park: ParkHook | None = None
     ) -> Callable[[BatchHandler[M]], BatchHandler[M]]:
         """Handle the messages of durable consumer `spec` in batches of up to `max_batch`, for throughput:
-        the handler applies a whole batch at once, and its messages are acked together."""
+        the handler applies a whole batch at once, and its messages are acked together. With `linger`, a
+        batch that is not full waits up to that many seconds after its first message for more."""
 
         def register(handler: BatchHandler[M]) -> BatchHandler[M]:
             if spec.owner != self.name:
                 raise ValueError(f"consumer {spec.durable} belongs to {spec.owner}, not {self.name}")
-            self._subscriptions.append(_Subscription(spec, handler, on_park, 1, max_batch))
+            self._subscriptions.append(_Subscription(spec, handler, on_park, 1, max_batch, linger))
             return handler
 
         return register
@@ -419,6 +423,8 @@ class Actor:
             while not stopping.is_set():
                 try:
                     msgs = await pull.fetch(batch=sub.max_batch, timeout=0.5)
+                    if sub.linger and len(msgs) < sub.max_batch:
+                        msgs += await self._linger(pull, sub.max_batch - len(msgs), sub.linger, stopping)
                 except (nats.errors.TimeoutError, TimeoutError):
                     continue
                 except nats.errors.ConnectionClosedError:
@@ -444,6 +450,23 @@ class Actor:
                 await pull.unsubscribe()
             except Exception:
                 self.log.debug("unsubscribe after stop failed", exc_info=True)
+
+    @staticmethod
+    async def _linger(pull: JetStreamContext.PullSubscription, room: int, linger: float,
+                      stopping: asyncio.Event) -> list[Msg]:
+        """More messages for a batch that has `room` left, arriving within `linger` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + linger
+        more: list[Msg] = []
+        while len(more) < room and not stopping.is_set():
+            left = deadline - loop.time()
+            if left < 0.005:
+                break
+            try:
+                more += await pull.fetch(batch=room - len(more), timeout=left)
+            except (nats.errors.TimeoutError, TimeoutError):
+                break
+        return more
 
     def _item_context(self, base: Context, item: BatchItem[Any]) -> Context:
         return Context(actor=self.name, nc=base.nc, js=base.js, db=base.db, log=self.log, delivery=item.delivery,

@@ -134,6 +134,11 @@ async def one_build(stack: Stack, nc: Nats, n: int) -> tuple[float, str]:
         return elapsed, url
 
 
+async def delete_server(stack: Stack, url: str) -> None:
+    server_id = url.rsplit("/", 2)[-2]
+    await asyncio.to_thread(http_json, "DELETE", f"{stack.url}/v1/servers/{server_id}", stack.key)
+
+
 async def call_latencies(url: str, token: str | None, calls: int) -> list[float]:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     out: list[float] = []
@@ -160,12 +165,17 @@ def pct(values: list[float], q: float) -> float:
 
 async def bench_backend(backend: str, builds: int, calls: int, lines: list[str]) -> None:
     with tempfile.TemporaryDirectory(prefix="bmms-bench-deploy-") as root:
-        stack = start_stack(Path(root), {"BMMS_DEPLOY_BACKEND": backend})
+        # every measured server is deleted after its measurement; the quota is lifted for the bench stack only
+        stack = start_stack(Path(root), {"BMMS_DEPLOY_BACKEND": backend, "BMMS_QUOTA_RUNNING_SERVERS": "-1"})
         try:
             async with admin_bus(stack) as nc:
-                await one_build(stack, nc, 0)  # warm-up: first imports, image layers, pools
+                await delete_server(stack, (await one_build(stack, nc, 0))[1])  # warm-up: imports, layers, pools
                 STEP_TIMES.clear()
-                seconds = [(await one_build(stack, nc, n))[0] for n in range(1, builds + 1)]
+                seconds = []
+                for n in range(1, builds + 1):
+                    elapsed, url = await one_build(stack, nc, n)
+                    seconds.append(elapsed)
+                    await delete_server(stack, url)
                 steps = ", ".join(f"{step} {statistics.median(times):.2f} s" for step, times in STEP_TIMES.items())
                 p50, p95 = pct(seconds, 0.5), pct(seconds, 0.95)
                 target = TARGET_P50_SECONDS[backend]
