@@ -48,6 +48,12 @@ KeySource = Callable[[], Awaitable[Mapping[str, Any]]]
 raises KeySourceUnavailable (or returns something unreadable) when it cannot."""
 
 
+VERIFIED_REUSE_SECONDS = 60.0
+"""How long a verified token is trusted without checking its signature again (never past its `exp`); it
+bounds how long a signing key withdrawn from the JWKS still counts."""
+VERIFIED_CACHE_SIZE = 4096
+
+
 class TokenRejected(Exception):
     """Why a bearer token is not accepted."""
 
@@ -162,6 +168,10 @@ class AccessTokenVerifier:
         self.clock = clock
         self.revoked = revoked
         """Grants whose tokens are refused although valid otherwise; None: no revocation list."""
+        self._verified: dict[str, tuple[AccessToken, float]] = {}
+        """Tokens verified lately -> (their access info, until when the verification is reused): a client
+        sends the same token with every call, and checking an RS256 signature each time costs more than the
+        rest of a small tool call."""
         self._keys: dict[str, RSAKey] = {}
         self._fetched_at: float | None = None
         self._attempted_at: float | None = None
@@ -176,7 +186,30 @@ class AccessTokenVerifier:
             return None
 
     async def verify(self, token: str) -> AccessToken:
-        """The token's access info; raises TokenRejected saying why not."""
+        """The token's access info; raises TokenRejected saying why not.
+
+        A token verified within the last `VERIFIED_REUSE_SECONDS` (and not expired since) is not verified
+        again, but its grant and id are checked against the revocations every time."""
+        now = self.clock()
+        cached = self._verified.get(token)
+        if cached is not None and now < cached[1]:
+            access = cached[0]
+            claims = access.claims or {}
+            self._refuse_revoked(claims.get("gid"), claims.get("jti"))
+            return access
+        access = await self._verify_signed(token)
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+            self._verified.pop(next(iter(self._verified)))  # the oldest entry
+        self._verified[token] = (access, min(now + VERIFIED_REUSE_SECONDS, float(access.expires_at or now)))
+        return access
+
+    def _refuse_revoked(self, grant: object, token_id: object) -> None:
+        if self.revoked is not None:
+            for what, revocable in (("grant", grant), ("token", token_id)):
+                if isinstance(revocable, str) and revocable in self.revoked:
+                    raise TokenRejected(f"the {what} was revoked")
+
+    async def _verify_signed(self, token: str) -> AccessToken:
         header = _header(token)
         if header.get("alg") != ALGORITHM:
             raise TokenRejected(f"algorithm {header.get('alg')!r} is not accepted (only {ALGORITHM})")
@@ -208,10 +241,7 @@ class AccessTokenVerifier:
         if audience != self.resource:  # a list audience would name other servers too: one server per token
             raise TokenRejected(f"audience {audience!r} is not {self.resource}")
         grant = claims.get("gid")
-        if self.revoked is not None:
-            for what, revocable in (("grant", grant), ("token", claims.get("jti"))):
-                if isinstance(revocable, str) and revocable in self.revoked:
-                    raise TokenRejected(f"the {what} was revoked")
+        self._refuse_revoked(grant, claims.get("jti"))
         scopes = str(claims.get("scope", "")).split()
         missing = [s for s in self.required_scopes if s not in scopes]
         if missing:

@@ -15,7 +15,14 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
-from runner_template.auth import AccessTokenVerifier, TokenRejected, may_call_tool, scopes_for_tool
+from runner_template.auth import (
+    VERIFIED_REUSE_SECONDS,
+    AccessTokenVerifier,
+    RevokedGrants,
+    TokenRejected,
+    may_call_tool,
+    scopes_for_tool,
+)
 from tests.actors.oauth_helpers import document_server, serve_asgi
 
 ISSUER = "https://bmms.example"
@@ -119,6 +126,25 @@ async def test_expired_token_is_refused(served: Any) -> None:
     now = int(time.time())
     reason = await refused(verifier_for(base), signed(exp=now - 3600, iat=now - 4500))
     assert "exp" in reason
+
+
+async def test_a_reused_token_is_verified_again_once_it_expires_and_refused_once_revoked(served: Any) -> None:
+    base, _, _ = served
+    now = [time.time()]
+    revoked = RevokedGrants(keep_seconds=3600)
+    verifier = verifier_for(base, clock=lambda: now[0])
+    token = signed(exp=int(now[0]) + 90)
+    assert (await verifier.verify(token)).subject == "person:p1"
+    now[0] += VERIFIED_REUSE_SECONDS + 1  # the reuse ran out: verified again, still valid
+    assert (await verifier.verify(token)).subject == "person:p1"
+    now[0] += 60  # past exp + leeway: a reused verification never outlives the token
+    assert "exp" in await refused(verifier, token)
+
+    watching = verifier_for(base, revoked=revoked)
+    other = signed(gid="g1", jti="j2")
+    assert (await watching.verify(other)).subject == "person:p1"
+    revoked.revoke("g1")
+    assert "grant was revoked" in await refused(watching, other)  # checked on the reused verification too
 
 
 async def test_token_for_another_servers_audience_is_refused(served: Any) -> None:
