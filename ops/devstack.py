@@ -15,6 +15,7 @@ import os
 import secrets
 import shlex
 import signal
+import socket
 import sys
 import urllib.error
 import urllib.request
@@ -32,7 +33,7 @@ from nats.micro.service import ServiceVerb, control_subject
 from actors.catalog import ACTORS
 from actors.deployer.backends.select import backend_name
 from actors.runtime.settings import Settings
-from bus_schemas.builds import PlainWords
+from bus_schemas.builds import FunctionBody, ToolParameter, ToolSpec, ToolSpecSource
 from bus_schemas.registry import CONSUMERS, RPCS
 from ops.apikeys import DEV_ORG, ensure_dev_api_key
 from ops.infra import (
@@ -290,7 +291,7 @@ class DevStack:
         # The gateway's URL is every hosted server's URL base and the issuer of their tokens: the deployer
         # must know it before the gateway listens, so a free port is chosen here when none was asked for.
         if not self.port:
-            self.port = free_port()
+            self.port = self._sticky_port()
         public_url = self.base_environ.get("BMMS_PUBLIC_URL") or f"http://127.0.0.1:{self.port}"
         for name in ACTORS:
             environ = child_environ(self.base_environ, infra, name, self.root, database=True)
@@ -378,6 +379,20 @@ class DevStack:
     async def _dev_key(self, nc: Client, timeout: float) -> tuple[str, str, bool]:
         return await ensure_dev_api_key(nc, self.root / DEV_API_KEY_FILE, timeout=timeout, wait=30.0)
 
+    def _sticky_port(self) -> int:
+        """For `--port 0`: the port this data dir's stack had last time when it is free again, else a new one,
+        remembered. Hosted servers' URLs (and every client's configuration) contain it."""
+        path = self.root / "run" / "port"
+        with contextlib.suppress(OSError, ValueError):
+            port = int(path.read_text())
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", port))
+            return port
+        port = free_port()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(str(port))
+        return port
+
     def _record(self, infra: Infrastructure, url: str) -> None:
         pids = {**infra.pids(), **{c.name: c.process.pid for c in self.children}}
         record = StackRecord(
@@ -392,8 +407,13 @@ class DevStack:
     def _announce(self, infra: Infrastructure, url: str, key: str, org_id: str, created: bool) -> None:
         data_flag = f" --data-dir {shlex.quote(str(self.root))}"
         # Encoded from the bus type, so the example follows the contract's tag field and names.
-        source = PlainWords(text="Current weather for a city")
-        body = msgspec.json.encode({"name": "weather", "source": source}).decode()
+        # A tool spec builds and deploys with no model; plain words need BMMS_ANTHROPIC_API_KEY.
+        source = ToolSpecSource(tools=(ToolSpec(
+            name="add", description="Add two integers.",
+            parameters=(ToolParameter(name="a", type="integer"), ToolParameter(name="b", type="integer")),
+            implementation=FunctionBody(body="return a + b"),
+        ),))
+        body = msgspec.json.encode({"name": "calculator", "source": source}).decode()
         lines = [
             "",
             "Build My MCP Server dev stack is ready.",
@@ -406,7 +426,7 @@ class DevStack:
             if infra.nats is not None else f"  NATS:     {infra.nats_url} (external)",
             f"  Postgres: {infra.database_url}" + ("" if infra.postgres is not None else " (external)"),
             "",
-            "Try it:",
+            "Try it (builds, checks and hosts a one-tool MCP server; its URL is in the build's `deployed` event):",
             f"  curl -sS -X POST {url}/v1/builds \\",
             f"    -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\",
             f"    -d '{body}'",

@@ -505,6 +505,9 @@ async def reconcile(actor: DeployerActor, ctx: Context) -> None:
             try:
                 await actor.start_checked(ctx, current, version)
             except DeployRefused as refused:
+                with contextlib.suppress(BackendError):
+                    await backend.stop(server_id)  # a runner that failed its check serves nobody
+                await drop_route(ctx.js, server_id)
                 await storage.set_state(conn, server_id, state="failed", detail=refused.detail)
                 await announce(ctx, current, "failed", current.version, refused.detail)
             else:

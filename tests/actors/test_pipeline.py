@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx2
+import pytest
 from mcp import Client as McpClient
 from mcp.client.streamable_http import streamable_http_client
 from nats.aio.client import Client
 
 from actors.catalog import create_actor
 from actors.deployer.actor import create_actor as create_deployer
+from actors.deployer.backends.base import RunnerSpec
 from actors.deployer.backends.process import ProcessBackend
 from actors.runtime.bus import call
 from actors.runtime.codec import decode
+from actors.runtime.settings import Settings
 from bus_schemas.base import Failed
 from bus_schemas.builds import (
     AnyBuildEvent,
@@ -39,6 +44,7 @@ from bus_schemas.builds import (
 )
 from bus_schemas.oauth import MintServiceToken, TokenIssued
 from bus_schemas.registry import (
+    ARTIFACTS,
     BUILD_EVENTS,
     BUILDS,
     CHECK_QUOTA,
@@ -70,17 +76,21 @@ CALCULATOR = ToolSpecSource(tools=(
 PUBLIC_URL = "https://bmms.test"
 
 
+def deployer_settings(stack: Stack) -> Settings:
+    return stack.settings("deployer", public_url=PUBLIC_URL, runner_nats_password=stack.nats.passwords["runner"])
+
+
 @contextlib.asynccontextmanager
-async def pipeline(stack: Stack) -> AsyncIterator[ProcessBackend]:
-    """Every pipeline actor, the Authorization Server (service tokens) and the deployer on local processes."""
+async def pipeline(stack: Stack, *, deployer: bool = True) -> AsyncIterator[ProcessBackend]:
+    """Every pipeline actor, the Authorization Server (service tokens) and the deployer on local processes
+    (without `deployer`, the test runs deployers on the yielded backend itself)."""
     backend = ProcessBackend(stack.root / f"runners-{secrets.token_hex(4)}")
     async with contextlib.AsyncExitStack() as actors:
         for name in ("planner", "codegen", "checker"):
             await actors.enter_async_context(running(create_actor(name), stack.settings(name)))
         await actors.enter_async_context(running(create_actor("oauth"), stack.settings("oauth", secret_key=SECRET_KEY)))
-        deployer_settings = stack.settings("deployer", public_url=PUBLIC_URL,
-                                           runner_nats_password=stack.nats.passwords["runner"])
-        await actors.enter_async_context(running(create_deployer(backend), deployer_settings))
+        if deployer:
+            await actors.enter_async_context(running(create_deployer(backend), deployer_settings(stack)))
         try:
             yield backend
         finally:
@@ -214,3 +224,38 @@ async def test_calls_over_the_tool_call_quota_are_refused_by_the_running_server_
 
             refusal = await eventually(refused, timeout=30, interval=0.1)
         assert "over quota" in str(refusal) and "tool_calls_per_month" in str(refusal)
+
+
+async def test_a_restarted_deployer_restarts_missing_runners_and_removes_orphans(
+    stack: Stack, admin_nc: Client
+) -> None:
+    async with pipeline(stack, deployer=False) as backend:
+        async with running(create_deployer(backend), deployer_settings(stack)):
+            deployed = (await submit_and_settle(admin_nc, "pipe6", "calculator"))[-1]
+        assert isinstance(deployed, BuildDeployed)
+        (runner,) = await backend.running()  # the deployer stopped; its runner did not
+        # While no deployer runs: the server's runner dies, and a runner of a server nobody knows appears.
+        os.killpg(int(runner.ref), signal.SIGKILL)
+        data = (await (await admin_nc.jetstream().object_store(ARTIFACTS.name)).get(runner.artifact_hash)).data
+        orphan = await backend.run(RunnerSpec(
+            server_id="sorphan", org_id="pipe6", version=1, artifact_hash=runner.artifact_hash,
+            artifact_json=data or b"", env={"BMMS_RUNNER_INSECURE_NO_AUTH": "1"},
+        ))
+        assert {r.server_id for r in await backend.running()} == {"sorphan"}
+        async with running(create_deployer(backend), deployer_settings(stack)):
+
+            async def converged() -> list[str] | None:
+                ids = sorted(r.server_id for r in await backend.running())
+                return ids if ids == [deployed.server_id] else None
+
+            await eventually(converged, timeout=60)
+            kv = await admin_nc.jetstream().key_value(ROUTES.name)
+
+            async def routed() -> ServerRoute | None:
+                route = decode(ServerRoute, (await kv.get(deployed.server_id)).value or b"")
+                (again,) = await backend.running()
+                return route if route.upstream == again.upstream and again.ref != runner.ref else None
+
+            await eventually(routed, timeout=30)
+        with pytest.raises(ProcessLookupError):
+            os.kill(int(orphan.ref), 0)
