@@ -28,6 +28,17 @@ class Stack:
         self.database_url = database_url
         self.root = root
 
+    async def forget_servers(self) -> None:
+        """Mark every hosted server deleted in the deployer's tables: tests share one database, and a later
+        test's deployer would otherwise reconcile (start again) the servers of earlier tests."""
+        conn = await asyncpg.connect(self.database_url)
+        try:
+            if await conn.fetchval("SELECT to_regclass('servers') IS NOT NULL"):
+                await conn.execute("UPDATE servers SET desired = 'deleted', state = 'deleted' "
+                                   "WHERE desired <> 'deleted'")
+        finally:
+            await conn.close()
+
     def settings(self, role: str, **overrides: object) -> Settings:
         """Settings for a process acting as `role` (a nats.conf user), on the test database."""
         values: dict[str, object] = {

@@ -94,6 +94,7 @@ async def pipeline(stack: Stack, *, deployer: bool = True) -> AsyncIterator[Proc
         try:
             yield backend
         finally:
+            await stack.forget_servers()
             for runner in await backend.running():
                 await backend.remove(runner.server_id, ())
 

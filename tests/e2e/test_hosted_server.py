@@ -180,6 +180,7 @@ async def platform_on(stack: Stack, case: BackendCase, admin: Nats) -> AsyncIter
         try:
             yield platform
         finally:
+            await stack.forget_servers()
             for runner in await backend.running():
                 await backend.remove(runner.server_id, (runner.artifact_hash,))
             await backend.close()
