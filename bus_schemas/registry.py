@@ -13,6 +13,7 @@ from bus_schemas.builds import (
     AnyBuildEvent,
     BuildKind,
     BuildRequested,
+    BuildSummary,
     GetBuild,
     GetBuildReply,
     SubmitBuild,
@@ -253,6 +254,12 @@ class KvBucket:
     history: int = 1
     ttl_seconds: int = 0
     """How long an entry lives (0: until deleted)."""
+    direct: bool = False
+    """Reads by direct get (`$JS.API.DIRECT.GET.KV_<name>.>`): one request to any server, no consumer."""
+
+    def direct_get_subject(self, key: str) -> str:
+        """Where a direct get of `key` is asked (the answer: the latest value, or a `Status: 404` header)."""
+        return f"$JS.API.DIRECT.GET.KV_{self.name}.$KV.{self.name}.{key}"
 
 
 ROUTES = KvBucket(
@@ -271,7 +278,20 @@ REVOKED = KvBucket(
     # token of its grant, and the bucket never grows without bound.
     ttl_seconds=20 * 60,
 )
-KV_BUCKETS = (ROUTES, QUOTAS, REVOKED)
+BUILD_SUMMARIES = KvBucket(
+    name="BUILD_SUMMARIES",
+    description="Where each build stands (the build registry's projection): key <org_id>.<build_id>; the gateway "
+                "answers GET /v1/builds/{id} from it.",
+    owner="planner", message=BuildSummary, direct=True,
+)
+
+
+def build_summary_key(org_id: str, build_id: str) -> str:
+    """A build's key in BUILD_SUMMARIES (both parts checked to be subject tokens)."""
+    return f"{subject_token(org_id)}.{subject_token(build_id)}"
+
+
+KV_BUCKETS = (ROUTES, QUOTAS, BUILD_SUMMARIES, REVOKED)
 
 
 def revocation_key(org_id: str, revoked_id: str) -> str:

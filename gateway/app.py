@@ -47,7 +47,9 @@ def create_app(settings: Settings, config: GatewayConfig | None = None) -> Lites
     def provide_services() -> EdgeServices:
         return services
 
-    def provide_bus() -> BusClient:
+    def provide_bus(services: NamedDependency[EdgeServices]) -> BusClient:
+        # Chained after `services` (see provide_authenticator) so that a handler taking both resolves them
+        # one after another.
         return services.bus
 
     def provide_authenticator(bus: NamedDependency[BusClient]) -> Authenticator:

@@ -6,15 +6,18 @@ import asyncio
 import logging
 from typing import Annotated, Any, cast
 
+import msgspec
+import nats.errors
 from litestar import Controller, Request, Response, WebSocket, get, post, websocket
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import WebSocketDisconnect
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 
+from actors.runtime.codec import decode
 from bus_schemas.base import SUBJECT_TOKEN_RE, FailureCode
 from bus_schemas.builds import BuildAccepted, BuildSummary, GetBuild, SubmitBuild
 from bus_schemas.identity import Principal
-from bus_schemas.registry import GET_BUILD, STAGE_BUILD_SECRETS, SUBMIT_BUILD
+from bus_schemas.registry import BUILD_SUMMARIES, GET_BUILD, STAGE_BUILD_SECRETS, SUBMIT_BUILD, build_summary_key
 from bus_schemas.servers import BuildSecretsStaged, StageBuildSecrets
 from gateway.auth import (
     WEBSOCKET_BEARER_PROTOCOL,
@@ -74,6 +77,23 @@ async def stage_secrets(bus: BusClient, principal: Principal, build_id: str, sec
                       extra={"build_id": build_id}) from None
 
 
+async def read_summary(services: EdgeServices, org_id: str, build_id: str) -> BuildSummary | None:
+    """The build's summary from BUILD_SUMMARIES (one JetStream direct get: a plain request, its answer the
+    value itself, or a 404 status header), or None when it is not there or unreadable."""
+    if services.summaries is None:
+        return None
+    try:
+        answer = await services.nc.request(
+            BUILD_SUMMARIES.direct_get_subject(build_summary_key(org_id, build_id)), b"", timeout=services.rpc_timeout
+        )
+        if answer.headers and answer.headers.get("Status"):
+            return None  # 404: no such key (or 408 / 503 from the server: the registry answers instead)
+        summary = decode(BuildSummary, answer.data)
+    except (nats.errors.Error, msgspec.ValidationError, msgspec.DecodeError):
+        return None
+    return summary if summary.org_id == org_id else None
+
+
 class BuildsController(Controller):
     """Builds of the caller's organisation."""
 
@@ -117,12 +137,17 @@ class BuildsController(Controller):
 
     @get("/{build_id:str}", summary="Read a build")
     async def get_build(
-        self, build_id: FromPath[str], principal: NamedDependency[Principal], bus: NamedDependency[BusClient]
+        self, build_id: FromPath[str], principal: NamedDependency[Principal], bus: NamedDependency[BusClient],
+        services: NamedDependency[EdgeServices],
     ) -> BuildView:
-        """Where one build of the caller's organisation stands; 404 for any other build."""
-        summary = await bus.ask(
-            GET_BUILD, GetBuild(org_id=principal.org_id, build_id=checked_build_id(build_id)), BuildSummary
-        )
+        """Where one build of the caller's organisation stands; 404 for any other build.
+
+        Read from the build registry's read model on the bus (BUILD_SUMMARIES, one direct get under the
+        caller's organisation's key); a build not in it yet is asked of the registry itself."""
+        build_id = checked_build_id(build_id)
+        summary = await read_summary(services, principal.org_id, build_id)
+        if summary is None:
+            summary = await bus.ask(GET_BUILD, GetBuild(org_id=principal.org_id, build_id=build_id), BuildSummary)
         return BuildView(
             build_id=summary.build_id, name=summary.name, status=summary.status, created_at=summary.created_at,
             updated_at=summary.updated_at, last_seq=summary.last_seq, failure=summary.failure,

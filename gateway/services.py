@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import asyncpg
+import nats.js.errors
 from nats.aio.client import Client
+from nats.js.kv import KeyValue
 
 from actors.runtime.bus import connect
 from actors.runtime.settings import Settings
+from bus_schemas.registry import BUILD_SUMMARIES
 from gateway.auth import Authenticator
 from gateway.bus import BusClient
 from gateway.config import GatewayConfig
@@ -29,6 +33,8 @@ class EdgeServices:
         self._bus: BusClient | None = None
         self._authenticator: Authenticator | None = None
         self._feeds: BuildFeeds | None = None
+        self.summaries: KeyValue | None = None
+        """The build registry's read model (BUILD_SUMMARIES); None until the bucket exists."""
 
     async def start(self) -> None:
         """Connect to NATS as the gateway user and prepare the readiness pool."""
@@ -38,6 +44,8 @@ class EdgeServices:
         self._feeds = BuildFeeds(
             self._nc.jetstream(), grace_seconds=self.config.feed_grace_seconds, max_lag=self.config.max_socket_lag
         )
+        with contextlib.suppress(nats.js.errors.BucketNotFoundError):
+            self.summaries = await self._nc.jetstream().key_value(BUILD_SUMMARIES.name)
         if self.settings.database_url:
             # The gateway owns no tables; the pool only answers readiness. min_size=0 lets the
             # gateway start (and report itself not ready) while the database is down.
@@ -54,6 +62,18 @@ class EdgeServices:
                 log.debug("drain on stop failed", exc_info=True)
         if self._pool is not None:
             await self._pool.close()
+
+    @property
+    def nc(self) -> Client:
+        """The gateway's NATS connection."""
+        if self._nc is None:
+            raise RuntimeError("the gateway has not started")
+        return self._nc
+
+    @property
+    def rpc_timeout(self) -> float:
+        """How long a request to the bus may take."""
+        return self.settings.rpc_timeout
 
     @property
     def bus(self) -> BusClient:

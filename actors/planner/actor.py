@@ -7,9 +7,12 @@ import secrets
 import time
 from pathlib import Path
 
+from nats.js.kv import KeyValue
+
 from actors.planner import storage
 from actors.planner.planning import finish_plan, plan_request, store_plan
 from actors.planner.problems import PlanNotes, PlanProblem
+from actors.planner.summaries import publish_summary
 from actors.runtime.actor import Actor, Context, utc_now
 from actors.runtime.build_events import emit, fail_step, fail_step_when_parked, start_step
 from actors.runtime.bus import call
@@ -29,7 +32,7 @@ from bus_schemas.builds import (
     SubmitBuild,
     SubmitBuildReply,
 )
-from bus_schemas.registry import BUILD_STATUS, CHECK_QUOTA, GET_BUILD, PLANNER_REQUESTED, SUBMIT_BUILD
+from bus_schemas.registry import BUILD_STATUS, BUILD_SUMMARIES, CHECK_QUOTA, GET_BUILD, PLANNER_REQUESTED, SUBMIT_BUILD
 from bus_schemas.usage import CheckQuota
 
 
@@ -44,11 +47,18 @@ class PlannerActor(Actor):
     def __init__(self) -> None:
         super().__init__("planner", migrations=Path(__file__).parent / "migrations")
         self.settings: Settings | None = None
+        self._summaries: KeyValue | None = None
 
     async def serve(self, settings: Settings, stop: asyncio.Event) -> None:
         """Serve with `settings` at hand for the plan step."""
         self.settings = settings
         await super().serve(settings, stop)
+
+    async def summaries(self, ctx: Context) -> KeyValue:
+        """The BUILD_SUMMARIES bucket, looked up once."""
+        if self._summaries is None:
+            self._summaries = await ctx.js.key_value(BUILD_SUMMARIES.name)
+        return self._summaries
 
 
 async def emit_notes(ctx: Context, build: BuildRequested, notes: PlanNotes) -> None:
@@ -105,6 +115,9 @@ def create_actor() -> Actor:
                 )
                 seq = await emit(ctx, event, "requested", "requested")
                 await storage.mark_requested(conn, build_id, seq)
+            summary = await storage.find_build(conn, request.org_id, build_id)
+        if summary is not None:
+            await publish_summary(await actor.summaries(ctx), summary)
         return BuildAccepted(build_id=build_id, org_id=request.org_id, status="requested")
 
     @actor.rpc(GET_BUILD)
@@ -122,6 +135,9 @@ def create_actor() -> Actor:
         failure = f"{event.step}: {event.detail}" if isinstance(event, BuildFailed) else None
         async with ctx.pool.acquire() as conn:
             await storage.apply_event(conn, event.build_id, kind, ctx.delivery.stream_seq, failure)
+            summary = await storage.find_build(conn, event.org_id, event.build_id)
+        if summary is not None:
+            await publish_summary(await actor.summaries(ctx), summary)
 
     @actor.consumer(PLANNER_REQUESTED, on_park=fail_step_when_parked("plan", "planning"))
     async def plan_build(event: AnyBuildEvent, ctx: Context) -> None:

@@ -158,5 +158,5 @@ async def provision(js: JetStreamContext) -> None:
         except nats.js.errors.BucketNotFoundError:
             await js.create_key_value(
                 KeyValueConfig(bucket=kv.name, description=kv.description, history=kv.history, storage=StorageType.FILE,
-                               ttl=float(kv.ttl_seconds) or None)
+                               ttl=float(kv.ttl_seconds) or None, direct=kv.direct or None)
             )
