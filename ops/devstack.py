@@ -305,6 +305,8 @@ class DevStack:
                 # when `bmms dev` ends, the servers it runs stop too, and start again with it
                 environ["BMMS_RUNNER_NATS_PASSWORD"] = infra.passwords["runner"]
                 environ.setdefault("BMMS_DEPLOY_STOP_RUNNERS_ON_EXIT", "true")
+                # dev: servers may call APIs on this machine or its network (production refuses that)
+                environ.setdefault("BMMS_RUNNER_ALLOW_PRIVATE_UPSTREAMS", "true")
             self.children.append(await spawn(name, ["actor", name], environ))
         ready_file = self.root / "run" / "gateway.url"
         ready_file.parent.mkdir(parents=True, exist_ok=True)

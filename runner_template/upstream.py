@@ -13,9 +13,12 @@ Errors raise (the SDK turns them into tool errors) and never carry a credential 
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import ipaddress
 import json as jsonlib
 import re
+import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -24,6 +27,7 @@ from urllib.parse import quote, urlsplit
 import httpx2
 from mcp.server.mcpserver.exceptions import ToolError
 
+ALLOW_PRIVATE_ENV = "BMMS_RUNNER_ALLOW_PRIVATE_UPSTREAMS"
 SECRET_ENV_PREFIX = "BMMS_SECRET_"  # noqa: S105 (a variable-name prefix, not a secret)
 """A secret named NAME is read from the runner's environment variable `BMMS_SECRET_<NAME>`."""
 
@@ -63,6 +67,10 @@ class UpstreamPolicy:
     """Whole-call timeout (connect, send, and each read)."""
     max_response_bytes: int = 2 * 1024 * 1024
     """A larger response body fails the call instead of filling the runner's memory."""
+    allow_private: bool = False
+    """Let upstream hosts resolve to private, loopback, link-local or reserved addresses (dev and tests,
+    `BMMS_RUNNER_ALLOW_PRIVATE_UPSTREAMS=1`); otherwise a hosted server cannot be pointed at the platform's
+    own network or a cloud metadata endpoint."""
 
     @classmethod
     def from_environment(
@@ -70,7 +78,8 @@ class UpstreamPolicy:
     ) -> UpstreamPolicy:
         """The policy for an artifact's hosts and secrets, secret values read from `environ` by name."""
         values = {n: environ[SECRET_ENV_PREFIX + n] for n in secret_names if SECRET_ENV_PREFIX + n in environ}
-        return cls(hosts=frozenset(h.lower() for h in hosts), secrets=values, **limits)
+        allow_private = environ.get(ALLOW_PRIVATE_ENV, "").lower() in ("1", "true", "yes")
+        return cls(hosts=frozenset(h.lower() for h in hosts), secrets=values, allow_private=allow_private, **limits)
 
     def allows(self, url: str) -> bool:
         """Whether `url` is http(s) to one of the allowed hosts."""
@@ -159,10 +168,14 @@ async def request(
         else:
             raise UpstreamRefused(f"{what}: auth {auth.kind!r} needs a header or parameter name")
     timeout = httpx2.Timeout(policy.timeout_seconds)
+    target, extensions = await _pinned(url, policy, what)
+    if target != url:
+        header_values["Host"] = urlsplit(url).netloc
     try:
         async with (
             httpx2.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False) as client,
-            client.stream(method, url, params=query_pairs, headers=header_values, json=json) as response,
+            client.stream(method, target, params=query_pairs, headers=header_values, json=json,
+                          extensions=extensions) as response,
         ):
             body = await _read_capped(response, policy.max_response_bytes, what)
     except httpx2.TimeoutException:
@@ -176,6 +189,30 @@ async def request(
         detail = result if isinstance(result, str) else jsonlib.dumps(result)
         raise UpstreamError(f"{what}: answered {response.status_code}: {detail[:500]}")
     return result
+
+
+async def _pinned(url: str, policy: UpstreamPolicy, what: str) -> tuple[str, dict[str, Any]]:
+    """The URL to connect to and its request extensions: unless private targets are allowed, the host is
+    resolved once, every address must be public, and the connection goes to that checked address (the host
+    name kept for the Host header and TLS), so a name that re-resolves elsewhere cannot redirect the call."""
+    if policy.allow_private:
+        return url, {}
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        raise UpstreamError(f"{what}: host {host!r} does not resolve") from None
+    addresses = [str(info[4][0]) for info in infos]
+    refused = [a for a in addresses if not ipaddress.ip_address(a.split("%")[0]).is_global]
+    if refused or not addresses:
+        raise UpstreamRefused(f"{what}: host {host!r} resolves to a non-public address ({', '.join(refused)}); "
+                              "hosted servers may only call public APIs")
+    address = addresses[0]
+    netloc = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+    extensions: dict[str, Any] = {"sni_hostname": host} if parts.scheme == "https" else {}
+    return parts._replace(netloc=netloc).geturl(), extensions
 
 
 async def _read_capped(response: httpx2.Response, limit: int, what: str) -> bytes:

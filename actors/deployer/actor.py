@@ -189,6 +189,8 @@ class DeployerActor(Actor):
             "BMMS_RUNNER_NAME": server.name,
             "BMMS_RUNNER_ALLOWED_ORIGINS": ",".join(origins),
         }
+        if settings.runner_allow_private_upstreams:
+            env["BMMS_RUNNER_ALLOW_PRIVATE_UPSTREAMS"] = "1"
         if settings.runner_nats_password:
             env |= {
                 "BMMS_RUNNER_NATS_URL": settings.runner_nats_url or settings.nats_url,

@@ -86,6 +86,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """The `runner` NATS user's password, handed to every runner the deployer starts."""
     runner_allowed_origins: str = ""
     """Comma-separated browser origins runners accept (CORS and the Origin check) besides the public URL's."""
+    runner_allow_private_upstreams: bool = False
+    """Dev/test only: let hosted servers call upstream APIs on private or loopback addresses (production
+    refuses them, so a server cannot be aimed at the platform's own network)."""
     deploy_stop_runners_on_exit: bool = False
     """Stop every runner when the deployer stops (it starts them again when it comes back): what `bmms dev`
     wants; in production runners outlive a deployer restart."""

@@ -165,7 +165,7 @@ async def platform_on(stack: Stack, case: BackendCase, admin: Nats) -> AsyncIter
         gw = await stack_.enter_async_context(serving(gateway_settings(stack), GatewayConfig(feed_grace_seconds=0.3)))
         deployer_settings = stack.settings(
             "deployer", public_url=gw.base_url, runner_nats_password=stack.nats.passwords["runner"],
-            deploy_health_timeout=120.0, secret_key=SECRET_KEY,
+            deploy_health_timeout=120.0, runner_allow_private_upstreams=True, secret_key=SECRET_KEY,
         )
         await stack_.enter_async_context(running(create_deployer(backend), deployer_settings))
         http = await stack_.enter_async_context(httpx.AsyncClient(base_url=gw.base_url, timeout=60))

@@ -145,7 +145,8 @@ async def runner(settings: RunnerSettings, artifact: Artifact | None = None,
     artifact = artifact or sample_artifact()
     upstream.configure(upstream.UpstreamPolicy.from_environment(
         artifact.upstream_hosts if upstream_hosts is None else upstream_hosts, artifact.secrets,
-        {f"{upstream.SECRET_ENV_PREFIX}{SECRET_NAME}": SECRET_VALUE}, timeout_seconds=10,
+        {f"{upstream.SECRET_ENV_PREFIX}{SECRET_NAME}": SECRET_VALUE, upstream.ALLOW_PRIVATE_ENV: "1"},
+        timeout_seconds=10,
     ))
     app = runner_app(replace(settings, artifact="-"), artifact)
     try:

@@ -82,7 +82,7 @@ async def test_the_deployers_environment_serves_and_the_secrets_are_gone_from_it
             "BMMS_RUNNER_HOST": "127.0.0.1", "BMMS_RUNNER_PORT": "0",
             "BMMS_RUNNER_SERVER_ID": sid, "BMMS_RUNNER_ORG_ID": f"org-{sid}",
             "BMMS_RUNNER_RESOURCE": resource_for(sid), "BMMS_RUNNER_ISSUER": ISSUER,
-            "BMMS_RUNNER_ALLOWED_ORIGINS": "https://app.example.test",
+            "BMMS_RUNNER_ALLOWED_ORIGINS": "https://app.example.test", "BMMS_RUNNER_ALLOW_PRIVATE_UPSTREAMS": "1",
             "BMMS_RUNNER_NATS_URL": stack.nats.url, "BMMS_RUNNER_NATS_USER": "runner",
             "BMMS_RUNNER_NATS_PASSWORD": password,
             "BMMS_SECRET_EXAMPLE_TOKEN": SECRET_VALUE,

@@ -89,7 +89,7 @@ def artifact_for(upstream_url: str) -> Artifact:
 @contextlib.asynccontextmanager
 async def runner(artifact: Artifact, *, hosts: tuple[str, ...] | None = None) -> AsyncIterator[str]:
     """The artifact served in-process with the secret from the environment; yields the MCP URL."""
-    env = {f"{upstream.SECRET_ENV_PREFIX}{SECRET_NAME}": SECRET_VALUE}
+    env = {f"{upstream.SECRET_ENV_PREFIX}{SECRET_NAME}": SECRET_VALUE, upstream.ALLOW_PRIVATE_ENV: "1"}
     upstream.configure(upstream.UpstreamPolicy.from_environment(
         artifact.upstream_hosts if hosts is None else hosts, artifact.secrets, env, timeout_seconds=10,
     ))
@@ -166,7 +166,7 @@ async def test_upstream_refuses_undeclared_secrets_other_hosts_and_oversized_ans
     _, url = upstream_api
     host = url.split("//", 1)[1]
     upstream.configure(upstream.UpstreamPolicy(hosts=frozenset({host}), secrets={"KNOWN": "v"},
-                                               max_response_bytes=1000))
+                                               max_response_bytes=1000, allow_private=True))
     try:
         with pytest.raises(upstream.UpstreamRefused, match="not one of this server's upstream hosts"):
             await upstream.request("GET", "http://localhost:1/x")
@@ -185,7 +185,8 @@ async def test_runner_process_serves_an_artifact_file(upstream_api, tmp_path: Pa
     path = tmp_path / "artifact.json"
     path.write_bytes(msgspec.json.encode(artifact))
     env = {**os.environ, "BMMS_RUNNER_ARTIFACT": str(path), "BMMS_RUNNER_PORT": "0",
-           "BMMS_RUNNER_INSECURE_NO_AUTH": "1", f"{upstream.SECRET_ENV_PREFIX}{SECRET_NAME}": SECRET_VALUE}
+           "BMMS_RUNNER_INSECURE_NO_AUTH": "1", f"{upstream.SECRET_ENV_PREFIX}{SECRET_NAME}": SECRET_VALUE,
+           upstream.ALLOW_PRIVATE_ENV: "1"}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "runner_template", env=env, stdout=asyncio.subprocess.PIPE,
     )
@@ -202,3 +203,23 @@ async def test_runner_process_serves_an_artifact_file(upstream_api, tmp_path: Pa
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), timeout=15)
+
+
+async def test_upstream_hosts_on_private_addresses_are_refused_unless_allowed(upstream_api) -> None:
+    _, url = upstream_api  # a real API on 127.0.0.1
+    host = url.split("//", 1)[1]
+    upstream.configure(upstream.UpstreamPolicy(hosts=frozenset({host, "169.254.169.254"})))
+    try:
+        with pytest.raises(upstream.UpstreamRefused, match="non-public address"):
+            await upstream.request("GET", f"http://{host}/items/{{id}}", path={"id": "1"})
+        with pytest.raises(upstream.UpstreamRefused, match="non-public address"):
+            await upstream.request("GET", "http://169.254.169.254/latest/meta-data")
+    finally:
+        upstream.configure(None)
+    environ = {upstream.ALLOW_PRIVATE_ENV: "1"}
+    upstream.configure(upstream.UpstreamPolicy.from_environment((host,), (), environ))
+    try:
+        with contextlib.suppress(upstream.UpstreamError):  # reached (whether it knows the path or not)
+            await upstream.request("GET", f"http://{host}/items/{{id}}", path={"id": "1"})
+    finally:
+        upstream.configure(None)
