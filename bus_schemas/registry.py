@@ -182,6 +182,13 @@ class Consumer(Generic[Msg]):
     """After this many deliveries without an ack the message is parked in the dead-letter stream."""
     ack_wait_seconds: float = 30.0
     backoff_seconds: tuple[float, ...] = field(default=(0.2, 1.0, 5.0))
+    more_filter_subjects: tuple[str, ...] = ()
+    """Further subjects the consumer reads besides `filter_subject` (a JetStream multi-filter consumer)."""
+
+    @property
+    def filter_subjects(self) -> tuple[str, ...]:
+        """Every subject the consumer reads."""
+        return (self.filter_subject, *self.more_filter_subjects)
 
 
 # --- streams ---
@@ -688,7 +695,9 @@ METERING_SERVERS: Consumer[ServerChanged] = Consumer(
 METERING_BUILDS: Consumer[AnyBuildEvent] = Consumer(
     stream=BUILDS,
     durable="metering",
-    filter_subject=BUILDS.subjects[0],
+    # only the kinds it counts: a busy build's log lines never reach metering
+    filter_subject=build_kind_filter("requested"),
+    more_filter_subjects=(build_kind_filter("step"), build_kind_filter("planned"), build_kind_filter("failed")),
     message=AnyBuildEvent,
     owner="metering",
     description="Counts requested builds, step timings and model tokens per organisation.",

@@ -197,7 +197,8 @@ def contract_schema() -> dict[str, Any]:
         },
         "x-streams": {s.name: {"subjects": list(s.subjects)} for s in STREAMS},
         "x-consumers": {
-            f"{c.stream.name}/{c.durable}": {"filter_subject": c.filter_subject, "owner": c.owner} for c in CONSUMERS
+            f"{c.stream.name}/{c.durable}": {"filter_subjects": list(c.filter_subjects), "owner": c.owner}
+            for c in CONSUMERS
         },
     }
 

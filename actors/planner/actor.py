@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 from pathlib import Path
@@ -48,11 +49,44 @@ class PlannerActor(Actor):
         super().__init__("planner", migrations=Path(__file__).parent / "migrations")
         self.settings: Settings | None = None
         self._summaries: KeyValue | None = None
+        self._dirty: dict[str, str] = {}
+        """Builds whose summary moved by a log or step event only: build id -> org id, written by the
+        flusher (a busy build's log lines cost one summary write per interval, not one each)."""
+        self._flusher: asyncio.Task[None] | None = None
 
     async def serve(self, settings: Settings, stop: asyncio.Event) -> None:
         """Serve with `settings` at hand for the plan step."""
         self.settings = settings
-        await super().serve(settings, stop)
+        try:
+            await super().serve(settings, stop)
+        finally:
+            if self._flusher is not None:
+                self._flusher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._flusher
+
+    async def started(self, ctx: Context) -> None:
+        self._flusher = asyncio.create_task(self._flush_forever(ctx))
+
+    def mark_dirty(self, org_id: str, build_id: str) -> None:
+        self._dirty[build_id] = org_id
+
+    async def _flush_forever(self, ctx: Context) -> None:
+        while True:
+            await asyncio.sleep(SUMMARY_FLUSH_SECONDS)
+            dirty, self._dirty = self._dirty, {}
+            for build_id, org_id in dirty.items():
+                try:
+                    await self.write_summary(ctx, org_id, build_id)
+                except Exception:  # the next event of the build writes it again
+                    ctx.log.warning("summary of build %s not written", build_id, exc_info=True)
+
+    async def write_summary(self, ctx: Context, org_id: str, build_id: str) -> None:
+        """Put the build's summary as the projection holds it now into BUILD_SUMMARIES."""
+        async with ctx.pool.acquire() as conn:
+            summary = await storage.find_build(conn, org_id, build_id)
+        if summary is not None:
+            await publish_summary(await self.summaries(ctx), summary)
 
     async def summaries(self, ctx: Context) -> KeyValue:
         """The BUILD_SUMMARIES bucket, looked up once."""
@@ -68,6 +102,9 @@ async def emit_notes(ctx: Context, build: BuildRequested, notes: PlanNotes) -> N
                        message=message)
         await emit(ctx, line, "log", f"plan:log:{index}")
 
+
+SUMMARY_FLUSH_SECONDS = 0.2
+"""How often summaries moved only by log and step events are written to BUILD_SUMMARIES."""
 
 QUOTA_CHECK_TIMEOUT = 3.0
 """Seconds the plan step waits for the metering actor's answer about the build quota."""
@@ -115,9 +152,7 @@ def create_actor() -> Actor:
                 )
                 seq = await emit(ctx, event, "requested", "requested")
                 await storage.mark_requested(conn, build_id, seq)
-            summary = await storage.find_build(conn, request.org_id, build_id)
-        if summary is not None:
-            await publish_summary(await actor.summaries(ctx), summary)
+        await actor.write_summary(ctx, request.org_id, build_id)
         return BuildAccepted(build_id=build_id, org_id=request.org_id, status="requested")
 
     @actor.rpc(GET_BUILD)
@@ -135,9 +170,10 @@ def create_actor() -> Actor:
         failure = f"{event.step}: {event.detail}" if isinstance(event, BuildFailed) else None
         async with ctx.pool.acquire() as conn:
             await storage.apply_event(conn, event.build_id, kind, ctx.delivery.stream_seq, failure)
-            summary = await storage.find_build(conn, event.org_id, event.build_id)
-        if summary is not None:
-            await publish_summary(await actor.summaries(ctx), summary)
+        if kind in storage.MILESTONES:
+            await actor.write_summary(ctx, event.org_id, event.build_id)  # before the ack: a status never lags
+        else:
+            actor.mark_dirty(event.org_id, event.build_id)
 
     @actor.consumer(PLANNER_REQUESTED, on_park=fail_step_when_parked("plan", "planning"))
     async def plan_build(event: AnyBuildEvent, ctx: Context) -> None:
