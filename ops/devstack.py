@@ -388,6 +388,7 @@ class DevStack:
         with contextlib.suppress(OSError, ValueError):
             port = int(path.read_text())
             with socket.socket() as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the gateway binds it
                 probe.bind(("127.0.0.1", port))
             return port
         port = free_port()
