@@ -49,6 +49,7 @@ from actors.deployer.backends.base import (
     RunnerSpec,
     RunningRunner,
 )
+from actors.deployer.backends.engine import EngineClient
 from actors.runtime.settings import Settings
 from bus_schemas.servers import BackendName, Isolation
 from ops.runner_image import (
@@ -192,7 +193,7 @@ async def http_answers(host: str, port: int, *, path: str = "/healthz", timeout:
     return line.startswith(b"HTTP/")
 
 
-class DockerBackend:
+class DockerBackend(EngineClient):
     """Runs each runner as a hardened container on the local Docker Engine."""
 
     name: BackendName = "docker"
@@ -208,15 +209,12 @@ class DockerBackend:
         servers_path: str = SERVERS_PATH,
         ready_timeout: float = 60.0,
     ) -> None:
+        super().__init__(docker, None)
         self._images = images or RunnerImages()
-        self._docker = docker
-        self._owns_docker = docker is None
         self._network = network
         self._publish_host = publish_host
         self._servers_path = servers_path
         self._ready_timeout = ready_timeout
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._docker_url: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DockerBackend:
@@ -225,16 +223,6 @@ class DockerBackend:
         backend._docker_url = settings.docker_url
         return backend
 
-    def _client(self) -> aiodocker.Docker:
-        if self._docker is None:
-            self._docker = aiodocker.Docker(url=self._docker_url)
-        return self._docker
-
-    async def close(self) -> None:
-        """Close the Docker connection (containers keep running)."""
-        if self._docker is not None and self._owns_docker:
-            await self._docker.close()
-        self._docker = None
 
     # -- queries -------------------------------------------------------------------------------------
 
@@ -273,8 +261,6 @@ class DockerBackend:
 
     # -- changes -------------------------------------------------------------------------------------
 
-    def _lock(self, server_id: str) -> asyncio.Lock:
-        return self._locks.setdefault(server_id, asyncio.Lock())
 
     async def run(self, spec: RunnerSpec) -> RunningRunner:
         """Start `spec` (unless it already runs), wait until it answers, then remove the server's others."""

@@ -69,6 +69,7 @@ from actors.deployer.backends.docker import (
     servers_path_of,
     spec_digest,
 )
+from actors.deployer.backends.engine import EngineClient
 from actors.runtime.settings import Settings
 from bus_schemas.servers import BackendName, Isolation
 from ops.runner_image import RUNNER_USER, RunnerImageError, RunnerImages, server_image_ref
@@ -85,7 +86,7 @@ HEALTHCHECK = (
 FAILED_UPDATE_STATES = frozenset({"paused", "rollback_started", "rollback_paused", "rollback_completed"})
 
 
-class SwarmBackend:
+class SwarmBackend(EngineClient):
     """Runs each runner as a replicated Swarm service with rolling, start-first updates."""
 
     name: BackendName = "swarm"
@@ -103,16 +104,13 @@ class SwarmBackend:
         servers_path: str = SERVERS_PATH,
         ready_timeout: float = 120.0,
     ) -> None:
+        super().__init__(docker, docker_url)
         self._images = images or RunnerImages()
-        self._docker = docker
-        self._docker_url = docker_url
-        self._owns_docker = docker is None
         self._replicas = replicas
         self._publish_mode = publish_mode
         self._publish_host = publish_host
         self._servers_path = servers_path
         self._ready_timeout = ready_timeout
-        self._locks: dict[str, asyncio.Lock] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SwarmBackend:
@@ -120,19 +118,6 @@ class SwarmBackend:
         return cls(runner_images_from_environment(), docker_url=settings.docker_url,
                    servers_path=servers_path_of(settings.servers_url))
 
-    def _client(self) -> aiodocker.Docker:
-        if self._docker is None:
-            self._docker = aiodocker.Docker(url=self._docker_url)
-        return self._docker
-
-    async def close(self) -> None:
-        """Close the Docker connection (services keep running)."""
-        if self._docker is not None and self._owns_docker:
-            await self._docker.close()
-        self._docker = None
-
-    def _lock(self, server_id: str) -> asyncio.Lock:
-        return self._locks.setdefault(server_id, asyncio.Lock())
 
     @staticmethod
     def service_name(server_id: str) -> str:
