@@ -48,12 +48,17 @@ def person(org_id: str = "oorg1", subject: str = "person:p1") -> Signer:
 
 
 @contextlib.asynccontextmanager
-async def serve_asgi(app: Any, sock: socket.socket | None = None) -> AsyncIterator[str]:
-    """Serve an ASGI app with uvicorn in this loop on a free loopback port; yields its base URL."""
+async def serve_asgi(
+    app: Any, sock: socket.socket | None = None, *, tls: tuple[str, str] | None = None
+) -> AsyncIterator[str]:
+    """Serve an ASGI app with uvicorn in this loop on a free loopback port; yields its base URL
+    (`https://localhost:<port>` with `tls` = (certificate file, key file))."""
     if sock is None:
         sock = bound_socket()
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on")
+    certificate, key = tls or (None, None)
+    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", ssl_certfile=certificate,
+                            ssl_keyfile=key)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     deadline = asyncio.get_running_loop().time() + 15
@@ -65,7 +70,7 @@ async def serve_asgi(app: Any, sock: socket.socket | None = None) -> AsyncIterat
             raise TimeoutError("uvicorn did not start within 15 s")
         await asyncio.sleep(0.01)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"https://localhost:{port}" if tls else f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, timeout=15)

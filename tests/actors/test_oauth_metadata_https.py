@@ -4,7 +4,6 @@ certificate comes from a CA made here, trusted by the fetcher through its TLS co
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
 import ipaddress
@@ -16,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -27,7 +25,7 @@ from actors.oauth.actor import OAuthConfig, create_actor
 from actors.oauth.clients import MetadataDocuments, MetadataError, trusting
 from actors.runtime.bus import connect
 from bus_schemas.oauth import OAuthError, TokenIssued
-from tests.actors.oauth_helpers import SECRET_KEY, bound_socket, document_server, pkce_pair
+from tests.actors.oauth_helpers import SECRET_KEY, document_server, pkce_pair, serve_asgi
 from tests.actors.test_oauth import FOREIGN, REDIRECT, RESOURCE, authorize, code_for, exchange
 from tests.conftest import Stack, running
 from tests.server_registry import server_registry
@@ -82,29 +80,9 @@ def make_pki(directory: Path, label: str = "test") -> Pki:
     return pki
 
 
-@contextlib.asynccontextmanager
-async def serve_https(app: Any, pki: Pki) -> AsyncIterator[str]:
+def serve_https(app: Any, pki: Pki) -> contextlib.AbstractAsyncContextManager[str]:
     """Serve an ASGI app over TLS on a free loopback port; yields `https://localhost:<port>`."""
-    sock = bound_socket()
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
-                            ssl_certfile=str(pki.cert_file), ssl_keyfile=str(pki.key_file))
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    deadline = asyncio.get_running_loop().time() + 15
-    while not server.started:
-        if task.done():
-            task.result()
-            raise RuntimeError("uvicorn stopped before it started")
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError("uvicorn did not start within 15 s")
-        await asyncio.sleep(0.01)
-    try:
-        yield f"https://localhost:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, timeout=15)
-        sock.close()
+    return serve_asgi(app, tls=(str(pki.cert_file), str(pki.key_file)))
 
 
 def document(url: str, **extra: Any) -> bytes:
