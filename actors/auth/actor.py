@@ -171,6 +171,17 @@ async def _lock_org(conn: asyncpg.Connection, org_id: str) -> None:
     await conn.execute("SELECT 1 FROM orgs WHERE org_id = $1 FOR UPDATE", org_id)
 
 
+async def _member_role(
+    conn: asyncpg.Connection, org_id: str, person_id: str, what: str, log: logging.Logger
+) -> str | Failed:
+    """The person's role in the organisation, or the `not_found` answer (logged as a rejected `what`)."""
+    role = await conn.fetchval("SELECT role FROM memberships WHERE org_id = $1 AND person_id = $2", org_id, person_id)
+    if role is None:
+        log.info("rejected %s %s: %s is not a member", what, org_id, person_id[:64])
+        return Failed(code=FailureCode.NOT_FOUND, detail=f"no person {person_id[:64]!r} in this organisation")
+    return str(role)
+
+
 async def _owners(conn: asyncpg.Connection, org_id: str) -> int:
     """How many owners the organisation has."""
     count: int = await conn.fetchval("SELECT count(*) FROM memberships WHERE org_id = $1 AND role = 'owner'", org_id)
@@ -528,12 +539,9 @@ def create_actor(config: AuthConfig | None = None) -> Actor:
             refused = await _owner_check(conn, request.org_id, request.removed_by, "remove people", ctx.log)
             if refused is not None:
                 return refused
-            role = await conn.fetchval("SELECT role FROM memberships WHERE org_id = $1 AND person_id = $2",
-                                       request.org_id, request.person_id)
-            if role is None:
-                ctx.log.info("rejected removal from %s: %s is not a member", request.org_id, request.person_id[:64])
-                return Failed(code=FailureCode.NOT_FOUND,
-                              detail=f"no person {request.person_id[:64]!r} in this organisation")
+            role = await _member_role(conn, request.org_id, request.person_id, "removal from", ctx.log)
+            if isinstance(role, Failed):
+                return role
             if role == "owner" and await _owners(conn, request.org_id) == 1:
                 ctx.log.info("rejected removal of the last owner %s of %s", request.person_id, request.org_id)
                 return Failed(code=FailureCode.CONFLICT, field="person_id",
@@ -563,12 +571,9 @@ def create_actor(config: AuthConfig | None = None) -> Actor:
             refused = await _owner_check(conn, request.org_id, request.changed_by, "change roles", ctx.log)
             if refused is not None:
                 return refused
-            role = await conn.fetchval("SELECT role FROM memberships WHERE org_id = $1 AND person_id = $2",
-                                       request.org_id, request.person_id)
-            if role is None:
-                ctx.log.info("rejected role change in %s: %s is not a member", request.org_id, request.person_id[:64])
-                return Failed(code=FailureCode.NOT_FOUND,
-                              detail=f"no person {request.person_id[:64]!r} in this organisation")
+            role = await _member_role(conn, request.org_id, request.person_id, "role change in", ctx.log)
+            if isinstance(role, Failed):
+                return role
             if role == "owner" and request.role != "owner" and await _owners(conn, request.org_id) == 1:
                 ctx.log.info("rejected demotion of the last owner %s of %s", request.person_id, request.org_id)
                 return Failed(code=FailureCode.CONFLICT, field="role",
