@@ -264,9 +264,14 @@ class KvBucket:
     direct: bool = False
     """Reads by direct get (`$JS.API.DIRECT.GET.KV_<name>.>`): one request to any server, no consumer."""
 
-    def direct_get_subject(self, key: str) -> str:
-        """Where a direct get of `key` is asked (the answer: the latest value, or a `Status: 404` header)."""
-        return f"$JS.API.DIRECT.GET.KV_{self.name}.$KV.{self.name}.{key}"
+    def direct_get(self, key: str) -> tuple[str, bytes]:
+        """The subject and body of a direct get of `key`'s latest value. The answer is the value alone, with no
+        headers (`no_hdr`, so the reader parses none); a missing key is answered with a `Status: 404` header,
+        a deleted one with an empty body."""
+        return (
+            f"$JS.API.DIRECT.GET.KV_{self.name}",
+            b'{"no_hdr":true,"last_by_subj":"$KV.%s.%s"}' % (self.name.encode(), key.encode()),
+        )
 
 
 ROUTES = KvBucket(

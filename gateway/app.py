@@ -7,16 +7,13 @@ from contextlib import asynccontextmanager
 
 from litestar import Litestar
 from litestar.datastructures import State
-from litestar.di import NamedDependency, Provide
+from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
 from actors.runtime.settings import Settings
-from gateway.auth import Authenticator
 from gateway.builds import BuildsController
-from gateway.bus import BusClient
 from gateway.config import GatewayConfig
 from gateway.events import EventsController
-from gateway.feeds import BuildFeeds
 from gateway.health import HealthController
 from gateway.identity import IDENTITY_CONTROLLERS
 from gateway.oauth import OAuthController
@@ -47,31 +44,15 @@ def create_app(settings: Settings, config: GatewayConfig | None = None) -> Lites
     def provide_services() -> EdgeServices:
         return services
 
-    def provide_bus(services: NamedDependency[EdgeServices]) -> BusClient:
-        # Chained after `services` (see provide_authenticator) so that a handler taking both resolves them
-        # one after another.
-        return services.bus
-
-    def provide_authenticator(bus: NamedDependency[BusClient]) -> Authenticator:
-        # Depending on `bus` (unused) chains the dependencies, so Litestar resolves them one after
-        # another instead of starting an anyio task group on every request (7% of the gateway's CPU).
-        del bus
-        return services.authenticator
-
-    def provide_feeds() -> BuildFeeds:
-        return services.feeds
-
     return Litestar(
         route_handlers=[
             HealthController, BuildsController, *IDENTITY_CONTROLLERS, SignInPageController, OAuthController,
             ServersController, UsageController, EventsController, *routing.route_handlers,
         ],
-        dependencies={
-            "services": Provide(provide_services, sync_to_thread=False),
-            "bus": Provide(provide_bus, sync_to_thread=False),
-            "authenticator": Provide(provide_authenticator, sync_to_thread=False),
-            "feeds": Provide(provide_feeds, sync_to_thread=False),
-        },
+        # Handlers reach the bus, the authenticator and the build feeds through `services`; the caller's
+        # principal (gateway.auth.provide_principal) depends on it. Keeping the graph a single chain lets
+        # Litestar resolve it without an anyio task group, and each dependency costs a resolution per request.
+        dependencies={"services": Provide(provide_services, sync_to_thread=False)},
         lifespan=[lifespan, routing.lifespan],
         middleware=[trace_middleware],
         # One handler for everything: every error is a problem document (gateway.problems).

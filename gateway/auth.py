@@ -11,9 +11,7 @@ from collections import OrderedDict
 from typing import Any
 from urllib.parse import urlsplit
 
-from litestar import Request
 from litestar.connection import ASGIConnection
-from litestar.di import NamedDependency
 from litestar.enums import ScopeType
 
 from bus_schemas.base import SUBJECT_TOKEN_RE, FailureCode
@@ -21,6 +19,7 @@ from bus_schemas.identity import Authenticate, Principal
 from bus_schemas.registry import AUTHENTICATE
 from gateway.bus import BusClient
 from gateway.problems import Problem, unauthenticated
+from gateway.tracing import request_header
 
 log = logging.getLogger("bmms.gateway.auth")
 
@@ -29,6 +28,7 @@ SESSION_COOKIE = "bmms_session"
 session token, stored by the auth actor only as a SHA-256 digest."""
 ORG_HEADER = "X-Org"
 """Request header naming the organisation (org id) a signed-in person acts in for this request."""
+_ORG_HEADER_NAME = ORG_HEADER.lower().encode()
 
 WEBSOCKET_BEARER_PROTOCOL = "bearer"
 """Browsers cannot set headers on a WebSocket, so they offer the subprotocols `bearer, <API key>`
@@ -39,7 +39,7 @@ never lands in a URL, so no access log or proxy records it."""
 def bearer_token(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     """The bearer credential of a request: the Authorization header, or for a WebSocket the
     `bearer, <token>` subprotocol pair."""
-    header = connection.headers.get("authorization")
+    header = request_header(connection.scope, b"authorization")
     if header:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer":
@@ -91,7 +91,7 @@ def origin_allowed(connection: ASGIConnection[Any, Any, Any, Any], public_url: s
 
 def requested_org(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     """The organisation named by `X-Org`, or None; 400 when the header cannot be an org id."""
-    org = connection.headers.get(ORG_HEADER.lower())
+    org = request_header(connection.scope, _ORG_HEADER_NAME)
     if org is None:
         return None
     if not SUBJECT_TOKEN_RE.match(org):
@@ -164,10 +164,3 @@ class Authenticator:
         ]
         for key in stale:
             del self._cache[key]
-
-
-async def provide_principal(
-    request: Request[Any, Any, Any], authenticator: NamedDependency[Authenticator]
-) -> Principal:
-    """The caller of a /v1 request, from its bearer API key or session cookie; 401 without a valid one."""
-    return await authenticator.for_request(request)

@@ -21,17 +21,15 @@ from bus_schemas.registry import BUILD_SUMMARIES, GET_BUILD, STAGE_BUILD_SECRETS
 from bus_schemas.servers import BuildSecretsStaged, StageBuildSecrets
 from gateway.auth import (
     WEBSOCKET_BEARER_PROTOCOL,
-    Authenticator,
     bearer_token,
     origin_allowed,
-    provide_principal,
     session_token,
 )
 from gateway.bus import BusClient
-from gateway.feeds import RAW_SEND, BuildFeeds, FeedClosed, Send, SocketLagging, Watcher, direct_transport
+from gateway.feeds import RAW_SEND, FeedClosed, Send, SocketLagging, Watcher, direct_transport
 from gateway.problems import Problem
 from gateway.schemas import BuildCreated, BuildView, CreateBuild, build_links
-from gateway.services import EdgeServices
+from gateway.services import EdgeServices, provide_principal
 
 log = logging.getLogger("bmms.gateway.builds")
 
@@ -79,15 +77,14 @@ async def stage_secrets(bus: BusClient, principal: Principal, build_id: str, sec
 
 async def read_summary(services: EdgeServices, org_id: str, build_id: str) -> BuildSummary | None:
     """The build's summary from BUILD_SUMMARIES (one JetStream direct get: a plain request, its answer the
-    value itself, or a 404 status header), or None when it is not there or unreadable."""
+    value itself with no headers, or a 404 status), or None when it is not there or unreadable."""
     if services.summaries is None:
         return None
     try:
-        answer = await services.nc.request(
-            BUILD_SUMMARIES.direct_get_subject(build_summary_key(org_id, build_id)), b"", timeout=services.rpc_timeout
-        )
-        if answer.headers and answer.headers.get("Status"):
-            return None  # 404: no such key (or 408 / 503 from the server: the registry answers instead)
+        subject, body = BUILD_SUMMARIES.direct_get(build_summary_key(org_id, build_id))
+        answer = await services.bus.requester.request(subject, body, timeout=services.rpc_timeout)
+        if answer.headers:
+            return None  # a status: 404, no such key (or 408 from the server: the registry answers instead)
         summary = decode(BuildSummary, answer.data)
     except (nats.errors.Error, msgspec.ValidationError, msgspec.DecodeError):
         return None
@@ -112,7 +109,7 @@ class BuildsController(Controller):
         self,
         data: JSONBody[CreateBuild],
         principal: NamedDependency[Principal],
-        bus: NamedDependency[BusClient],
+        services: NamedDependency[EdgeServices],
         idempotency_key: Annotated[
             str | None,
             HeaderParameter(name="Idempotency-Key", min_length=1, max_length=200,
@@ -125,9 +122,9 @@ class BuildsController(Controller):
             org_id=principal.org_id, requested_by=principal.subject, name=data.name, source=data.source,
             idempotency_key=idempotency_key, server_id=data.server_id,
         )
-        accepted = await bus.ask(SUBMIT_BUILD, request, BuildAccepted)
+        accepted = await services.bus.ask(SUBMIT_BUILD, request, BuildAccepted)
         if data.secrets:
-            await stage_secrets(bus, principal, accepted.build_id, data.secrets)
+            await stage_secrets(services.bus, principal, accepted.build_id, data.secrets)
         links = build_links(accepted.build_id)
         return Response(
             BuildCreated(build_id=accepted.build_id, status=accepted.status, links=links),
@@ -137,7 +134,7 @@ class BuildsController(Controller):
 
     @get("/{build_id:str}", summary="Read a build")
     async def get_build(
-        self, build_id: FromPath[str], principal: NamedDependency[Principal], bus: NamedDependency[BusClient],
+        self, build_id: FromPath[str], principal: NamedDependency[Principal],
         services: NamedDependency[EdgeServices],
     ) -> BuildView:
         """Where one build of the caller's organisation stands; 404 for any other build.
@@ -147,7 +144,8 @@ class BuildsController(Controller):
         build_id = checked_build_id(build_id)
         summary = await read_summary(services, principal.org_id, build_id)
         if summary is None:
-            summary = await bus.ask(GET_BUILD, GetBuild(org_id=principal.org_id, build_id=build_id), BuildSummary)
+            request = GetBuild(org_id=principal.org_id, build_id=build_id)
+            summary = await services.bus.ask(GET_BUILD, request, BuildSummary)
         return BuildView(
             build_id=summary.build_id, name=summary.name, status=summary.status, created_at=summary.created_at,
             updated_at=summary.updated_at, last_seq=summary.last_seq, failure=summary.failure,
@@ -159,9 +157,6 @@ class BuildsController(Controller):
         self,
         socket: WebSocket[Any, Any, Any],
         build_id: FromPath[str],
-        bus: NamedDependency[BusClient],
-        authenticator: NamedDependency[Authenticator],
-        feeds: NamedDependency[BuildFeeds],
         services: NamedDependency[EdgeServices],
         after: Annotated[int, QueryParameter(ge=0, description="Resume after this stream sequence.")] = 0,
     ) -> None:
@@ -188,10 +183,10 @@ class BuildsController(Controller):
                          socket.headers.get("origin", "")[:200])
                 raise Problem(403, "the session cookie is accepted only from this site's own pages; "
                               "send an API key instead", code=FailureCode.FORBIDDEN)
-            principal = await authenticator.principal(token)
+            principal = await services.authenticator.principal(token)
             request = GetBuild(org_id=principal.org_id, build_id=checked_build_id(build_id))
-            await bus.ask(GET_BUILD, request, BuildSummary)
-            watcher = await feeds.watch(principal.org_id, build_id, after)
+            await services.bus.ask(GET_BUILD, request, BuildSummary)
+            watcher = await services.feeds.watch(principal.org_id, build_id, after)
         except Problem as problem:
             await socket.close(code=4000 + problem.status, reason=_close_reason(problem.detail))
             return
@@ -202,7 +197,7 @@ class BuildsController(Controller):
         try:
             await _relay(socket, watcher)
         finally:
-            feeds.leave(watcher)
+            services.feeds.leave(watcher)
 
 
 async def _relay(socket: WebSocket[Any, Any, Any], watcher: Watcher) -> None:

@@ -8,6 +8,7 @@ import nats.errors
 from nats.aio.client import Client
 
 from actors.runtime.bus import call
+from actors.runtime.requests import Requester
 from bus_schemas.base import Failed, FailureCode
 from bus_schemas.registry import Rpc
 from gateway.problems import Problem, problem_from_failed
@@ -18,14 +19,16 @@ T = TypeVar("T")
 class BusClient:
     """Calls RPC endpoints as the `gateway` NATS user; every answer is the expected type or a Problem."""
 
-    def __init__(self, nc: Client, rpc_timeout: float) -> None:
+    def __init__(self, nc: Client, requester: Requester, rpc_timeout: float) -> None:
         self.nc = nc
+        self.requester = requester
+        """Every request the gateway sends goes through this (actors.runtime.requests)."""
         self.rpc_timeout = rpc_timeout
 
     async def ask(self, rpc: Rpc[Any, Any], request: object, expect: type[T]) -> T:
         """Call `rpc`; return its `expect` reply, or raise the Problem its `Failed` reply maps to."""
         try:
-            reply = await call(self.nc, rpc, request, timeout=max(self.rpc_timeout, rpc.timeout_seconds or 0.0))
+            reply = await call(self.requester, rpc, request, timeout=max(self.rpc_timeout, rpc.timeout_seconds or 0.0))
         except nats.errors.Error as exc:
             # `call` turns no-responders and timeouts into values; a closed connection still raises.
             raise Problem(503, f"the message bus is unavailable ({type(exc).__name__})",

@@ -33,10 +33,9 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from bus_schemas.base import SUBJECT_TOKEN_RE, FailureCode
 from bus_schemas.identity import Principal
 from bus_schemas.registry import BUILD_EVENTS, BUILDS
-from gateway.auth import provide_principal
 from gateway.feeds import WireFrame
 from gateway.problems import Problem
-from gateway.services import EdgeServices
+from gateway.services import EdgeServices, provide_principal
 
 log = logging.getLogger("bmms.gateway.events")
 

@@ -84,11 +84,10 @@ from bus_schemas.registry import (
     REVOKE_INVITE,
     REVOKE_SESSION,
 )
-from gateway.auth import SESSION_COOKIE, Authenticator, provide_principal, session_token
-from gateway.bus import BusClient
+from gateway.auth import SESSION_COOKIE, session_token
 from gateway.pages import FORM_FIELD, form_cookie, form_is_ours, form_token, hidden, page, paragraph
 from gateway.problems import Problem
-from gateway.services import EdgeServices
+from gateway.services import EdgeServices, provide_principal
 
 log = logging.getLogger("bmms.gateway.identity")
 
@@ -253,13 +252,13 @@ class SignInController(Controller):
 
     @post("/magic-link", status_code=202, summary="Mail a sign-in link")
     async def request_link(
-        self, request: Request[Any, Any, Any], data: JSONBody[MagicLinkBody], bus: NamedDependency[BusClient],
+        self, request: Request[Any, Any, Any], data: JSONBody[MagicLinkBody],
         services: NamedDependency[EdgeServices],
     ) -> MagicLinkAccepted:
         """Mail a one-time sign-in link (15 minutes) to the address; the answer is the same whether or not
         anyone has signed in with it. 429 after 5 links per address or 20 per client in 15 minutes."""
         settings = services.settings
-        sent = await bus.ask(
+        sent = await services.bus.ask(
             REQUEST_MAGIC_LINK,
             RequestMagicLink(email=data.email, client_ip=client_ip(request), next=data.next,
                              link_base=public_base(request, settings) + CALLBACK_PATH),
@@ -289,7 +288,7 @@ class SignInController(Controller):
 
     @post("/magic-link/callback", summary="Use a sign-in link", include_in_schema=True)
     async def use_link(
-        self, request: Request[Any, Any, Any], bus: NamedDependency[BusClient],
+        self, request: Request[Any, Any, Any],
         services: NamedDependency[EdgeServices],
     ) -> Response[Any]:
         """The confirmation form's POST (form token checked): use the link once, set the session cookie
@@ -305,7 +304,7 @@ class SignInController(Controller):
             return page("Sign in", paragraph("The sign-in form is incomplete: open the link from your mail again."),
                         400)
         try:
-            started = await bus.ask(
+            started = await services.bus.ask(
                 REDEEM_MAGIC_LINK,
                 RedeemMagicLink(token=token, user_agent=request.headers.get("user-agent", ""),
                                 client_ip=client_ip(request)),
@@ -325,17 +324,16 @@ class SignInController(Controller):
 
     @post("/sign-out", status_code=204, summary="Sign out")
     async def sign_out(
-        self, request: Request[Any, Any, Any], bus: NamedDependency[BusClient],
-        authenticator: NamedDependency[Authenticator], services: NamedDependency[EdgeServices],
+        self, request: Request[Any, Any, Any], services: NamedDependency[EdgeServices],
     ) -> Response[None]:
         """End the cookie's session and clear the cookie; 204 even when there was no valid session."""
         token = session_token(request)
         if token is not None:
-            principal = await authenticator.session_principal(request)
+            principal = await services.authenticator.session_principal(request)
             if principal is not None and principal.person_id and principal.session_id:
-                await bus.ask(REVOKE_SESSION, RevokeSession(person_id=principal.person_id,
-                                                            session_id=principal.session_id), SessionRevoked)
-            authenticator.forget(token=token)
+                revoke = RevokeSession(person_id=principal.person_id, session_id=principal.session_id)
+                await services.bus.ask(REVOKE_SESSION, revoke, SessionRevoked)
+            services.authenticator.forget(token=token)
         return Response(None, status_code=204,
                         cookies=[session_cookie("", 0, is_https(request, services.settings))])
 
@@ -348,11 +346,11 @@ class MeController(Controller):
     dependencies = {"principal": Provide(provide_principal)}
 
     @get("/", summary="Who am I")
-    async def me(self, principal: NamedDependency[Principal], bus: NamedDependency[BusClient]) -> MeView:
+    async def me(self, principal: NamedDependency[Principal], services: NamedDependency[EdgeServices]) -> MeView:
         """The caller, the organisation this request acts in (`X-Org`, else the first), the role there,
         and every organisation of the person."""
-        me = await bus.ask(GET_ME, GetMe(org_id=principal.org_id, subject=principal.subject,
-                                         person_id=principal.person_id), Me)
+        asked = GetMe(org_id=principal.org_id, subject=principal.subject, person_id=principal.person_id)
+        me = await services.bus.ask(GET_ME, asked, Me)
         return MeView(subject=me.subject, org_id=me.org_id, role=me.role, person_id=me.person_id, email=me.email,
                       orgs=[OrgView(org_id=o.org_id, name=o.name, role=o.role) for o in me.orgs])
 
@@ -365,10 +363,10 @@ class SessionsController(Controller):
     dependencies = {"principal": Provide(provide_principal)}
 
     @get("/", summary="List my sessions")
-    async def list_sessions(self, principal: NamedDependency[Principal], bus: NamedDependency[BusClient]
+    async def list_sessions(self, principal: NamedDependency[Principal], services: NamedDependency[EdgeServices]
                             ) -> dict[str, list[SessionView]]:
         """Every valid session of the person, newest first; `current` marks this request's."""
-        listed = await bus.ask(LIST_SESSIONS, ListSessions(person_id=require_person(principal)), SessionList)
+        listed = await services.bus.ask(LIST_SESSIONS, ListSessions(person_id=require_person(principal)), SessionList)
         return {"sessions": [
             SessionView(session_id=s.session_id, created_at=s.created_at, expires_at=s.expires_at,
                         user_agent=s.user_agent, client_ip=s.client_ip, current=s.session_id == principal.session_id)
@@ -377,13 +375,12 @@ class SessionsController(Controller):
 
     @delete("/{session_id:str}", status_code=204, summary="End a session")
     async def revoke_session(
-        self, session_id: FromPath[str], principal: NamedDependency[Principal], bus: NamedDependency[BusClient],
-        authenticator: NamedDependency[Authenticator],
+        self, session_id: FromPath[str], principal: NamedDependency[Principal], services: NamedDependency[EdgeServices]
     ) -> None:
         """End one of the person's sessions (404 for anyone else's)."""
-        await bus.ask(REVOKE_SESSION, RevokeSession(person_id=require_person(principal), session_id=session_id),
-                      SessionRevoked)
-        authenticator.forget(session_id=session_id)
+        request = RevokeSession(person_id=require_person(principal), session_id=session_id)
+        await services.bus.ask(REVOKE_SESSION, request, SessionRevoked)
+        services.authenticator.forget(session_id=session_id)
 
 
 class InvitesController(Controller):
@@ -396,11 +393,11 @@ class InvitesController(Controller):
     @post("/", status_code=201, summary="Invite someone")
     async def invite(
         self, request: Request[Any, Any, Any], data: JSONBody[InviteBody], principal: NamedDependency[Principal],
-        bus: NamedDependency[BusClient], services: NamedDependency[EdgeServices],
+        services: NamedDependency[EdgeServices],
     ) -> InviteView:
         """An owner invites an address; it joins as a member when it signs in (the invitation mail
         carries a sign-in link). 403 for members."""
-        invite = await bus.ask(
+        invite = await services.bus.ask(
             INVITE_MEMBER,
             InviteMember(org_id=principal.org_id, invited_by=require_person(principal), email=data.email,
                          link_base=public_base(request, services.settings) + CALLBACK_PATH),
@@ -417,58 +414,57 @@ class OrgController(Controller):
     dependencies = {"principal": Provide(provide_principal)}
 
     @get("/members", summary="List the organisation's people")
-    async def list_members(self, principal: NamedDependency[Principal], bus: NamedDependency[BusClient]
+    async def list_members(self, principal: NamedDependency[Principal], services: NamedDependency[EdgeServices]
                            ) -> dict[str, list[MemberView]]:
         """Every person of the organisation with their role, in the order they joined (members only)."""
-        listed = await bus.ask(LIST_MEMBERS, ListMembers(org_id=principal.org_id, asked_by=require_person(principal)),
-                               MemberList)
+        request = ListMembers(org_id=principal.org_id, asked_by=require_person(principal))
+        listed = await services.bus.ask(LIST_MEMBERS, request, MemberList)
         return {"members": [MemberView(person_id=m.person_id, email=m.email, role=m.role, joined_at=m.joined_at)
                             for m in listed.members]}
 
     @patch("/members/{person_id:str}", summary="Change a person's role")
     async def change_role(
         self, person_id: FromPath[str], data: JSONBody[RoleBody], principal: NamedDependency[Principal],
-        bus: NamedDependency[BusClient], authenticator: NamedDependency[Authenticator],
+        services: NamedDependency[EdgeServices],
     ) -> MemberView:
         """An owner makes a member an owner, or an owner a member; 409 for the last owner."""
-        changed = await bus.ask(
+        changed = await services.bus.ask(
             CHANGE_MEMBER_ROLE,
             ChangeMemberRole(org_id=principal.org_id, changed_by=require_person(principal), person_id=person_id,
                              role=data.role),
             MemberRoleChanged,
         )
-        authenticator.forget(person_id=person_id, org_id=principal.org_id)
+        services.authenticator.forget(person_id=person_id, org_id=principal.org_id)
         member = changed.member
         return MemberView(person_id=member.person_id, email=member.email, role=member.role,
                           joined_at=member.joined_at)
 
     @delete("/members/{person_id:str}", status_code=204, summary="Remove a person")
     async def remove_member(
-        self, person_id: FromPath[str], principal: NamedDependency[Principal], bus: NamedDependency[BusClient],
-        authenticator: NamedDependency[Authenticator],
+        self, person_id: FromPath[str], principal: NamedDependency[Principal], services: NamedDependency[EdgeServices]
     ) -> None:
         """An owner removes a person: their sessions stop acting in this organisation at once through this
         gateway, and within the auth cache bound through every other copy. 409 for the last owner."""
-        await bus.ask(REMOVE_MEMBER, RemoveMember(org_id=principal.org_id, removed_by=require_person(principal),
-                                                  person_id=person_id), MemberRemoved)
-        authenticator.forget(person_id=person_id, org_id=principal.org_id)
+        request = RemoveMember(org_id=principal.org_id, removed_by=require_person(principal), person_id=person_id)
+        await services.bus.ask(REMOVE_MEMBER, request, MemberRemoved)
+        services.authenticator.forget(person_id=person_id, org_id=principal.org_id)
 
     @get("/invites", summary="List pending invitations")
-    async def list_invites(self, principal: NamedDependency[Principal], bus: NamedDependency[BusClient]
+    async def list_invites(self, principal: NamedDependency[Principal], services: NamedDependency[EdgeServices]
                            ) -> dict[str, list[PendingInviteView]]:
         """The organisation's invitations nobody accepted yet, newest first (owners only)."""
-        listed = await bus.ask(LIST_INVITES, ListInvites(org_id=principal.org_id, asked_by=require_person(principal)),
-                               InviteList)
+        request = ListInvites(org_id=principal.org_id, asked_by=require_person(principal))
+        listed = await services.bus.ask(LIST_INVITES, request, InviteList)
         return {"invites": [PendingInviteView(invite_id=i.invite_id, email=i.email, role=i.role,
                                               invited_by=i.invited_by, created_at=i.created_at)
                             for i in listed.invites]}
 
     @delete("/invites/{invite_id:str}", status_code=204, summary="Withdraw an invitation")
     async def revoke_invite(self, invite_id: FromPath[str], principal: NamedDependency[Principal],
-                            bus: NamedDependency[BusClient]) -> None:
+                            services: NamedDependency[EdgeServices]) -> None:
         """An owner withdraws a pending invitation: signing in with that address no longer joins."""
-        await bus.ask(REVOKE_INVITE, RevokeInvite(org_id=principal.org_id, revoked_by=require_person(principal),
-                                                  invite_id=invite_id), InviteRevoked)
+        request = RevokeInvite(org_id=principal.org_id, revoked_by=require_person(principal), invite_id=invite_id)
+        await services.bus.ask(REVOKE_INVITE, request, InviteRevoked)
 
 
 class ApiKeysController(Controller):
@@ -480,9 +476,9 @@ class ApiKeysController(Controller):
 
     @post("/", status_code=201, summary="Create an API key")
     async def create_key(self, data: JSONBody[ApiKeyBody], principal: NamedDependency[Principal],
-                         bus: NamedDependency[BusClient]) -> NewApiKeyView:
+                         services: NamedDependency[EdgeServices]) -> NewApiKeyView:
         """A new key of the organisation; the secret is in this answer only (stored as an argon2id hash)."""
-        created = await bus.ask(
+        created = await services.bus.ask(
             ISSUE_API_KEY,
             IssueApiKey(org_id=principal.org_id, created_by=require_person(principal), label=data.label),
             ApiKeyCreated,
@@ -490,24 +486,23 @@ class ApiKeysController(Controller):
         return NewApiKeyView(key_id=created.key_id, label=created.label, org_id=created.org_id, secret=created.secret)
 
     @get("/", summary="List API keys")
-    async def list_keys(self, principal: NamedDependency[Principal], bus: NamedDependency[BusClient]
+    async def list_keys(self, principal: NamedDependency[Principal], services: NamedDependency[EdgeServices]
                         ) -> dict[str, list[ApiKeyView]]:
         """The organisation's live keys, without secrets."""
         require_person(principal)
-        listed = await bus.ask(LIST_API_KEYS, ListApiKeys(org_id=principal.org_id), ApiKeyList)
+        listed = await services.bus.ask(LIST_API_KEYS, ListApiKeys(org_id=principal.org_id), ApiKeyList)
         return {"keys": [ApiKeyView(key_id=k.key_id, label=k.label, created_at=k.created_at, created_by=k.created_by)
                          for k in listed.keys]}
 
     @delete("/{key_id:str}", status_code=204, summary="Revoke an API key")
     async def revoke_key(
-        self, key_id: FromPath[str], principal: NamedDependency[Principal], bus: NamedDependency[BusClient],
-        authenticator: NamedDependency[Authenticator],
+        self, key_id: FromPath[str], principal: NamedDependency[Principal], services: NamedDependency[EdgeServices]
     ) -> None:
         """Revoke a key: refused at once through this gateway, and within the auth cache bound (10 s)
         through every other copy."""
         require_person(principal)
-        await bus.ask(REVOKE_API_KEY, RevokeApiKey(org_id=principal.org_id, key_id=key_id), ApiKeyRevoked)
-        authenticator.forget(subject=f"api_key:{key_id}")
+        await services.bus.ask(REVOKE_API_KEY, RevokeApiKey(org_id=principal.org_id, key_id=key_id), ApiKeyRevoked)
+        services.authenticator.forget(subject=f"api_key:{key_id}")
 
 
 IDENTITY_CONTROLLERS = (SignInController, MeController, SessionsController, InvitesController, OrgController,

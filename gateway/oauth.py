@@ -216,7 +216,7 @@ class OAuthController(Controller):
     include_in_schema = True
 
     async def _ask(self, services: EdgeServices, rpc: Any, message: object) -> Any:
-        reply = await call(services.bus.nc, rpc, message, timeout=services.settings.rpc_timeout)
+        reply = await call(services.bus.requester, rpc, message, timeout=services.settings.rpc_timeout)
         return _unavailable(reply) if isinstance(reply, Failed) else reply
 
     @route(_CORS_PATHS, http_method=["OPTIONS"], include_in_schema=False)
@@ -280,14 +280,13 @@ class OAuthController(Controller):
         self,
         request: Request[Any, Any, Any],
         services: NamedDependency[EdgeServices],
-        authenticator: NamedDependency[Authenticator],
     ) -> Response[Any]:
         """Validate the request, make sure a person is signed in, and show the consent page."""
         query = request.query_params
         repeated = [k for k in query if k != "resource" and len(query.getall(k)) > 1]
         single = {k: query.get(k) for k in query}
         issuer = issuer_of(request)
-        signer = await self._signer(request, authenticator)
+        signer = await self._signer(request, services.authenticator)
         message = StartAuthorization(
             issuer=issuer,
             client_id=single.get("client_id"),
@@ -329,10 +328,9 @@ class OAuthController(Controller):
         self,
         request: Request[Any, Any, Any],
         services: NamedDependency[EdgeServices],
-        authenticator: NamedDependency[Authenticator],
     ) -> Response[Any]:
         """The consent form's POST (CSRF token bound to the person); redirects to the client."""
-        signer = await self._signer(request, authenticator)
+        signer = await self._signer(request, services.authenticator)
         if signer is None:
             return _page("Signed out", "Your session ended; start again from your MCP client.", 401)
         form = await request.form()

@@ -60,10 +60,10 @@ from bus_schemas.servers import (
     ServerSecretSet,
     SetServerSecret,
 )
-from gateway.auth import provide_principal
 from gateway.builds import require_json
 from gateway.bus import BusClient
 from gateway.problems import Problem, ProblemField
+from gateway.services import EdgeServices, provide_principal
 
 
 class ServerListView(msgspec.Struct, frozen=True, kw_only=True):
@@ -138,33 +138,33 @@ class ServersController(Controller):
 
     @get("/", summary="List servers")
     async def list_servers(
-        self, principal: NamedDependency[Principal], bus: NamedDependency[BusClient]
+        self, principal: NamedDependency[Principal], services: NamedDependency[EdgeServices]
     ) -> ServerListView:
         """The organisation's servers, with their public URLs and states."""
-        listed = await bus.ask(LIST_SERVERS, ListServers(org_id=principal.org_id), ServerList)
+        listed = await services.bus.ask(LIST_SERVERS, ListServers(org_id=principal.org_id), ServerList)
         return ServerListView(servers=listed.servers)
 
     @get("/{server_id:str}", summary="Read a server")
     async def get_server(
-        self, server_id: FromPath[str], principal: NamedDependency[Principal], bus: NamedDependency[BusClient]
+        self, server_id: FromPath[str], principal: NamedDependency[Principal], services: NamedDependency[EdgeServices]
     ) -> ServerInfo:
         """One server of the caller's organisation with its versions; 404 for any other."""
         request = GetServer(org_id=principal.org_id, server_id=checked_server_id(server_id))
-        return (await bus.ask(GET_SERVER, request, ServerReply)).server
+        return (await services.bus.ask(GET_SERVER, request, ServerReply)).server
 
     @post("/{server_id:str}/stop", status_code=200, summary="Stop a server")
     async def stop_server(
-        self, server_id: FromPath[str], principal: NamedDependency[Principal], bus: NamedDependency[BusClient]
+        self, server_id: FromPath[str], principal: NamedDependency[Principal], services: NamedDependency[EdgeServices]
     ) -> ServerInfo:
         """Stop the server's runner; its URL answers 404 until it is started again."""
-        return await _control(bus, principal, server_id, "stop")
+        return await _control(services.bus, principal, server_id, "stop")
 
     @post("/{server_id:str}/start", status_code=200, summary="Start a server")
     async def start_server(
-        self, server_id: FromPath[str], principal: NamedDependency[Principal], bus: NamedDependency[BusClient]
+        self, server_id: FromPath[str], principal: NamedDependency[Principal], services: NamedDependency[EdgeServices]
     ) -> ServerInfo:
         """Start the server's current version again."""
-        return await _control(bus, principal, server_id, "start")
+        return await _control(services.bus, principal, server_id, "start")
 
     @post("/{server_id:str}/rollback", status_code=200, before_request=require_json, summary="Roll a server back")
     async def rollback_server(
@@ -172,29 +172,29 @@ class ServersController(Controller):
         server_id: FromPath[str],
         data: JSONBody[RollbackBody],
         principal: NamedDependency[Principal],
-        bus: NamedDependency[BusClient],
+        services: NamedDependency[EdgeServices],
     ) -> ServerInfo:
         """Run an earlier version; the URL stays the same."""
-        return await _control(bus, principal, server_id, "rollback", data.version)
+        return await _control(services.bus, principal, server_id, "rollback", data.version)
 
     @delete("/{server_id:str}", status_code=200, summary="Delete a server")
     async def delete_server(
-        self, server_id: FromPath[str], principal: NamedDependency[Principal], bus: NamedDependency[BusClient]
+        self, server_id: FromPath[str], principal: NamedDependency[Principal], services: NamedDependency[EdgeServices]
     ) -> ServerInfo:
         """Stop the server for good and retire its URL; answers the server as it ends (`deleted`)."""
-        return await _control(bus, principal, server_id, "delete")
+        return await _control(services.bus, principal, server_id, "delete")
 
     @get("/{server_id:str}/logs", summary="Read a server's logs")
     async def server_logs(
         self,
         server_id: FromPath[str],
         principal: NamedDependency[Principal],
-        bus: NamedDependency[BusClient],
+        services: NamedDependency[EdgeServices],
         tail: Annotated[int, QueryParameter(ge=1, le=5000, description="How many of the last lines.")] = 200,
     ) -> ServerLogsView:
         """The last `tail` lines the server's runner wrote."""
         request = GetServerLogs(org_id=principal.org_id, server_id=checked_server_id(server_id), tail=tail)
-        logs = await bus.ask(GET_SERVER_LOGS, request, ServerLogs)
+        logs = await services.bus.ask(GET_SERVER_LOGS, request, ServerLogs)
         return ServerLogsView(server_id=logs.server_id, lines=logs.lines)
 
     @put("/{server_id:str}/secrets/{name:str}", status_code=204, before_request=require_json,
@@ -205,7 +205,7 @@ class ServersController(Controller):
         name: FromPath[str],
         data: JSONBody[SecretBody],
         principal: NamedDependency[Principal],
-        bus: NamedDependency[BusClient],
+        services: NamedDependency[EdgeServices],
     ) -> None:
         """Store an upstream credential of the server under NAME (the tools read it as that secret); a
         running server whose version reads it restarts with it, same URL. Setting it again replaces it."""
@@ -213,15 +213,15 @@ class ServersController(Controller):
             org_id=principal.org_id, server_id=checked_server_id(server_id), name=checked_secret_name(name),
             value=data.value, requested_by=principal.subject,
         )
-        await bus.ask(SET_SERVER_SECRET, request, ServerSecretSet)
+        await services.bus.ask(SET_SERVER_SECRET, request, ServerSecretSet)
 
     @get("/{server_id:str}/secrets", summary="List a server's secrets")
     async def list_secrets(
-        self, server_id: FromPath[str], principal: NamedDependency[Principal], bus: NamedDependency[BusClient]
+        self, server_id: FromPath[str], principal: NamedDependency[Principal], services: NamedDependency[EdgeServices]
     ) -> ServerSecretsView:
         """The server's secret names (never values), which its current version needs, and which are missing."""
         request = ListServerSecrets(org_id=principal.org_id, server_id=checked_server_id(server_id))
-        listed = await bus.ask(LIST_SERVER_SECRETS, request, ServerSecrets)
+        listed = await services.bus.ask(LIST_SERVER_SECRETS, request, ServerSecrets)
         return ServerSecretsView(server_id=listed.server_id, secrets=listed.secrets, needed=listed.needed,
                                  missing=listed.missing)
 
@@ -231,9 +231,9 @@ class ServersController(Controller):
         server_id: FromPath[str],
         name: FromPath[str],
         principal: NamedDependency[Principal],
-        bus: NamedDependency[BusClient],
+        services: NamedDependency[EdgeServices],
     ) -> None:
         """Forget the secret; a running server whose version reads it restarts without it."""
         request = DeleteServerSecret(org_id=principal.org_id, server_id=checked_server_id(server_id),
                                      name=checked_secret_name(name), requested_by=principal.subject)
-        await bus.ask(DELETE_SERVER_SECRET, request, ServerSecretDeleted)
+        await services.bus.ask(DELETE_SERVER_SECRET, request, ServerSecretDeleted)

@@ -5,14 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 import asyncpg
 import nats.js.errors
+from litestar import Request
+from litestar.di import NamedDependency
 from nats.aio.client import Client
 from nats.js.kv import KeyValue
 
 from actors.runtime.bus import connect
+from actors.runtime.requests import Requester
 from actors.runtime.settings import Settings
+from bus_schemas.identity import Principal
 from bus_schemas.registry import BUILD_SUMMARIES
 from gateway.auth import Authenticator
 from gateway.bus import BusClient
@@ -39,7 +44,9 @@ class EdgeServices:
     async def start(self) -> None:
         """Connect to NATS as the gateway user and prepare the readiness pool."""
         self._nc = await connect(self.settings, "bmms-gateway")
-        self._bus = BusClient(self._nc, self.settings.rpc_timeout)
+        requester = Requester(self._nc)
+        await requester.start()
+        self._bus = BusClient(self._nc, requester, self.settings.rpc_timeout)
         self._authenticator = Authenticator(self._bus, self.config.auth_cache_seconds, self.config.auth_cache_size)
         self._feeds = BuildFeeds(
             self._nc.jetstream(), grace_seconds=self.config.feed_grace_seconds, max_lag=self.config.max_socket_lag
@@ -116,3 +123,8 @@ class EdgeServices:
         except Exception as exc:
             return f"no answer: {type(exc).__name__}"
         return "ok"
+
+
+async def provide_principal(request: Request[Any, Any, Any], services: NamedDependency[EdgeServices]) -> Principal:
+    """The caller of a /v1 request, from its bearer API key or session cookie; 401 without a valid one."""
+    return await services.authenticator.for_request(request)

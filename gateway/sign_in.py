@@ -19,8 +19,6 @@ from litestar.response import Redirect
 
 from bus_schemas.identity import MagicLinkRequested, RequestMagicLink, safe_next
 from bus_schemas.registry import REQUEST_MAGIC_LINK
-from gateway.auth import Authenticator
-from gateway.bus import BusClient
 from gateway.identity import (
     CALLBACK_PATH,
     DEFAULT_AFTER_SIGN_IN,
@@ -65,7 +63,6 @@ class SignInPageController(Controller):
     @get("/", summary="Sign-in page")
     async def show(
         self, request: Request[Any, Any, Any], services: NamedDependency[EdgeServices],
-        authenticator: NamedDependency[Authenticator],
     ) -> Response[Any]:
         """The email form; `next` must be a local path."""
         raw_next = request.query_params.get("next")
@@ -74,14 +71,13 @@ class SignInPageController(Controller):
             log.info("refused sign-in page: `next` is not a local path")
             return page("Sign in", paragraph("That sign-in address points away from this site; open the link "
                                              "from your app again."), 400)
-        if await authenticator.session_principal(request) is not None:
+        if await services.authenticator.session_principal(request) is not None:
             return Redirect(next_path or DEFAULT_AFTER_SIGN_IN, status_code=303, headers={"Cache-Control": "no-store"})
         return sign_in_form(request, services, next_path)
 
     @post("/", status_code=200, summary="Ask for a sign-in link")
     async def submit(
         self, request: Request[Any, Any, Any], services: NamedDependency[EdgeServices],
-        bus: NamedDependency[BusClient],
     ) -> Response[str]:
         """Mail the link (REQUEST_MAGIC_LINK) and say to check the inbox, whoever the address belongs to."""
         form = await request.form()
@@ -94,7 +90,7 @@ class SignInPageController(Controller):
             return page("Sign in", paragraph("This form expired or did not come from this site. Open the sign-in "
                                              "page again.") + f'\n  <p><a href="{SIGN_IN_PAGE}">Sign in</a></p>', 403)
         try:
-            sent = await bus.ask(
+            sent = await services.bus.ask(
                 REQUEST_MAGIC_LINK,
                 RequestMagicLink(email=email[:320], client_ip=client_ip(request), next=raw_next,
                                  link_base=public_base(request, services.settings) + CALLBACK_PATH),

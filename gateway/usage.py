@@ -35,8 +35,7 @@ from bus_schemas.usage import (
     ToolUsage,
     UsageReport,
 )
-from gateway.auth import provide_principal
-from gateway.bus import BusClient
+from gateway.services import EdgeServices, provide_principal
 
 PERIOD_PATTERN = r"^[0-9]{4}-(0[1-9]|1[0-2])$"
 
@@ -87,7 +86,7 @@ class UsageController(Controller):
     async def usage(
         self,
         principal: NamedDependency[Principal],
-        bus: NamedDependency[BusClient],
+        services: NamedDependency[EdgeServices],
         period: Annotated[
             str | None, QueryParameter(pattern=PERIOD_PATTERN, description="The UTC month, YYYY-MM (default: now).")
         ] = None,
@@ -97,7 +96,7 @@ class UsageController(Controller):
     ) -> UsageView:
         """Tool calls per server, tool and day, builds, model tokens and step timings of one month."""
         request = GetUsage(org_id=principal.org_id, period=period or current_period(), server_id=server)
-        report = await bus.ask(GET_USAGE, request, UsageReport)
+        report = await services.bus.ask(GET_USAGE, request, UsageReport)
         return UsageView(
             period=report.period, server_id=report.server_id, tool_calls=report.tool_calls,
             tool_errors=report.tool_errors, duration_ms=report.duration_ms, bytes_out=report.bytes_out,
@@ -107,7 +106,7 @@ class UsageController(Controller):
         )
 
     @get("/quota", summary="Plan and quotas")
-    async def quota(self, principal: NamedDependency[Principal], bus: NamedDependency[BusClient]) -> QuotaView:
+    async def quota(self, principal: NamedDependency[Principal], services: NamedDependency[EdgeServices]) -> QuotaView:
         """The plan and, per quota, its limit, use, period and whether it is exceeded."""
-        status = await bus.ask(GET_QUOTA, GetQuota(org_id=principal.org_id), QuotaStatus)
+        status = await services.bus.ask(GET_QUOTA, GetQuota(org_id=principal.org_id), QuotaStatus)
         return QuotaView(plan=status.plan, quotas=status.quotas)

@@ -14,7 +14,7 @@ from actors.planner import storage
 from actors.planner.planning import finish_plan, plan_request, store_plan
 from actors.planner.problems import PlanNotes, PlanProblem
 from actors.planner.summaries import publish_summary
-from actors.runtime.actor import Actor, Context, utc_now
+from actors.runtime.actor import Actor, Batch, Context, utc_now
 from actors.runtime.build_events import emit, fail_step, fail_step_when_parked, start_step
 from actors.runtime.bus import call
 from actors.runtime.codec import encode
@@ -103,6 +103,13 @@ async def emit_notes(ctx: Context, build: BuildRequested, notes: PlanNotes) -> N
         await emit(ctx, line, "log", f"plan:log:{index}")
 
 
+PROJECTION_BATCH = 256
+"""At most this many build events are projected in one transaction."""
+
+PROJECTION_LINGER_SECONDS = 0.05
+"""How long a batch of build events waits for more after its first: what a status may lag behind its event,
+for a fraction of the database commits while builds log quickly."""
+
 SUMMARY_FLUSH_SECONDS = 0.2
 """How often summaries moved only by log and step events are written to BUILD_SUMMARIES."""
 
@@ -163,17 +170,27 @@ def create_actor() -> Actor:
             return Failed(code=FailureCode.NOT_FOUND, detail=f"no build {request.build_id} in this organisation")
         return summary
 
-    @actor.consumer(BUILD_STATUS, max_in_flight=64)
-    async def project_build_status(event: AnyBuildEvent, ctx: Context) -> None:
-        assert ctx.delivery is not None
-        kind = ctx.delivery.subject.rsplit(".", 1)[-1]
-        failure = f"{event.step}: {event.detail}" if isinstance(event, BuildFailed) else None
-        async with ctx.pool.acquire() as conn:
-            await storage.apply_event(conn, event.build_id, kind, ctx.delivery.stream_seq, failure)
-        if kind in storage.MILESTONES:
-            await actor.write_summary(ctx, event.org_id, event.build_id)  # before the ack: a status never lags
-        else:
-            actor.mark_dirty(event.org_id, event.build_id)
+    @actor.batch_consumer(BUILD_STATUS, max_batch=PROJECTION_BATCH, linger=PROJECTION_LINGER_SECONDS)
+    async def project_build_status(batch: Batch[AnyBuildEvent], ctx: Context) -> None:
+        # One transaction per batch: a busy build's log lines cost one commit per batch, not one each.
+        events = [
+            storage.Projected(
+                build_id=item.message.build_id, kind=item.delivery.subject.rsplit(".", 1)[-1],
+                seq=item.delivery.stream_seq,
+                failure=f"{item.message.step}: {item.message.detail}" if isinstance(item.message, BuildFailed)
+                else None,
+            )
+            for item in batch
+        ]
+        async with ctx.pool.acquire() as conn, conn.transaction():
+            await storage.apply_events(conn, events)
+        orgs = {item.message.build_id: item.message.org_id for item in batch}
+        moved = {e.build_id for e in events if e.kind in storage.MILESTONES}
+        for build_id, org_id in orgs.items():
+            if build_id in moved:
+                await actor.write_summary(ctx, org_id, build_id)  # before the ack: a status never lags
+            else:
+                actor.mark_dirty(org_id, build_id)
 
     @actor.consumer(PLANNER_REQUESTED, on_park=fail_step_when_parked("plan", "planning"))
     async def plan_build(event: AnyBuildEvent, ctx: Context) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 import asyncpg
 
@@ -48,11 +50,46 @@ async def mark_requested(conn: asyncpg.Connection, build_id: str, seq: int) -> N
     await conn.execute("UPDATE builds SET requested_seq = $2 WHERE build_id = $1", build_id, seq)
 
 
-async def apply_event(conn: asyncpg.Connection, build_id: str, kind: str, seq: int, failure: str | None) -> None:
-    """Project one build event; safe under redelivery and out-of-order handling (guarded by sequence)."""
-    # One statement, so a reader never sees the new status with an older `last_seq`.
-    await conn.execute(
-        """
+@dataclass(frozen=True)
+class Projected:
+    """A build event as the registry projects it."""
+
+    build_id: str
+    kind: str
+    seq: int
+    failure: str | None = None
+
+
+def _keep_newest(table: dict[str, Projected], event: Projected) -> None:
+    kept = table.get(event.build_id)
+    if kept is None or event.seq > kept.seq:
+        table[event.build_id] = event
+
+
+def fold_events(events: Iterable[Projected]) -> list[Projected]:
+    """The events of a batch that change the registry, in an order that applies them: per build, its newest
+    milestone (it sets the status), then its newest event when that is newer (it only advances `last_seq`).
+    Everything older is superseded: applying it too would change nothing."""
+    milestone: dict[str, Projected] = {}
+    newest: dict[str, Projected] = {}
+    for event in events:
+        if event.kind in MILESTONES:
+            _keep_newest(milestone, event)
+        _keep_newest(newest, event)
+    folded = list(milestone.values())
+    folded += [e for build_id, e in newest.items() if build_id not in milestone or e.seq > milestone[build_id].seq]
+    return folded
+
+
+async def apply_events(conn: asyncpg.Connection, events: Iterable[Projected]) -> None:
+    """Project a batch of build events (`fold_events`); safe under redelivery and out-of-order handling,
+    each change being guarded by sequence. Run it in a transaction, so a batch commits once."""
+    await conn.executemany(_APPLY_EVENT, [(e.build_id, e.kind, e.kind in MILESTONES, e.seq, e.failure)
+                                          for e in fold_events(events)])
+
+
+_APPLY_EVENT = """
+        -- one statement, so a reader never sees the new status with an older `last_seq`
         UPDATE builds SET
             status = CASE WHEN $3 AND status_seq < $4 THEN $2 ELSE status END,
             failure = CASE WHEN $3 AND status_seq < $4 THEN $5 ELSE failure END,
@@ -60,9 +97,7 @@ async def apply_event(conn: asyncpg.Connection, build_id: str, kind: str, seq: i
             last_seq = GREATEST(last_seq, $4),
             updated_at = now()
         WHERE build_id = $1 AND (last_seq < $4 OR ($3 AND status_seq < $4))
-        """,
-        build_id, kind, kind in MILESTONES, seq, failure,
-    )
+        """
 
 
 async def find_build(conn: asyncpg.Connection, org_id: str, build_id: str) -> BuildSummary | None:

@@ -24,6 +24,7 @@ from nats.js.api import (
 
 from actors.runtime.codec import decode, encode
 from actors.runtime.logs import trace_id_var
+from actors.runtime.requests import Requests
 from actors.runtime.settings import Settings
 from bus_schemas.base import Failed, FailureCode
 from bus_schemas.registry import (
@@ -86,8 +87,9 @@ async def publish_event(js: JetStreamContext, subject: str, message: object, msg
     return int(ack.seq)
 
 
-async def call(nc: Client, rpc: Rpc[Any, Rep], request: object, timeout: float) -> Rep:
-    """Call an RPC endpoint; transport failures come back as `Failed(unavailable)` values."""
+async def call(nc: Requests, rpc: Rpc[Any, Rep], request: object, timeout: float) -> Rep:
+    """Call an RPC endpoint through a NATS connection or a `Requester`; transport failures come back as
+    `Failed(unavailable)` values."""
     try:
         reply = await nc.request(rpc.subject, encode(request), timeout=timeout, headers=trace_headers())
     except nats.errors.NoRespondersError:

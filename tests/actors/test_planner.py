@@ -3,9 +3,12 @@ fails at plan, saying so)."""
 
 from __future__ import annotations
 
+import secrets
+
 import asyncpg
 
 from actors.catalog import create_actor
+from actors.planner.storage import Projected, apply_events, fold_events, insert_build
 from actors.runtime.bus import call
 from bus_schemas.base import Failed
 from bus_schemas.builds import BuildAccepted, BuildSummary, GetBuild, PlainWords, SubmitBuild
@@ -49,3 +52,35 @@ async def test_another_organisations_build_is_not_found(stack: Stack, admin_nc) 
         assert isinstance(accepted, BuildAccepted)
         reply = await call(admin_nc, GET_BUILD, GetBuild(org_id="org4", build_id=accepted.build_id), timeout=5)
         assert isinstance(reply, Failed) and reply.code == "not_found"
+
+
+def test_a_batch_folds_to_each_builds_newest_milestone_and_newest_event() -> None:
+    events = [
+        Projected("a", "requested", 1), Projected("b", "log", 2), Projected("a", "log", 3),
+        Projected("a", "failed", 5, "plan: no key"), Projected("a", "planned", 4), Projected("a", "log", 6),
+        Projected("b", "log", 7), Projected("c", "deployed", 9), Projected("c", "log", 8),
+    ]
+    assert sorted(fold_events(events), key=lambda e: e.seq) == [
+        Projected("a", "failed", 5, "plan: no key"),  # a's newest milestone sets its status ...
+        Projected("a", "log", 6),  # ... and its newest event its last sequence
+        Projected("b", "log", 7),  # no milestone: only the last sequence moves
+        Projected("c", "deployed", 9),  # the milestone is also the newest event: one change
+    ]
+
+
+async def test_a_projected_batch_sets_status_and_sequence_and_a_redelivered_one_changes_nothing(
+    db: asyncpg.Connection,
+) -> None:
+    build_id = f"b-{secrets.token_hex(4)}"
+    await insert_build(db, build_id=build_id, org_id="org5", name="x", requested_by="t", source_json="{}",
+                       idempotency_key=None)
+    batch = [Projected(build_id, "requested", 11), Projected(build_id, "log", 12),
+             Projected(build_id, "failed", 14, "plan: no key"), Projected(build_id, "log", 15)]
+    async with db.transaction():
+        await apply_events(db, batch)
+    row = await db.fetchrow("SELECT status, failure, status_seq, last_seq FROM builds WHERE build_id = $1", build_id)
+    assert dict(row) == {"status": "failed", "failure": "plan: no key", "status_seq": 14, "last_seq": 15}
+    async with db.transaction():
+        await apply_events(db, [Projected(build_id, "planned", 13), Projected(build_id, "log", 12)])  # older
+    again = await db.fetchrow("SELECT status, failure, status_seq, last_seq FROM builds WHERE build_id = $1", build_id)
+    assert dict(again) == dict(row)
