@@ -49,6 +49,9 @@ Req = TypeVar("Req", bound=Message)
 Rep = TypeVar("Rep")
 M = TypeVar("M")
 
+LINGER_PROBE_SECONDS = 0.01
+"""After a batch's linger, how long a pull waits for a first new message when none arrived."""
+
 
 class TransientError(Exception):
     """A fault worth retrying later (a dependency is down); the message is nak'ed with backoff."""
@@ -422,9 +425,12 @@ class Actor:
         try:
             while not stopping.is_set():
                 try:
-                    msgs = await pull.fetch(batch=sub.max_batch, timeout=0.5)
-                    if sub.linger and len(msgs) < sub.max_batch:
-                        msgs += await self._linger(pull, sub.max_batch - len(msgs), sub.linger, stopping)
+                    # The first message as soon as it arrives (a pull for more would wait to fill the batch
+                    # for the whole timeout), then the rest of the batch: what is pending, or arrives within the
+                    # linger.
+                    msgs = await pull.fetch(batch=1, timeout=0.5)
+                    if sub.max_batch > 1:
+                        msgs += await _rest_of_batch(pull, msgs[-1], sub.max_batch - 1, sub.linger, stopping)
                 except (nats.errors.TimeoutError, TimeoutError):
                     continue
                 except nats.errors.ConnectionClosedError:
@@ -451,22 +457,6 @@ class Actor:
             except Exception:
                 self.log.debug("unsubscribe after stop failed", exc_info=True)
 
-    @staticmethod
-    async def _linger(pull: JetStreamContext.PullSubscription, room: int, linger: float,
-                      stopping: asyncio.Event) -> list[Msg]:
-        """More messages for a batch that has `room` left, arriving within `linger` seconds."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + linger
-        more: list[Msg] = []
-        while len(more) < room and not stopping.is_set():
-            left = deadline - loop.time()
-            if left < 0.005:
-                break
-            try:
-                more += await pull.fetch(batch=room - len(more), timeout=left)
-            except (nats.errors.TimeoutError, TimeoutError):
-                break
-        return more
 
     def _item_context(self, base: Context, item: BatchItem[Any]) -> Context:
         return Context(actor=self.name, nc=base.nc, js=base.js, db=base.db, log=self.log, delivery=item.delivery,
@@ -563,3 +553,35 @@ class Actor:
             except Exception:
                 self.log.exception("on_park hook of %s failed", spec.durable)
         await msg.term()
+
+
+async def _pending(pull: JetStreamContext.PullSubscription, last: Msg, room: int) -> list[Msg]:
+    """Up to `room` of the messages still pending after `last` (its metadata counts them), without waiting for
+    new ones: a pull for more than is there would wait its whole timeout for the batch to fill."""
+    pending = int(last.metadata.num_pending or 0)
+    if not pending or room < 1:
+        return []
+    try:
+        # They exist, so this answers as soon as they are delivered (or another copy took them: the server's
+        # "no messages" ends it).
+        return await pull.fetch(batch=min(room, pending), timeout=0.5)
+    except (nats.errors.TimeoutError, TimeoutError):
+        return []
+
+
+async def _rest_of_batch(pull: JetStreamContext.PullSubscription, first: Msg, room: int, linger: float,
+                         stopping: asyncio.Event) -> list[Msg]:
+    """Up to `room` more messages for the batch that `first` started: those pending now, and when that does
+    not fill it and the consumer lingers, those that arrived within `linger` seconds, taken when the time is
+    up (asking as they arrive costs a request or two per message)."""
+    more = await _pending(pull, first, room)
+    if not linger or len(more) >= room:
+        return more
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stopping.wait(), linger)
+        return more  # stopping: handle what the batch has
+    try:
+        arrived = await pull.fetch(batch=1, timeout=LINGER_PROBE_SECONDS)
+    except (nats.errors.TimeoutError, TimeoutError):
+        return more
+    return more + arrived + await _pending(pull, arrived[-1], room - len(more) - len(arrived))

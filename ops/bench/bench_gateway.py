@@ -293,8 +293,8 @@ async def bench_ws(stack: Stack, org: str, build_id: str, seconds: float,
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=int, default=5, help="duration of each HTTP round")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per route and connection count")
+    parser.add_argument("--seconds", type=int, default=2, help="duration of each HTTP round")
+    parser.add_argument("--rounds", type=int, default=9, help="alternating rounds per route and connection count")
     parser.add_argument("--ws-seconds", type=int, default=20,
                         help="duration of each WebSocket measurement (the first seconds after 1000 sockets "
                              "connect are noisy; 20 s measures the steady state)")

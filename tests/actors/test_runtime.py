@@ -17,6 +17,7 @@ import pytest
 from nats.aio.client import Client
 
 from actors.catalog import create_actor
+from actors.runtime.actor import Actor, Batch, Context
 from actors.runtime.bus import call, consumer_config, publish_event, stream_config
 from actors.runtime.codec import decode
 from actors.runtime.logs import trace_id_var
@@ -260,3 +261,34 @@ async def test_message_that_crashes_every_copy_is_parked_instead_of_crash_loopin
     assert "without an answer" in letter.reason
     assert letter.deliveries == WORKER.max_deliveries + 1
     assert crashed_copies == WORKER.max_deliveries
+
+
+# --- batch consumers ---
+
+
+async def test_a_lingering_batch_takes_what_arrives_within_the_linger_in_one_handler_call(
+    stack: Stack, jobs: Client
+) -> None:
+    js = jobs.jetstream()
+    batches: list[list[str]] = []
+    actor = Actor("worker")
+
+    @actor.batch_consumer(WORKER, max_batch=100, linger=0.4)
+    async def work(batch: Batch[Job], ctx: Context) -> None:
+        batches.append([item.message.job_id for item in batch])
+
+    async with running(actor, stack.settings("admin")):
+        await publish_job(js, Job(job_id="first", mode="ok"))
+        await asyncio.sleep(0.1)  # within the linger that the first message started
+        for i in range(5):
+            await publish_job(js, Job(job_id=f"later-{i}", mode="ok"))
+        async def handled(count: int) -> bool | None:
+            return sum(map(len, batches)) >= count or None
+
+        await eventually(lambda: handled(6))
+        assert batches == [["first", *(f"later-{i}" for i in range(5))]]
+        await publish_job(js, Job(job_id="next", mode="ok"))  # a new batch, after the first was handled
+        await eventually(lambda: handled(7))
+    assert batches[1] == ["next"]
+    info = await js.consumer_info(JOBS.name, WORKER.durable)
+    assert info.num_ack_pending == 0 and info.num_pending == 0  # every message of both batches acked
