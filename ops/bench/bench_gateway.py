@@ -321,7 +321,8 @@ def main() -> int:
                     raise RuntimeError("the benchmark build never settled")
                 time.sleep(0.1)
             org = stack.org
-            print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}; stack: bmms dev (uvloop); WebSocket client on uvloop")
+            print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}; "
+                  "stack: bmms dev (uvloop); WebSocket client on uvloop")
             if not args.skip_http:
                 print("\n".join(bench_http(stack, build_id, args.seconds, args.rounds)))
             if not args.skip_ws:
