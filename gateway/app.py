@@ -50,7 +50,7 @@ def create_app(settings: Settings, config: GatewayConfig | None = None) -> Lites
             ServersController, UsageController, EventsController, *routing.route_handlers,
         ],
         # Handlers reach the bus, the authenticator and the build feeds through `services`; the caller's
-        # principal (gateway.auth.provide_principal) depends on it. Keeping the graph a single chain lets
+        # principal (gateway.services.provide_principal) depends on it. Keeping the graph a single chain lets
         # Litestar resolve it without an anyio task group, and each dependency costs a resolution per request.
         dependencies={"services": Provide(provide_services, sync_to_thread=False)},
         lifespan=[lifespan, routing.lifespan],

@@ -457,7 +457,6 @@ class Actor:
             except Exception:
                 self.log.debug("unsubscribe after stop failed", exc_info=True)
 
-
     def _item_context(self, base: Context, item: BatchItem[Any]) -> Context:
         return Context(actor=self.name, nc=base.nc, js=base.js, db=base.db, log=self.log, delivery=item.delivery,
                        _msg=item._msg)
