@@ -8,7 +8,7 @@ import nats.errors
 from nats.aio.client import Client
 
 from actors.runtime.bus import call
-from actors.runtime.requests import Requester
+from actors.runtime.requests import Requests
 from bus_schemas.base import Failed, FailureCode
 from bus_schemas.registry import Rpc
 from gateway.problems import Problem, problem_from_failed
@@ -19,10 +19,10 @@ T = TypeVar("T")
 class BusClient:
     """Calls RPC endpoints as the `gateway` NATS user; every answer is the expected type or a Problem."""
 
-    def __init__(self, nc: Client, requester: Requester, rpc_timeout: float) -> None:
+    def __init__(self, nc: Client, requester: Requests, rpc_timeout: float) -> None:
         self.nc = nc
         self.requester = requester
-        """Every request the gateway sends goes through this (actors.runtime.requests)."""
+        """Every request the gateway sends goes through this: a `Requester` (actors.runtime.requests)."""
         self.rpc_timeout = rpc_timeout
 
     async def ask(self, rpc: Rpc[Any, Any], request: object, expect: type[T]) -> T:

@@ -18,6 +18,9 @@ from gateway.feeds import with_raw_websocket_send
 
 log = logging.getLogger("bmms.gateway")
 
+GC_YOUNG_THRESHOLD = 10_000
+"""Allocations between young-generation collections in a serving gateway (CPython's default is 700)."""
+
 
 class _Server(uvicorn.Server):
     """uvicorn without its own signal handling (the caller's `stop` event ends it) that reports
@@ -100,6 +103,11 @@ async def serve_gateway(
             # Everything built at start-up lives as long as the process: keep it out of the
             # collector's sweeps, which otherwise show up as pauses in WebSocket frame latency.
             gc.freeze()
+            # Every request in flight keeps its coroutine chain and objects alive, and each young-generation
+            # collection walks all of them: with 50 requests waiting on the bus, collections every 700
+            # allocations cost the bus-bridged route ~15 µs a request (measured; bare routes hold nothing in
+            # flight). Collecting every 10,000 keeps the same work per collection, a fourteenth as often.
+            gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
             log.info("gateway listening on %s", base_url)
             if on_ready is not None:
                 on_ready(settings.public_url or base_url)

@@ -15,7 +15,7 @@ from nats.aio.client import Client
 from nats.js.kv import KeyValue
 
 from actors.runtime.bus import connect
-from actors.runtime.requests import Requester
+from actors.runtime.requests import Requester, Requests
 from actors.runtime.settings import Settings
 from bus_schemas.identity import Principal
 from bus_schemas.registry import BUILD_SUMMARIES
@@ -36,6 +36,7 @@ class EdgeServices:
         self._nc: Client | None = None
         self._pool: asyncpg.Pool | None = None
         self._bus: BusClient | None = None
+        self._requester: Requests | None = None
         self._authenticator: Authenticator | None = None
         self._feeds: BuildFeeds | None = None
         self.summaries: KeyValue | None = None
@@ -44,9 +45,10 @@ class EdgeServices:
     async def start(self) -> None:
         """Connect to NATS as the gateway user and prepare the readiness pool."""
         self._nc = await connect(self.settings, "bmms-gateway")
-        requester = Requester(self._nc)
-        await requester.start()
-        self._bus = BusClient(self._nc, requester, self.settings.rpc_timeout)
+        # Requests (RPCs, the direct gets of build summaries) take a connection of their own, spoken without
+        # nats-py's task hops (actors.runtime.requests); events, feeds and JetStream stay on `_nc`.
+        self._requester = await Requester.for_settings(self.settings, "bmms-gateway-requests", tls_fallback=self._nc)
+        self._bus = BusClient(self._nc, self._requester, self.settings.rpc_timeout)
         self._authenticator = Authenticator(self._bus, self.config.auth_cache_seconds, self.config.auth_cache_size)
         self._feeds = BuildFeeds(
             self._nc.jetstream(), grace_seconds=self.config.feed_grace_seconds, max_lag=self.config.max_socket_lag
@@ -62,6 +64,8 @@ class EdgeServices:
         """Delete the build consumers, drain NATS, close the pool."""
         if self._feeds is not None:
             await self._feeds.close()
+        if isinstance(self._requester, Requester):
+            await self._requester.close()
         if self._nc is not None:
             try:
                 await self._nc.drain()

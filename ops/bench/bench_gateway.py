@@ -52,6 +52,11 @@ class Stack:
     org: str
     data_dir: Path
 
+    def pid(self, child: str) -> int:
+        """Process id of one of the stack's children (from the record `bmms dev` writes)."""
+        record: dict[str, object] = json.loads((self.data_dir / "run" / "stack.json").read_text())
+        return int(record["pids"][child])  # type: ignore[index]
+
     def admin_password(self) -> str:
         passwords: dict[str, str] = json.loads((self.data_dir / "secrets" / "nats-passwords.json").read_text())
         return passwords["admin"]
@@ -103,6 +108,26 @@ class WrkResult:
     p50_ms: float
     p99_ms: float
     errors: str
+    requests: int
+    cpu_us: float = 0.0
+    """The gateway's CPU time (user + system) per request during the run."""
+    steal: float = 0.0
+    """Share of the machine's CPU time the hypervisor took away during the run (0..1)."""
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def machine_times() -> tuple[int, int]:
+    """(steal, total) CPU ticks of the whole machine so far (/proc/stat)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return fields[7], sum(fields[:8])
 
 
 def _ms(value: str) -> float:
@@ -111,30 +136,43 @@ def _ms(value: str) -> float:
     return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
 
 
-def wrk(url: str, connections: int, seconds: int, headers: dict[str, str]) -> WrkResult:
+def wrk(url: str, connections: int, seconds: int, headers: dict[str, str], gateway_pid: int | None = None) -> WrkResult:
     args = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
     for k, v in headers.items():
         args += ["-H", f"{k}: {v}"]
+    cpu_before = process_cpu_seconds(gateway_pid) if gateway_pid else 0.0
+    steal_before, total_before = machine_times()
     out = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout
+    steal_after, total_after = machine_times()
+    cpu = (process_cpu_seconds(gateway_pid) - cpu_before) if gateway_pid else 0.0
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
     p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: .*", out)
-    return WrkResult(rps, p50, p99, errors.group(0) if errors else "")
+    return WrkResult(rps, p50, p99, errors.group(0) if errors else "", requests,
+                     cpu_us=cpu * 1e6 / max(requests, 1),
+                     steal=(steal_after - steal_before) / max(total_after - total_before, 1))
 
 
-BARE = ("bare  GET /healthz", "/healthz")
-BUS = ("bus   GET /v1/builds/{id}", "/v1/builds/{id}")
+BARE = ("bare GET /healthz", "/healthz")
+BUS = ("bus  GET /v1/builds/{id}", "/v1/builds/{id}")
 
 
 def bench_http(stack: Stack, build_id: str, seconds: int, rounds: int) -> list[str]:
     """Each route at 1 and 50 connections, in `rounds` alternating rounds of `seconds` (bare, bus, bare, bus...),
     so that a slow spell of the machine (these are shared VMs) weighs on both routes alike. A route's figures
-    are the medians of its rounds; the ratio is the median of the rounds' ratios."""
+    are the medians of its rounds; the ratio is the median of the rounds' ratios.
+
+    Besides req/s it prints the gateway's own CPU time per request and the hypervisor's steal during the rounds:
+    on these VMs steal swings from 0 to 30 % within a minute and moves req/s with it, while CPU per request is
+    the gateway's cost alone (the CPU ratio is bare's cost over bus's, the req/s ratio a CPU-bound gateway
+    would reach)."""
     lines = [f"HTTP (wrk, 1 thread; {rounds} alternating rounds of {seconds} s per route, medians)",
-             f"  {'route':<34}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"]
+             f"  {'route':<30}{'conns':>6}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'CPU µs/req':>12}{'steal':>7}"]
     auth = {"Authorization": f"Bearer {stack.key}"}
-    ratios: dict[int, list[float]] = {}
+    gateway_pid = stack.pid("gateway")
+    ratios: dict[int, tuple[list[float], list[float]]] = {}
     for conns in (1, 50):
         runs: dict[str, list[WrkResult]] = {BARE[0]: [], BUS[0]: []}
         for name, path in (BARE, BUS):
@@ -142,19 +180,24 @@ def bench_http(stack: Stack, build_id: str, seconds: int, rounds: int) -> list[s
         for _ in range(rounds):
             for name, path in (BARE, BUS):
                 runs[name].append(wrk(stack.url + path.format(id=build_id), conns, seconds,
-                                      auth if name == BUS[0] else {}))
+                                      auth if name == BUS[0] else {}, gateway_pid))
         for name, results in runs.items():
             errors = "; ".join(sorted({r.errors for r in results if r.errors}))
-            lines.append(f"  {name:<34}{conns:>6}{statistics.median(r.rps for r in results):>10.0f}"
+            lines.append(f"  {name:<30}{conns:>6}{statistics.median(r.rps for r in results):>9.0f}"
                          f"{statistics.median(r.p50_ms for r in results):>9.2f}"
-                         f"{statistics.median(r.p99_ms for r in results):>9.2f}  {errors}")
-        ratios[conns] = [bus.rps / bare.rps for bare, bus in zip(runs[BARE[0]], runs[BUS[0]], strict=True)]
-    for conns, values in ratios.items():
-        ratio = statistics.median(values)
+                         f"{statistics.median(r.p99_ms for r in results):>9.2f}"
+                         f"{statistics.median(r.cpu_us for r in results):>12.1f}"
+                         f"{statistics.median(r.steal for r in results):>7.0%}  {errors}")
+        pairs = list(zip(runs[BARE[0]], runs[BUS[0]], strict=True))
+        ratios[conns] = ([bus.rps / bare.rps for bare, bus in pairs], [bare.cpu_us / bus.cpu_us for bare, bus in pairs])
+    for conns, (rps_ratios, cpu_ratios) in ratios.items():
+        ratio = statistics.median(rps_ratios)
         met = "met" if ratio >= TARGET_HTTP_RATIO else "MISSED"
         verdict = f" (target >= {TARGET_HTTP_RATIO:.2f}: {met})" if conns == 50 else ""
-        rounds_text = ", ".join(f"{v:.2f}" for v in values)
-        lines.append(f"  bus/bare req/s ratio at {conns} conns: {ratio:.2f}{verdict}; rounds: {rounds_text}")
+        lines.append(f"  bus/bare req/s ratio at {conns} conns: {ratio:.2f}{verdict}; "
+                     f"rounds: {', '.join(f'{v:.2f}' for v in rps_ratios)}")
+        lines.append(f"  bare/bus gateway CPU per request at {conns} conns: {statistics.median(cpu_ratios):.2f}; "
+                     f"rounds: {', '.join(f'{v:.2f}' for v in cpu_ratios)}")
     return lines
 
 
