@@ -111,6 +111,8 @@ class EdgeServices:
         """"ok" when a NATS round trip completes in time, else what is wrong."""
         if self._nc is None or not self._nc.is_connected:
             return "disconnected"
+        if isinstance(self._requester, Requester) and not self._requester.is_connected:
+            return "requests connection down"
         try:
             await self._nc.flush(timeout=self.config.ready_timeout)  # type: ignore[arg-type]  # a float works
         except Exception as exc:

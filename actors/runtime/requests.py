@@ -10,7 +10,8 @@ PUB/HPUB, MSG/HMSG, PING/PONG, -ERR) over an `asyncio.Protocol`: a reply resolve
 `Requester.request` has `Client.request`'s signature and failures (`nats.errors.TimeoutError`,
 `nats.errors.NoRespondersError`), so `actors.runtime.bus.call` takes either. It reconnects on its own; a
 request in flight when the connection drops fails at once (`nats.errors.ConnectionClosedError`), and one
-made while it is down waits for the connection within its own timeout. It speaks plain TCP only (no TLS):
+made while it is down waits for the connection within its own timeout (then fails with
+`nats.errors.ConnectionReconnectingError`: the bus, not an actor, is out of reach). It speaks plain TCP only (no TLS):
 for a `tls://` server `for_settings` hands back the fallback it is given (the gateway's nats-py connection).
 """
 
@@ -296,7 +297,8 @@ class Requester:
                 async with asyncio.timeout(timeout):
                     await self._connected.wait()
             except TimeoutError:
-                raise nats.errors.TimeoutError from None
+                # Not a timeout of whoever was asked: nobody was, the bus is out of reach.
+                raise nats.errors.ConnectionReconnectingError from None
             timeout = max(deadline - loop.time(), 0.0)  # the wait counts against the request's timeout
         self._next += 1
         token = str(self._next).encode()

@@ -6,6 +6,7 @@ import httpx
 from nats.aio.client import Client
 
 from actors.catalog import create_actor
+from actors.runtime.requests import Requester
 from bus_schemas.identity import ApiKeyCreated
 from tests.conftest import Stack, eventually, running
 from tests.gateway.conftest import bearer, gateway_settings, new_api_key, serving
@@ -58,3 +59,29 @@ async def test_a_build_stays_readable_from_the_read_model_while_the_planner_is_d
         assert read.status_code == 200 and read.json() == seen
         submitted = await http.post("/v1/builds", json=PLAIN, headers=bearer(key))
         assert submitted.status_code == 503
+
+
+async def test_while_the_requests_connection_is_down_readyz_says_so_and_reads_are_503(
+    stack: Stack, auth_actor: None, module_admin: Client
+) -> None:
+    key: ApiKeyCreated = await new_api_key(module_admin, "gateway-tests-requests-down")
+    settings = gateway_settings(stack, rpc_timeout=0.5)
+    async with serving(settings) as gw, httpx.AsyncClient(base_url=gw.base_url, timeout=10) as http:
+        assert (await http.get("/readyz")).status_code == 200
+        requester = gw.services.bus.requester
+        assert isinstance(requester, Requester)
+        requester.reconnect_wait = 3600.0  # it stays down for the test
+        connection = requester._connection
+        assert connection is not None and connection.transport is not None
+        connection.transport.close()
+        await eventually(lambda: _down(requester))
+        ready = await http.get("/readyz")
+        assert ready.status_code == 503, ready.text
+        assert ready.json()["checks"]["bus"] == "requests connection down"
+        read = await http.get("/v1/builds/b123", headers=bearer(key))
+        assert read.status_code == 503, read.text
+        assert "message bus is unavailable" in read.json()["detail"]
+
+
+async def _down(requester: Requester) -> bool:
+    return not requester.is_connected
