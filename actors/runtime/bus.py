@@ -60,8 +60,7 @@ async def connect(settings: Settings, name: str) -> Client:
         name=name,
         user=settings.nats_user,
         password=settings.nats_password,
-        # each role reads replies only on its own inbox prefix (see nats.conf)
-        inbox_prefix=f"_INBOX_{settings.nats_user}" if settings.nats_user else "_INBOX",
+        inbox_prefix=settings.inbox_prefix,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
         connect_timeout=5,

@@ -197,8 +197,8 @@ class Requester:
     """Requests whose replies come to `<inbox prefix>.<unique>.<n>`, all through one subscription on a
     connection of the requester's own.
 
-    `start()` connects (and fails as `nats.connect` does when no server answers); afterwards a lost
-    connection is re-established in the background, every `reconnect_wait` seconds, until `close()`."""
+    `start()` connects (and raises ConnectionError saying why when no server takes the connection); afterwards
+    a lost connection is re-established in the background, every `reconnect_wait` seconds, until `close()`."""
 
     def __init__(
         self, servers: str, *, user: str | None = None, password: str | None = None, name: str = "bmms",
@@ -238,10 +238,8 @@ class Requester:
             if tls_fallback is None:
                 raise ConnectionError("the Requester speaks plain TCP only; the NATS server is tls://")
             return tls_fallback
-        requester = cls(
-            settings.nats_url, user=settings.nats_user, password=settings.nats_password, name=name,
-            inbox_prefix=f"_INBOX_{settings.nats_user}" if settings.nats_user else "_INBOX",
-        )
+        requester = cls(settings.nats_url, user=settings.nats_user, password=settings.nats_password, name=name,
+                        inbox_prefix=settings.inbox_prefix)
         await requester.start()
         return requester
 
@@ -370,6 +368,9 @@ class Requester:
                     self._max_payload = int(info.get("max_payload", self._max_payload))
                     connection.write(self._handshake(self.user or user, self.password or password))
                     await connection.pong
+                    if connection.error is not None:
+                        # e.g. a permissions violation on the reply subscription: no reply would ever come
+                        raise ConnectionError(connection.error)
             except (OSError, TimeoutError, ValueError) as exc:
                 self._last_error = f"{host}:{port}: {exc or type(exc).__name__}"
                 log.warning("request connection to %s failed", self._last_error)

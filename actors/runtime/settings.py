@@ -95,6 +95,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     deploy_health_timeout: float = 60.0
     """How long the deployer waits for a new runner to answer an authenticated `tools/list`."""
 
+    @property
+    def inbox_prefix(self) -> str:
+        """Where this process's replies come: each role reads replies only under its own prefix (nats.conf)."""
+        return f"_INBOX_{self.nats_user}" if self.nats_user else "_INBOX"
+
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read `BMMS_*` variables into Settings; raise ValueError naming the bad variable."""

@@ -116,6 +116,14 @@ async def test_wrong_password_fails_start_with_the_servers_reason(stack: Stack) 
         await Requester.for_settings(settings, "test-requests")
 
 
+async def test_a_reply_subscription_the_role_may_not_make_fails_start(stack: Stack) -> None:
+    # the gateway user may read replies only under _INBOX_gateway (nats.conf); no reply would ever arrive
+    requester = Requester(stack.nats.url, user="gateway", password=stack.nats.passwords["gateway"],
+                          inbox_prefix="_INBOX_auth")
+    with pytest.raises(ConnectionError, match="Permissions Violation for Subscription"):
+        await requester.start()
+
+
 async def test_pings_are_answered_and_the_connection_stays(admin_nc: Client, stack: Stack) -> None:
     requester = Requester(stack.nats.url, user="gateway", password=stack.nats.passwords["gateway"],
                           inbox_prefix="_INBOX_gateway", ping_interval=0.02, max_outstanding_pings=2)

@@ -294,20 +294,24 @@ async def test_running_servers_quota_counts_running_servers_and_not_the_one_bein
     async with running(create_actor("metering"), stack.settings("metering")):
         await define_plan(pool, Plan(name=plan, builds_per_month=None, tool_calls_per_month=None, running_servers=1))
         await apply_plan_change(PlanChange(org_id=org, plan=plan, source="test"), pool, js, quotas)
-        await server_changed(js, org, running_one)
+        # In this order only the final state has both answers below: before the last event the plain check is
+        # allowed (nothing runs) or the redeploy of running_one is refused (stopped_one still counts).
         await server_changed(js, org, stopped_one)
         await server_changed(js, org, stopped_one, "stopped")
+        await server_changed(js, org, running_one)
 
-        async def refused() -> Failed | None:
-            reply = await call(admin_nc, CHECK_QUOTA, CheckQuota(org_id=org, quota="running_servers"), timeout=5)
-            return reply if isinstance(reply, Failed) else None
+        async def settled() -> tuple[Failed, QuotaAllowed] | None:
+            plain = await call(admin_nc, CHECK_QUOTA, CheckQuota(org_id=org, quota="running_servers"), timeout=5)
+            redeploy = await call(admin_nc, CHECK_QUOTA,
+                                  CheckQuota(org_id=org, quota="running_servers", server_id=running_one), timeout=5)
+            if isinstance(plain, Failed) and isinstance(redeploy, QuotaAllowed):
+                return plain, redeploy
+            return None
 
-        failed = await eventually(refused)
-        assert isinstance(failed, Failed) and failed.code == "quota_exceeded"
+        failed, redeploy = await eventually(settled)
+        assert failed.code == "quota_exceeded"
         assert "running_servers" in failed.detail and failed.retry_after_seconds is None
-        redeploy = await call(admin_nc, CHECK_QUOTA,
-                              CheckQuota(org_id=org, quota="running_servers", server_id=running_one), timeout=5)
-        assert isinstance(redeploy, QuotaAllowed) and redeploy.used == 0
+        assert redeploy.used == 0
 
 
 def _tool_spec_build(org: str, name: str) -> SubmitBuild:
