@@ -204,6 +204,12 @@ def bench_http(stack: Stack, build_id: str, seconds: int, rounds: int) -> list[s
 # --- WebSocket fan-out ---
 
 
+def _masked_pong(payload: bytes) -> bytes:
+    """A client's pong frame (RFC 6455 5.5.3: the ping's payload, masked as every client frame is)."""
+    mask = os.urandom(4)
+    return bytes((0x8A, 0x80 | len(payload))) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
 class _Socket(asyncio.Protocol):
     """A deliberately minimal WebSocket client, so the measuring side costs a few µs a frame and the
     figures are the gateway's, not a client library's: it parses server frames (never masked) and pulls
@@ -258,6 +264,8 @@ class _Socket(asyncio.Protocol):
                     start = mark + len(self.MARK)
                     self.latencies.append((now - int(buf[start : buf.find(b'"', start)])) / 1e6)
                     self.received += 1
+            elif opcode == 0x9:  # the server's keepalive ping: unanswered, it closes the socket after 20 s
+                self.transport.write(_masked_pong(bytes(buf[pos + head : pos + head + length])))  # type: ignore[attr-defined]
             elif opcode == 0x8 and not self.finished.done():
                 self.finished.set_result(self.received)
             pos += head + length
