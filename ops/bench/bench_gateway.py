@@ -306,6 +306,7 @@ async def bench_ws_case(stack: Stack, org: str, build_id: str, sockets: int, rat
     opened: list[_Socket] = []
     for _ in range(sockets):
         opened.append(await _open_socket(ws_url, stack.key, after, events, latencies))
+    steal_before, total_before = machine_times()
     start = time.perf_counter()
     for i in range(events):
         # Pace publishing at `rate` events/s; the timestamp travels inside the event.
@@ -316,6 +317,8 @@ async def bench_ws_case(stack: Stack, org: str, build_id: str, sockets: int, rat
                         message=str(time.time_ns()))
         await nc.publish(subject, encode(event))
     await asyncio.wait([s.finished for s in opened], timeout=30 + seconds)
+    steal_after, total_after = machine_times()
+    steal = (steal_after - steal_before) / max(total_after - total_before, 1)
     counts = [s.received for s in opened]
     for s in opened:
         s.transport.close()  # type: ignore[attr-defined]
@@ -325,7 +328,8 @@ async def bench_ws_case(stack: Stack, org: str, build_id: str, sockets: int, rat
     p50 = statistics.median(latencies) if latencies else float("nan")
     p99 = latencies[int(len(latencies) * 0.99) - 1] if latencies else float("nan")
     delivered = f"{len(latencies)}/{events * sockets} frames, {complete}/{sockets} sockets complete"
-    return f"  {sockets:>5} sockets @ {rate:>3} ev/s: p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  {delivered}"
+    return (f"  {sockets:>5} sockets @ {rate:>3} ev/s: p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  {delivered}; "
+            f"steal {steal:.0%}")
 
 
 WS_CASES = ((1, 200), (100, 200), (1000, 50))
