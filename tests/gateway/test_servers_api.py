@@ -34,7 +34,7 @@ from bus_schemas.servers import (
     ServerReply,
     ServerVersion,
 )
-from tests.conftest import Stack
+from tests.conftest import Stack, eventually
 from tests.gateway.conftest import Gateway, bearer, gateway_settings, new_api_key, serving
 from tests.gateway.test_builds_http import assert_problem
 
@@ -338,7 +338,15 @@ async def test_no_deployer_running_is_503(
     async with deployer.offline():
         body = assert_problem(await client.get("/v1/servers", headers=bearer(org_a)), 503)
     assert body["code"] == "unavailable" and "deployer" in str(body["detail"])
-    assert (await client.get("/v1/servers", headers=bearer(org_a))).status_code == 200
+
+    async def answered() -> bool:
+        # Once a deployer subscribes again it answers; a stop-time CI run once saw one more 503 here
+        # (detail not captured then), so the body is kept for the failure message.
+        after = await client.get("/v1/servers", headers=bearer(org_a))
+        assert after.status_code in (200, 503), after.text
+        return after.status_code == 200
+
+    await eventually(answered, timeout=10)
 
 
 async def test_build_submission_passes_the_target_server(
