@@ -131,10 +131,12 @@ async def test_pings_are_answered_and_the_connection_stays(admin_nc: Client, sta
     try:
         subject = f"rpc.builds.test_echo.{secrets.token_hex(4)}"
         await echo_on(admin_nc, subject)
+        first = requester._connection
         for _ in range(10):  # spans many ping intervals: a PONG must come back to every PING
             assert (await requester.request(subject, b"p", timeout=5)).data == b"re:p"
             await asyncio.sleep(0.02)
         assert requester.is_connected
+        assert requester._connection is first  # never given up as stale and replaced
     finally:
         await requester.close()
 
