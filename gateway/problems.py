@@ -7,6 +7,7 @@ exceptions (routing, validation, malformed bodies) and crashes go through `probl
 from __future__ import annotations
 
 import logging
+import re
 from http import HTTPStatus
 from typing import Any
 
@@ -106,6 +107,10 @@ def unauthenticated(detail: str) -> Problem:
     return Problem(401, detail, code=FailureCode.UNAUTHENTICATED, headers={"WWW-Authenticate": "Bearer"})
 
 
+_MISSING_FIELD = re.compile(r"Object missing required field `([^`]+)`")
+"""msgspec's message for a missing field, which it reports at the enclosing object's path."""
+
+
 def _validation_problem(exc: ValidationException) -> Problem:
     errors: list[ProblemField] = []
     for item in exc.extra if isinstance(exc.extra, list) else []:
@@ -113,12 +118,16 @@ def _validation_problem(exc: ValidationException) -> Problem:
             continue
         key = str(item.get("key", ""))
         source = str(getattr(item.get("source"), "value", None) or item.get("source") or "body")  # ParamType -> "query"
+        message = str(item.get("message", ""))
         # Litestar names the whole body `data`; inside it the path is relative to the body.
         field = "" if key == "data" else key
-        errors.append(ProblemField(field=field or "$", source=source, message=str(item.get("message", ""))))
+        missing = _MISSING_FIELD.match(message)
+        if missing:  # the field that is missing, not the object it is missing from
+            field = f"{field}.{missing.group(1)}" if field else missing.group(1)
+        errors.append(ProblemField(field=field or "$", source=source, message=message))
     if errors:
         first = errors[0]
-        where = f"{first.source} field `{first.field}`" if first.field != "$" else f"the {first.source}"
+        where = f"{first.source} field `{first.field}`" if first.field != "$" else first.source
         detail = f"invalid {where}: {first.message}"
     else:
         detail = exc.detail
@@ -143,10 +152,10 @@ def as_problem(exc: Exception) -> Problem:
     if isinstance(exc, NotAuthorizedException):
         return unauthenticated(exc.detail)
     if isinstance(exc, HTTPException):
-        detail = exc.detail
-        if _caused_by_bad_json(exc):
-            detail = f"the request body is not valid JSON: {exc.detail}"
-        return Problem(exc.status_code, detail, headers=dict(exc.headers or {}))
+        if exc.status_code == 400 and _caused_by_bad_json(exc):
+            return Problem(400, f"the request body is not valid JSON: {exc.detail}", code=FailureCode.INVALID,
+                           errors=[ProblemField(field="$", source="body", message=exc.detail)])
+        return Problem(exc.status_code, exc.detail, headers=dict(exc.headers or {}))
     log.exception("unhandled error", exc_info=exc)
     return Problem(500, "internal error", code=FailureCode.INTERNAL)
 

@@ -73,6 +73,13 @@ async def test_malformed_json_is_400_saying_where(http: httpx.AsyncClient, key: 
     )
     body = assert_problem(response, 400)
     assert "not valid JSON" in str(body["detail"])
+    # the same problem type and code as every other refused input, so clients branch on one field
+    assert body["code"] == "invalid" and body["type"] == "/problems/invalid"
+    assert body["errors"] == [{"field": "$", "source": "body", "message": "Input data was truncated"}]
+
+    garbled = await http.post("/v1/builds", content=b'{"name": x}',
+                              headers={**bearer(key), "Content-Type": "application/json"})
+    assert "invalid character (byte 9)" in str(assert_problem(garbled, 400)["detail"])
 
 
 async def test_invalid_body_is_400_naming_the_field(http: httpx.AsyncClient, key: ApiKeyCreated) -> None:
@@ -88,6 +95,19 @@ async def test_invalid_body_is_400_naming_the_field(http: httpx.AsyncClient, key
     unknown_kind = {"name": "x", "source": {"kind": "telepathy"}}
     body = assert_problem(await http.post("/v1/builds", json=unknown_kind, headers=bearer(key)), 400)
     assert [e["field"] for e in body["errors"]] == ["source.kind"]  # type: ignore[attr-defined,index]
+
+    # a missing field is named itself, not the object it is missing from
+    no_source = {"name": "x"}
+    body = assert_problem(await http.post("/v1/builds", json=no_source, headers=bearer(key)), 400)
+    assert body["detail"] == "invalid body field `source`: Object missing required field `source`"
+    assert [e["field"] for e in body["errors"]] == ["source"]  # type: ignore[attr-defined,index]
+    no_kind = {"name": "x", "source": {"text": "a"}}
+    body = assert_problem(await http.post("/v1/builds", json=no_kind, headers=bearer(key)), 400)
+    assert [e["field"] for e in body["errors"]] == ["source.kind"]  # type: ignore[attr-defined,index]
+
+    not_an_object = [PLAIN]
+    body = assert_problem(await http.post("/v1/builds", json=not_an_object, headers=bearer(key)), 400)
+    assert body["detail"] == "invalid body: Expected `object`, got `array`"
 
     extra_field = {**PLAIN, "colour": "blue"}
     body = assert_problem(await http.post("/v1/builds", json=extra_field, headers=bearer(key)), 400)
