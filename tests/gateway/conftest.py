@@ -64,6 +64,15 @@ async def serving(settings: Settings, config: GatewayConfig | None = None) -> As
         await asyncio.wait_for(task, timeout=30)
 
 
+@contextlib.asynccontextmanager
+async def serving_with_client(
+    settings: Settings, config: GatewayConfig | None = None, *, timeout: float = 10
+) -> AsyncIterator[tuple[Gateway, httpx.AsyncClient]]:
+    """`serving`, plus an HTTP client on the gateway's URL."""
+    async with serving(settings, config) as gw, httpx.AsyncClient(base_url=gw.base_url, timeout=timeout) as http:
+        yield gw, http
+
+
 def gateway_settings(stack: Stack, **overrides: object) -> Settings:
     """Settings of a gateway on a free port (never a fixed one: something listens on :8000 here)."""
     return stack.settings("gateway", **{"http_port": 0, "rpc_timeout": 5.0, **overrides})

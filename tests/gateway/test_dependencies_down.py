@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import httpx
 from nats.aio.client import Client
 
 from actors.catalog import create_actor
 from actors.runtime.requests import Requester
 from bus_schemas.identity import ApiKeyCreated
 from tests.conftest import Stack, eventually, running
-from tests.gateway.conftest import bearer, gateway_settings, new_api_key, serving
+from tests.gateway.conftest import bearer, gateway_settings, new_api_key, serving_with_client
 
 PLAIN = {"name": "x", "source": {"kind": "plain_words", "text": "x"}}
 
@@ -20,7 +19,7 @@ async def test_build_request_without_a_planner_is_503_no_responders(
     key: ApiKeyCreated = await new_api_key(module_admin, "gateway-tests-no-planner")
     # A long RPC timeout: the answer must come from "no responders", not from waiting it out.
     settings = gateway_settings(stack, rpc_timeout=30.0)
-    async with serving(settings) as gw, httpx.AsyncClient(base_url=gw.base_url, timeout=10) as http:
+    async with serving_with_client(settings) as (_, http):
         response = await http.post("/v1/builds", json=PLAIN, headers=bearer(key))
     assert response.status_code == 503, response.text
     assert response.headers["content-type"].startswith("application/problem+json")
@@ -30,7 +29,7 @@ async def test_build_request_without_a_planner_is_503_no_responders(
 
 async def test_readyz_names_the_database_when_it_is_down(stack: Stack) -> None:
     settings = gateway_settings(stack, database_url="postgresql://nobody@127.0.0.1:9/none")
-    async with serving(settings) as gw, httpx.AsyncClient(base_url=gw.base_url, timeout=10) as http:
+    async with serving_with_client(settings) as (_, http):
         response = await http.get("/readyz")
         assert (await http.get("/healthz")).status_code == 200
     assert response.status_code == 503, response.text
@@ -43,7 +42,7 @@ async def test_a_build_stays_readable_from_the_read_model_while_the_planner_is_d
     stack: Stack, auth_actor: None, module_admin: Client
 ) -> None:
     key: ApiKeyCreated = await new_api_key(module_admin, "gateway-tests-read-model")
-    async with serving(gateway_settings(stack)) as gw, httpx.AsyncClient(base_url=gw.base_url, timeout=10) as http:
+    async with serving_with_client(gateway_settings(stack)) as (_, http):
         async with running(create_actor("planner"), stack.settings("planner")):
             accepted = await http.post("/v1/builds", json=PLAIN, headers=bearer(key))
             assert accepted.status_code == 202, accepted.text
@@ -66,7 +65,7 @@ async def test_while_the_requests_connection_is_down_readyz_says_so_and_reads_ar
 ) -> None:
     key: ApiKeyCreated = await new_api_key(module_admin, "gateway-tests-requests-down")
     settings = gateway_settings(stack, rpc_timeout=0.5)
-    async with serving(settings) as gw, httpx.AsyncClient(base_url=gw.base_url, timeout=10) as http:
+    async with serving_with_client(settings) as (gw, http):
         assert (await http.get("/readyz")).status_code == 200
         requester = gw.services.bus.requester
         assert isinstance(requester, Requester)

@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 
-import httpx
 import websockets
 from nats.aio.client import Client
 
 from bus_schemas.identity import ApiKeyCreated
 from gateway.config import GatewayConfig
 from tests.conftest import Stack, eventually
-from tests.gateway.conftest import bearer, gateway_settings, new_api_key, serving
+from tests.gateway.conftest import bearer, gateway_settings, new_api_key, serving_with_client
 from tests.gateway.test_stream import failed_build, publish_log
 
 
@@ -20,10 +19,9 @@ async def test_a_socket_that_stops_reading_is_dropped_and_others_get_every_frame
     stack: Stack, auth_actor: None, planner_actor: None, module_admin: Client
 ) -> None:
     key: ApiKeyCreated = await new_api_key(module_admin, "gateway-tests-slow")
-    async with (
-        serving(gateway_settings(stack), GatewayConfig(max_socket_lag=30, feed_grace_seconds=0.1)) as gw,
-        httpx.AsyncClient(base_url=gw.base_url, timeout=10) as http,
-    ):
+    async with serving_with_client(
+        gateway_settings(stack), GatewayConfig(max_socket_lag=30, feed_grace_seconds=0.1)
+    ) as (gw, http):
         build_id = await failed_build(http, key)
         url = f"{gw.ws_url}/v1/builds/{build_id}/stream"
         # max_queue=1: the client library stops reading after one frame, so TCP pushes back.
