@@ -393,6 +393,7 @@ async def bench_ws_case(stack: Stack, org: str, build_id: str, sockets: int, rat
                                 args=(stack.nats_url, stack.admin_password(), subject, after + 1, events, seconds,
                                       ready, sink))
     reference.start()
+    sink.close()  # the child's end only: a reference that dies then ends `recv` with EOFError, not a hang
     if not await asyncio.to_thread(ready.wait, 30):
         raise RuntimeError("the bus reference subscriber did not start")
     ws_url = stack.url.replace("http://", "ws://") + f"/v1/builds/{build_id}/stream"
@@ -471,6 +472,10 @@ def idle_policy() -> str:
     return ", ".join(parts)
 
 
+def _mode(awake: bool) -> str:
+    return "vCPUs kept awake" if awake else "vCPUs as they are"
+
+
 async def bench_ws(stack: Stack, org: str, build_id: str, seconds: float,
                    cases: tuple[tuple[int, int], ...] = WS_CASES, modes: tuple[bool, ...] = (False, True)) -> list[str]:
     """Each case once per mode (False: the vCPUs as the machine runs them, True: kept awake), the modes of
@@ -483,9 +488,9 @@ async def bench_ws(stack: Stack, org: str, build_id: str, seconds: float,
             with vcpus_awake() if awake else contextlib.nullcontext():
                 result = await bench_ws_case(stack, org, build_id, sockets, rate, seconds)
             results.append((awake, result))
-            lines.append(f"{result.line()}  [{'vCPUs kept awake' if awake else 'vCPUs as they are'}]")
+            lines.append(f"{result.line()}  [{_mode(awake)}]")
     for awake, r in results:
-        mode = "vCPUs kept awake" if awake else "vCPUs as they are"
+        mode = _mode(awake)
         if (r.sockets, r.rate) == (100, 200):
             met = "met" if r.p99_ms <= TARGET_WS_P99_MS else "MISSED"
             floor = (f"; the bus alone took {r.bus_p99_ms:.2f} ms" if r.bus_p99_ms > TARGET_WS_P99_MS else "")
