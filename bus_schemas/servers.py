@@ -17,8 +17,10 @@ from bus_schemas.plans import SecretName
 
 ServerState = Literal["deploying", "running", "stopped", "failed", "deleted"]
 BackendName = Literal["docker", "swarm", "process"]
-Isolation = Literal["container", "process"]
-"""`container`: read-only, capability-free, non-root, limited; `process`: a child process with rlimits only."""
+Isolation = Literal["container", "sandbox", "process"]
+"""Where the generated code runs. `container`: a container with no network, read-only, capability-free,
+non-root, limited; `sandbox`: a bubblewrap sandbox (own user, no network, read-only root, limited);
+`process`: a plain child process (development machines only, `BMMS_ALLOW_UNSANDBOXED_CODE`)."""
 
 
 class ServerVersion(msgspec.Struct, frozen=True, kw_only=True):

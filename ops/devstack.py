@@ -31,7 +31,7 @@ from nats.aio.client import Client
 from nats.micro.service import ServiceVerb, control_subject
 
 from actors.catalog import ACTORS
-from actors.deployer.backends.select import backend_name
+from actors.runtime.sandboxes import backend_name
 from actors.runtime.settings import Settings
 from bus_schemas.builds import FunctionBody, ToolParameter, ToolSpec, ToolSpecSource
 from bus_schemas.registry import CONSUMERS, RPCS

@@ -1,13 +1,16 @@
-"""Serving a generated server over Streamable HTTP: both protocol revisions from one endpoint, stateless.
+"""The runner's front: a generated server over Streamable HTTP, both protocol revisions, stateless.
 
-The runner reads its settings once from the environment (`RunnerSettings`), builds the upstream policy with
-the secret values, then removes the credentials from `os.environ` before the generated module is imported
-(it runs in this process). `runner_app` wires the pieces:
+The front is trusted code and never runs the generated module: it starts (or reaches) a worker in a sandbox
+(`sandbox`, `BMMS_RUNNER_WORKER`), loads the module into it and forwards tool calls to it
+(`tools.SandboxedTools`). It reads its settings once from the environment (`RunnerSettings`), builds the
+upstream policy with the secret values (which stay here: the worker asks for upstream requests and the front
+makes them, `egress`), and removes the credentials from `os.environ`. `runner_app` wires the pieces:
 
 - `/mcp`: CORS for browser clients -> Host/Origin, bearer token and per-tool scope (`resource.McpEndpoint`)
   -> the SDK's Streamable HTTP handler (stateless; the 2026-07-28 per-request path and the 2025-11-25
   initialize path are dispatched by the SDK on the `MCP-Protocol-Version` header) -> the server's middleware
-  (`metering.ToolCallMeter`: over-quota refusal, one usage event per call) -> the tools;
+  (`metering.ToolCallMeter`: over-quota refusal, one usage event per call) -> `server.SandboxedServer` -> the
+  worker;
 - `/.well-known/oauth-protected-resource/mcp` (and the public-path form): RFC 9728 metadata;
 - `/healthz`: liveness and the tool list, no auth;
 - the bus (`bus.RunnerBus`, when NATS is configured): JWKS, usage events, the QUOTAS and REVOKED watches.
@@ -42,14 +45,16 @@ from starlette.routing import Route
 from bus_schemas.base import SUBJECT_TOKEN_RE
 from bus_schemas.plans import Artifact
 from bus_schemas.registry import REVOKED
-from runner_template import upstream
+from runner_template import egress
 from runner_template.auth import AccessTokenVerifier, RevokedGrants, jwks_over_http
 from runner_template.bus import RunnerBus
+from runner_template.channel import Load
 from runner_template.logs import AccessLog, configure_logging
 from runner_template.metering import QuotaGate, ToolCallMeter, UsageOutbox
 from runner_template.resource import WELL_KNOWN_PRM, McpEndpoint, Protection, origin_of, transport_security
-from runner_template.sdk import tools_of
-from runner_template.server import create_server, load_module
+from runner_template.sandbox import Launcher, SandboxUnavailable, launcher_for
+from runner_template.server import SandboxedServer
+from runner_template.tools import SandboxedTools, ToolsUnavailable
 
 log = logging.getLogger("bmms.runner")
 
@@ -118,6 +123,11 @@ class RunnerSettings:
     usage_queue_size: int = 10_000
     """Usage events kept while the bus is away; the oldest are dropped beyond this."""
     log_level: str = "INFO"
+    worker: str = "bwrap"
+    """Where the generated module runs: `bwrap` (a bubblewrap sandbox this process starts), `unsandboxed`
+    (development only), or the address of a worker container: `unix:PATH`, `tcp:HOST:PORT`."""
+    tool_timeout_seconds: float = 60.0
+    """A tool call still running after this long is stopped (its worker's tool process is replaced)."""
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str]) -> RunnerSettings:
@@ -155,6 +165,8 @@ class RunnerSettings:
             jwks_refetch_seconds=float(environ.get("BMMS_RUNNER_JWKS_REFETCH_SECONDS", "10")),
             usage_queue_size=int(environ.get("BMMS_RUNNER_USAGE_QUEUE_SIZE", "10000")),
             log_level=environ.get("BMMS_RUNNER_LOG_LEVEL", "INFO"),
+            worker=environ.get("BMMS_RUNNER_WORKER") or "bwrap",
+            tool_timeout_seconds=float(environ.get("BMMS_RUNNER_TOOL_TIMEOUT_SECONDS", "60")),
         )
         settings.check_bus()
         return settings
@@ -203,9 +215,9 @@ def _own_addresses(bind_host: str) -> list[str]:
 def scrub_secrets(environ: MutableMapping[str, str]) -> list[str]:
     """Remove credentials (the NATS password, every `BMMS_SECRET_*`) from `environ`; the names removed.
 
-    Done after they are read and before the generated module is imported: it runs in this process.
+    Done once they are read: nothing this process starts later inherits them.
     """
-    names = [k for k in environ if k in SECRET_VARIABLES or k.startswith(upstream.SECRET_ENV_PREFIX)]
+    names = [k for k in environ if k in SECRET_VARIABLES or k.startswith(egress.SECRET_ENV_PREFIX)]
     for name in names:
         del environ[name]
     return names
@@ -216,10 +228,23 @@ def read_artifact(path: str) -> Artifact:
     return msgspec.json.decode(Path(path).read_bytes(), type=Artifact)
 
 
-def server_for_artifact(artifact: Artifact, *, name: str | None = None) -> MCPServer:
-    """Import the artifact's module and serve its tools (exactly the ones the artifact lists)."""
-    module = load_module(artifact.module_name, artifact.module_source)
-    return create_server(module, name=name or artifact.module_name, expected_tools=artifact.tools)
+def load_for(artifact: Artifact, name: str | None = None) -> Load:
+    """The `Load` that puts `artifact`'s module into a worker."""
+    return Load(module_name=artifact.module_name, module_source=artifact.module_source, tools=artifact.tools,
+                server_name=name or artifact.module_name)
+
+
+async def start_tools(settings: RunnerSettings, artifact: Artifact, policy: egress.UpstreamPolicy | None,
+                      launcher: Launcher | None = None) -> SandboxedTools:
+    """The artifact's tools, loaded into a worker where `settings.worker` says (or `launcher`);
+    ToolsUnavailable when it cannot be started or the module does not load."""
+    launcher = launcher or launcher_for(settings.worker, settings.server_id or artifact.module_name)
+    tools = SandboxedTools(launcher, load_for(artifact, settings.name), policy,
+                           call_timeout=settings.tool_timeout_seconds)
+    await tools.start()
+    log.info("tools loaded", extra={"event": "worker_ready", "tools": [t.name for t in tools.tools],
+                                    "sandbox": launcher.description})
+    return tools
 
 
 @dataclass
@@ -228,16 +253,17 @@ class Runtime:
 
     quota: QuotaGate
     outbox: UsageOutbox
+    tools: SandboxedTools | None = None
+    """The generated module's tools, in their worker (closed with the app)."""
     revoked: RevokedGrants = field(default_factory=lambda: RevokedGrants(REVOKED.ttl_seconds))
     """Grants revoked early (fed by the bus's REVOKED watch); their tokens are refused."""
     bus: RunnerBus | None = None
     protection: Protection | None = None
 
 
-def runner_app(settings: RunnerSettings, artifact: Artifact) -> Starlette:
-    """The whole runner for `settings`: the artifact's server behind the Resource Server, with the bus."""
-    module = load_module(artifact.module_name, artifact.module_source)
-    runtime = Runtime(quota=QuotaGate(), outbox=UsageOutbox(settings.usage_queue_size))
+def runner_app(settings: RunnerSettings, tools: SandboxedTools) -> Starlette:
+    """The whole runner for `settings`: the started worker's tools behind the Resource Server, with the bus."""
+    runtime = Runtime(quota=QuotaGate(), outbox=UsageOutbox(settings.usage_queue_size), tools=tools)
     if settings.nats_url:
         settings.check_bus()
         runtime.bus = RunnerBus(url=settings.nats_url, user=settings.nats_user, password=settings.nats_password,
@@ -247,8 +273,7 @@ def runner_app(settings: RunnerSettings, artifact: Artifact) -> Starlette:
         log.warning("no BMMS_RUNNER_NATS_URL: usage events are not published and quotas are not enforced")
     meter = ToolCallMeter(server_id=settings.server_id, org_id=settings.org_id, quota=runtime.quota,
                           outbox=runtime.outbox if runtime.bus else None)
-    server = create_server(module, name=settings.name or artifact.module_name, expected_tools=artifact.tools,
-                           middleware=[meter])
+    server = SandboxedServer(tools, name=tools.load.server_name, middleware=[meter])
     if not settings.insecure_no_auth:
         if not (settings.resource and settings.issuer):
             raise ValueError("a protected runner needs its resource URL and the issuer")
@@ -257,7 +282,7 @@ def runner_app(settings: RunnerSettings, artifact: Artifact) -> Starlette:
         verifier = AccessTokenVerifier(issuer=settings.issuer, resource=settings.resource, key_source=key_source,
                                        refetch_interval=settings.jwks_refetch_seconds, revoked=runtime.revoked)
         runtime.protection = Protection(resource=settings.resource, issuer=settings.issuer, verifier=verifier,
-                                        read_only={info.name: info.read_only for info, _ in tools_of(module)})
+                                        read_only=tools.read_only())
     else:
         log.warning("BMMS_RUNNER_INSECURE_NO_AUTH=1: serving without any token check (tests only)")
     return create_app(server, protection=runtime.protection, allowed_hosts=settings.host_allowlist(),
@@ -316,6 +341,8 @@ def create_app(
             finally:
                 if bus is not None:
                     await bus.stop()
+                if runtime is not None and runtime.tools is not None:
+                    await runtime.tools.close()
 
     app = Starlette(routes=routes, middleware=[Middleware(AccessLog)], lifespan=lifespan)
     app.state.runtime = runtime
@@ -367,13 +394,11 @@ def main(environ: MutableMapping[str, str] | None = None) -> None:
     env = os.environ if environ is None else environ
     settings = RunnerSettings.from_environment(env)
     artifact = read_artifact(settings.artifact)
-    policy = upstream.UpstreamPolicy.from_environment(
+    policy = egress.UpstreamPolicy.from_environment(
         artifact.upstream_hosts, artifact.secrets, env, timeout_seconds=settings.upstream_timeout_seconds,
     )
-    scrub_secrets(env)  # before the generated module is imported: it runs in this process
+    scrub_secrets(env)
     configure_logging(settings.log_level)
-    upstream.configure(policy)
-    app = runner_app(settings, artifact)
     sock = bind(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
@@ -381,4 +406,11 @@ def main(environ: MutableMapping[str, str] | None = None) -> None:
     def ready() -> None:
         print(f"runner listening on http://{shown}:{port}{MCP_PATH}", flush=True)
 
-    asyncio.run(serve(app, sock, on_ready=ready))
+    async def run() -> None:
+        try:
+            tools = await start_tools(settings, artifact, policy)
+        except (ToolsUnavailable, SandboxUnavailable) as exc:
+            raise SystemExit(f"the runner cannot serve its tools: {exc}") from None
+        await serve(runner_app(settings, tools), sock, on_ready=ready)
+
+    asyncio.run(run())

@@ -1,9 +1,14 @@
-"""A generated module as an MCP server: its marked tool functions registered with the SDK's `MCPServer`.
+"""A generated module as an MCP server, on both sides of the sandbox.
 
-Each tool's name, title and read-only hint come from `sdk.tool`, its description from the docstring, and
-its input schema from the typed signature. A parameter whose wire name is not a Python identifier (or is a
-keyword) is declared as `Field(alias="<wire name>")`; the SDK validates and hands over arguments by wire
-name, so the registered callable maps them back to the function's own parameter names.
+In the worker, `create_server` registers the module's marked tool functions with the SDK's `MCPServer`: each
+tool's name, title and read-only hint come from `sdk.tool`, its description from the docstring, and its input
+schema from the typed signature. A parameter whose wire name is not a Python identifier (or is a keyword) is
+declared as `Field(alias="<wire name>")`; the SDK validates and hands over arguments by wire name, so the
+registered callable maps them back to the function's own parameter names.
+
+In the front, `SandboxedServer` is the `MCPServer` clients talk to: it lists the tools the worker reported and
+forwards each call to it (`tools.SandboxedTools`), unless the runtime refuses the call first (over quota, see
+`metering.refusal_var`).
 """
 
 from __future__ import annotations
@@ -18,12 +23,13 @@ from typing import Any, get_origin
 from mcp.server import MCPServer
 from mcp.server.context import ServerMiddleware
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp_types import ToolAnnotations
+from mcp_types import CallToolResult, Tool, ToolAnnotations
 from pydantic.fields import FieldInfo
 
 from runner_template import RUNNER_TEMPLATE_VERSION
 from runner_template.metering import refusal_var
 from runner_template.sdk import ToolInfo, tools_of
+from runner_template.tools import SandboxedTools
 
 
 class ModuleRefused(Exception):
@@ -56,13 +62,10 @@ def wire_names(fn: Callable[..., Any]) -> dict[str, str]:
 
 def _registered_callable(fn: Callable[..., Any], aliases: dict[str, str]) -> Callable[..., Any]:
     """`fn` as the SDK calls it: arguments keyed by wire name (what the SDK passes when aliases are used)
-    mapped back to parameter names, and a call the runtime refuses (over quota, see
-    `metering.refusal_var`) raised as a tool error before the generated code runs."""
+    mapped back to parameter names."""
     by_wire = {wire: name for name, wire in aliases.items()}
 
     def python_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
-        if refusal := refusal_var.get():
-            raise ToolError(refusal)
         return {by_wire.get(key, key): value for key, value in kwargs.items()} if by_wire else kwargs
 
     wrapper: Callable[..., Any]
@@ -98,13 +101,10 @@ def create_server(
     *,
     name: str,
     expected_tools: tuple[str, ...] | None = None,
-    middleware: Sequence[ServerMiddleware[Any]] = (),
 ) -> MCPServer:
-    """An `MCPServer` serving every tool of the generated `module`.
+    """An `MCPServer` serving every tool of the generated `module` (in the worker).
 
-    `expected_tools` (the artifact's list) must match the module's tools exactly when given; `middleware`
-    (e.g. `metering.ToolCallMeter`) sees every request. Authorization is not the SDK's here: the runner's
-    HTTP layer (`runner_template.resource`) verifies tokens and per-tool scopes in front of it.
+    `expected_tools` (the artifact's list) must match the module's tools exactly when given.
     """
     found = tools_of(module)
     if not found:
@@ -114,7 +114,7 @@ def create_server(
         raise ModuleRefused(f"module {module.__name__} defines a tool name twice: {names}")
     if expected_tools is not None and tuple(names) != tuple(expected_tools):
         raise ModuleRefused(f"module {module.__name__} defines {names}, its artifact lists {list(expected_tools)}")
-    server = MCPServer(name=name, version=RUNNER_TEMPLATE_VERSION, middleware=middleware)
+    server = MCPServer(name=name, version=RUNNER_TEMPLATE_VERSION)
     for info, fn in found:
         server.add_tool(
             _registered_callable(fn, wire_names(fn)),
@@ -124,3 +124,28 @@ def create_server(
             annotations=tool_annotations(info),
         )
     return server
+
+
+class SandboxedServer(MCPServer):
+    """The front's `MCPServer`: the worker's tools, each call forwarded to it (see the module doc).
+
+    `middleware` (e.g. `metering.ToolCallMeter`) sees every request. Authorization is not the SDK's here: the
+    runner's HTTP layer (`runner_template.resource`) verifies tokens and per-tool scopes in front of it.
+    """
+
+    def __init__(self, tools: SandboxedTools, *, name: str, middleware: Sequence[ServerMiddleware[Any]] = ()) -> None:
+        super().__init__(name=name, version=RUNNER_TEMPLATE_VERSION, middleware=middleware)
+        self.sandboxed = tools
+
+    async def list_tools(self) -> list[Tool]:
+        return list(self.sandboxed.tools)
+
+    def _tool_input_schema(self, name: str) -> dict[str, Any] | None:
+        return self.sandboxed.input_schema(name)
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> CallToolResult:
+        if refusal := refusal_var.get():
+            raise ToolError(refusal)
+        if self.sandboxed.input_schema(name) is None:
+            raise ToolError(f"Unknown tool: {name}")
+        return await self.sandboxed.call(name, arguments)

@@ -1,43 +1,29 @@
-"""The one way a generated tool reaches an upstream API.
+"""The one way a generated tool reaches an upstream API: `await upstream.request(...)`.
 
 Generated code calls `await upstream.request(method, url_template, path=..., query=..., headers=...,
-json=..., auth=Auth(...))`. This trusted side decides everything that matters for safety:
-- only the server's upstream hosts (from its plan) are reachable; redirects are not followed;
-- path values are percent-encoded into `{name}` placeholders (no format-string evaluation), so a value
-  cannot change the host or the path's shape;
-- credentials are named, never written in code: `Auth(kind, secret=NAME)` reads the value the deployer
-  injected as `BMMS_SECRET_<NAME>`, and only for secrets the artifact declares;
-- every call has a timeout and a response size cap; the result is the JSON body, else the text.
-Errors raise (the SDK turns them into tool errors) and never carry a credential or the filled-in URL.
+json=..., auth=Auth(kind, secret=NAME))`. It runs in the sandboxed worker, which has no network and holds
+no secret: the request goes to the front over the channel (`channel.Egress`), and the front decides whether
+it goes out (the plan's hosts, public addresses only), puts the named secret's value in, makes the call and
+answers with the body (`runner_template.egress`). A refusal or failure raises a `ToolError`, which the SDK
+turns into a tool error for the model; its message never holds a credential or the filled-in URL.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import ipaddress
-import json as jsonlib
-import re
-import socket
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+import contextvars
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
-from urllib.parse import quote, urlsplit
 
-import httpx2
 from mcp.server.mcpserver.exceptions import ToolError
 
-ALLOW_PRIVATE_ENV = "BMMS_RUNNER_ALLOW_PRIVATE_UPSTREAMS"
-SECRET_ENV_PREFIX = "BMMS_SECRET_"  # noqa: S105 (a variable-name prefix, not a secret)
-"""A secret named NAME is read from the runner's environment variable `BMMS_SECRET_<NAME>`."""
+from runner_template.channel import Egress, EgressAnswer, EgressAuth
 
-_PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
+__all__ = ["Auth", "UpstreamError", "UpstreamRefused", "request"]
 
 
 class UpstreamRefused(ToolError):
-    """The call is not allowed (a host outside the plan, an undeclared or missing secret).
-
-    A `ToolError`: the SDK hands its message (which never holds a credential) to the model."""
+    """The front refused the call (a host outside the plan, a private address, an undeclared secret)."""
 
 
 class UpstreamError(ToolError):
@@ -46,88 +32,21 @@ class UpstreamError(ToolError):
 
 @dataclass(frozen=True)
 class Auth:
-    """How a call authenticates upstream: which secret, and where its value goes."""
+    """How a call authenticates upstream: which secret, and where the front puts its value."""
 
     kind: Literal["bearer", "header", "query", "basic"]
     secret: str
-    """The secret's name; its value is the runner's `BMMS_SECRET_<secret>`."""
+    """The secret's name; the front holds its value (the deployer's `BMMS_SECRET_<secret>`)."""
     name: str | None = None
     """Header or query parameter name for `header`/`query`."""
 
 
-@dataclass(frozen=True)
-class UpstreamPolicy:
-    """What a runner's tools may reach upstream, and with which credentials."""
+Sender = Callable[[Egress], Awaitable[EgressAnswer]]
+"""Sends an egress request to the front and waits for its answer (set by the worker for each call)."""
 
-    hosts: frozenset[str]
-    """Allowed hosts, lower case: `api.example.com`, or `host:port` to allow one port only."""
-    secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
-    """Secret name -> value, for the secrets the artifact declares."""
-    timeout_seconds: float = 30.0
-    """Whole-call timeout (connect, send, and each read)."""
-    max_response_bytes: int = 2 * 1024 * 1024
-    """A larger response body fails the call instead of filling the runner's memory."""
-    allow_private: bool = False
-    """Let upstream hosts resolve to private, loopback, link-local or reserved addresses (dev and tests,
-    `BMMS_RUNNER_ALLOW_PRIVATE_UPSTREAMS=1`); otherwise a hosted server cannot be pointed at the platform's
-    own network or a cloud metadata endpoint."""
-
-    @classmethod
-    def from_environment(
-        cls, hosts: Iterable[str], secret_names: Iterable[str], environ: Mapping[str, str], **limits: Any
-    ) -> UpstreamPolicy:
-        """The policy for an artifact's hosts and secrets, secret values read from `environ` by name."""
-        values = {n: environ[SECRET_ENV_PREFIX + n] for n in secret_names if SECRET_ENV_PREFIX + n in environ}
-        allow_private = environ.get(ALLOW_PRIVATE_ENV, "").lower() in ("1", "true", "yes")
-        return cls(hosts=frozenset(h.lower() for h in hosts), secrets=values, allow_private=allow_private, **limits)
-
-    def allows(self, url: str) -> bool:
-        """Whether `url` is http(s) to one of the allowed hosts."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
-            return False
-        host = parts.hostname.lower()
-        return host in self.hosts or f"{host}:{parts.port}" in self.hosts
-
-
-_policy: UpstreamPolicy | None = None
-
-
-def configure(policy: UpstreamPolicy | None) -> None:
-    """Set the policy of this runner process (one server per process); None refuses every call."""
-    global _policy
-    _policy = policy
-
-
-def fill_path(url_template: str, values: Mapping[str, Any]) -> str:
-    """`url_template` with each `{name}` replaced by its percent-encoded value."""
-
-    def one(match: re.Match[str]) -> str:
-        name = match.group(1)
-        value = values.get(name)
-        if value is None:
-            raise UpstreamRefused(f"path parameter {name!r} has no value")
-        return quote(_text(value), safe="")
-
-    return _PLACEHOLDER.sub(one, url_template)
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict | list):
-        return jsonlib.dumps(value, separators=(",", ":"))
-    return str(value)
-
-
-def _query(values: Mapping[str, Any] | None) -> list[tuple[str, str | int | float | bool | None]]:
-    pairs: list[tuple[str, str | int | float | bool | None]] = []
-    for name, value in (values or {}).items():
-        if value is None:
-            continue
-        items = value if isinstance(value, list | tuple) else [value]
-        pairs.extend((name, _text(item)) for item in items)
-    return pairs
+current_call: contextvars.ContextVar[tuple[int, Sender] | None] = contextvars.ContextVar(
+    "bmms_current_call", default=None)
+"""The call a tool runs for, and the way to the front; set by the worker around each tool call."""
 
 
 async def request(
@@ -140,102 +59,20 @@ async def request(
     json: Any = None,
     auth: Auth | None = None,
 ) -> Any:
-    """Call upstream under this runner's policy; the JSON body, else the text (or the status when empty).
+    """Ask the front to call upstream; the JSON body, else the text (or the status when empty).
 
     Parameters whose value is None are left out.
     """
-    policy = _policy
-    if policy is None:
-        raise UpstreamRefused("this runner has no upstream policy: upstream calls are disabled")
-    what = f"{method} {url_template}"  # errors name the template, never a filled-in URL (it may hold a secret)
-    url = fill_path(url_template, path or {})
-    if not policy.allows(url):
-        raise UpstreamRefused(f"{what}: host {urlsplit(url).netloc!r} is not one of this server's upstream hosts")
-    query_pairs = _query(query)
-    header_values = {name: _text(value) for name, value in (headers or {}).items() if value is not None}
-    if auth is not None:
-        secret = policy.secrets.get(auth.secret)
-        if secret is None:
-            raise UpstreamRefused(f"{what}: secret {auth.secret} is not configured for this server")
-        if auth.kind == "bearer":
-            header_values["Authorization"] = f"Bearer {secret}"
-        elif auth.kind == "basic":
-            header_values["Authorization"] = "Basic " + base64.b64encode(secret.encode()).decode()
-        elif auth.kind == "header" and auth.name:
-            header_values[auth.name] = secret
-        elif auth.kind == "query" and auth.name:
-            query_pairs.append((auth.name, secret))
-        else:
-            raise UpstreamRefused(f"{what}: auth {auth.kind!r} needs a header or parameter name")
-    timeout = httpx2.Timeout(policy.timeout_seconds)
-    target, extensions = await _pinned(url, policy, what)
-    if target != url:
-        header_values["Host"] = urlsplit(url).netloc
-    try:
-        async with (
-            httpx2.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False) as client,
-            client.stream(method, target, params=query_pairs, headers=header_values, json=json,
-                          extensions=extensions) as response,
-        ):
-            body = await _read_capped(response, policy.max_response_bytes, what)
-    except httpx2.TimeoutException:
-        raise UpstreamError(f"{what}: no answer within {policy.timeout_seconds:g} s") from None
-    except httpx2.HTTPError as exc:
-        raise UpstreamError(f"{what}: {type(exc).__name__}") from None
-    if response.is_redirect:
-        raise UpstreamError(f"{what}: answered {response.status_code} (a redirect; not followed)")
-    result = _decode(response, body)
-    if response.status_code >= 400:
-        detail = result if isinstance(result, str) else jsonlib.dumps(result)
-        raise UpstreamError(f"{what}: answered {response.status_code}: {detail[:500]}")
-    return result
-
-
-async def _pinned(url: str, policy: UpstreamPolicy, what: str) -> tuple[str, dict[str, Any]]:
-    """The URL to connect to and its request extensions: unless private targets are allowed, the host is
-    resolved once, every address must be public, and the connection goes to that checked address (the host
-    name kept for the Host header and TLS), so a name that re-resolves elsewhere cannot redirect the call."""
-    if policy.allow_private:
-        return url, {}
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError:
-        raise UpstreamError(f"{what}: host {host!r} does not resolve") from None
-    addresses = [str(info[4][0]) for info in infos]
-    refused = [a for a in addresses if not ipaddress.ip_address(a.split("%")[0]).is_global]
-    if refused or not addresses:
-        raise UpstreamRefused(f"{what}: host {host!r} resolves to a non-public address ({', '.join(refused)}); "
-                              "hosted servers may only call public APIs")
-    address = addresses[0]
-    netloc = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
-    extensions: dict[str, Any] = {"sni_hostname": host} if parts.scheme == "https" else {}
-    return parts._replace(netloc=netloc).geturl(), extensions
-
-
-async def _read_capped(response: httpx2.Response, limit: int, what: str) -> bytes:
-    declared = response.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise UpstreamError(f"{what}: response of {declared} bytes is over the {limit} byte limit")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > limit:
-            raise UpstreamError(f"{what}: response is over the {limit} byte limit")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _decode(response: httpx2.Response, body: bytes) -> Any:
-    if not body:
-        return {"status": response.status_code}
-    content_type = response.headers.get("content-type", "").lower()
-    if "json" in content_type:
-        try:
-            return jsonlib.loads(body)
-        except ValueError:
-            pass
-    return body.decode(response.encoding or "utf-8", errors="replace")
+    current = current_call.get()
+    if current is None:
+        raise UpstreamRefused("upstream calls are made only while a tool call runs")
+    call_id, send = current
+    answer = await send(Egress(
+        id=0, call_id=call_id, method=method, url_template=url_template,
+        path=dict(path) if path is not None else None, query=dict(query) if query is not None else None,
+        headers=dict(headers) if headers is not None else None, json=json,
+        auth=EgressAuth(kind=auth.kind, secret=auth.secret, name=auth.name) if auth is not None else None,
+    ))
+    if answer.error is not None:
+        raise (UpstreamRefused if answer.refused else UpstreamError)(answer.error)
+    return answer.value

@@ -1,8 +1,10 @@
 """The checker actor: every generated artifact is checked before anything runs it.
 
 For each `generated` event it loads the Artifact from ARTIFACTS (verified against its hash), runs the
-static rules (`rules.py`), mypy --strict and ruff (`toolchain.py`), then, only if those passed, the
-artifact in a sandboxed runner against its plan from PLANS (`dynamic.py`), logs every finding as a build log
+static rules (`rules.py`, a lint), mypy --strict and ruff (`toolchain.py`), then, only if the rules found no
+error, the artifact in a sandboxed worker against its plan from PLANS (`dynamic.py`): a bubblewrap sandbox,
+or a container with no network on docker and swarm platforms (`actors.runtime.sandboxes`), one kept started
+ahead so a check waits for no imports. It logs every finding as a build log
 line (`check: generated.py:12:5 banned-call: eval() is not allowed`), and publishes `checked`, or
 `failed` at step `check` naming the first error finding. Every event it emits has a key derived from the
 artifact's findings, which are deterministic, so a redelivered `generated` changes nothing.
@@ -16,6 +18,7 @@ import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import aiodocker
 import nats.js.errors
 from nats.js.object_store import ObjectStore
 
@@ -25,11 +28,14 @@ from actors.checker.toolchain import Toolchain, check_with_tools
 from actors.runtime.actor import Actor, Context, TransientError, utc_now
 from actors.runtime.build_events import emit, fail_step, fail_step_when_parked, start_step
 from actors.runtime.objects import ObjectUnusable, load_verified
-from actors.runtime.zygote import ForkServer
+from actors.runtime.sandboxes import ContainerWorker, code_sandbox
+from actors.runtime.settings import Settings
 from bus_schemas.base import FailureCode
 from bus_schemas.builds import AnyBuildEvent, BuildChecked, BuildGenerated, LogLine, StepChanged
 from bus_schemas.plans import Artifact, ToolPlan, canonical_artifact_bytes, canonical_plan_bytes
 from bus_schemas.registry import ARTIFACTS, CHECKER_GENERATED, PLANS
+from ops.runner_image import RunnerImages, RunnerImageSettings
+from runner_template.sandbox import Bubblewrap, Launcher, Prewarmed, SandboxUnavailable, Unsandboxed
 
 CHECK_FAILED = "check_failed"
 """The `failed` event's code when the artifact has error findings."""
@@ -76,6 +82,14 @@ async def check_artifact(
     return static + [f for f in tooled if f not in static] + ran
 
 
+async def sample_run(actor: CheckerActor, artifact: Artifact, plan: ToolPlan) -> list[Finding]:
+    """The dynamic check's findings, in the actor's sandbox; an error finding when it has none."""
+    if actor.launcher is None:
+        why = actor.unavailable or "no sandbox is configured"
+        return [Finding(1, 1, "dynamic-start", why, "error", f"{artifact.module_name}.py")]
+    return await run_dynamic_check(artifact, plan, actor.sandbox, actor.launcher)
+
+
 async def _no_findings() -> list[Finding]:
     return []
 
@@ -87,14 +101,58 @@ def failure_detail(findings: list[Finding]) -> str:
     return f"{errs[0].render()}{more}"
 
 
-def create_actor(toolchain: Toolchain | None = None, sandbox: Sandbox | None = None) -> Actor:
-    """The checker actor, wired to its durable consumer."""
-    actor = Actor("checker")
+class CheckerActor(Actor):
+    """The checker, with the sandbox of its sample runs chosen from the settings when it starts."""
+
+    def __init__(self, sandbox: Sandbox, launcher: Launcher | None) -> None:
+        super().__init__("checker")
+        self.sandbox = sandbox
+        self._given_launcher = launcher
+        self.launcher: Launcher | None = launcher
+        self.unavailable: str | None = None
+        """Why no sample run can happen here (no sandbox tool installed), said in every failed check."""
+
+    async def serve(self, settings: Settings, stop: asyncio.Event) -> None:
+        docker: aiodocker.Docker | None = None
+        prewarmed: Prewarmed | None = None
+        if self.launcher is None:
+            try:
+                where = code_sandbox(settings)
+            except SandboxUnavailable as exc:
+                where, self.unavailable = None, str(exc)
+            limits = self.sandbox.worker_limits()
+            if where == "container":
+                docker = aiodocker.Docker(url=settings.docker_url)
+                images = RunnerImages(RunnerImageSettings())
+                runtime_of: Callable[[], Awaitable[str]] = lambda: images.runtime_image(docker)  # noqa: E731
+                self.launcher = prewarmed = Prewarmed(ContainerWorker(docker, runtime_of, limits))
+            elif where == "bwrap":
+                self.launcher = prewarmed = Prewarmed(Bubblewrap(uid=None, limits=limits))
+            elif where == "unsandboxed":
+                self.launcher = Unsandboxed(limits=limits)
+        try:
+            await super().serve(settings, stop)
+        finally:
+            if prewarmed is not None:
+                await prewarmed.close()
+            if docker is not None:
+                await docker.close()
+            self.launcher = self._given_launcher
+
+    async def started(self, ctx: Context) -> None:
+        if self.unavailable is not None:
+            ctx.log.error("no sandbox for generated code: %s", self.unavailable)
+        elif isinstance(self.launcher, Prewarmed):
+            self.launcher.warm()
+
+
+def create_actor(toolchain: Toolchain | None = None, sandbox: Sandbox | None = None,
+                 launcher: Launcher | None = None) -> Actor:
+    """The checker actor, wired to its durable consumer; its sample runs go to `launcher`, or to the sandbox
+    the settings choose."""
+    actor = CheckerActor(sandbox or Sandbox(), launcher)
     # One mypy cache per checker process: cold runs cost seconds, warm ones a fraction of that.
     tools = toolchain or Toolchain(cache_dir=Path(tempfile.mkdtemp(prefix="bmms-checker-mypy-")))
-    limits = sandbox or Sandbox()
-    # One fork server per checker process: sandboxed runners start without paying the runner's imports.
-    forks = ForkServer(Path(tempfile.mkdtemp(prefix="bmms-checker-forks-")))
 
     @actor.consumer(CHECKER_GENERATED, on_park=fail_step_when_parked("check", "checking"), max_in_flight=4)
     async def check_build(event: AnyBuildEvent, ctx: Context) -> None:
@@ -118,7 +176,7 @@ def create_actor(toolchain: Toolchain | None = None, sandbox: Sandbox | None = N
             return
         await ctx.still_working()
         # Only code that passed the AST rules is ever run, and then only in the sandbox.
-        findings = await check_artifact(artifact, tools, lambda: run_dynamic_check(artifact, plan, limits, forks))
+        findings = await check_artifact(artifact, tools, lambda: sample_run(actor, artifact, plan))
         for index, finding in enumerate(findings[:MAX_LOGGED_FINDINGS]):
             text = f"check: {finding.render()}"
             line = LogLine(**ids, at=utc_now(), step="check", level=finding.severity, message=text)

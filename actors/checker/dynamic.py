@@ -1,83 +1,45 @@
-"""The dynamic check: run the artifact as a runner in a sandboxed child process and look at it over MCP.
+"""The dynamic check: load the artifact into a sandboxed worker and look at what it serves.
 
-Only after the static rules, mypy and ruff passed (the module is then known to import nothing but the
-runner's API). The runner starts with `python -m runner_template` in a fresh temp dir, with the minimal
-environment (no secrets, no BMMS_* settings except its own), no upstream host allowed, a free port on
-127.0.0.1, and resource limits set in the child before exec: CPU seconds, address space, open files, no
-core dumps, no file writes. Then the real mcp client lists the tools and compares names and input schemas
-with the plan, and calls each read-only pure-function tool with a sample argument built from its schema.
+Only after the static rules passed (they are a lint, not the boundary: the sandbox is). The worker runs where
+generated code always runs (`runner_template.sandbox`): a bubblewrap sandbox with a user of its own and no
+network, or a container of the runner image with no network (docker and swarm platforms). The checker is the
+worker's front here: it holds no secret and allows no upstream host, so a tool that tries one gets a refusal.
+It compares the tools the worker lists (names and input schemas) with the plan, and calls each read-only
+pure-function tool once with a sample argument built from its schema, under a per-call time limit (a call
+that outlives it is stopped and reported).
 """
 
 from __future__ import annotations
 
 import ast
-import asyncio
-import contextlib
-import os
-import signal
-import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import msgspec
-from mcp import Client
-
 from actors.checker.rules import Finding, callee_name
-from actors.checker.toolchain import minimal_env
-from actors.runtime.zygote import ChildLimits, ForkServer, ForkServerError, free_port, wait_listening
 from bus_schemas.plans import Artifact, PlannedTool, PureFunction, ToolPlan
+from runner_template.app import load_for
+from runner_template.sandbox import Launcher, SandboxUnavailable
+from runner_template.tools import SandboxedTools, ToolsUnavailable
+from runner_template.worker import WorkerLimits
 
 
 @dataclass(frozen=True)
 class Sandbox:
-    """Limits of the sandboxed runner."""
+    """Limits of the sample run."""
 
     cpu_seconds: int = 30
     address_space_bytes: int = 2 * 1024**3
     open_files: int = 256
-    start_timeout_seconds: float = 30.0
+    processes: int = 64
+    """Processes and threads of the sandbox's own user (bubblewrap as root; containers use their pids limit)."""
+    start_timeout_seconds: float = 60.0
     call_timeout_seconds: float = 10.0
 
-
-def _limits(sandbox: Sandbox) -> ChildLimits:
-    # stdout/stderr go to a log file in the sandbox's temp dir: the file-size limit leaves room for it only
-    return ChildLimits(address_space_bytes=sandbox.address_space_bytes, open_files=sandbox.open_files,
-                       file_size_bytes=1024 * 1024, cpu_seconds=sandbox.cpu_seconds)
-
-
-class RunnerDidNotStart(Exception):
-    """The sandboxed runner exited or stayed silent instead of listening."""
-
-
-@contextlib.asynccontextmanager
-async def sandboxed_runner(artifact: Artifact, sandbox: Sandbox, forks: ForkServer) -> AsyncIterator[str]:
-    """Serve `artifact` from a sandboxed child forked by `forks`; yields its MCP URL, kills it afterwards."""
-    offline = msgspec.structs.replace(artifact, upstream_hosts=(), secrets=())
-    with tempfile.TemporaryDirectory(prefix="bmms-dyncheck-") as tmp:
-        path = Path(tmp) / "artifact.json"
-        path.write_bytes(msgspec.json.encode(offline))
-        log = Path(tmp) / "runner.log"
-        port = free_port()
-        env = {**minimal_env(), "BMMS_RUNNER_ARTIFACT": str(path), "BMMS_RUNNER_HOST": "127.0.0.1",
-               "BMMS_RUNNER_PORT": str(port),
-               # the sandboxed check calls the tools itself, on loopback, before any client can: no OAuth here
-               "BMMS_RUNNER_INSECURE_NO_AUTH": "1"}
-        try:
-            pid, started = await forks.spawn(env=env, cwd=Path(tmp), log=log, limits=_limits(sandbox))
-        except (ForkServerError, OSError) as exc:
-            raise RunnerDidNotStart(f"the sandbox could not start: {exc}") from None
-        try:
-            try:
-                await wait_listening(pid, started, port, sandbox.start_timeout_seconds)
-            except ForkServerError as exc:
-                said = log.read_text(errors="replace").strip().splitlines() if log.exists() else []
-                raise RunnerDidNotStart(said[-1] if said else str(exc)) from None
-            yield f"http://127.0.0.1:{port}/mcp"
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
+    def worker_limits(self) -> WorkerLimits:
+        """These limits as the worker applies them."""
+        return WorkerLimits(memory_bytes=self.address_space_bytes, processes=self.processes,
+                            file_size_bytes=1024 * 1024, open_files=self.open_files, cpu_seconds=self.cpu_seconds)
 
 
 def sample_value(schema: Any) -> Any:
@@ -151,7 +113,7 @@ def compare_schema(
     return findings
 
 
-async def run_dynamic_check(artifact: Artifact, plan: ToolPlan, sandbox: Sandbox, forks: ForkServer) -> list[Finding]:
+async def run_dynamic_check(artifact: Artifact, plan: ToolPlan, sandbox: Sandbox, launcher: Launcher) -> list[Finding]:
     """Findings from running the artifact: tool list vs plan, and sample calls of pure read-only tools."""
     file = f"{artifact.module_name}.py"
     lines = _tool_lines(artifact.module_source)
@@ -160,30 +122,36 @@ async def run_dynamic_check(artifact: Artifact, plan: ToolPlan, sandbox: Sandbox
         return Finding(lines.get(tool, 1), 1, rule, message, severity, file)
 
     findings: list[Finding] = []
+    tools = SandboxedTools(launcher, load_for(artifact), None, call_timeout=sandbox.call_timeout_seconds,
+                           start_timeout=sandbox.start_timeout_seconds)
     try:
-        async with sandboxed_runner(artifact, sandbox, forks) as url, Client(url) as client:
-            listed = {t.name: t for t in (await client.list_tools()).tools}
-            planned = {t.name: t for t in plan.tools}
-            for name in sorted(set(planned) - set(listed)):
-                findings.append(at(name, "dynamic-tools", f"planned tool {name!r} is not listed by the runner"))
-            for name in sorted(set(listed) - set(planned)):
-                findings.append(at(name, "dynamic-tools", f"the runner lists tool {name!r}, which is not planned"))
-            for name, tool in planned.items():
-                if name not in listed:
-                    continue
-                findings.extend(compare_schema(tool, listed[name].input_schema, at))
-                if tool.read_only and isinstance(tool.implementation, PureFunction):
-                    arguments = sample_arguments(tool.input_schema)
-                    try:
-                        result = await asyncio.wait_for(client.call_tool(name, arguments), sandbox.call_timeout_seconds)
-                    except TimeoutError:
-                        findings.append(at(name, "dynamic-timeout",
-                                           f"tool {name!r} did not answer in {sandbox.call_timeout_seconds:.0f} s"))
-                        continue
-                    if result.is_error:
-                        # A pure function may refuse a sample input for good reasons; say so, do not fail.
-                        findings.append(at(name, "dynamic-call", f"tool {name!r} raised on sample {arguments}",
-                                           "warning"))
-    except RunnerDidNotStart as exc:
-        findings.append(Finding(1, 1, "dynamic-start", f"the runner did not start: {exc}", "error", file))
+        await tools.start()
+    except (ToolsUnavailable, SandboxUnavailable) as exc:
+        await tools.close()
+        return [Finding(1, 1, "dynamic-start", f"the module did not load in the sandbox: {exc}", "error", file)]
+    try:
+        listed = {t.name: t for t in tools.tools}
+        planned = {t.name: t for t in plan.tools}
+        for name in sorted(set(planned) - set(listed)):
+            findings.append(at(name, "dynamic-tools", f"planned tool {name!r} is not listed by the runner"))
+        for name in sorted(set(listed) - set(planned)):
+            findings.append(at(name, "dynamic-tools", f"the runner lists tool {name!r}, which is not planned"))
+        for name, tool in planned.items():
+            if name not in listed:
+                continue
+            findings.extend(compare_schema(tool, listed[name].input_schema, at))
+            if tool.read_only and isinstance(tool.implementation, PureFunction):
+                arguments = sample_arguments(tool.input_schema)
+                result = await tools.call(name, arguments)
+                text = " ".join(getattr(c, "text", "") for c in result.content)
+                if result.is_error and "did not finish within" in text:
+                    findings.append(at(name, "dynamic-timeout", f"on sample {arguments}: {text}"))
+                elif result.is_error and "the call was stopped" in text:
+                    findings.append(at(name, "dynamic-crash", f"tool {name!r} on sample {arguments}: {text}"))
+                elif result.is_error:
+                    # A pure function may refuse a sample input for good reasons; say so, do not fail.
+                    findings.append(at(name, "dynamic-call", f"tool {name!r} raised on sample {arguments}",
+                                       "warning"))
+    finally:
+        await tools.close()
     return sorted(findings)

@@ -535,8 +535,9 @@ def create_actor(backend: Backend | None = None) -> Actor:
         backend = actor.runner_backend
         if backend.isolation == "process":
             await emit(ctx, LogLine(**ids, at=utc_now(), step="deploy", level="warning",
-                                    message="this platform runs servers as local processes (no Docker): they are "
-                                            "less isolated than containers"), "log", "deploy:isolation")
+                                    message="this platform runs generated code WITHOUT a sandbox "
+                                            "(BMMS_ALLOW_UNSANDBOXED_CODE): for development only"),
+                       "log", "deploy:isolation")
         try:
             async with heartbeat(ctx):
                 server, version = await deploy_build(actor, ctx, event)

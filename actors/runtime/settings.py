@@ -89,6 +89,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     runner_allow_private_upstreams: bool = False
     """Dev/test only: let hosted servers call upstream APIs on private or loopback addresses (production
     refuses them, so a server cannot be aimed at the platform's own network)."""
+    allow_unsandboxed_code: bool = False
+    """Development machines without bubblewrap only: run generated code (the checker's sample run, process
+    runners) as a plain child process instead of refusing to. Logged loudly each time; never in production."""
     deploy_stop_runners_on_exit: bool = False
     """Stop every runner when the deployer stops (it starts them again when it comes back): what `bmms dev`
     wants; in production runners outlive a deployer restart."""

@@ -6,22 +6,20 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import msgspec
 import pytest
 
 from actors.catalog import create_actor
 from actors.checker.dynamic import Sandbox, run_dynamic_check
-from actors.checker.toolchain import Toolchain, check_with_tools, minimal_env
+from actors.checker.toolchain import Toolchain, check_with_tools
 from actors.codegen.actor import build_artifact
 from actors.runtime.actor import utc_now
 from actors.runtime.bus import publish_event
-from actors.runtime.zygote import ForkServer
 from bus_schemas.builds import BuildChecked, BuildFailed, BuildGenerated, LogLine
 from bus_schemas.plans import Artifact, PlannedTool, PureFunction, ToolPlan, canonical_artifact_bytes
 from bus_schemas.registry import ARTIFACTS, build_subject
+from runner_template.sandbox import Bubblewrap
 from tests.actors.codegen_samples import plan_hash, sample_plan
 from tests.actors.test_codegen import history, last_event, put_plan
 from tests.conftest import Stack, eventually, running
@@ -162,49 +160,58 @@ async def test_artifact_whose_tools_differ_from_the_plan_fails_the_dynamic_check
 
 
 @pytest.fixture(scope="module")
-async def forks(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ForkServer]:
-    server = ForkServer(tmp_path_factory.mktemp("forks"))
-    yield server
-    await server.close()
+def sandbox() -> Bubblewrap:
+    """The sample runs' sandbox where a platform without Docker has it: bubblewrap, a user per run."""
+    return Bubblewrap(uid=None, limits=Sandbox().worker_limits())
 
 
-async def test_sandboxed_run_lists_and_calls_the_pure_tools_of_codegen_output(forks: ForkServer) -> None:
+async def test_sandboxed_run_lists_and_calls_the_pure_tools_of_codegen_output(sandbox: Bubblewrap) -> None:
     plan = sample_plan("https://api.example.com")
     artifact = build_artifact(plan, plan_hash(plan))
-    assert await run_dynamic_check(artifact, plan, Sandbox(), forks) == []
+    assert await run_dynamic_check(artifact, plan, Sandbox(), sandbox) == []
 
 
-async def test_pure_tool_that_raises_on_its_sample_is_a_warning(forks: ForkServer) -> None:
+async def test_pure_tool_that_raises_on_its_sample_is_a_warning(sandbox: Bubblewrap) -> None:
     source = CLEAN.replace('return {"c": math.hypot(a, b)}', 'raise ValueError(f"no {a}")')
-    findings = await run_dynamic_check(artifact_of(source), hypot_plan(), Sandbox(), forks)
+    findings = await run_dynamic_check(artifact_of(source), hypot_plan(), Sandbox(), sandbox)
     assert [(f.rule, f.severity, f.line) for f in findings] == [("dynamic-call", "warning", 11)]
 
 
-async def test_runner_that_cannot_start_is_an_error(forks: ForkServer) -> None:
+async def test_module_that_cannot_load_is_an_error(sandbox: Bubblewrap) -> None:
     source = CLEAN.replace("import math", "import math\n\nraise SystemExit('boom')")
-    [finding] = await run_dynamic_check(artifact_of(source), hypot_plan(), Sandbox(), forks)
+    [finding] = await run_dynamic_check(artifact_of(source), hypot_plan(), Sandbox(), sandbox)
     assert finding.rule == "dynamic-start" and finding.severity == "error"
+    assert "SystemExit: boom" in finding.message
 
 
-async def test_sandboxed_runner_gets_no_platform_settings_or_secrets(tmp_path: Path) -> None:
+async def test_pure_tool_that_outlives_its_time_limit_is_an_error(sandbox: Bubblewrap) -> None:
+    source = CLEAN.replace('return {"c": math.hypot(a, b)}', 'return {"c": len(str(math.factorial(10**7)))}')
+    findings = await run_dynamic_check(artifact_of(source), hypot_plan(), Sandbox(call_timeout_seconds=1), sandbox)
+    assert [(f.rule, f.severity) for f in findings] == [("dynamic-timeout", "error")]
+    assert "did not finish within 1 s" in findings[0].message
+
+
+async def test_sample_run_gets_no_platform_settings_secrets_or_files(sandbox: Bubblewrap, stack: Stack) -> None:
     os.environ["BMMS_SECRET_LEAK_CHECK"] = "top-secret"
-    forks = ForkServer(tmp_path)  # started while the checker's environment holds a secret
     try:
-        # The tool looks for the secret in its environment and in what /proc shows of it.
+        # The tool looks for the secret in its environment and in what /proc shows of it, and for the data dir.
         source = CLEAN.replace('return {"c": math.hypot(a, b)}', (
             'environ = open("/proc/self/environ", "rb").read()\n'
             '    if b"top-secret" in environ or b"BMMS_SECRET" in environ:\n'
             '        raise ValueError("the secret leaked")\n'
+            f'    open({str(stack.root)!r} + "/nats/nats-server.log", "rb")\n'
             '    return {"c": math.hypot(a, b)}'
         ))
-        assert not any(k.startswith("BMMS_") for k in minimal_env())
-        assert await run_dynamic_check(artifact_of(source), hypot_plan(), Sandbox(), forks) == []
-        leaky = source.replace('b"top-secret" in environ', 'b"PATH" in environ')  # the probe itself works
-        findings = await run_dynamic_check(artifact_of(leaky), hypot_plan(), Sandbox(), forks)
+        assert (stack.root / "nats" / "nats-server.log").exists()
+        findings = await run_dynamic_check(artifact_of(source), hypot_plan(), Sandbox(), sandbox)
+        assert [f.rule for f in findings] == ["dynamic-call"]  # the data dir is not there: open() raised
+        no_data_dir = source.replace(f'    open({str(stack.root)!r} + "/nats/nats-server.log", "rb")\n', "")
+        assert await run_dynamic_check(artifact_of(no_data_dir), hypot_plan(), Sandbox(), sandbox) == []
+        leaky = no_data_dir.replace('b"top-secret" in environ', 'b"PATH" in environ')  # the probe itself works
+        findings = await run_dynamic_check(artifact_of(leaky), hypot_plan(), Sandbox(), sandbox)
         assert [f.rule for f in findings] == ["dynamic-call"]
     finally:
         del os.environ["BMMS_SECRET_LEAK_CHECK"]
-        await forks.close()
 
 
 async def test_bad_artifact_fails_at_check_with_the_first_finding(stack: Stack, admin_nc) -> None:

@@ -28,8 +28,8 @@ from actors.runtime.bus import connect
 from bus_schemas.oauth import GetJwks, Jwks, PublicJwk
 from bus_schemas.plans import Artifact
 from bus_schemas.registry import OAUTH_GET_JWKS
-from runner_template import upstream
-from runner_template.app import MCP_PATH, RunnerSettings, Runtime, bind, runner_app, serve
+from runner_template import egress
+from runner_template.app import MCP_PATH, RunnerSettings, Runtime, bind, runner_app, serve, start_tools
 from tests.actors.codegen_samples import SECRET_NAME, plan_hash, sample_plan
 from tests.conftest import Stack
 
@@ -141,22 +141,21 @@ async def serving(app: Starlette) -> AsyncIterator[str]:
 async def runner(settings: RunnerSettings, artifact: Artifact | None = None,
                  upstream_hosts: tuple[str, ...] | None = None, *, wait_for_bus: bool = True,
                  ) -> AsyncIterator[RunningRunner]:
-    """`runner_app(settings, artifact)` served in this loop, with the upstream secret configured."""
+    """The runner for `settings` served in this loop: its worker in a bubblewrap sandbox, the upstream secret in
+    its egress policy."""
     artifact = artifact or sample_artifact()
-    upstream.configure(upstream.UpstreamPolicy.from_environment(
+    policy = egress.UpstreamPolicy.from_environment(
         artifact.upstream_hosts if upstream_hosts is None else upstream_hosts, artifact.secrets,
-        {f"{upstream.SECRET_ENV_PREFIX}{SECRET_NAME}": SECRET_VALUE, upstream.ALLOW_PRIVATE_ENV: "1"},
+        {f"{egress.SECRET_ENV_PREFIX}{SECRET_NAME}": SECRET_VALUE, egress.ALLOW_PRIVATE_ENV: "1"},
         timeout_seconds=10,
-    ))
-    app = runner_app(replace(settings, artifact="-"), artifact)
-    try:
-        async with serving(app) as base:
-            runtime = app.state.runtime
-            if runtime.bus is not None and wait_for_bus:
-                await asyncio.wait_for(runtime.bus.connected.wait(), timeout=15)
-            yield RunningRunner(base=base, settings=settings, runtime=runtime)
-    finally:
-        upstream.configure(None)
+    )
+    settings = replace(settings, artifact="-")
+    app = runner_app(settings, await start_tools(settings, artifact, policy))
+    async with serving(app) as base:
+        runtime = app.state.runtime
+        if runtime.bus is not None and wait_for_bus:
+            await asyncio.wait_for(runtime.bus.connected.wait(), timeout=15)
+        yield RunningRunner(base=base, settings=settings, runtime=runtime)
 
 
 @contextlib.asynccontextmanager

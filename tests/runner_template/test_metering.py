@@ -21,7 +21,7 @@ from runner_template.metering import UsageOutbox
 from tests.runner_template.conftest import eventually, mcp_client, runner, settings_for, token
 
 OVER = OverQuota(quota="tool_calls_per_month", limit=1000, used=1000, period="2026-11")
-REFUSAL = ("Error executing tool {tool}: over quota: tool_calls_per_month 1000/1000 used in 2026-11; "
+REFUSAL = ("over quota: tool_calls_per_month 1000/1000 used in 2026-11; "
            "calls resume next period or on a bigger plan")
 
 

@@ -1,6 +1,7 @@
 """`python -m runner_template` as the deployer starts it: exactly the deployer's environment, the JWKS and
-usage over the real bus, credentials gone from the environment before the generated module runs, JSON logs
-without tokens; and no start at all without the Resource Server settings."""
+usage over the real bus, the generated module in a sandboxed worker whose environment holds nothing of the
+front's (no setting, no credential), the secret reaching upstream through the front, JSON logs without
+tokens; and no start at all without the Resource Server settings."""
 
 from __future__ import annotations
 
@@ -99,7 +100,8 @@ async def test_the_deployers_environment_serves_and_the_secrets_are_gone_from_it
     assert not seen.is_error, seen
     variables = seen.content[0].text.splitlines()  # type: ignore[union-attr]
     names = {v.split("=", 1)[0] for v in variables}
-    assert "BMMS_RUNNER_RESOURCE" in names and "BMMS_RUNNER_SERVER_ID" in names  # settings are not secret
+    assert "PATH" in names  # the probe reads the tool's environment...
+    assert not any(n.startswith("BMMS_") for n in names)  # ...which holds nothing of the front's: the worker's
     assert not any(n.startswith("BMMS_SECRET_") or n == "BMMS_RUNNER_NATS_PASSWORD" for n in names)
     assert not any(SECRET_VALUE in v or password in v for v in variables)
     assert not upstream_answer.is_error, upstream_answer  # the secret still reaches upstream, from the policy

@@ -21,8 +21,10 @@ from starlette.routing import Route
 
 from actors.codegen.actor import build_artifact
 from bus_schemas.plans import Artifact
-from runner_template import upstream
-from runner_template.app import MCP_PATH, bind, create_app, serve, server_for_artifact
+from runner_template import egress
+from runner_template.app import MCP_PATH, RunnerSettings, bind, create_app, serve, start_tools
+from runner_template.channel import Egress, EgressAuth
+from runner_template.server import SandboxedServer
 from tests.actors.codegen_samples import SECRET_NAME, plan_hash, sample_plan
 
 SECRET_VALUE = "s3cr3t-value-never-in-code"
@@ -88,16 +90,19 @@ def artifact_for(upstream_url: str) -> Artifact:
 
 @contextlib.asynccontextmanager
 async def runner(artifact: Artifact, *, hosts: tuple[str, ...] | None = None) -> AsyncIterator[str]:
-    """The artifact served in-process with the secret from the environment; yields the MCP URL."""
-    env = {f"{upstream.SECRET_ENV_PREFIX}{SECRET_NAME}": SECRET_VALUE, upstream.ALLOW_PRIVATE_ENV: "1"}
-    upstream.configure(upstream.UpstreamPolicy.from_environment(
+    """The artifact served by a front in this loop (its module in a bubblewrap sandbox), with the secret in the
+    egress policy; yields the MCP URL."""
+    env = {f"{egress.SECRET_ENV_PREFIX}{SECRET_NAME}": SECRET_VALUE, egress.ALLOW_PRIVATE_ENV: "1"}
+    policy = egress.UpstreamPolicy.from_environment(
         artifact.upstream_hosts if hosts is None else hosts, artifact.secrets, env, timeout_seconds=10,
-    ))
+    )
+    settings = RunnerSettings(artifact="-", insecure_no_auth=True)
+    tools = await start_tools(settings, artifact, policy)
     try:
-        async with serving(create_app(server_for_artifact(artifact))) as base:
+        async with serving(create_app(SandboxedServer(tools, name=artifact.module_name))) as base:
             yield base + MCP_PATH
     finally:
-        upstream.configure(None)
+        await tools.close()
 
 
 async def test_generated_tools_list_over_mcp_with_the_plans_names_and_schemas(upstream_api) -> None:
@@ -162,21 +167,27 @@ async def test_http_tool_refuses_a_host_not_in_the_plan(upstream_api) -> None:
     assert api.requests == []
 
 
+def egress_call(method: str, url_template: str, **fields: Any) -> Egress:
+    """An upstream request as a worker asks the front for it."""
+    return Egress(id=1, call_id=1, method=method, url_template=url_template, **fields)
+
+
 async def test_upstream_refuses_undeclared_secrets_other_hosts_and_oversized_answers(upstream_api) -> None:
     _, url = upstream_api
     host = url.split("//", 1)[1]
-    upstream.configure(upstream.UpstreamPolicy(hosts=frozenset({host}), secrets={"KNOWN": "v"},
-                                               max_response_bytes=1000, allow_private=True))
-    try:
-        with pytest.raises(upstream.UpstreamRefused, match="not one of this server's upstream hosts"):
-            await upstream.request("GET", "http://localhost:1/x")
-        with pytest.raises(upstream.UpstreamRefused, match="secret OTHER is not configured"):
-            await upstream.request("GET", url + "/users/1", auth=upstream.Auth(kind="bearer", secret="OTHER"))
-        with pytest.raises(upstream.UpstreamError, match="over the 1000 byte limit"):
-            await upstream.request("GET", url + "/big")
-        assert await upstream.request("GET", url + "/users/{id}", path={"id": "7"}) == {"id": "7", "name": "Ada"}
-    finally:
-        upstream.configure(None)
+    policy = egress.UpstreamPolicy(hosts=frozenset({host}), secrets={"KNOWN": "v"}, max_response_bytes=1000,
+                                   allow_private=True)
+    with pytest.raises(egress.UpstreamRefused, match="not one of this server's upstream hosts"):
+        await egress.perform(policy, egress_call("GET", "http://localhost:1/x"))
+    with pytest.raises(egress.UpstreamRefused, match="secret OTHER is not configured"):
+        other = EgressAuth(kind="bearer", secret="OTHER")
+        await egress.perform(policy, egress_call("GET", url + "/users/1", auth=other))
+    with pytest.raises(egress.UpstreamError, match="over the 1000 byte limit"):
+        await egress.perform(policy, egress_call("GET", url + "/big"))
+    with pytest.raises(egress.UpstreamRefused, match="not an HTTP method"):
+        await egress.perform(policy, egress_call("CONNECT", url + "/big"))
+    answer = await egress.perform(policy, egress_call("GET", url + "/users/{id}", path={"id": "7"}))
+    assert answer == {"id": "7", "name": "Ada"}
 
 
 async def test_runner_process_serves_an_artifact_file(upstream_api, tmp_path: Path) -> None:
@@ -185,8 +196,8 @@ async def test_runner_process_serves_an_artifact_file(upstream_api, tmp_path: Pa
     path = tmp_path / "artifact.json"
     path.write_bytes(msgspec.json.encode(artifact))
     env = {**os.environ, "BMMS_RUNNER_ARTIFACT": str(path), "BMMS_RUNNER_PORT": "0",
-           "BMMS_RUNNER_INSECURE_NO_AUTH": "1", f"{upstream.SECRET_ENV_PREFIX}{SECRET_NAME}": SECRET_VALUE,
-           upstream.ALLOW_PRIVATE_ENV: "1"}
+           "BMMS_RUNNER_INSECURE_NO_AUTH": "1", f"{egress.SECRET_ENV_PREFIX}{SECRET_NAME}": SECRET_VALUE,
+           egress.ALLOW_PRIVATE_ENV: "1"}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "runner_template", env=env, stdout=asyncio.subprocess.PIPE,
     )
@@ -208,18 +219,11 @@ async def test_runner_process_serves_an_artifact_file(upstream_api, tmp_path: Pa
 async def test_upstream_hosts_on_private_addresses_are_refused_unless_allowed(upstream_api) -> None:
     _, url = upstream_api  # a real API on 127.0.0.1
     host = url.split("//", 1)[1]
-    upstream.configure(upstream.UpstreamPolicy(hosts=frozenset({host, "169.254.169.254"})))
-    try:
-        with pytest.raises(upstream.UpstreamRefused, match="non-public address"):
-            await upstream.request("GET", f"http://{host}/items/{{id}}", path={"id": "1"})
-        with pytest.raises(upstream.UpstreamRefused, match="non-public address"):
-            await upstream.request("GET", "http://169.254.169.254/latest/meta-data")
-    finally:
-        upstream.configure(None)
-    environ = {upstream.ALLOW_PRIVATE_ENV: "1"}
-    upstream.configure(upstream.UpstreamPolicy.from_environment((host,), (), environ))
-    try:
-        with contextlib.suppress(upstream.UpstreamError):  # reached (whether it knows the path or not)
-            await upstream.request("GET", f"http://{host}/items/{{id}}", path={"id": "1"})
-    finally:
-        upstream.configure(None)
+    policy = egress.UpstreamPolicy(hosts=frozenset({host, "169.254.169.254"}))
+    with pytest.raises(egress.UpstreamRefused, match="non-public address"):
+        await egress.perform(policy, egress_call("GET", f"http://{host}/items/{{id}}", path={"id": "1"}))
+    with pytest.raises(egress.UpstreamRefused, match="non-public address"):
+        await egress.perform(policy, egress_call("GET", "http://169.254.169.254/latest/meta-data"))
+    allowed = egress.UpstreamPolicy.from_environment((host,), (), {egress.ALLOW_PRIVATE_ENV: "1"})
+    with contextlib.suppress(egress.UpstreamError):  # reached (whether it knows the path or not)
+        await egress.perform(allowed, egress_call("GET", f"http://{host}/items/{{id}}", path={"id": "1"}))

@@ -1,11 +1,14 @@
-"""Runners as local child processes: for machines without Docker. Less isolated, and it says so.
+"""Runners as local child processes, their generated code in bubblewrap sandboxes: for machines without Docker.
 
-Each runner is forked from a fork server that imported the runner's code once (actors/runtime/zygote.py:
-a runner listens in a fraction of a second instead of paying seconds of imports), in its own session (so
-it outlives a deployer restart), with exactly the environment the spec gives, its own working directory
-and rlimits: address space, open files, file size, no core dumps. What it cannot do that containers do: a
-read-only root, dropped capabilities, a private network and process namespace, a pids limit.
-`isolation = "process"` travels to the person with every deploy.
+Each runner's front (trusted: HTTP, tokens, usage, the egress policy and the secrets) is forked from a fork
+server that imported the runner's code once (actors/runtime/zygote.py: a front listens in a fraction of a
+second instead of paying seconds of imports), in its own session (so it outlives a deployer restart), with
+exactly the environment the spec gives, its own working directory and rlimits. The front starts the worker
+that runs the generated module in a bubblewrap sandbox of its own (`runner_template.sandbox.Bubblewrap`: a
+user of its own, no network, a read-only root without the platform's files, its own PID namespace, limits);
+`isolation = "sandbox"`. Without bubblewrap the backend refuses to run anything, unless
+`BMMS_ALLOW_UNSANDBOXED_CODE` (development only) lets the worker run as a plain process
+(`isolation = "process"`, warned about in every build log).
 
 State lives in files, not memory: `<root>/<server_id>/runner.json` (pid and its start time, port, version,
 artifact hash) and `runner.log`, so `running()` finds every runner again after a restart (the pid with the
@@ -36,6 +39,7 @@ from actors.runtime.zygote import (
     wait_listening,
 )
 from bus_schemas.servers import BackendName, Isolation
+from runner_template.sandbox import INSTALL_HINT, bwrap_path
 
 _STATE = "runner.json"
 _LOG = "runner.log"
@@ -56,11 +60,13 @@ class ProcessBackend(Backend):
     """Runs each server as a child process under `root`."""
 
     name: BackendName = "process"
-    isolation: Isolation = "process"
 
-    def __init__(self, root: Path, *, start_timeout: float = 30.0) -> None:
+    def __init__(self, root: Path, *, start_timeout: float = 30.0, unsandboxed: bool = False) -> None:
         self.root = root
         self.start_timeout = start_timeout
+        self.unsandboxed = unsandboxed
+        """Run generated code without a sandbox (development only): `BMMS_ALLOW_UNSANDBOXED_CODE`."""
+        self.isolation: Isolation = "process" if unsandboxed else "sandbox"
         self._locks: dict[str, asyncio.Lock] = {}
         self._forks = ForkServer(root / ".zygote")
 
@@ -98,6 +104,8 @@ class ProcessBackend(Backend):
             if (current is not None and current.artifact_hash == spec.artifact_hash and current.version == spec.version
                     and self._env_digest(spec.server_id) == env_digest(spec.env)):
                 return current
+            if not self.unsandboxed and bwrap_path() is None:
+                raise BackendError(INSTALL_HINT)
             directory = self._dir(spec.server_id)
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
             artifact = directory / f"{spec.artifact_hash}.json"
@@ -113,6 +121,7 @@ class ProcessBackend(Backend):
                 "BMMS_RUNNER_HOST": "127.0.0.1",
                 "BMMS_RUNNER_PORT": str(port),
                 "BMMS_RUNNER_SERVER_ID": spec.server_id,
+                "BMMS_RUNNER_WORKER": "unsandboxed" if self.unsandboxed else "bwrap",
             }
             try:
                 pid, started = await self._forks.spawn(env=env, cwd=directory, log=directory / _LOG, limits=limits)

@@ -1,0 +1,296 @@
+"""Where a worker runs and how the front reaches it: the launchers of the channel's other end.
+
+- `Bubblewrap`: the worker as a child of this process under Debian's bubblewrap (`bwrap`): its own mount
+  namespace with a read-only root that holds only /usr, the Python installation and the runner's own
+  packages (no /etc, no home, no data dir, no database or Docker socket), a private /tmp of a few MiB, its
+  own PID, IPC, UTS and network namespaces (no network at all: not even loopback reaches the host), every
+  capability dropped, no new privileges, and, when this process is root, a user of its own
+  (`sandbox_uid`) that owns nothing on the host (`setpriv`, util-linux, drops to it inside the namespaces).
+  It dies with this process. The channel is a socketpair the sandbox inherits.
+- `Unsandboxed`: the worker as a plain child process, for development machines without bubblewrap, only
+  when `BMMS_ALLOW_UNSANDBOXED_CODE` says so; it still holds no secret and no policy, but it can read what
+  this user can read and reach the network.
+- `Remote`: a worker someone else started (a container with no network), reached over a Unix socket in a
+  volume both containers mount, or TCP on a network only the two share.
+- `Prewarmed`: any of these, one worker started ahead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import secrets
+import shutil
+import socket
+import sys
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import bus_schemas
+import runner_template
+from runner_template.worker import WorkerLimits
+
+log = logging.getLogger("bmms.runner.sandbox")
+
+INSTALL_HINT = ("generated code runs only inside a sandbox: install bubblewrap (Debian/Ubuntu: "
+                "`apt-get install bubblewrap`), or, on a development machine only, set "
+                "BMMS_ALLOW_UNSANDBOXED_CODE=true to run it unconfined")
+
+SANDBOX_UIDS = (200_000, 1_000_000)
+"""The range sandbox users are taken from: no account on the host owns anything with these ids."""
+
+APP_DIR = "/opt/bmms/app"
+"""Where the runner's packages appear inside the sandbox (on its PYTHONPATH)."""
+
+TMP_SIZE_BYTES = 8 * 1024 * 1024
+SANDBOX_TMP = "/tmp"  # noqa: S108 - the sandbox's own private tmpfs, not the host's
+"""The sandbox's private tmpfs, also its home and working directory."""
+
+
+class SandboxUnavailable(Exception):
+    """No sandbox tool is installed (the message says how to get one)."""
+
+
+@dataclass(frozen=True)
+class Opened:
+    """A worker's channel, and how to end that worker."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    stop: Callable[[], Coroutine[Any, Any, None]]
+
+
+class Launcher(Protocol):
+    """Starts (or reaches) a worker and hands back its channel."""
+
+    @property
+    def description(self) -> str:
+        """What the worker runs in, for logs and build steps (e.g. `bubblewrap, uid 412345, no network`)."""
+        ...
+
+    async def open(self) -> Opened:
+        """A fresh channel to a worker; raises OSError (or SandboxUnavailable) when there is none."""
+        ...
+
+
+def sandbox_uid(key: str) -> int:
+    """A user id of its own for the sandbox of `key` (a server id; distinct keys rarely share one)."""
+    low, high = SANDBOX_UIDS
+    return low + int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % (high - low)
+
+
+def random_uid() -> int:
+    """A user id from `SANDBOX_UIDS` nobody can predict (one sandbox's, when it needs no stable one)."""
+    low, high = SANDBOX_UIDS
+    return low + secrets.randbelow(high - low)
+
+
+def bwrap_path() -> str | None:
+    """bubblewrap's path, if it is installed."""
+    return shutil.which("bwrap", path="/usr/bin:/bin:/usr/local/bin")
+
+
+def _package_dir(package: object) -> Path:
+    return Path(str(getattr(package, "__file__", ""))).resolve().parent
+
+
+def _parents(path: str) -> list[str]:
+    parts = Path(path).parts[1:]
+    return ["/" + "/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def bwrap_argv(bwrap: str, uid: int | None, limits: WorkerLimits, fd: int) -> list[str]:
+    """The bubblewrap command line that runs the worker on inherited socket `fd` (see the module doc)."""
+    argv = [bwrap, "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
+            "--hostname", "sandbox", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+    if uid is None:
+        argv += ["--unshare-user", "--disable-userns"]
+    else:
+        argv += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]  # for setpriv only; it drops them
+    argv += ["--ro-bind", "/usr", "/usr"]
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(top):
+            argv += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            argv += ["--ro-bind", top, top]
+    argv += ["--proc", "/proc", "--dev", "/dev",
+             "--size", str(TMP_SIZE_BYTES), "--perms", "1777", "--tmpfs", SANDBOX_TMP]
+    made: set[str] = {"/usr", SANDBOX_TMP, "/proc", "/dev"}
+    # The interpreter and its packages: the venv (sys.prefix) and the installation it was made from.
+    for prefix in dict.fromkeys([sys.base_prefix, sys.prefix]):
+        real = os.path.realpath(prefix)
+        if real == "/usr" or real.startswith("/usr/"):
+            continue
+        for parent in _parents(prefix):
+            if parent not in made:
+                argv += ["--perms", "0755", "--dir", parent]
+                made.add(parent)
+        argv += ["--ro-bind", real, prefix]
+        made.add(prefix)
+    argv += ["--perms", "0755", "--dir", "/opt", "--perms", "0755", "--dir", "/opt/bmms",
+             "--perms", "0755", "--dir", APP_DIR]
+    for package in (runner_template, bus_schemas):
+        directory = _package_dir(package)
+        argv += ["--ro-bind", str(directory), f"{APP_DIR}/{directory.name}"]
+    argv += ["--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "PYTHONPATH", APP_DIR,
+             "--setenv", "PYTHONDONTWRITEBYTECODE", "1", "--setenv", "PYTHONNOUSERSITE", "1",
+             "--setenv", "PYTHONUNBUFFERED", "1", "--setenv", "LANG", "C.UTF-8", "--setenv", "HOME", SANDBOX_TMP,
+             "--chdir", SANDBOX_TMP, "--"]
+    if uid is not None:
+        argv += ["/usr/bin/setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
+                 "--bounding-set=-all", "--no-new-privs", "--"]
+    argv += [sys.executable, "-P", "-m", "runner_template.worker", f"--fd={fd}", "--kill-all", *limits.argv()]
+    return argv
+
+
+async def _socketpair_streams() -> tuple[socket.socket, asyncio.StreamReader, asyncio.StreamWriter]:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    reader, writer = await asyncio.open_unix_connection(sock=ours)
+    return theirs, reader, writer
+
+
+async def _spawned(argv: list[str], theirs: socket.socket, reader: asyncio.StreamReader,
+                   writer: asyncio.StreamWriter, env: dict[str, str] | None) -> Opened:
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *argv, pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            env=env if env is not None else {"PATH": "/usr/bin:/bin"}, start_new_session=True,
+        )
+    finally:
+        theirs.close()
+
+    async def stop() -> None:
+        writer.close()
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+
+    return Opened(reader, writer, stop)
+
+
+@dataclass(frozen=True)
+class Bubblewrap:
+    """The worker in a bubblewrap sandbox, a child of this process (see the module doc)."""
+
+    uid: int | None
+    """The sandbox's own user, when this process is root (otherwise the sandbox keeps this process's user,
+    mapped in a user namespace); None: a fresh one from `SANDBOX_UIDS` for each worker (the checker's)."""
+    limits: WorkerLimits = field(default_factory=WorkerLimits)
+
+    @property
+    def description(self) -> str:
+        who = ("a user of its own" if self.uid is None else f"uid {self.uid}") if os.geteuid() == 0 \
+            else f"uid {os.geteuid()} in a user namespace"
+        return f"bubblewrap sandbox ({who}, no network, read-only root)"
+
+    async def open(self) -> Opened:
+        bwrap = bwrap_path()
+        if bwrap is None:
+            raise SandboxUnavailable(INSTALL_HINT)
+        theirs, reader, writer = await _socketpair_streams()
+        uid = (self.uid or random_uid()) if os.geteuid() == 0 else None
+        limits = self.limits if uid is not None else WorkerLimits(**{**self.limits.__dict__, "processes": 0})
+        return await _spawned(bwrap_argv(bwrap, uid, limits, theirs.fileno()), theirs, reader, writer, None)
+
+
+@dataclass(frozen=True)
+class Unsandboxed:
+    """The worker as a plain child process (BMMS_ALLOW_UNSANDBOXED_CODE, development only)."""
+
+    limits: WorkerLimits = field(default_factory=WorkerLimits)
+
+    @property
+    def description(self) -> str:
+        return "NO SANDBOX (BMMS_ALLOW_UNSANDBOXED_CODE): a plain process with this user's rights"
+
+    async def open(self) -> Opened:
+        log.warning("running generated code WITHOUT a sandbox (BMMS_ALLOW_UNSANDBOXED_CODE): development only")
+        theirs, reader, writer = await _socketpair_streams()
+        argv = [sys.executable, "-P", "-m", "runner_template.worker", f"--fd={theirs.fileno()}",
+                *WorkerLimits(**{**self.limits.__dict__, "processes": 0}).argv()]
+        env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(_package_dir(runner_template).parent),
+               "PYTHONDONTWRITEBYTECODE": "1"}
+        return await _spawned(argv, theirs, reader, writer, env)
+
+
+@dataclass(frozen=True)
+class Remote:
+    """A worker started by someone else (a container), at `unix:PATH` or `tcp:HOST:PORT`."""
+
+    address: str
+
+    @property
+    def description(self) -> str:
+        return f"a worker container with no network, at {self.address}"
+
+    async def open(self) -> Opened:
+        kind, _, where = self.address.partition(":")
+        if kind == "unix":
+            reader, writer = await asyncio.open_unix_connection(where)
+        elif kind == "tcp":
+            host, _, port = where.rpartition(":")
+            reader, writer = await asyncio.open_connection(host, int(port))
+        else:
+            raise ValueError(f"a worker address is unix:PATH or tcp:HOST:PORT, not {self.address!r}")
+
+        async def stop() -> None:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+        return Opened(reader, writer, stop)
+
+
+def launcher_for(worker: str, key: str, limits: WorkerLimits | None = None) -> Launcher:
+    """The launcher a runner's `BMMS_RUNNER_WORKER` names: `bwrap`, `unsandboxed` or a worker's address."""
+    limits = limits or WorkerLimits()
+    if worker == "bwrap":
+        return Bubblewrap(uid=sandbox_uid(key), limits=limits)
+    if worker == "unsandboxed":
+        return Unsandboxed(limits=limits)
+    if worker.startswith(("unix:", "tcp:")):
+        return Remote(worker)
+    raise ValueError(f"BMMS_RUNNER_WORKER must be bwrap, unsandboxed, unix:PATH or tcp:HOST:PORT, not {worker!r}")
+
+
+class Prewarmed:
+    """A launcher that keeps one worker started ahead, so `open()` hands over one that has already paid its
+    imports (the checker's sample runs wait for none); each `open()` starts the next one."""
+
+    def __init__(self, launcher: Launcher) -> None:
+        self.launcher = launcher
+        self._spare: asyncio.Task[Opened] | None = None
+
+    @property
+    def description(self) -> str:
+        return self.launcher.description
+
+    def warm(self) -> None:
+        """Start the spare worker now (in the background), if none is starting or waiting."""
+        if self._spare is None:
+            self._spare = asyncio.create_task(self.launcher.open(), name="spare-worker")
+
+    async def open(self) -> Opened:
+        spare, self._spare = self._spare, None
+        self.warm()
+        if spare is not None:
+            try:
+                opened = await spare
+            except (OSError, SandboxUnavailable):
+                opened = None
+            if opened is not None and not opened.reader.at_eof():
+                return opened
+        return await self.launcher.open()
+
+    async def close(self) -> None:
+        """Stop the spare worker."""
+        spare, self._spare = self._spare, None
+        if spare is None:
+            return
+        with contextlib.suppress(OSError, SandboxUnavailable):
+            await (await spare).stop()
