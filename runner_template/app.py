@@ -399,18 +399,20 @@ def main(environ: MutableMapping[str, str] | None = None) -> None:
     )
     scrub_secrets(env)
     configure_logging(settings.log_level)
-    sock = bind(settings.host, settings.port)
-    host, port = sock.getsockname()[:2]
-    shown = f"[{host}]" if ":" in host else host
-
-    def ready() -> None:
-        print(f"runner listening on http://{shown}:{port}{MCP_PATH}", flush=True)
 
     async def run() -> None:
         try:
             tools = await start_tools(settings, artifact, policy)
         except (ToolsUnavailable, SandboxUnavailable) as exc:
             raise SystemExit(f"the runner cannot serve its tools: {exc}") from None
+        # Bound only now: whoever waits for the port to accept must not see a runner whose module failed.
+        sock = bind(settings.host, settings.port)
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+
+        def ready() -> None:
+            print(f"runner listening on http://{shown}:{port}{MCP_PATH}", flush=True)
+
         await serve(runner_app(settings, tools), sock, on_ready=ready)
 
     asyncio.run(run())

@@ -23,6 +23,7 @@ import nats.js.errors
 from nats.js.object_store import ObjectStore
 
 from actors.checker.dynamic import Sandbox, run_dynamic_check
+from actors.checker.locate import deduplicate_findings, locate_findings
 from actors.checker.rules import Finding, check_source, errors
 from actors.checker.toolchain import Toolchain, check_with_tools
 from actors.runtime.actor import Actor, Context, TransientError, utc_now
@@ -177,6 +178,8 @@ def create_actor(toolchain: Toolchain | None = None, sandbox: Sandbox | None = N
         await ctx.still_working()
         # Only code that passed the AST rules is ever run, and then only in the sandbox.
         findings = await check_artifact(artifact, tools, lambda: sample_run(actor, artifact, plan))
+        # Once per problem, and where the person wrote it: a body's line, not the generated file's.
+        findings = locate_findings(deduplicate_findings(findings), artifact.module_source, plan)
         for index, finding in enumerate(findings[:MAX_LOGGED_FINDINGS]):
             text = f"check: {finding.render()}"
             line = LogLine(**ids, at=utc_now(), step="check", level=finding.severity, message=text)

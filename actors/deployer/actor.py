@@ -69,6 +69,7 @@ from bus_schemas.servers import (
     GetServerLogs,
     GetServerLogsReply,
     GetServerReply,
+    Isolation,
     ListServers,
     ListServerSecrets,
     ListServerSecretsReply,
@@ -522,6 +523,17 @@ def _failed(refused: DeployRefused) -> Failed:
     return Failed(code=refused.code, detail=refused.detail)
 
 
+ISOLATION_LOG: dict[Isolation, str] = {
+    "container": "the generated code runs in a container with no network, read-only, unprivileged; "
+                 "upstream calls and secrets stay with the runner's front",
+    "sandbox": "the generated code runs in a bubblewrap sandbox (a user of its own, no network, read-only root); "
+               "upstream calls and secrets stay with the runner's front",
+    "process": "this platform runs generated code WITHOUT a sandbox (BMMS_ALLOW_UNSANDBOXED_CODE): "
+               "for development only",
+}
+"""The deploy step's line on where the server's generated code runs."""
+
+
 def create_actor(backend: Backend | None = None) -> Actor:
     """The deployer actor (with the backend the settings choose, unless one is given)."""
     actor = DeployerActor(backend)
@@ -533,11 +545,9 @@ def create_actor(backend: Backend | None = None) -> Actor:
         ids = {"build_id": event.build_id, "org_id": event.org_id}
         await start_step(ctx, event, "deploy")
         backend = actor.runner_backend
-        if backend.isolation == "process":
-            await emit(ctx, LogLine(**ids, at=utc_now(), step="deploy", level="warning",
-                                    message="this platform runs generated code WITHOUT a sandbox "
-                                            "(BMMS_ALLOW_UNSANDBOXED_CODE): for development only"),
-                       "log", "deploy:isolation")
+        await emit(ctx, LogLine(**ids, at=utc_now(), step="deploy",
+                                level="warning" if backend.isolation == "process" else "info",
+                                message=ISOLATION_LOG[backend.isolation]), "log", "deploy:isolation")
         try:
             async with heartbeat(ctx):
                 server, version = await deploy_build(actor, ctx, event)

@@ -26,7 +26,7 @@ from tests.conftest import Stack, eventually, running
 
 CLEAN = '''"""Tools."""
 
-from __future__ import annotations
+# A hand-written module of one tool.
 
 import math
 from typing import Any

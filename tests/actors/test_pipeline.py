@@ -138,11 +138,12 @@ async def test_tool_spec_build_is_planned_generated_checked_and_deployed_at_its_
         deployed = history[-1]
         assert isinstance(deployed, BuildDeployed), history[-3:]
         assert deployed.url == f"{PUBLIC_URL}/servers/{deployed.server_id}/mcp" and deployed.version == 1
-        assert deployed.backend == "process" and deployed.isolation == "process"
+        assert deployed.backend == "process" and deployed.isolation == "sandbox"
         assert {s.client for s in deployed.install} == {"Claude Code", "Claude Desktop", "ChatGPT", "Cursor", "VS Code"}
         assert all(deployed.url in s.text for s in deployed.install)
-        warnings = [e for e in history if isinstance(e, LogLine) and e.level == "warning" and e.step == "deploy"]
-        assert warnings and "less isolated" in warnings[0].message
+        deploy_lines = [e for e in history if isinstance(e, LogLine) and e.step == "deploy"]
+        assert any(e.level == "info" and "bubblewrap sandbox" in e.message for e in deploy_lines)
+        assert not any(e.level == "warning" for e in deploy_lines)
         (runner,) = await backend.running()
         assert runner.server_id == deployed.server_id
         server = await call(admin_nc, GET_SERVER, GetServer(org_id="pipe1", server_id=deployed.server_id), timeout=10)
