@@ -223,20 +223,35 @@ class Remote:
     """A worker started by someone else (a container), at `unix:PATH` or `tcp:HOST:PORT`."""
 
     address: str
+    wait_seconds: float = 60.0
+    """How long to keep trying while the worker is not there yet (its container starts beside the front's)."""
 
     @property
     def description(self) -> str:
         return f"a worker container with no network, at {self.address}"
 
-    async def open(self) -> Opened:
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         kind, _, where = self.address.partition(":")
         if kind == "unix":
-            reader, writer = await asyncio.open_unix_connection(where)
-        elif kind == "tcp":
+            return await asyncio.open_unix_connection(where)
+        if kind == "tcp":
             host, _, port = where.rpartition(":")
-            reader, writer = await asyncio.open_connection(host, int(port))
-        else:
-            raise ValueError(f"a worker address is unix:PATH or tcp:HOST:PORT, not {self.address!r}")
+            return await asyncio.open_connection(host, int(port))
+        raise ValueError(f"a worker address is unix:PATH or tcp:HOST:PORT, not {self.address!r}")
+
+    async def open(self) -> Opened:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.wait_seconds
+        delay = 0.05
+        while True:
+            try:
+                reader, writer = await self._connect()
+                break
+            except OSError:  # not listening yet (no socket file, refused, no such host yet)
+                if loop.time() > deadline:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
         async def stop() -> None:
             writer.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiodocker
 import httpx
@@ -13,7 +14,15 @@ import pytest
 from aiodocker.exceptions import DockerError
 
 from actors.deployer.backends.base import LABEL_ARTIFACT, LABEL_SERVER, LABEL_VERSION, BackendError, Limits
-from actors.deployer.backends.docker import HOST_ALIAS, ICC_OPTION, LABEL_PATH_PREFIX, NETWORK, DockerBackend
+from actors.deployer.backends.docker import (
+    CHANNEL_DIR,
+    HOST_ALIAS,
+    ICC_OPTION,
+    LABEL_PATH_PREFIX,
+    LABEL_ROLE,
+    NETWORK,
+    DockerBackend,
+)
 from ops.infra import NatsServer
 from ops.runner_image import RunnerImages, server_image_ref
 from tests.deployer.conftest import CALCULATOR, exec_in, render, spec_for, tool
@@ -23,9 +32,17 @@ PROBE = '''
 def _bmms_probe() -> None:
     import json
     import os
+    import socket
     import subprocess
+    import sys
     report: dict[str, object] = {"uid": os.getuid(), "gid": os.getgid(),
-                                 "docker_sock": os.path.exists("/var/run/docker.sock")}
+                                 "docker_sock": os.path.exists("/var/run/docker.sock"),
+                                 "interfaces": sorted(os.listdir("/sys/class/net"))}
+    try:
+        socket.create_connection(("1.1.1.1", 53), timeout=2).close()
+        report["network"] = True
+    except OSError:
+        report["network"] = False
     try:
         with open("/probe-on-root", "w"):
             pass
@@ -47,7 +64,7 @@ def _bmms_probe() -> None:
     report["no_new_privs"] = fields["NoNewPrivs"].strip()
     with open("/proc/self/mountinfo") as mounts:
         report["mounts_docker_sock"] = "docker.sock" in mounts.read()
-    print("PROBE " + json.dumps(report), flush=True)
+    print("PROBE " + json.dumps(report), file=sys.stderr, flush=True)
 
 
 _bmms_probe()
@@ -82,9 +99,31 @@ async def call_tool(upstream: str, name: str, arguments: dict[str, object]) -> d
     return result
 
 
-async def containers_of(docker: aiodocker.Docker, server_id: str) -> list[dict[str, object]]:
-    listed = await docker.containers.list(all=True, filters=json.dumps({"label": [f"{LABEL_SERVER}={server_id}"]}))
+async def containers_of(docker: aiodocker.Docker, server_id: str, role: str = "front") -> list[dict[str, object]]:
+    """The server's containers of `role` (front or worker)."""
+    filters = {"label": [f"{LABEL_SERVER}={server_id}", f"{LABEL_ROLE}={role}"]}
+    listed = await docker.containers.list(all=True, filters=json.dumps(filters))
     return [await docker.containers.container(c.id).show() for c in listed]
+
+
+def assert_hardened(info: dict[str, Any], limits: Limits) -> None:
+    """What both containers of a server are: read-only, unprivileged, limited, with no host mount."""
+    host = info["HostConfig"]
+    assert host["ReadonlyRootfs"] is True
+    assert host["CapDrop"] == ["ALL"]
+    assert not host.get("CapAdd")
+    assert host["Privileged"] is False
+    assert "no-new-privileges:true" in host["SecurityOpt"]
+    assert (host["PidsLimit"], host["Memory"], host["NanoCpus"]) == (limits.pids, limits.memory_bytes,
+                                                                     int(limits.cpus * 1e9))
+    assert host["MemorySwap"] == host["Memory"]
+    assert set(host["Tmpfs"]) == {"/tmp"}
+    assert {"noexec", "nosuid", "nodev"} <= set(host["Tmpfs"]["/tmp"].split(","))
+    assert [(m["Type"], m["Destination"]) for m in info["Mounts"]] == [("volume", CHANNEL_DIR)]
+    assert not host.get("Binds")
+    assert "docker.sock" not in json.dumps(info)
+    assert info["Config"]["User"] == "10001:10001"
+    assert host["RestartPolicy"]["Name"] == "unless-stopped"
 
 
 async def test_runner_answers_mcp_on_its_upstream(backend: DockerBackend, server_id: str) -> None:
@@ -97,27 +136,21 @@ async def test_runner_answers_mcp_on_its_upstream(backend: DockerBackend, server
                await backend.logs(server_id, 50))
 
 
-async def test_container_is_hardened_as_inspected(backend: DockerBackend, docker: aiodocker.Docker,
-                                                  server_id: str) -> None:
+async def test_containers_are_hardened_and_the_worker_has_no_network(backend: DockerBackend,
+                                                                     docker: aiodocker.Docker, server_id: str) -> None:
     limits = Limits(memory_bytes=200 * 1024 * 1024, cpus=0.25, pids=48)
     runner = await backend.run(spec_for(server_id, CALCULATOR, limits=limits))
     info = await docker.containers.container(runner.ref).show()
+    (worker,) = await containers_of(docker, server_id, "worker")
+    assert_hardened(info, limits)
+    assert_hardened(worker, limits)
+    assert info["Mounts"][0]["Name"] == worker["Mounts"][0]["Name"]  # the channel: one volume, shared
     host = info["HostConfig"]
-    assert host["ReadonlyRootfs"] is True
-    assert host["CapDrop"] == ["ALL"]
-    assert not host.get("CapAdd")
-    assert host["Privileged"] is False
-    assert "no-new-privileges:true" in host["SecurityOpt"]
-    assert (host["PidsLimit"], host["Memory"], host["NanoCpus"]) == (48, 200 * 1024 * 1024, 250_000_000)
-    assert host["MemorySwap"] == host["Memory"]
-    assert set(host["Tmpfs"]) == {"/tmp"}
-    assert {"noexec", "nosuid", "nodev"} <= set(host["Tmpfs"]["/tmp"].split(","))
-    assert info["Mounts"] == [] and not host.get("Binds")
-    assert "docker.sock" not in json.dumps(info)
-    assert info["Config"]["User"] == "10001:10001"
-    assert host["RestartPolicy"]["Name"] == "unless-stopped"
     assert host["NetworkMode"] == NETWORK
     assert host["PortBindings"]["8000/tcp"] == [{"HostIp": "127.0.0.1", "HostPort": ""}]
+    assert worker["HostConfig"]["NetworkMode"] == "none" and worker["HostConfig"]["Init"] is True
+    assert not worker["HostConfig"].get("PortBindings") and not worker["HostConfig"].get("ExtraHosts")
+    assert not any(e.startswith(("BMMS_SECRET_", "BMMS_RUNNER_NATS")) for e in worker["Config"]["Env"] or [])
     labels = info["Config"]["Labels"]
     assert labels[LABEL_SERVER] == server_id and labels[LABEL_VERSION] == "1"
     assert labels[LABEL_ARTIFACT] == CALCULATOR.artifact_hash
@@ -131,7 +164,9 @@ async def test_hostile_module_finds_no_docker_socket_no_writable_root_and_runs_a
     backend: DockerBackend, server_id: str
 ) -> None:
     await backend.run(spec_for(server_id, HOSTILE))
-    lines = [line for line in await backend.logs(server_id, 200) if line.startswith("PROBE ")]
+    # the module runs in the worker container, whose lines the logs give after the front's
+    lines = [line.removeprefix("worker: ") for line in await backend.logs(server_id, 200)
+             if line.startswith("worker: PROBE ")]
     assert lines, "the module's probe did not run"
     report = json.loads(lines[-1].removeprefix("PROBE "))
     assert (report["uid"], report["gid"]) == (10001, 10001)
@@ -140,6 +175,7 @@ async def test_hostile_module_finds_no_docker_socket_no_writable_root_and_runs_a
     assert report["tmp_exec"] is False
     assert report["cap_eff"] == report["cap_bnd"] == "0000000000000000"
     assert report["no_new_privs"] == "1"
+    assert report["network"] is False and report["interfaces"] == ["lo"]
 
 
 async def test_exec_in_runner_container_sees_no_socket_and_read_only_root(
@@ -152,6 +188,9 @@ async def test_exec_in_runner_container_sees_no_socket_and_read_only_root(
     assert code == 1
     code, out = await exec_in(docker, runner.ref, "touch", "/opt/bmms/app/planted")
     assert code != 0 and "Read-only file system" in out
+    (worker,) = await containers_of(docker, server_id, "worker")
+    code, out = await exec_in(docker, worker["Id"], "id", "-u")
+    assert (code, out.strip()) == (0, "10001")
 
 
 async def test_same_spec_twice_leaves_one_container(backend: DockerBackend, docker: aiodocker.Docker,
@@ -190,7 +229,10 @@ async def test_remove_leaves_no_container_and_no_server_image(backend: DockerBac
     await backend.run(spec_for(server_id, MULTIPLY))
     await backend.run(spec_for(server_id, CALCULATOR, version=2))
     await backend.remove(server_id, (MULTIPLY.artifact_hash, CALCULATOR.artifact_hash))
-    assert await containers_of(docker, server_id) == []
+    assert await containers_of(docker, server_id) == await containers_of(docker, server_id, "worker") == []
+    filters = json.dumps({"label": [f"{LABEL_SERVER}={server_id}"]})
+    volumes = await docker._query_json("volumes", params={"filters": filters})
+    assert not volumes.get("Volumes")
     for rendered in (MULTIPLY, CALCULATOR):
         with pytest.raises(DockerError) as missing:
             await docker.images.inspect(server_image_ref(rendered.artifact_hash))

@@ -1,22 +1,31 @@
-"""Runners as hardened containers on one Docker Engine (aiodocker).
+"""Runners as hardened containers on one Docker Engine (aiodocker): per server a front and a worker.
 
-Each server has at most one runner container, `bmms-<server>-v<version>-<spec digest>`, from the image
-`bmms-server:<artifact hash>` (see ops.runner_image). A container is:
+Each server version is two containers sharing one small tmpfs volume, `bmms-chan-<server>-<spec digest>`,
+mounted at /run/bmms, where the worker listens on a Unix socket:
 
+- the worker, `bmms-<server>-v<version>-<digest>-worker`, from the runtime image `bmms-runner:<sources>`: the
+  only container that runs the generated module, with no network at all (`NetworkMode: none`), an init as
+  PID 1, and the hardening below (`actors.runtime.sandboxes.worker_container`);
+- the front, `bmms-<server>-v<version>-<digest>`, from `bmms-server:<artifact hash>` (see ops.runner_image):
+  HTTP, tokens, quotas, usage on the bus, the egress policy and the upstream secrets; it sends the module to
+  the worker over the socket and makes the upstream requests the worker asks for.
+
+Both are:
 - read-only root filesystem; `/tmp` a small tmpfs mounted noexec, nosuid, nodev;
 - user 10001:10001, every capability dropped, `no-new-privileges`, private IPC;
 - limited in pids, memory (no swap) and CPU (`Limits`), with size-capped json-file logs;
-- without any mount (no Docker socket, no host path);
-- on the bridge network `bmms-runners`, created with inter-container communication off, so a runner cannot
-  reach another runner; its port 8000 published on 127.0.0.1 only, on a random host port, which is the
-  `upstream` the platform routes to (Traefik, see ops/routing/, reaches the container directly instead);
+- without any host mount (no Docker socket, no host path): only the channel's volume;
 - restarted by the Engine unless stopped, so runners survive a daemon or host restart.
+The front is on the bridge network `bmms-runners`, created with inter-container communication off, so a
+runner cannot reach another runner; its port 8000 published on 127.0.0.1 only, on a random host port, which is
+the `upstream` the platform routes to (Traefik, see ops/routing/, reaches the container directly instead).
 
-`run()` starts the new container, waits until it answers HTTP on its published port, and only then removes
-the server's other containers: a failed start leaves the old version serving. Containers carry the
-`io.bmms.*` labels, and `io.bmms.backend=docker`, so a new backend instance finds them again.
+`run()` starts the new pair, waits until the front answers HTTP on its published port (it binds only once the
+worker loaded the module), and only then removes the server's other containers and volumes: a failed start
+leaves the old version serving. Containers carry the `io.bmms.*` labels, `io.bmms.backend=docker` and
+`io.bmms.role` (front or worker), so a new backend instance finds them again.
 
-The runner reaches the NATS bus on this host as `host.docker.internal` (the `host-gateway` address, the
+The front reaches the NATS bus on this host as `host.docker.internal` (the `host-gateway` address, the
 docker0 bridge's gateway): a 127.0.0.1/localhost host in `BMMS_RUNNER_NATS_URL` is rewritten to it. The bus
 must therefore listen on an address that bridge traffic reaches (0.0.0.0, or the docker0 gateway address),
 not on loopback only.
@@ -30,7 +39,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -50,6 +59,7 @@ from actors.deployer.backends.base import (
     RunningRunner,
 )
 from actors.deployer.backends.engine import EngineClient
+from actors.runtime.sandboxes import WORKER_MODULE, worker_container
 from actors.runtime.settings import Settings
 from bus_schemas.servers import BackendName, Isolation
 from ops.runner_image import (
@@ -60,6 +70,7 @@ from ops.runner_image import (
     RunnerImageSettings,
     server_image_ref,
 )
+from runner_template.worker import WorkerLimits
 
 log = logging.getLogger("bmms.deployer.docker")
 
@@ -75,6 +86,12 @@ LABEL_BACKEND = LABEL_PREFIX + "backend"
 LABEL_SPEC = LABEL_PREFIX + "spec"
 """Digest of everything a container was made from (image id, env, limits, version): same digest, same runner."""
 LABEL_PATH_PREFIX = LABEL_PREFIX + "path-prefix"
+LABEL_ROLE = LABEL_PREFIX + "role"
+"""`front` or `worker`."""
+CHANNEL_DIR = "/run/bmms"
+"""Where both containers mount the channel's volume."""
+WORKER_SOCKET = f"{CHANNEL_DIR}/worker.sock"
+CHANNEL_VOLUME_SIZE = 64 * 1024
 SERVERS_PATH = "/servers"
 """Path under which servers live publicly: `<servers_url>` = `https://<host>/servers`."""
 WELL_KNOWN_PRM = "/.well-known/oauth-protected-resource"
@@ -132,6 +149,16 @@ def runner_labels(spec: RunnerSpec, backend: BackendName, digest: str) -> dict[s
     }
 
 
+def channel_volume(server_id: str, digest: str) -> str:
+    """The volume a server version's front and worker share."""
+    return f"bmms-chan-{server_id}-{digest[:8]}"
+
+
+def channel_mount(volume: str) -> dict[str, Any]:
+    """The channel's volume at `CHANNEL_DIR`, no host path."""
+    return {"Type": "volume", "Source": volume, "Target": CHANNEL_DIR, "ReadOnly": False}
+
+
 def bus_reachable_env(env: Mapping[str, str]) -> tuple[dict[str, str], bool]:
     """The runner's env with a loopback NATS host replaced by `host.docker.internal`; whether it was."""
     out = dict(env)
@@ -153,21 +180,29 @@ def bus_reachable_env(env: Mapping[str, str]) -> tuple[dict[str, str], bool]:
     return out, rewritten
 
 
-def runner_env(spec: RunnerSpec) -> tuple[dict[str, str], bool]:
-    """The container's environment: the spec's, bus-reachable, plus what the backend sets."""
+def runner_env(spec: RunnerSpec, worker: str = f"unix:{WORKER_SOCKET}") -> tuple[dict[str, str], bool]:
+    """The front's environment: the spec's, bus-reachable, plus what the backend sets (`worker`: where its
+    worker listens)."""
     env, rewritten = bus_reachable_env(spec.env)
     env.update({
         "BMMS_RUNNER_ARTIFACT": ARTIFACT_PATH,
         "BMMS_RUNNER_HOST": "0.0.0.0",  # noqa: S104 - inside the container's own network namespace
         "BMMS_RUNNER_PORT": str(RUNNER_PORT),
+        "BMMS_RUNNER_WORKER": worker,
     })
     return env, rewritten
 
 
-def spec_digest(spec: RunnerSpec, image_id: str, env: Mapping[str, str]) -> str:
+def worker_command(listen: str) -> list[str]:
+    """The worker container's command: listen at `listen`; limits are the container's (pids, memory)."""
+    return [*WORKER_MODULE, f"--listen={listen}", "--kill-all", *WorkerLimits(processes=0).argv()]
+
+
+def spec_digest(spec: RunnerSpec, image_id: str, env: Mapping[str, str], worker_image_id: str = "") -> str:
     """What makes two runners the same (secrets enter only hashed)."""
     payload = {
-        "image": image_id, "server": spec.server_id, "org": spec.org_id, "version": spec.version,
+        "image": image_id, "worker_image": worker_image_id, "server": spec.server_id, "org": spec.org_id,
+        "version": spec.version,
         "artifact": spec.artifact_hash, "env": sorted(env.items()),
         "limits": [spec.limits.memory_bytes, spec.limits.cpus, spec.limits.pids],
     }
@@ -251,13 +286,15 @@ class DockerBackend(EngineClient):
         return runners
 
     async def logs(self, server_id: str, tail: int) -> list[str]:
-        """The last `tail` lines of the server's newest container."""
-        containers = await self._containers(server_id)
-        if not containers:
-            return []
-        newest = max(containers, key=lambda c: int(c["Created"]))
-        chunks: list[str] = await newest.log(stdout=True, stderr=True, tail=tail)
-        return "".join(chunks).splitlines()[-tail:]
+        """The last `tail` lines of the server's newest front, then of its worker (prefixed `worker: `)."""
+        lines: list[str] = []
+        for role, prefix in (("front", ""), ("worker", "worker: ")):
+            containers = [c for c in await self._containers(server_id) if (c["Labels"] or {}).get(LABEL_ROLE) == role]
+            if containers:
+                newest = max(containers, key=lambda c: int(c["Created"]))
+                chunks: list[str] = await newest.log(stdout=True, stderr=True, tail=tail)
+                lines += [prefix + line for line in "".join(chunks).splitlines()[-tail:]]
+        return lines[-tail:]
 
     # -- changes -------------------------------------------------------------------------------------
 
@@ -268,45 +305,67 @@ class DockerBackend(EngineClient):
             docker = self._client()
             try:
                 image = await self._images.server_image(docker, spec.artifact_hash, spec.artifact_json)
+                worker_image = await self._images.runtime_image(docker)
             except (RunnerImageError, DockerError) as exc:
                 raise BackendError(f"no image for artifact {spec.artifact_hash[:12]}: {exc}") from exc
             image_id = str((await docker.images.inspect(image))["Id"])
+            worker_image_id = str((await docker.images.inspect(worker_image))["Id"])
             await self._ensure_network()
             env, rewritten = runner_env(spec)
-            digest = spec_digest(spec, image_id, env)
+            digest = spec_digest(spec, image_id, env, worker_image_id)
             existing = await self._containers(spec.server_id)
-            same = next((c for c in existing if (c["Labels"] or {}).get(LABEL_SPEC) == digest), None)
-            if same is not None:
-                container = docker.containers.container(same.id)
-                if same["State"] != "running":
-                    await container.start()
-            else:
-                config = self._config(spec, image, env, rewritten, digest)
-                name = f"bmms-{spec.server_id}-v{spec.version}-{digest[:8]}"
-                try:
-                    container = await docker.containers.create(config, name=name)
-                    await container.start()
-                except DockerError as exc:
-                    raise BackendError(f"cannot start a runner for {spec.server_id}: {exc.message}") from exc
+            mine = [c for c in existing if (c["Labels"] or {}).get(LABEL_SPEC) == digest]
+            volume = channel_volume(spec.server_id, digest)
+            name = f"bmms-{spec.server_id}-v{spec.version}-{digest[:8]}"
             try:
-                port = await self._wait_ready(container)
+                await self._ensure_volume(volume, runner_labels(spec, self.name, digest))
+                worker = await self._start(mine, "worker", f"{name}-worker",
+                                           lambda: self._worker_config(spec, worker_image, digest, volume))
+                front = await self._start(mine, "front", name,
+                                          lambda: self._config(spec, image, env, rewritten, digest, volume))
+            except DockerError as exc:
+                await self._discard(mine + [c for c in await self._containers(spec.server_id)
+                                            if (c["Labels"] or {}).get(LABEL_SPEC) == digest], volume)
+                raise BackendError(f"cannot start a runner for {spec.server_id}: {exc.message}") from exc
+            try:
+                port = await self._wait_ready(front, worker)
             except BackendError:
-                with contextlib.suppress(DockerError):
-                    await container.delete(force=True)
+                await self._discard([front, worker], volume)
                 raise
             for other in existing:
-                if other.id != container.id:
+                if (other["Labels"] or {}).get(LABEL_SPEC) != digest:
                     with contextlib.suppress(DockerError):
                         await docker.containers.container(other.id).delete(force=True)
+            await self._remove_volumes(spec.server_id, keep=volume)
             return RunningRunner(
                 server_id=spec.server_id, version=spec.version, artifact_hash=spec.artifact_hash,
-                upstream=f"http://{self._publish_host}:{port}", ref=container.id,
+                upstream=f"http://{self._publish_host}:{port}", ref=front.id,
             )
 
+    async def _start(self, mine: list[DockerContainer], role: str, name: str,
+                     config: Callable[[], dict[str, Any]]) -> DockerContainer:
+        """The container of `role` among `mine` (started if it is not running), or a new one."""
+        docker = self._client()
+        same = next((c for c in mine if (c["Labels"] or {}).get(LABEL_ROLE) == role), None)
+        if same is not None:
+            container = docker.containers.container(same.id)
+            if same["State"] != "running":
+                await container.start()
+            return container
+        container = await docker.containers.create(config(), name=name)
+        await container.start()
+        return container
+
+    async def _discard(self, containers: list[DockerContainer], volume: str) -> None:
+        for container in containers:
+            with contextlib.suppress(DockerError):
+                await self._client().containers.container(container.id).delete(force=True)
+        await self._delete_volume(volume)
+
     def _config(self, spec: RunnerSpec, image: str, env: Mapping[str, str], rewritten: bool,
-                digest: str) -> dict[str, Any]:
+                digest: str, volume: str) -> dict[str, Any]:
         limits = spec.limits
-        labels = runner_labels(spec, self.name, digest)
+        labels = {**runner_labels(spec, self.name, digest), LABEL_ROLE: "front"}
         labels.update(routing_labels(spec.server_id, servers_path=self._servers_path, network=self._network))
         host_config: dict[str, Any] = {
             "NetworkMode": self._network,
@@ -323,7 +382,7 @@ class DockerBackend(EngineClient):
             "NanoCpus": int(limits.cpus * 1_000_000_000),
             "RestartPolicy": {"Name": "unless-stopped"},
             "LogConfig": {"Type": "json-file", "Config": {"max-size": "5m", "max-file": "2"}},
-            "Mounts": [],
+            "Mounts": [channel_mount(volume)],
             "Binds": [],
         }
         if rewritten:
@@ -336,6 +395,44 @@ class DockerBackend(EngineClient):
             "ExposedPorts": {f"{RUNNER_PORT}/tcp": {}},
             "HostConfig": host_config,
         }
+
+    def _worker_config(self, spec: RunnerSpec, image: str, digest: str, volume: str) -> dict[str, Any]:
+        limits = spec.limits
+        config = worker_container(
+            image, worker_command(f"unix:{WORKER_SOCKET}"), memory_bytes=limits.memory_bytes, pids=limits.pids,
+            nano_cpus=int(limits.cpus * 1_000_000_000), mounts=[channel_mount(volume)],
+            labels={**runner_labels(spec, self.name, digest), LABEL_ROLE: "worker"},
+        )
+        config["HostConfig"]["RestartPolicy"] = {"Name": "unless-stopped"}
+        return config
+
+    async def _ensure_volume(self, name: str, labels: Mapping[str, str]) -> None:
+        """The channel's volume: a tmpfs only user 10001 may enter, a few KiB (it holds one socket)."""
+        try:
+            await self._client()._query_json("volumes/create", method="POST", data=json.dumps({
+                "Name": name, "Driver": "local", "Labels": dict(labels),
+                "DriverOpts": {"type": "tmpfs", "device": "tmpfs",
+                               "o": f"size={CHANNEL_VOLUME_SIZE},uid=10001,gid=10001,mode=0700"},
+            }))
+        except DockerError as exc:
+            if exc.status != 409:
+                raise
+
+    async def _remove_volumes(self, server_id: str, keep: str | None = None) -> None:
+        """Remove the server's channel volumes (but `keep`) that no container uses any more."""
+        docker = self._client()
+        listed = await docker._query_json(
+            "volumes", params={"filters": json.dumps({"label": [f"{LABEL_SERVER}={server_id}",
+                                                                  f"{LABEL_BACKEND}={self.name}"]})})
+        for info in listed.get("Volumes") or []:
+            if info["Name"] != keep:
+                await self._delete_volume(info["Name"])
+
+    async def _delete_volume(self, name: str) -> None:
+        """Remove a volume (one a container still uses stays)."""
+        with contextlib.suppress(DockerError):
+            async with self._client()._query(f"volumes/{name}", method="DELETE"):
+                pass
 
     async def _ensure_network(self) -> None:
         """The runners' bridge, with inter-container communication off (created once)."""
@@ -358,15 +455,16 @@ class DockerBackend(EngineClient):
             raise BackendError(f"network {self._network} exists with inter-container communication enabled; "
                                "remove it (docker network rm) so the deployer creates it isolated")
 
-    async def _wait_ready(self, container: DockerContainer) -> int:
-        """The container's published port, once its runner answers HTTP there; BackendError if it dies."""
+    async def _wait_ready(self, container: DockerContainer, worker: DockerContainer) -> int:
+        """The front's published port, once it answers HTTP there; BackendError if it or its worker dies."""
         deadline = asyncio.get_running_loop().time() + self._ready_timeout
         while True:
-            info = await container.show()
-            state = info["State"]
-            if not state.get("Running") or state.get("Restarting") or int(info.get("RestartCount") or 0) > 0:
-                lines = await self._tail(container, 20)
-                raise BackendError(f"runner exited (status {state.get('ExitCode')}): " + " | ".join(lines))
+            for which, one in (("worker", worker), ("runner", container)):
+                info = await one.show()
+                state = info["State"]
+                if not state.get("Running") or state.get("Restarting") or int(info.get("RestartCount") or 0) > 0:
+                    lines = await self._tail(one, 20)
+                    raise BackendError(f"{which} exited (status {state.get('ExitCode')}): " + " | ".join(lines))
             port = self._published_port(info)
             if port is not None and await http_answers(self._publish_host, port):
                 return port
@@ -405,6 +503,7 @@ class DockerBackend(EngineClient):
                 except DockerError as exc:
                     if exc.status != 404:
                         raise BackendError(f"cannot remove container {container.id[:12]}: {exc.message}") from exc
+            await self._remove_volumes(server_id)
             for artifact_hash in artifact_hashes:
                 users = await docker.containers.list(
                     all=True, filters=json.dumps({"label": [f"{LABEL_ARTIFACT}={artifact_hash}"]}))
