@@ -61,6 +61,28 @@ async def test_service_runs_hardened_and_answers_mcp(backend: SwarmBackend, dock
     assert "no-new-privileges:true" not in (host.get("SecurityOpt") or [])
 
 
+async def test_the_worker_service_is_hardened_and_on_its_servers_internal_network_alone(
+    backend: SwarmBackend, docker: aiodocker.Docker, server_id: str
+) -> None:
+    limits = Limits(memory_bytes=200 * 1024 * 1024, cpus=0.25, pids=48)
+    runner = await backend.run(spec_for(server_id, CALCULATOR, limits=limits))
+    worker = await docker.services.inspect(backend.worker_service_name(server_id))
+    front = await docker.services.inspect(runner.ref)
+    internal = await (await docker.networks.get(backend.network_name(server_id))).show()
+    assert internal["Internal"] is True and internal["Driver"] == "overlay"
+    assert [n["Target"] for n in worker["Spec"]["TaskTemplate"]["Networks"]] == [internal["Id"]]
+    assert internal["Id"] in [n["Target"] for n in front["Spec"]["TaskTemplate"]["Networks"]]
+    assert not (worker.get("Endpoint") or {}).get("Ports")
+    spec = worker["Spec"]["TaskTemplate"]["ContainerSpec"]
+    assert (spec["ReadOnly"], spec["CapabilityDrop"], spec["User"], spec["Init"]) == (True, ["ALL"], "10001:10001",
+                                                                                      True)
+    assert not any(e.startswith(("BMMS_SECRET_", "BMMS_RUNNER_NATS")) for e in spec.get("Env") or [])
+    assert worker["Spec"]["TaskTemplate"]["Resources"]["Limits"]["Pids"] == 48
+    await backend.remove(server_id, ())
+    with pytest.raises(DockerError):
+        await docker.networks.get(backend.network_name(server_id))
+
+
 async def test_new_version_rolls_out_and_a_failing_one_is_rolled_back(
     backend: SwarmBackend, docker: aiodocker.Docker, server_id: str
 ) -> None:

@@ -1,6 +1,12 @@
 """Runners as Docker Swarm services (aiodocker), for more than one machine.
 
-One service per server, `bmms-<server>`, `replicas` tasks (default 1) from `bmms-server:<artifact hash>`.
+Two services per server. The front, `bmms-<server>`, `replicas` tasks (default 1) from
+`bmms-server:<artifact hash>`: HTTP, tokens, usage, the egress policy and the secrets. The worker,
+`bmms-<server>-worker`, one task from the runtime image `bmms-runner:<sources>`, the only one that runs the
+generated module: attached to nothing but the server's own overlay network `bmms-w-<server>`, created
+`internal` (no route out of it, no published port), which the front's tasks join too; the fronts reach the
+worker at `tcp:bmms-<server>-worker:7000` and send it their version's module, so the worker does not change
+with versions (it is updated only when the runtime image does) and a front's rollback needs nothing of it.
 A new version is a service update: rolling (one task at a time), `start-first` (the new task must be healthy
 before an old one stops; a container health check makes "healthy" mean "the runner accepts connections"),
 `FailureAction: rollback` (a version whose tasks fail puts the previous spec back, and `run()` reports it).
@@ -48,6 +54,7 @@ from aiodocker.exceptions import DockerError
 
 from actors.deployer.backends.base import (
     LABEL_ARTIFACT,
+    LABEL_PREFIX,
     LABEL_SERVER,
     LABEL_VERSION,
     RUNNER_PORT,
@@ -58,6 +65,7 @@ from actors.deployer.backends.base import (
 from actors.deployer.backends.docker import (
     HOST_ALIAS,
     LABEL_BACKEND,
+    LABEL_ROLE,
     LABEL_SPEC,
     SERVERS_PATH,
     TMP_SIZE_BYTES,
@@ -68,6 +76,7 @@ from actors.deployer.backends.docker import (
     runner_labels,
     servers_path_of,
     spec_digest,
+    worker_command,
 )
 from actors.deployer.backends.engine import EngineClient
 from actors.runtime.settings import Settings
@@ -83,6 +92,11 @@ HEALTHCHECK = (
     f"socket.create_connection(('127.0.0.1', {RUNNER_PORT}), 2).close()\n"
 )
 """Inside the task, a TCP accept is the runner's own socket (there is no proxy in front of it)."""
+FRONTS_NETWORK = "bmms-fronts"
+"""The overlay network every front joins for its way out (the bus, upstream APIs); workers never join it."""
+WORKER_PORT = 7000
+"""Where a worker task listens on its server's internal network."""
+LABEL_WORKER_IMAGE = LABEL_PREFIX + "worker-image"
 FAILED_UPDATE_STATES = frozenset({"paused", "rollback_started", "rollback_paused", "rollback_completed"})
 
 
@@ -121,14 +135,25 @@ class SwarmBackend(EngineClient):
 
     @staticmethod
     def service_name(server_id: str) -> str:
-        """The server's service."""
+        """The server's (front's) service."""
         return f"bmms-{server_id}"
+
+    @staticmethod
+    def worker_service_name(server_id: str) -> str:
+        """The server's worker service."""
+        return f"bmms-{server_id}-worker"
+
+    @staticmethod
+    def network_name(server_id: str) -> str:
+        """The internal overlay network only the server's front and worker join."""
+        return f"bmms-w-{server_id}"
 
     # -- queries -------------------------------------------------------------------------------------
 
-    async def _service(self, server_id: str) -> Mapping[str, Any] | None:
+    async def _service(self, server_id: str, *, worker: bool = False) -> Mapping[str, Any] | None:
+        name = self.worker_service_name(server_id) if worker else self.service_name(server_id)
         try:
-            return await self._client().services.inspect(self.service_name(server_id))
+            return await self._client().services.inspect(name)
         except DockerError as exc:
             if exc.status == 404:
                 return None
@@ -168,7 +193,7 @@ class SwarmBackend(EngineClient):
             filters={"label": [f"{LABEL_BACKEND}={self.name}", LABEL_SERVER]})
         runners = []
         for service in services:
-            if _replicas_of(service["Spec"]) == 0:
+            if _replicas_of(service["Spec"]) == 0 or (service["Spec"].get("Labels") or {}).get(LABEL_ROLE) == "worker":
                 continue
             runner = await self._runner(service)
             if runner is not None:
@@ -213,6 +238,7 @@ class SwarmBackend(EngineClient):
             "Labels": {**labels, **routing_labels(spec.server_id, servers_path=self._servers_path, network=None)},
             "TaskTemplate": {
                 "ContainerSpec": container,
+                "Networks": [{"Target": FRONTS_NETWORK}, {"Target": self.network_name(spec.server_id)}],
                 "Resources": {"Limits": {"NanoCPUs": int(limits.cpus * SECOND), "MemoryBytes": limits.memory_bytes,
                                          "Pids": limits.pids}},
                 "RestartPolicy": {"Condition": "any", "Delay": SECOND, "MaxAttempts": 0},
@@ -226,6 +252,60 @@ class SwarmBackend(EngineClient):
             "EndpointSpec": {"Mode": "vip", "Ports": [
                 {"Protocol": "tcp", "TargetPort": RUNNER_PORT, "PublishMode": self._publish_mode}]},
         }
+
+    def _worker_spec(self, spec: RunnerSpec, image: str, replicas: int) -> dict[str, Any]:
+        """The worker service: the module's only home, on the server's internal network alone."""
+        limits = spec.limits
+        labels = {LABEL_SERVER: spec.server_id, LABEL_BACKEND: self.name, LABEL_ROLE: "worker",
+                  LABEL_WORKER_IMAGE: image}
+        return {
+            "Name": self.worker_service_name(spec.server_id),
+            "Labels": labels,
+            "TaskTemplate": {
+                "ContainerSpec": {
+                    "Image": image, "Command": worker_command(f"tcp:0.0.0.0:{WORKER_PORT}"), "User": RUNNER_USER,
+                    "Labels": labels, "ReadOnly": True, "CapabilityDrop": ["ALL"], "Init": True,
+                    "Mounts": [{"Type": "tmpfs", "Target": "/tmp",  # noqa: S108 - the tmpfs itself
+                                "TmpfsOptions": {"SizeBytes": TMP_SIZE_BYTES, "Mode": 0o1777}}],
+                    "StopGracePeriod": 5 * SECOND,
+                },
+                "Networks": [{"Target": self.network_name(spec.server_id)}],
+                "Resources": {"Limits": {"NanoCPUs": int(limits.cpus * SECOND), "MemoryBytes": limits.memory_bytes,
+                                         "Pids": limits.pids}},
+                "RestartPolicy": {"Condition": "any", "Delay": SECOND, "MaxAttempts": 0},
+                "LogDriver": {"Name": "json-file", "Options": {"max-size": "5m", "max-file": "2"}},
+            },
+            "Mode": {"Replicated": {"Replicas": replicas}},
+            # DNS round robin: names resolve to the tasks themselves (no virtual IP, which needs IPVS)
+            "EndpointSpec": {"Mode": "dnsrr"},
+        }
+
+    async def _ensure_network(self, server_id: str) -> None:
+        """The fronts' network (their way out: the bus, upstream APIs) and the server's internal one."""
+        for name, internal, labels in (
+            (FRONTS_NETWORK, False, {LABEL_BACKEND: self.name}),
+            (self.network_name(server_id), True, {LABEL_SERVER: server_id, LABEL_BACKEND: self.name}),
+        ):
+            try:
+                await self._client().networks.create({"Name": name, "Driver": "overlay", "Internal": internal,
+                                                      "CheckDuplicate": True, "Labels": labels})
+            except DockerError as exc:
+                if exc.status != 409:
+                    raise BackendError(f"cannot create network {name}: {exc.message}") from exc
+
+    async def _ensure_worker(self, spec: RunnerSpec, image: str, replicas: int) -> None:
+        """The worker service on `image` with `replicas` tasks: created, or updated when either differs."""
+        wanted = self._worker_spec(spec, image, replicas)
+        service = await self._service(spec.server_id, worker=True)
+        if service is None:
+            try:
+                await self._client()._query_json("services/create", method="POST", data=json.dumps(wanted))
+            except DockerError as exc:
+                if exc.status != 409:
+                    raise BackendError(f"cannot create the worker of {spec.server_id}: {exc.message}") from exc
+        elif ((service["Spec"].get("Labels") or {}).get(LABEL_WORKER_IMAGE) != image
+              or _replicas_of(service["Spec"]) != replicas):
+            await self._update(service, wanted)
 
     async def _update(self, service: Mapping[str, Any], spec: Mapping[str, Any], *, rollback: bool = False) -> None:
         """POST /services/{id}/update with a whole spec (aiodocker's `update` only swaps the image)."""
@@ -248,7 +328,13 @@ class SwarmBackend(EngineClient):
             except (RunnerImageError, DockerError) as exc:
                 raise BackendError(f"no image for artifact {spec.artifact_hash[:12]}: {exc}") from exc
             image_id = str((await docker.images.inspect(image))["Id"])
-            env, rewritten = runner_env(spec)
+            try:
+                worker_image = await self._images.runtime_image(docker)
+            except (RunnerImageError, DockerError) as exc:
+                raise BackendError(f"no worker image: {exc}") from exc
+            await self._ensure_network(spec.server_id)
+            await self._ensure_worker(spec, worker_image, 1)
+            env, rewritten = runner_env(spec, f"tcp:{self.worker_service_name(spec.server_id)}:{WORKER_PORT}")
             digest = spec_digest(spec, image_id, env)
             wanted = self._spec(spec, image, env, rewritten, digest, self._replicas)
             service = await self._service(spec.server_id)
@@ -334,19 +420,27 @@ class SwarmBackend(EngineClient):
             spec = dict(service["Spec"])
             spec["Mode"] = {"Replicated": {"Replicas": 0}}
             await self._update(service, spec)
+            worker = await self._service(server_id, worker=True)
+            if worker is not None and _replicas_of(worker["Spec"]) != 0:
+                worker_spec = dict(worker["Spec"])
+                worker_spec["Mode"] = {"Replicated": {"Replicas": 0}}
+                await self._update(worker, worker_spec)
 
     async def remove(self, server_id: str, artifact_hashes: tuple[str, ...]) -> None:
         """Delete the service, wait until its containers are gone, then remove the unused server images."""
         async with self._lock(server_id):
             docker = self._client()
-            with contextlib.suppress(DockerError):
-                await docker.services.delete(self.service_name(server_id))
+            for name in (self.service_name(server_id), self.worker_service_name(server_id)):
+                with contextlib.suppress(DockerError):
+                    await docker.services.delete(name)
             filters = json.dumps({"label": [f"{LABEL_SERVER}={server_id}", f"{LABEL_BACKEND}={self.name}"]})
             deadline = asyncio.get_running_loop().time() + self._ready_timeout
             while await docker.containers.list(all=True, filters=filters):
                 if asyncio.get_running_loop().time() > deadline:
                     raise BackendError(f"containers of {server_id} still exist after the service was removed")
                 await asyncio.sleep(0.2)
+            with contextlib.suppress(DockerError):
+                await (await docker.networks.get(self.network_name(server_id))).delete()
             for artifact_hash in artifact_hashes:
                 users = await docker.containers.list(
                     all=True, filters=json.dumps({"label": [f"{LABEL_ARTIFACT}={artifact_hash}"]}))
