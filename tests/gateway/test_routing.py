@@ -28,12 +28,11 @@ from actors.runtime.bus import connect
 from actors.runtime.codec import encode
 from bus_schemas.registry import ROUTES
 from bus_schemas.servers import ServerRoute
-from runner_template.app import create_app as create_runner_app
-from runner_template.app import server_for_artifact
 from tests.conftest import Stack, eventually
 from tests.gateway.conftest import Gateway, gateway_settings, serving
 from tests.gateway.test_builds_http import assert_problem
 from tests.runner_template.test_server import artifact_for
+from tests.runner_template.test_server import runner as sandboxed_runner
 from tests.runner_template.test_server import serving as serving_upstream
 
 
@@ -345,8 +344,8 @@ async def test_mcp_client_lists_a_real_runners_tools_through_the_public_path(
     # The runner's DNS-rebinding guard accepts loopback hosts; the gateway sends the client's Host on,
     # so the guard sees 127.0.0.1:<gateway port>, not the runner's own address.
     artifact = artifact_for("http://127.0.0.1:9")
-    async with serving_upstream(create_runner_app(server_for_artifact(artifact))) as upstream:
-        await put_route(routes, "srv-real", upstream)
+    async with sandboxed_runner(artifact) as mcp_url:
+        await put_route(routes, "srv-real", mcp_url.removesuffix("/mcp"))
         await until_routed(http, "/servers/srv-real/mcp")
         async with Client(f"{edge.base_url}/servers/srv-real/mcp") as client:
             listed = (await client.list_tools()).tools
