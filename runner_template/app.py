@@ -53,8 +53,7 @@ from runner_template.logs import AccessLog, configure_logging
 from runner_template.metering import QuotaGate, ToolCallMeter, UsageOutbox
 from runner_template.resource import WELL_KNOWN_PRM, McpEndpoint, Protection, origin_of, transport_security
 from runner_template.sandbox import Launcher, SandboxUnavailable, launcher_for
-from runner_template.server import SandboxedServer
-from runner_template.tools import SandboxedTools, ToolsUnavailable
+from runner_template.tools import SandboxedServer, SandboxedTools, ToolsUnavailable
 
 log = logging.getLogger("bmms.runner")
 

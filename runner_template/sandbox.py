@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 import bus_schemas
 import runner_template
-from runner_template.worker import WorkerLimits
+from runner_template.limits import WorkerLimits
 
 log = logging.getLogger("bmms.runner.sandbox")
 

@@ -1,4 +1,4 @@
-"""A generated module as an MCP server, on both sides of the sandbox.
+"""A generated module as an MCP server, in the worker.
 
 In the worker, `create_server` registers the module's marked tool functions with the SDK's `MCPServer`: each
 tool's name, title and read-only hint come from `sdk.tool`, its description from the docstring, and its input
@@ -6,9 +6,7 @@ schema from the typed signature. A parameter whose wire name is not a Python ide
 declared as `Field(alias="<wire name>")`; the SDK validates and hands over arguments by wire name, so the
 registered callable maps them back to the function's own parameter names.
 
-In the front, `SandboxedServer` is the `MCPServer` clients talk to: it lists the tools the worker reported and
-forwards each call to it (`tools.SandboxedTools`), unless the runtime refuses the call first (over quota, see
-`metering.refusal_var`).
+The front's counterpart, the `MCPServer` clients talk to, is `tools.SandboxedServer`.
 """
 
 from __future__ import annotations
@@ -17,19 +15,15 @@ import functools
 import inspect
 import sys
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, get_origin
 
 from mcp.server import MCPServer
-from mcp.server.context import ServerMiddleware
-from mcp.server.mcpserver.exceptions import ToolError
-from mcp_types import CallToolResult, Tool, ToolAnnotations
+from mcp_types import ToolAnnotations
 from pydantic.fields import FieldInfo
 
 from runner_template import RUNNER_TEMPLATE_VERSION
-from runner_template.metering import refusal_var
 from runner_template.sdk import ToolInfo, tools_of
-from runner_template.tools import SandboxedTools
 
 
 class ModuleRefused(Exception):
@@ -102,7 +96,7 @@ def create_server(
     name: str,
     expected_tools: tuple[str, ...] | None = None,
 ) -> MCPServer:
-    """An `MCPServer` serving every tool of the generated `module` (in the worker).
+    """An `MCPServer` serving every tool of the generated `module`.
 
     `expected_tools` (the artifact's list) must match the module's tools exactly when given.
     """
@@ -125,27 +119,3 @@ def create_server(
         )
     return server
 
-
-class SandboxedServer(MCPServer):
-    """The front's `MCPServer`: the worker's tools, each call forwarded to it (see the module doc).
-
-    `middleware` (e.g. `metering.ToolCallMeter`) sees every request. Authorization is not the SDK's here: the
-    runner's HTTP layer (`runner_template.resource`) verifies tokens and per-tool scopes in front of it.
-    """
-
-    def __init__(self, tools: SandboxedTools, *, name: str, middleware: Sequence[ServerMiddleware[Any]] = ()) -> None:
-        super().__init__(name=name, version=RUNNER_TEMPLATE_VERSION, middleware=middleware)
-        self.sandboxed = tools
-
-    async def list_tools(self) -> list[Tool]:
-        return list(self.sandboxed.tools)
-
-    def _tool_input_schema(self, name: str) -> dict[str, Any] | None:
-        return self.sandboxed.input_schema(name)
-
-    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> CallToolResult:
-        if refusal := refusal_var.get():
-            raise ToolError(refusal)
-        if self.sandboxed.input_schema(name) is None:
-            raise ToolError(f"Unknown tool: {name}")
-        return await self.sandboxed.call(name, arguments)

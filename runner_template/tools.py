@@ -1,5 +1,8 @@
 """The generated module's tools as the front sees them: served by a sandboxed worker, over the channel.
 
+`SandboxedServer` is the `MCPServer` clients talk to: it lists the tools the worker reported and forwards each
+call to `SandboxedTools`, unless the runtime refuses the call first (over quota, see `metering.refusal_var`).
+
 `SandboxedTools` starts (or reaches) the worker through a `Launcher`, loads the module into it and keeps the
 tool list it reports. `call()` sends one `Call` and waits for its `Result`; meanwhile the worker may ask for
 upstream requests (`Egress`), which are made here under the egress policy (`runner_template.egress`), with
@@ -15,12 +18,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import pydantic
+from mcp.server import MCPServer
+from mcp.server.context import ServerMiddleware
+from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult, TextContent, Tool
 
-from runner_template import egress
+from runner_template import RUNNER_TEMPLATE_VERSION, egress
 from runner_template.channel import (
     Call,
     ChannelClosed,
@@ -34,6 +41,7 @@ from runner_template.channel import (
     encode,
     read_frame,
 )
+from runner_template.metering import refusal_var
 from runner_template.sandbox import Launcher, Opened
 
 log = logging.getLogger("bmms.runner.tools")
@@ -229,3 +237,28 @@ class SandboxedTools:
         for task in list(self._background):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+class SandboxedServer(MCPServer):
+    """The front's `MCPServer`: the worker's tools, each call forwarded to it (see the module doc).
+
+    `middleware` (e.g. `metering.ToolCallMeter`) sees every request. Authorization is not the SDK's here: the
+    runner's HTTP layer (`runner_template.resource`) verifies tokens and per-tool scopes in front of it.
+    """
+
+    def __init__(self, tools: SandboxedTools, *, name: str, middleware: Sequence[ServerMiddleware[Any]] = ()) -> None:
+        super().__init__(name=name, version=RUNNER_TEMPLATE_VERSION, middleware=middleware)
+        self.sandboxed = tools
+
+    async def list_tools(self) -> list[Tool]:
+        return list(self.sandboxed.tools)
+
+    def _tool_input_schema(self, name: str) -> dict[str, Any] | None:
+        return self.sandboxed.input_schema(name)
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> CallToolResult:
+        if refusal := refusal_var.get():
+            raise ToolError(refusal)
+        if self.sandboxed.input_schema(name) is None:
+            raise ToolError(f"Unknown tool: {name}")
+        return await self.sandboxed.call(name, arguments)

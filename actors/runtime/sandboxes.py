@@ -26,15 +26,16 @@ import aiodocker
 from aiodocker.exceptions import DockerError
 
 from actors.runtime.settings import Settings
+from runner_template.limits import WorkerLimits
 from runner_template.sandbox import INSTALL_HINT, Opened, SandboxUnavailable, bwrap_path
-from runner_template.worker import WorkerLimits
 
 DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
 
 WORKER_MODULE = ("python3", "-P", "-m", "runner_template.worker")
 """The worker's command in the runner image (the image's PYTHONPATH holds the runner's packages)."""
 WORKER_UID = "10001:10001"
-TMP_SIZE_BYTES = 8 * 1024 * 1024
+TMP_SIZE_BYTES = 16 * 1024 * 1024
+"""The size of a runner container's /tmp."""
 
 CodeSandbox = Literal["container", "bwrap", "unsandboxed"]
 
@@ -81,6 +82,29 @@ def code_sandbox(settings: Settings) -> CodeSandbox:
     raise SandboxUnavailable(INSTALL_HINT)
 
 
+def hardened_host_config(*, memory_bytes: int, pids: int, nano_cpus: int, network_mode: str,
+                         mounts: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+    """The Engine's HostConfig every runner container gets (the front's and the worker's): read-only root, a
+    small noexec /tmp, every capability dropped, no new privileges, private IPC, pids/memory (no swap)/CPU
+    limits, capped logs, no mounts but `mounts` (never a host path)."""
+    return {
+        "NetworkMode": network_mode,
+        "ReadonlyRootfs": True,
+        "Tmpfs": {"/tmp": f"rw,noexec,nosuid,nodev,size={TMP_SIZE_BYTES}"},  # noqa: S108 - the tmpfs itself
+        "CapDrop": ["ALL"],
+        "SecurityOpt": ["no-new-privileges:true"],
+        "Privileged": False,
+        "IpcMode": "private",
+        "PidsLimit": pids,
+        "Memory": memory_bytes,
+        "MemorySwap": memory_bytes,
+        "NanoCpus": nano_cpus,
+        "LogConfig": {"Type": "json-file", "Config": {"max-size": "5m", "max-file": "2"}},
+        "Mounts": list(mounts),
+        "Binds": [],
+    }
+
+
 def worker_container(
     image: str,
     command: Sequence[str],
@@ -96,27 +120,10 @@ def worker_container(
     auto_remove: bool = False,
 ) -> dict[str, Any]:
     """The Engine's create config of a worker container: no network (unless `network_mode` names one only its
-    front shares), read-only root, a small noexec /tmp, user 10001, every capability dropped, no new
-    privileges, private IPC, an init as PID 1 (reaps what the module forks), pids/memory(no swap)/CPU limits,
-    capped logs, no mounts but `mounts` (the channel's volume)."""
-    host_config: dict[str, Any] = {
-        "NetworkMode": network_mode,
-        "ReadonlyRootfs": True,
-        "Tmpfs": {"/tmp": f"rw,noexec,nosuid,nodev,size={TMP_SIZE_BYTES}"},  # noqa: S108 - the tmpfs itself
-        "CapDrop": ["ALL"],
-        "SecurityOpt": ["no-new-privileges:true"],
-        "Privileged": False,
-        "IpcMode": "private",
-        "Init": True,
-        "PidsLimit": pids,
-        "Memory": memory_bytes,
-        "MemorySwap": memory_bytes,
-        "NanoCpus": nano_cpus,
-        "LogConfig": {"Type": "json-file", "Config": {"max-size": "5m", "max-file": "2"}},
-        "Mounts": list(mounts),
-        "Binds": [],
-        "AutoRemove": auto_remove,
-    }
+    front shares), `hardened_host_config`, user 10001, and an init as PID 1 (it reaps what the module forks)."""
+    host_config = hardened_host_config(memory_bytes=memory_bytes, pids=pids, nano_cpus=nano_cpus,
+                                       network_mode=network_mode, mounts=mounts)
+    host_config.update({"Init": True, "AutoRemove": auto_remove})
     config: dict[str, Any] = {
         "Image": image,
         "User": WORKER_UID,

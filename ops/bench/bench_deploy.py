@@ -5,7 +5,11 @@
    the gateway's routing, with a real access token from our Authorization Server): p50 and p95.
 2. A runner's tool-call latency (one client, sequential) and throughput (several clients) against a bare
    `MCPServer` with the same tool (ops/bench/bare_server.py), in the same run: the runner verifies the
-   token, checks the tool's scope and publishes one usage event per call; the bare server does none of it.
+   token, checks the tool's scope, forwards the call to its sandboxed worker and publishes one usage event
+   per call; the bare server runs the tool in its own process and does none of it.
+3. The sandbox's own cost: starting a worker and loading a module into it (bubblewrap; a container with no
+   network when docker is benchmarked), and one tool call through the channel against the same tool called
+   in process through the SDK.
 
 Each backend gets its own private `bmms dev` stack in a temp dir. Run:
 `.venv/bin/python -m ops.bench.bench_deploy [--backends process,docker] [--builds 6] [--calls 300]`.
@@ -29,6 +33,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx2
+import msgspec
 import nats
 import nats.errors
 from mcp import Client
@@ -37,7 +42,7 @@ from nats.aio.client import Client as Nats
 
 from actors.runtime.bus import call
 from actors.runtime.codec import decode
-from bus_schemas.builds import AnyBuildEvent, StepChanged
+from bus_schemas.builds import AnyBuildEvent, StepChanged, ToolSpecSource
 from bus_schemas.oauth import MintServiceToken, TokenIssued
 from bus_schemas.registry import BUILD_EVENTS, BUILDS, OAUTH_MINT_SERVICE_TOKEN, ROUTES
 from bus_schemas.servers import ServerRoute
@@ -229,6 +234,69 @@ async def bench_calls(stack: Stack, nc: Nats, calls: int, lines: list[str]) -> N
     ]
 
 
+async def bench_sandbox(backends: list[str], calls: int, lines: list[str]) -> None:
+    """Worker start + module load, and the channel's cost per call, against the same calls in process."""
+    import aiodocker
+    from mcp_types import CallToolRequestParams
+
+    from actors.codegen.actor import build_artifact
+    from actors.planner.planning import plan_hash
+    from actors.planner.problems import PlanNotes
+    from actors.planner.tool_spec import plan_tool_spec
+    from actors.runtime.sandboxes import ContainerWorker
+    from ops.runner_image import RunnerImages
+    from runner_template.app import load_for
+    from runner_template.sandbox import Bubblewrap, Launcher
+    from runner_template.server import create_server, load_module
+    from runner_template.tools import SandboxedTools
+
+    source = msgspec_convert_tool_spec(tool_spec(0))
+    plan = plan_tool_spec(source, "bench", PlanNotes())
+    artifact = build_artifact(plan, plan_hash(plan))
+    module = load_module(artifact.module_name, artifact.module_source)
+    in_process = create_server(module, name="bench", expected_tools=artifact.tools)
+    params = CallToolRequestParams(name="add", arguments={"a": 1, "b": 2})
+    local: list[float] = []
+    for _ in range(calls):
+        t = time.perf_counter()
+        await in_process._handle_call_tool(None, params)  # type: ignore[arg-type]
+        local.append(time.perf_counter() - t)
+    docker = aiodocker.Docker() if "docker" in backends or "swarm" in backends else None
+    images = RunnerImages()
+    launchers: dict[str, Launcher] = {"bubblewrap": Bubblewrap(uid=None)}
+    if docker is not None:
+        launchers["container"] = ContainerWorker(docker, lambda: images.runtime_image(docker))
+    try:
+        for name, launcher in launchers.items():
+            starts: list[float] = []
+            sandboxed: list[float] = []
+            for _ in range(5):
+                tools = SandboxedTools(launcher, load_for(artifact), None, call_timeout=30)
+                t = time.perf_counter()
+                await tools.start()
+                starts.append(time.perf_counter() - t)
+                try:
+                    for i in range(calls // 5):
+                        t = time.perf_counter()
+                        result = await tools.call("add", {"a": i, "b": 1})
+                        sandboxed.append(time.perf_counter() - t)
+                        assert not result.is_error, result
+                finally:
+                    await tools.close()
+            lines.append(f"sandbox [{name}]: worker start + module load p50 {statistics.median(starts):.2f} s "
+                         f"(max {max(starts):.2f} s); a call through the channel p50 "
+                         f"{statistics.median(sandboxed) * 1000:.3f} ms against {statistics.median(local) * 1000:.3f}"
+                         f" ms in process (+{(statistics.median(sandboxed) - statistics.median(local)) * 1000:.3f} ms)")
+    finally:
+        if docker is not None:
+            await docker.close()
+
+
+def msgspec_convert_tool_spec(request: dict[str, object]) -> ToolSpecSource:
+    """The bench's tool spec as the planner's typed source."""
+    return msgspec.convert(request["source"], ToolSpecSource)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backends", default="process,docker", help="comma-separated: process, docker, swarm")
@@ -236,8 +304,10 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=300, help="sequential tool calls per server")
     args = parser.parse_args()
     lines = [f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}"]
-    for backend in args.backends.split(","):
-        asyncio.run(bench_backend(backend.strip(), args.builds, args.calls, lines))
+    backends = [b.strip() for b in args.backends.split(",")]
+    for backend in backends:
+        asyncio.run(bench_backend(backend, args.builds, args.calls, lines))
+    asyncio.run(bench_sandbox(backends, args.calls, lines))
     print("\n".join(lines))
     print(json.dumps({"note": "figures above are from this one run"}))
     return 0

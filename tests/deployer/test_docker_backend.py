@@ -88,14 +88,14 @@ async def backend(runner_images: RunnerImages) -> AsyncIterator[DockerBackend]:
     await backend.close()
 
 
-async def call_tool(upstream: str, name: str, arguments: dict[str, object]) -> dict[str, object]:
+async def call_tool(upstream: str, name: str, arguments: dict[str, object]) -> dict[str, Any]:
     """A `tools/call` on the runner's MCP endpoint (stateless Streamable HTTP, JSON responses)."""
     request = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name, "arguments": arguments}}
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(timeout=60) as client:
         response = await client.post(f"{upstream}/mcp", json=request,
                                      headers={"accept": "application/json, text/event-stream"})
     response.raise_for_status()
-    result: dict[str, object] = response.json()["result"]
+    result: dict[str, Any] = response.json()["result"]
     return result
 
 

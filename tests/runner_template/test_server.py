@@ -24,7 +24,7 @@ from bus_schemas.plans import Artifact
 from runner_template import egress
 from runner_template.app import MCP_PATH, RunnerSettings, bind, create_app, serve, start_tools
 from runner_template.channel import Egress, EgressAuth
-from runner_template.server import SandboxedServer
+from runner_template.tools import SandboxedServer
 from tests.actors.codegen_samples import SECRET_NAME, plan_hash, sample_plan
 
 SECRET_VALUE = "s3cr3t-value-never-in-code"

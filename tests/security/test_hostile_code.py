@@ -40,11 +40,12 @@ from actors.runtime.sandboxes import ContainerWorker
 from bus_schemas.plans import Artifact
 from ops.runner_image import RunnerImages
 from runner_template.app import load_for
+from runner_template.limits import WorkerLimits
 from runner_template.sandbox import Bubblewrap, Launcher
 from runner_template.tools import SandboxedTools
-from runner_template.worker import WorkerLimits
 from tests.conftest import Stack
 from tests.deployer.conftest import CALCULATOR, Rendered, new_server_id, render, spec_for, tool
+from tests.deployer.test_docker_backend import call_tool
 
 SECRET_VALUE = "upstream-secret-only-the-front-holds-3f9c"
 BRIDGE_GATEWAY = "172.17.0.1"
@@ -275,14 +276,7 @@ def hostile_spec(stack: Stack, server_id: str, upstream_hosts: tuple[str, ...] =
 
 async def call(upstream: str, name: str, arguments: dict[str, Any] | None = None) -> dict[str, Any]:
     """A `tools/call` on a runner (no auth: these runners serve without tokens)."""
-    request = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-               "params": {"name": name, "arguments": arguments or {}}}
-    async with httpx.AsyncClient(timeout=60) as client:
-        response = await client.post(f"{upstream}/mcp", json=request,
-                                     headers={"accept": "application/json, text/event-stream"})
-    response.raise_for_status()
-    result: dict[str, Any] = response.json()["result"]
-    return result
+    return await call_tool(upstream, name, arguments or {})
 
 
 def text_of(result: dict[str, Any]) -> str:

@@ -59,7 +59,7 @@ from actors.deployer.backends.base import (
     RunningRunner,
 )
 from actors.deployer.backends.engine import EngineClient
-from actors.runtime.sandboxes import WORKER_MODULE, worker_container
+from actors.runtime.sandboxes import WORKER_MODULE, hardened_host_config, worker_container
 from actors.runtime.settings import Settings
 from bus_schemas.servers import BackendName, Isolation
 from ops.runner_image import (
@@ -70,7 +70,7 @@ from ops.runner_image import (
     RunnerImageSettings,
     server_image_ref,
 )
-from runner_template.worker import WorkerLimits
+from runner_template.limits import WorkerLimits
 
 log = logging.getLogger("bmms.deployer.docker")
 
@@ -95,7 +95,7 @@ CHANNEL_VOLUME_SIZE = 64 * 1024
 SERVERS_PATH = "/servers"
 """Path under which servers live publicly: `<servers_url>` = `https://<host>/servers`."""
 WELL_KNOWN_PRM = "/.well-known/oauth-protected-resource"
-TMP_SIZE_BYTES = 16 * 1024 * 1024
+
 
 
 def servers_path_of(servers_url: str | None) -> str:
@@ -367,24 +367,13 @@ class DockerBackend(EngineClient):
         limits = spec.limits
         labels = {**runner_labels(spec, self.name, digest), LABEL_ROLE: "front"}
         labels.update(routing_labels(spec.server_id, servers_path=self._servers_path, network=self._network))
-        host_config: dict[str, Any] = {
-            "NetworkMode": self._network,
+        host_config = hardened_host_config(memory_bytes=limits.memory_bytes, pids=limits.pids,
+                                           nano_cpus=int(limits.cpus * 1_000_000_000), network_mode=self._network,
+                                           mounts=[channel_mount(volume)])
+        host_config.update({
             "PortBindings": {f"{RUNNER_PORT}/tcp": [{"HostIp": self._publish_host, "HostPort": ""}]},
-            "ReadonlyRootfs": True,
-            "Tmpfs": {"/tmp": f"rw,noexec,nosuid,nodev,size={TMP_SIZE_BYTES}"},  # noqa: S108 - the tmpfs itself
-            "CapDrop": ["ALL"],
-            "SecurityOpt": ["no-new-privileges:true"],
-            "Privileged": False,
-            "IpcMode": "private",
-            "PidsLimit": limits.pids,
-            "Memory": limits.memory_bytes,
-            "MemorySwap": limits.memory_bytes,
-            "NanoCpus": int(limits.cpus * 1_000_000_000),
             "RestartPolicy": {"Name": "unless-stopped"},
-            "LogConfig": {"Type": "json-file", "Config": {"max-size": "5m", "max-file": "2"}},
-            "Mounts": [channel_mount(volume)],
-            "Binds": [],
-        }
+        })
         if rewritten:
             host_config["ExtraHosts"] = [f"{HOST_ALIAS}:host-gateway"]
         return {

@@ -68,7 +68,6 @@ from actors.deployer.backends.docker import (
     LABEL_ROLE,
     LABEL_SPEC,
     SERVERS_PATH,
-    TMP_SIZE_BYTES,
     http_answers,
     routing_labels,
     runner_env,
@@ -79,6 +78,7 @@ from actors.deployer.backends.docker import (
     worker_command,
 )
 from actors.deployer.backends.engine import EngineClient
+from actors.runtime.sandboxes import TMP_SIZE_BYTES
 from actors.runtime.settings import Settings
 from bus_schemas.servers import BackendName, Isolation
 from ops.runner_image import RUNNER_USER, RunnerImageError, RunnerImages, server_image_ref
