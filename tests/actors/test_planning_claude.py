@@ -161,7 +161,8 @@ async def test_plain_words_build_goes_through_codegen_and_the_checker_which_hold
     assert any(isinstance(e, BuildGenerated) for e in history)
     failed = history[-1]
     assert isinstance(failed, BuildFailed) and failed.step == "check"
-    assert "mypy[arg-type]" in failed.detail and ".py:" in failed.detail
+    # located in Claude's own body, not in the generated file
+    assert "mypy[arg-type]" in failed.detail and failed.detail.startswith("tool 'rate_joke', body line 1:")
 
 
 async def test_plain_words_build_reaches_a_checked_artifact(
