@@ -1,13 +1,18 @@
-"""The channel between a runner's front and its worker: typed frames over one byte stream.
+"""The channel between a runner's front and its worker: typed frames over stream sockets.
 
 The front (trusted: HTTP, tokens, quotas, usage, the egress policy and the upstream secrets) never runs
-generated code; the worker (`runner_template.worker`, inside the sandbox) runs nothing else. They speak over
-one stream socket (a socketpair inherited by the sandbox, a Unix socket in a volume both containers mount, a
-TCP connection on a network only the two share, or a container's attached stdio), each frame a 4-byte
-big-endian length and a msgpack-encoded `Frame`.
+generated code; the worker (`runner_template.worker`, inside the sandbox) runs nothing else. Each frame is a
+4-byte big-endian length and a msgpack-encoded `Frame`. Where the worker listens (a Unix socket the front
+made and handed to the sandbox, a Unix socket in a volume both containers mount, TCP on a network only the
+two share), the front holds two kinds of connection:
 
-Front -> worker: `Load` (once per connection), `Call`, `EgressAnswer`.
-Worker -> front: `Loaded` or `LoadFailed`, `Result`, `Egress` (an upstream request a tool asks the front to make).
+- control, to the warden: `Load` -> `Ready(session)`; later `Restart(reason)` -> `Restarted`;
+- data, to a tool process: `Attach(session)` -> `Loaded` or `LoadFailed`, then `Call` -> `Result`, and the
+  tool process's `Egress` (an upstream request it asks the front to make) -> `EgressAnswer`.
+
+The front talks to the tool process directly, so a call crosses one process boundary each way. Where the
+worker has only its stdio (a container's attached streams), there is no control connection: the data
+connection starts with `Load`, and the front replaces the whole worker instead of asking for a restart.
 
 Nothing the worker sends is trusted: frames are decoded into these types or the connection is dropped, and a
 frame over `MAX_FRAME_BYTES` ends the connection before it is read.
@@ -23,6 +28,8 @@ import msgspec
 
 MAX_FRAME_BYTES = 16 * 1024 * 1024
 """No frame is longer: a result is capped well below this (`max_result_bytes`), so a longer frame is an attack."""
+FRAME_SLACK = 64 * 1024
+"""Room a result frame may take beyond `Load.max_result_bytes` (its envelope)."""
 
 _LENGTH = struct.Struct(">I")
 
@@ -54,13 +61,34 @@ class LoadFailed(_Frame, frozen=True, kw_only=True, tag="load_failed"):
     error: str
 
 
+class Ready(_Frame, frozen=True, kw_only=True, tag="ready"):
+    """Warden -> front: the module is kept for `session`; data connections attach to it."""
+
+    session: str
+
+
+class Attach(_Frame, frozen=True, kw_only=True, tag="attach"):
+    """Front -> warden, first frame of a data connection: fork a tool process for `session` on it."""
+
+    session: str
+
+
+class Restart(_Frame, frozen=True, kw_only=True, tag="restart"):
+    """Front -> warden: end every tool process (and whatever they started); the front attaches again."""
+
+    reason: str
+
+
+class Restarted(_Frame, frozen=True, kw_only=True, tag="restarted"):
+    """Warden -> front: every tool process is gone."""
+
+
 class Call(_Frame, frozen=True, kw_only=True, tag="call"):
-    """Front -> worker: call a tool; the worker gives up on it after `timeout_seconds`."""
+    """Front -> tool process: call a tool."""
 
     id: int
     tool: str
     arguments: dict[str, Any]
-    timeout_seconds: float
 
 
 class Result(_Frame, frozen=True, kw_only=True, tag="result"):
@@ -102,7 +130,7 @@ class EgressAnswer(_Frame, frozen=True, kw_only=True, tag="egress_answer"):
     refused: bool = False
 
 
-Frame = Load | Loaded | LoadFailed | Call | Result | Egress | EgressAnswer
+Frame = Load | Loaded | LoadFailed | Ready | Attach | Restart | Restarted | Call | Result | Egress | EgressAnswer
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder: msgspec.msgpack.Decoder[Frame] = msgspec.msgpack.Decoder(Frame)

@@ -6,7 +6,8 @@
   own PID, IPC, UTS and network namespaces (no network at all: not even loopback reaches the host), every
   capability dropped, no new privileges, and, when this process is root, a user of its own
   (`sandbox_uid`) that owns nothing on the host (`setpriv`, util-linux, drops to it inside the namespaces).
-  It dies with this process. The channel is a socketpair the sandbox inherits.
+  It dies with this process. It listens on a Unix socket this process made (in a directory only it can
+  enter) and handed over: the sandbox sees no path of it.
 - `Unsandboxed`: the worker as a plain child process, for development machines without bubblewrap, only
   when `BMMS_ALLOW_UNSANDBOXED_CODE` says so; it still holds no secret and no policy, but it can read what
   this user can read and reach the network.
@@ -26,6 +27,7 @@ import secrets
 import shutil
 import socket
 import sys
+import tempfile
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,13 +58,19 @@ class SandboxUnavailable(Exception):
     """No sandbox tool is installed (the message says how to get one)."""
 
 
+Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
 @dataclass(frozen=True)
 class Opened:
-    """A worker's channel, and how to end that worker."""
+    """A started (or reached) worker: how to connect to it, and how to end it."""
 
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
+    connect: Callable[[], Coroutine[Any, Any, Streams]]
+    """A new connection to the worker's warden (control or data, see `runner_template.channel`); for a worker
+    on stdio (`restartable` False), its one channel, once."""
     stop: Callable[[], Coroutine[Any, Any, None]]
+    restartable: bool = True
+    """Whether the worker's warden takes control connections (fast restarts) or the front replaces it whole."""
 
 
 class Launcher(Protocol):
@@ -74,7 +82,7 @@ class Launcher(Protocol):
         ...
 
     async def open(self) -> Opened:
-        """A fresh channel to a worker; raises OSError (or SandboxUnavailable) when there is none."""
+        """A fresh worker; raises OSError (or SandboxUnavailable) when there is none."""
         ...
 
 
@@ -104,8 +112,9 @@ def _parents(path: str) -> list[str]:
     return ["/" + "/".join(parts[:i]) for i in range(1, len(parts))]
 
 
-def bwrap_argv(bwrap: str, uid: int | None, limits: WorkerLimits, fd: int) -> list[str]:
-    """The bubblewrap command line that runs the worker on inherited socket `fd` (see the module doc)."""
+def bwrap_argv(bwrap: str, uid: int | None, limits: WorkerLimits) -> list[str]:
+    """The bubblewrap command line that runs the worker on an inherited listening socket, `{fd}` (see the
+    module doc)."""
     argv = [bwrap, "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
             "--hostname", "sandbox", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
     if uid is None:
@@ -144,33 +153,42 @@ def bwrap_argv(bwrap: str, uid: int | None, limits: WorkerLimits, fd: int) -> li
     if uid is not None:
         argv += ["/usr/bin/setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
                  "--bounding-set=-all", "--no-new-privs", "--"]
-    argv += [sys.executable, "-P", "-m", "runner_template.worker", f"--fd={fd}", "--kill-all", *limits.argv()]
+    argv += [sys.executable, "-P", "-m", "runner_template.worker", "--listen-fd={fd}", "--kill-all", *limits.argv()]
     return argv
 
 
-async def _socketpair_streams() -> tuple[socket.socket, asyncio.StreamReader, asyncio.StreamWriter]:
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    reader, writer = await asyncio.open_unix_connection(sock=ours)
-    return theirs, reader, writer
-
-
-async def _spawned(argv: list[str], theirs: socket.socket, reader: asyncio.StreamReader,
-                   writer: asyncio.StreamWriter, env: dict[str, str] | None) -> Opened:
+async def _spawned(argv: list[str], env: dict[str, str] | None) -> Opened:
+    """The worker `argv` makes, listening on a Unix socket this process made in a directory only it can enter;
+    `{fd}` in `argv` is the listening socket's descriptor in the child."""
+    directory = Path(tempfile.mkdtemp(prefix="bmms-worker-"))
+    path = str(directory / "worker.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
+        listener.bind(path)
+        listener.listen(64)
         process = await asyncio.create_subprocess_exec(
-            *argv, pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            *[a.replace("{fd}", str(listener.fileno())) for a in argv], pass_fds=(listener.fileno(),),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
             env=env if env is not None else {"PATH": "/usr/bin:/bin"}, start_new_session=True,
         )
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
     finally:
-        theirs.close()
+        listener.close()
+
+    async def connect() -> Streams:
+        if process.returncode is not None:
+            raise ConnectionRefusedError(f"the worker exited with {process.returncode}")
+        return await asyncio.open_unix_connection(path)
 
     async def stop() -> None:
-        writer.close()
         with contextlib.suppress(ProcessLookupError):
             process.kill()
         await process.wait()
+        shutil.rmtree(directory, ignore_errors=True)
 
-    return Opened(reader, writer, stop)
+    return Opened(connect, stop)
 
 
 @dataclass(frozen=True)
@@ -192,10 +210,9 @@ class Bubblewrap:
         bwrap = bwrap_path()
         if bwrap is None:
             raise SandboxUnavailable(INSTALL_HINT)
-        theirs, reader, writer = await _socketpair_streams()
         uid = (self.uid or random_uid()) if os.geteuid() == 0 else None
         limits = self.limits if uid is not None else WorkerLimits(**{**self.limits.__dict__, "processes": 0})
-        return await _spawned(bwrap_argv(bwrap, uid, limits, theirs.fileno()), theirs, reader, writer, None)
+        return await _spawned(bwrap_argv(bwrap, uid, limits), None)
 
 
 @dataclass(frozen=True)
@@ -210,12 +227,11 @@ class Unsandboxed:
 
     async def open(self) -> Opened:
         log.warning("running generated code WITHOUT a sandbox (BMMS_ALLOW_UNSANDBOXED_CODE): development only")
-        theirs, reader, writer = await _socketpair_streams()
-        argv = [sys.executable, "-P", "-m", "runner_template.worker", f"--fd={theirs.fileno()}",
+        argv = [sys.executable, "-P", "-m", "runner_template.worker", "--listen-fd={fd}",
                 *WorkerLimits(**{**self.limits.__dict__, "processes": 0}).argv()]
         env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(_package_dir(runner_template).parent),
                "PYTHONDONTWRITEBYTECODE": "1"}
-        return await _spawned(argv, theirs, reader, writer, env)
+        return await _spawned(argv, env)
 
 
 @dataclass(frozen=True)
@@ -240,25 +256,23 @@ class Remote:
         raise ValueError(f"a worker address is unix:PATH or tcp:HOST:PORT, not {self.address!r}")
 
     async def open(self) -> Opened:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.wait_seconds
-        delay = 0.05
-        while True:
-            try:
-                reader, writer = await self._connect()
-                break
-            except OSError:  # not listening yet (no socket file, refused, no such host yet)
-                if loop.time() > deadline:
-                    raise
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+        async def connect() -> Streams:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.wait_seconds
+            delay = 0.05
+            while True:
+                try:
+                    return await self._connect()
+                except OSError:  # not listening yet (no socket file, refused, no such host yet)
+                    if loop.time() > deadline:
+                        raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
 
         async def stop() -> None:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+            pass  # someone else's worker: it stays (its warden ends the tool processes of a closed session)
 
-        return Opened(reader, writer, stop)
+        return Opened(connect, stop)
 
 
 def launcher_for(worker: str, key: str, limits: WorkerLimits | None = None) -> Launcher:
@@ -298,7 +312,7 @@ class Prewarmed:
                 opened = await spare
             except (OSError, SandboxUnavailable):
                 opened = None
-            if opened is not None and not opened.reader.at_eof():
+            if opened is not None:
                 return opened
         return await self.launcher.open()
 

@@ -8,9 +8,11 @@ tool list it reports. `call()` sends one `Call` and waits for its `Result`; mean
 upstream requests (`Egress`), which are made here under the egress policy (`runner_template.egress`), with
 the secrets only this process holds, at most `max_egress` at a time, and only for calls in flight.
 
-The worker is not trusted: a frame that does not decode, a tool list other than the artifact's, or a result
-later than the call's timeout (plus a grace for the worker's own answer) ends the worker; every call in
-flight gets a tool error saying why, and a fresh worker is started (with backoff while starting fails).
+The worker is not trusted: a frame that does not decode or is over the size limit, a tool list other than the
+artifact's, or a result later than the call's time limit ends the tool process: every call in flight gets a
+tool error saying why, the warden is asked to end every tool process of the sandbox (`Restart`) and a fresh
+one attaches; where that fails (or the worker has no warden to ask), a whole new worker is started, with
+backoff while starting fails.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from mcp_types import CallToolResult, TextContent, Tool
 
 from runner_template import RUNNER_TEMPLATE_VERSION, egress
 from runner_template.channel import (
+    FRAME_SLACK,
+    Attach,
     Call,
     ChannelClosed,
     Egress,
@@ -37,17 +41,18 @@ from runner_template.channel import (
     Load,
     Loaded,
     LoadFailed,
+    Ready,
+    Restart,
+    Restarted,
     Result,
     encode,
     read_frame,
 )
 from runner_template.metering import refusal_var
-from runner_template.sandbox import Launcher, Opened
+from runner_template.sandbox import Launcher, Opened, Streams
 
 log = logging.getLogger("bmms.runner.tools")
 
-GRACE_SECONDS = 5.0
-"""How long after a call's timeout the front waits for the worker's own timeout answer before ending it."""
 
 
 class ToolsUnavailable(Exception):
@@ -71,15 +76,17 @@ class SandboxedTools:
         self.start_timeout = start_timeout
         self.tools: list[Tool] = []
         self.restarts = 0
-        """How many times the worker was replaced after it failed."""
+        """How many times a tool process (or the whole worker) was replaced after it failed."""
         self._egress_slots = asyncio.Semaphore(max_egress)
         self._opened: Opened | None = None
-        self._reader_task: asyncio.Task[None] | None = None
+        self._control: Streams | None = None
+        self._session = ""
+        self._data: asyncio.StreamWriter | None = None
         self._pending: dict[int, asyncio.Future[CallToolResult]] = {}
         self._next_id = 0
         self._ready = asyncio.Event()
         self._closing = False
-        self._restarting: asyncio.Task[None] | None = None
+        self._recovering: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
 
     def input_schema(self, name: str) -> dict[str, Any] | None:
@@ -93,39 +100,63 @@ class SandboxedTools:
     async def start(self) -> None:
         """Start the worker and load the module; ToolsUnavailable when either fails."""
         try:
-            await asyncio.wait_for(self._connect(), self.start_timeout)
+            await asyncio.wait_for(self._open_worker(), self.start_timeout)
         except TimeoutError:
             raise ToolsUnavailable(f"the worker did not load the module within {self.start_timeout:g} s "
                                    f"({self.launcher.description})") from None
 
-    async def _connect(self) -> None:
+    async def _open_worker(self) -> None:
+        """A fresh worker: the module handed over on a control connection (where there is one), then a tool
+        process attached."""
         try:
             opened = await self.launcher.open()
         except OSError as exc:
             raise ToolsUnavailable(f"cannot start the worker ({self.launcher.description}): {exc}") from None
-        opened.writer.write(encode(self.load))
+        control: Streams | None = None
         try:
-            answer = await read_frame(opened.reader)
-        except ChannelClosed as exc:
+            if opened.restartable:
+                control = await opened.connect()
+                control[1].write(encode(self.load))
+                ready = await read_frame(control[0])
+                if not isinstance(ready, Ready):
+                    raise ToolsUnavailable("the worker answered the module with something else")
+                self._session = ready.session
+            self._opened, self._control = opened, control
+            await self._attach(opened)
+        except (ToolsUnavailable, ChannelClosed, OSError) as exc:
+            self._opened, self._control = None, None
+            if control is not None:
+                control[1].close()
             await opened.stop()
+            if isinstance(exc, ToolsUnavailable):
+                raise
             raise ToolsUnavailable(f"the worker ended before it loaded the module ({exc})") from None
-        if isinstance(answer, LoadFailed):
-            await opened.stop()
-            raise ToolsUnavailable(f"the module does not load: {answer.error}")
-        if not isinstance(answer, Loaded):
-            await opened.stop()
-            raise ToolsUnavailable("the worker answered the load with something else")
+
+    async def _attach(self, opened: Opened) -> None:
+        """A tool process on a new data connection, its tools checked against the artifact's."""
+        reader, writer = await opened.connect()
+        writer.write(encode(Attach(session=self._session) if opened.restartable else self.load))
         try:
-            tools = [Tool.model_validate(t) for t in answer.tools]
-        except pydantic.ValidationError as exc:
-            await opened.stop()
-            raise ToolsUnavailable(f"the worker listed unreadable tools: {exc.error_count()} error(s)") from None
-        if [t.name for t in tools] != list(self.load.tools):
-            await opened.stop()
-            raise ToolsUnavailable(f"the worker lists {[t.name for t in tools]}, the artifact {list(self.load.tools)}")
-        self.tools = tools
-        self._opened = opened
-        self._reader_task = asyncio.create_task(self._read(opened), name="worker-reader")
+            answer = await read_frame(reader, self.load.max_result_bytes + FRAME_SLACK)
+            if isinstance(answer, LoadFailed):
+                raise ToolsUnavailable(f"the module does not load: {answer.error}")
+            if not isinstance(answer, Loaded):
+                raise ToolsUnavailable("the worker answered the load with something else")
+            try:
+                tools = [Tool.model_validate(t) for t in answer.tools]
+            except pydantic.ValidationError as exc:
+                raise ToolsUnavailable(f"the worker listed unreadable tools: {exc.error_count()} error(s)") from None
+            if [t.name for t in tools] != list(self.load.tools):
+                raise ToolsUnavailable(f"the worker lists {[t.name for t in tools]}, the artifact "
+                                       f"{list(self.load.tools)}")
+        except BaseException:
+            writer.close()
+            raise
+        self.tools = self.tools or tools
+        self._data = writer
+        task = asyncio.create_task(self._read(reader, writer), name="tool-process-reader")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
         self._ready.set()
 
     async def call(self, name: str, arguments: dict[str, Any]) -> CallToolResult:
@@ -134,31 +165,33 @@ class SandboxedTools:
             await asyncio.wait_for(self._ready.wait(), self.call_timeout)
         except TimeoutError:
             return tool_error("the tools are restarting and did not come back in time; try again")
-        opened = self._opened
-        assert opened is not None
+        data = self._data
+        assert data is not None
         self._next_id += 1
         call_id = self._next_id
         waiter: asyncio.Future[CallToolResult] = asyncio.get_running_loop().create_future()
         self._pending[call_id] = waiter
-        opened.writer.write(encode(Call(id=call_id, tool=name, arguments=arguments,
-                                        timeout_seconds=self.call_timeout)))
+        data.write(encode(Call(id=call_id, tool=name, arguments=arguments)))
         try:
-            return await asyncio.wait_for(asyncio.shield(waiter), self.call_timeout + GRACE_SECONDS)
+            return await asyncio.wait_for(asyncio.shield(waiter), self.call_timeout)
         except TimeoutError:
-            self._fail(opened, f"the worker did not answer tool {name!r} within {self.call_timeout:g} s")
-            return tool_error(f"tool {name!r} did not finish within {self.call_timeout:g} s")
+            reason = f"tool {name!r} did not finish within {self.call_timeout:g} s"
+            self._fail(data, reason)
+            return tool_error(f"{reason}; it was stopped")
         finally:
             self._pending.pop(call_id, None)
 
-    async def _read(self, opened: Opened) -> None:
+    async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
-                frame = await read_frame(opened.reader)
-                self._handle(opened, frame)
+                frame = await read_frame(reader, self.load.max_result_bytes + FRAME_SLACK)
+                self._handle(writer, frame)
         except ChannelClosed as exc:
-            self._fail(opened, f"the worker stopped ({exc})")
+            over = "over the" in str(exc)
+            self._fail(writer, "the tool process sent a frame over the size limit" if over else
+                       "the tool process ended (a crash, or its memory or CPU limit)")
 
-    def _handle(self, opened: Opened, frame: Frame) -> None:
+    def _handle(self, writer: asyncio.StreamWriter, frame: Frame) -> None:
         if isinstance(frame, Result):
             waiter = self._pending.get(frame.id)
             if waiter is None or waiter.done():
@@ -168,13 +201,13 @@ class SandboxedTools:
             except pydantic.ValidationError:
                 waiter.set_result(tool_error("the tool's result could not be read"))
         elif isinstance(frame, Egress):
-            task = asyncio.create_task(self._egress(opened, frame))
+            task = asyncio.create_task(self._egress(writer, frame))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
         else:
-            self._fail(opened, f"the worker sent an unexpected {type(frame).__name__} frame")
+            self._fail(writer, f"the tool process sent an unexpected {type(frame).__name__} frame")
 
-    async def _egress(self, opened: Opened, request: Egress) -> None:
+    async def _egress(self, writer: asyncio.StreamWriter, request: Egress) -> None:
         if request.call_id not in self._pending:
             answer = EgressAnswer(id=request.id, refused=True, error="upstream calls are made only during a call")
         elif self.policy is None:
@@ -192,51 +225,69 @@ class SandboxedTools:
                     log.warning("upstream request failed: %r", exc)
                     answer = EgressAnswer(id=request.id, error=f"{request.method} {request.url_template}: "
                                                                f"{type(exc).__name__}")
-        if not opened.writer.is_closing():
-            opened.writer.write(encode(answer))
+        if not writer.is_closing():
+            writer.write(encode(answer))
 
-    def _fail(self, opened: Opened, reason: str) -> None:
-        """End the worker behind `opened` (once), fail its calls in flight, start a fresh one."""
-        if self._opened is not opened:
+    def _fail(self, data: asyncio.StreamWriter, reason: str) -> None:
+        """End the tool process behind `data` (once), fail its calls in flight, bring a fresh one."""
+        if self._data is not data:
             return
-        self._opened = None
+        self._data = None
         self._ready.clear()
+        data.close()
         for waiter in self._pending.values():
             if not waiter.done():
                 waiter.set_result(tool_error(f"{reason}; the call was stopped"))
-        log.warning("worker failed: %s", reason)
-        stopping = asyncio.create_task(opened.stop())
-        self._background.add(stopping)
-        stopping.add_done_callback(self._background.discard)
+        log.warning("tool process failed: %s", reason)
         if not self._closing:
-            self._restarting = asyncio.create_task(self._restart(), name="worker-restart")
+            self._recovering = asyncio.create_task(self._recover(reason), name="tool-process-recovery")
 
-    async def _restart(self) -> None:
+    async def _recover(self, reason: str) -> None:
+        """A restart through the warden (milliseconds), else a whole new worker, retried with backoff."""
         delay = 0.2
         while not self._closing:
             try:
-                await asyncio.wait_for(self._connect(), self.start_timeout)
+                opened, control = self._opened, self._control
+                if opened is not None and control is not None:
+                    control[1].write(encode(Restart(reason=reason)))
+                    if not isinstance(await asyncio.wait_for(read_frame(control[0]), 10), Restarted):
+                        raise ToolsUnavailable("the warden answered the restart with something else")
+                    await asyncio.wait_for(self._attach(opened), self.start_timeout)
+                else:
+                    await self._replace_worker()
                 self.restarts += 1
                 return
-            except (ToolsUnavailable, TimeoutError) as exc:
-                log.error("cannot restart the worker: %s (again in %.1f s)", exc, delay)
+            except (ToolsUnavailable, ChannelClosed, OSError, TimeoutError) as exc:
+                log.error("cannot restart the tools: %s (again in %.1f s)", exc, delay)
+                await self._drop_worker()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
+
+    async def _replace_worker(self) -> None:
+        await self._drop_worker()
+        await asyncio.wait_for(self._open_worker(), self.start_timeout)
+
+    async def _drop_worker(self) -> None:
+        opened, control, self._opened, self._control = self._opened, self._control, None, None
+        if control is not None:
+            control[1].close()
+        if opened is not None:
+            await opened.stop()
 
     async def close(self) -> None:
         """End the worker and stop restarting it."""
         self._closing = True
-        for task in (self._restarting, self._reader_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-        opened, self._opened = self._opened, None
-        if opened is not None:
-            await opened.stop()
-        for task in list(self._background):
+        if self._recovering is not None:
+            self._recovering.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+                await self._recovering
+        if self._data is not None:
+            self._data.close()
+            self._data = None
+        await self._drop_worker()
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
 
 
 class SandboxedServer(MCPServer):

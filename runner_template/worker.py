@@ -1,20 +1,24 @@
 """The worker: the only processes that run a generated module, always inside a sandbox.
 
-    python -P -m runner_template.worker (--fd N | --stdio | --listen unix:PATH | --listen tcp:HOST:PORT)
-        [--memory-bytes B] [--processes N] [--file-size-bytes B] [--open-files N] [--cpu-seconds S]
+    python -P -m runner_template.worker (--listen-fd N | --listen unix:PATH | --listen tcp:HOST:PORT | --stdio)
+        [--kill-all] [--memory-bytes B] [--processes N] [--file-size-bytes B] [--open-files N] [--cpu-seconds S]
 
-The warden (this module's main process) imports the runner's code first, applies the limits to itself (its
-children inherit them) and then takes connections from the front: one inherited socket (`--fd`), its
-stdin/stdout (`--stdio`: a container's attached streams), or every connection to a listening socket. Each
-connection starts with a `Load`; the warden forks a tool process that imports the module and serves its
-calls, and relays the frames both ways. Only the warden keeps the deadlines: a call that outlives its
-timeout, a tool process that dies (its memory or CPU limit, a crash) or that sends a frame over the limit
-ends every process of the sandbox but the warden (`kill(-1)`: a fork bomb's strays too), answers the calls
-in flight with a tool error saying why, and forks fresh tool processes for every connection.
+The warden (this module's main process) imports the runner's code first and applies the limits to itself (its
+children inherit them). Then it listens (on a socket the front made and handed over, `--listen-fd`, or at an
+address) for the front's connections (see `runner_template.channel`): a control connection brings the module
+(`Load`); each data connection that attaches to it gets a tool process forked from the warden, which imports
+the module and serves its calls on that connection, directly with the front. When the front asks for a
+restart (a call outlived its time limit, a tool process died or broke the protocol), the warden ends every
+tool process (with `--kill-all`, every process of the sandbox's user but itself: a fork bomb's strays too),
+collects them, and says so; the front attaches again and gets a fresh tool process within milliseconds.
+
+`--stdio` (a container's attached streams, the checker's sample runs): no control connection; the warden
+reads the `Load` from stdin and serves the module itself, on stdin/stdout; the front replaces the whole
+container when something goes wrong.
 
 Everything here runs with the generated module's privileges: the warden is a convenience for the module's
-own server (fast restarts, clear errors), not a boundary. The boundary is the sandbox around it and the
-front, which trusts no frame.
+own server (fast restarts), not a boundary. The boundary is the sandbox around it and the front, which
+trusts no frame.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import gc
 import logging
 import os
 import resource
+import secrets
 import signal
 import socket
 import sys
@@ -37,6 +42,7 @@ import msgspec
 
 from runner_template.channel import (
     MAX_FRAME_BYTES,
+    Attach,
     Call,
     ChannelClosed,
     Egress,
@@ -45,6 +51,9 @@ from runner_template.channel import (
     Load,
     Loaded,
     LoadFailed,
+    Ready,
+    Restart,
+    Restarted,
     Result,
     encode,
     read_frame,
@@ -52,9 +61,6 @@ from runner_template.channel import (
 from runner_template.limits import WorkerLimits
 
 log = logging.getLogger("bmms.worker")
-
-FRAME_SLACK = 64 * 1024
-"""Room a result frame may take beyond `Load.max_result_bytes` (its envelope)."""
 
 
 # -- the tool process ----------------------------------------------------------------------------------------
@@ -64,15 +70,13 @@ def _result_error(text: str) -> dict[str, Any]:
     return {"content": [{"type": "text", "text": text}], "isError": True}
 
 
-async def serve_tools(sock: socket.socket, load: Load) -> None:
+async def serve_tools(load: Load, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """In the tool process: import the module, say which tools it serves, then serve calls until EOF."""
     # Imported here, not at the top: the warden imports them once, before any fork (see `main`).
     from mcp_types import CallToolRequestParams, CallToolResult
 
     from runner_template import upstream
     from runner_template.server import create_server, load_module
-
-    reader, writer = await asyncio.open_unix_connection(sock=sock)
 
     def send(frame: Frame) -> None:
         writer.write(encode(frame))
@@ -117,9 +121,11 @@ async def serve_tools(sock: socket.socket, load: Load) -> None:
             result = _result_error(f"tool {call.tool!r} failed: {type(exc).__name__}")
         finally:
             upstream.current_call.reset(token)
-        if len(msgspec.msgpack.encode(result)) > load.max_result_bytes:
-            result = _result_error(f"the result of tool {call.tool!r} is over the {load.max_result_bytes} byte limit")
-        send(Result(id=call.id, result=result))
+        frame = encode(Result(id=call.id, result=result))
+        if len(frame) > load.max_result_bytes:
+            frame = encode(Result(id=call.id, result=_result_error(
+                f"the result of tool {call.tool!r} is over the {load.max_result_bytes} byte limit")))
+        writer.write(frame)
 
     tasks: set[asyncio.Task[None]] = set()
     while True:
@@ -135,6 +141,12 @@ async def serve_tools(sock: socket.socket, load: Load) -> None:
             waiter = egress_waiting.get(frame.id)
             if waiter is not None and not waiter.done():
                 waiter.set_result(frame)
+
+
+async def _serve_on(sock: socket.socket, load: Load) -> None:
+    reader, writer = await asyncio.open_connection(sock=sock) if sock.family != socket.AF_UNIX \
+        else await asyncio.open_unix_connection(sock=sock)
+    await serve_tools(load, reader, writer)
 
 
 def _become_tool_process(child_end: socket.socket, load: Load, limits: WorkerLimits) -> None:
@@ -155,7 +167,7 @@ def _become_tool_process(child_end: socket.socket, load: Load, limits: WorkerLim
         os.closerange(4, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
         if limits.cpu_seconds > 0:
             resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 5))
-        asyncio.run(serve_tools(socket.socket(fileno=3), load))
+        asyncio.run(_serve_on(socket.socket(fileno=3), load))
         code = 0
     except BaseException:
         traceback.print_exc()
@@ -168,236 +180,118 @@ def _become_tool_process(child_end: socket.socket, load: Load, limits: WorkerLim
 # -- the warden ----------------------------------------------------------------------------------------------
 
 
-@dataclass
-class ToolProcess:
-    """One forked tool process and the warden's end of its channel."""
-
-    pid: int
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-
-
 @dataclass(eq=False)
-class Connection:
-    """One front's connection, its module, its tool process and its calls in flight."""
+class Session:
+    """One front's module and the tool processes attached to it."""
 
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    load: Load | None = None
-    tool: ToolProcess | None = None
-    pump: asyncio.Task[None] | None = None
-    in_flight: dict[int, Call] = field(default_factory=dict)
-    closed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def send(self, frame: Frame) -> None:
-        if not self.writer.is_closing():
-            self.writer.write(encode(frame))
+    load: Load
+    pids: set[int] = field(default_factory=set)
 
 
 class Warden:
-    """Relays between fronts and tool processes and keeps every call's deadline."""
+    """Takes the front's connections: control (the module, restarts) and data (a tool process each)."""
 
     def __init__(self, limits: WorkerLimits, *, kill_all: bool) -> None:
         self.limits = limits
         self.kill_all = kill_all
         """Whether a restart may end every process this user can signal: only where the sandbox is ours alone
         (its own PID namespace and user); otherwise only the tool processes' own process groups."""
-        self.connections: set[Connection] = set()
-        self._restarting: asyncio.Lock = asyncio.Lock()
-        self.generation = 0
+        self.sessions: dict[str, Session] = {}
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Serve one front until it goes away."""
-        conn = Connection(reader, writer)
-        self.connections.add(conn)
+        """One connection: control (starts with `Load`) or data (starts with `Attach`)."""
         try:
             first = await read_frame(reader)
-            if not isinstance(first, Load):
-                return
-            conn.load = first
-            loaded = await self._start_tool_process(conn)
-            conn.send(loaded)
-            if isinstance(loaded, LoadFailed):
-                await writer.drain()
-                return
-            while True:
-                frame = await read_frame(reader)
-                if isinstance(frame, Call):
-                    await self._call(conn, frame)
-                elif isinstance(frame, EgressAnswer) and conn.tool is not None:
-                    conn.tool.writer.write(encode(frame))
+            if isinstance(first, Load):
+                await self._control(first, reader, writer)
+            elif isinstance(first, Attach) and first.session in self.sessions:
+                self._fork(self.sessions[first.session], writer)
         except ChannelClosed:
             pass
         finally:
-            self.connections.discard(conn)
-            conn.closed.set()
-            self._stop_tool_process(conn)
             writer.close()
 
-    async def _call(self, conn: Connection, call: Call) -> None:
-        async with self._restarting:  # a restart in progress: the call goes to the fresh process
-            pass
-        if conn.tool is None:
-            conn.send(Result(id=call.id, result=_result_error("the tool process is not running")))
-            return
-        conn.in_flight[call.id] = call
-        generation = self.generation
-        asyncio.get_running_loop().call_later(
-            max(call.timeout_seconds, 0.0), self._deadline, conn, call.id, generation)
-        conn.tool.writer.write(encode(call))
+    async def _control(self, load: Load, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        session_id = secrets.token_hex(8)
+        session = self.sessions[session_id] = Session(load)
+        try:
+            writer.write(encode(Ready(session=session_id)))
+            while True:
+                frame = await read_frame(reader)
+                if isinstance(frame, Restart):
+                    log.warning("restarting the tool processes: %s", frame.reason[:500])
+                    await self.restart()
+                    writer.write(encode(Restarted()))
+        finally:
+            del self.sessions[session_id]
+            self._end(session.pids)
 
-    def _deadline(self, conn: Connection, call_id: int, generation: int) -> None:
-        call = conn.in_flight.get(call_id)
-        if call is not None and generation == self.generation:
-            reason = f"tool {call.tool!r} did not finish within {call.timeout_seconds:g} s"
-            asyncio.get_running_loop().create_task(self.restart(reason))
-
-    async def _start_tool_process(self, conn: Connection) -> Loaded | LoadFailed:
-        """Fork a tool process for `conn`'s module and wait for its answer; pump its frames to the front."""
-        assert conn.load is not None
-        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    def _fork(self, session: Session, writer: asyncio.StreamWriter) -> None:
+        """A tool process for `session` on the data connection behind `writer` (its copy here is closed)."""
+        sock = writer.get_extra_info("socket")
+        channel = socket.socket(fileno=os.dup(sock.fileno()))
         pid = os.fork()
         if pid == 0:
-            parent_end.close()
-            _become_tool_process(child_end, conn.load, self.limits)
-        child_end.close()
-        reader, writer = await asyncio.open_unix_connection(sock=parent_end)
-        conn.tool = ToolProcess(pid, reader, writer)
-        try:
-            answer = await read_frame(reader)
-        except ChannelClosed as exc:
-            return LoadFailed(error=f"the tool process ended while importing the module ({exc}): "
-                                    f"{await self._exit_status(pid)}")
-        if not isinstance(answer, Loaded | LoadFailed):
-            return LoadFailed(error="the tool process answered the import with something else")
-        if isinstance(answer, Loaded):
-            conn.pump = asyncio.create_task(self._pump(conn, conn.tool, conn.load.max_result_bytes))
-        return answer
+            _become_tool_process(channel, session.load, self.limits)
+        channel.close()
+        session.pids.add(pid)
 
-    async def _pump(self, conn: Connection, tool: ToolProcess, max_result_bytes: int) -> None:
-        """Frames from the tool process to the front, until it ends (then: restart)."""
-        try:
-            while True:
-                frame = await read_frame(tool.reader, max_result_bytes + FRAME_SLACK)
-                if isinstance(frame, Result):
-                    if conn.in_flight.pop(frame.id, None) is not None:
-                        conn.send(frame)
-                elif isinstance(frame, Egress):
-                    if frame.call_id in conn.in_flight:
-                        conn.send(frame)
-                    else:
-                        tool.writer.write(encode(EgressAnswer(id=frame.id, refused=True,
-                                                              error="upstream calls are made only while a tool "
-                                                                    "call runs")))
-        except ChannelClosed as exc:
-            if conn.tool is tool and not conn.closed.is_set():
-                status = await self._exit_status(tool.pid)
-                reason = ("the tool process sent a result over the size limit" if "over the" in str(exc)
-                          else f"the tool process ended ({status})")
-                asyncio.get_running_loop().create_task(self.restart(reason))
-
-    async def _exit_status(self, pid: int) -> str:
-        """How tool process `pid` ended (it is killed if it is still running a moment after closing its end)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 0.5
-        while pid not in _exited and loop.time() < deadline:
-            _reap()
-            await asyncio.sleep(0.01)
-        if pid not in _exited:
-            with contextlib.suppress(ProcessLookupError):
+    def _end(self, pids: set[int]) -> None:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
-            return "it closed its channel and was stopped"
-        status = _exited.pop(pid)
-        if os.WIFSIGNALED(status):
-            number = os.WTERMSIG(status)
-            name = signal.Signals(number).name
-            why = {"SIGKILL": "killed: out of memory or a limit", "SIGXCPU": "its CPU time limit",
-                   "SIGSEGV": "a crash"}.get(name, "a signal")
-            return f"{name}, {why}"
-        return f"exit status {os.WEXITSTATUS(status)}"
+        pids.clear()
 
-    def _stop_tool_process(self, conn: Connection) -> None:
-        tool, conn.tool = conn.tool, None
-        if conn.pump is not None:
-            conn.pump.cancel()
-            conn.pump = None
-        if tool is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(tool.pid, signal.SIGKILL)
-            tool.writer.close()
-
-    async def restart(self, reason: str) -> None:
-        """End every process of the sandbox but this one, fail the calls in flight, fork fresh tool processes."""
-        async with self._restarting:
-            self.generation += 1
-            log.warning("restarting the tool processes: %s", reason)
-            for conn in self.connections:
-                if conn.pump is not None:
-                    conn.pump.cancel()
-                    conn.pump = None
-            for conn in list(self.connections):
-                tool, conn.tool = conn.tool, None
-                if tool is not None:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(tool.pid, signal.SIGKILL)
-                    tool.writer.close()
-            if self.kill_all:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(-1, signal.SIGKILL)  # every process of this sandbox's user: a fork bomb's strays too
-                for call_id in list(conn.in_flight):
-                    conn.send(Result(id=call_id, result=_result_error(f"{reason}; the call was stopped")))
-                conn.in_flight.clear()
+    async def restart(self) -> None:
+        """End every tool process (and, with kill_all, every other process of this user here) and wait until
+        they are gone."""
+        for session in self.sessions.values():
+            self._end(session.pids)
+        if self.kill_all:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(-1, signal.SIGKILL)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while loop.time() < deadline:
             _reap()
-            for conn in list(self.connections):
-                if conn.load is None or conn.closed.is_set():
+            try:
+                if os.waitpid(-1, os.WNOHANG) == (0, 0):  # noqa: ASYNC222 (WNOHANG never blocks)
+                    await asyncio.sleep(0.005)
                     continue
-                answer = await self._start_tool_process(conn)
-                if isinstance(answer, LoadFailed):
-                    log.error("the module no longer imports: %s", answer.error)
-                    conn.writer.close()
-
-
-_exited: dict[int, int] = {}
-"""Wait statuses of reaped children, until the warden asks how one ended."""
+            except ChildProcessError:
+                return  # no child left
 
 
 def _reap() -> None:
-    """Collect exited children (orphans too, when this is a PID namespace's reaper), keeping their statuses."""
-    while True:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        _exited[pid] = status
-        if len(_exited) > 1000:  # strays nobody asks about
-            _exited.pop(next(iter(_exited)))
+    """Collect exited children (orphans too, when this is a PID namespace's reaper)."""
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
 
 
 async def _stdio_streams() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """stdin/stdout as the channel; fds 0 and 1 then point at /dev/null (nothing printed reaches the front)."""
     loop = asyncio.get_running_loop()
+    channel_in, channel_out = os.dup(0), os.dup(1)
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
     reader = asyncio.StreamReader(limit=MAX_FRAME_BYTES)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(0, "rb", buffering=0))
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(channel_in, "rb", 0))
     transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin,
-                                                        os.fdopen(1, "wb", buffering=0))
+                                                        os.fdopen(channel_out, "wb", 0))
     writer = asyncio.StreamWriter(transport, protocol, reader, loop)
     return reader, writer
 
 
-async def run_warden(mode: str, address: str | None, fd: int | None, limits: WorkerLimits, *,
-                     kill_all: bool) -> None:
-    """Serve the front's connections in `mode` (fd, stdio or listen) until the single connection ends, or
-    forever when listening."""
+async def run_warden(address: str | None, listen_fd: int | None, limits: WorkerLimits, *, kill_all: bool) -> None:
+    """Serve the front's connections on `listen_fd` or at `address` until killed."""
     warden = Warden(limits, kill_all=kill_all)
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGCHLD, _reap)
-    if mode == "fd":
-        assert fd is not None
-        reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=fd))
-        await warden.serve(reader, writer)
-    elif mode == "stdio":
-        await warden.serve(*await _stdio_streams())
+    asyncio.get_running_loop().add_signal_handler(signal.SIGCHLD, _reap)
+    if listen_fd is not None:
+        listener = socket.socket(fileno=listen_fd)
+        server = await (asyncio.start_unix_server(warden.serve, sock=listener) if listener.family == socket.AF_UNIX
+                        else asyncio.start_server(warden.serve, sock=listener))
     else:
         assert address is not None
         kind, _, where = address.partition(":")
@@ -411,17 +305,31 @@ async def run_warden(mode: str, address: str | None, fd: int | None, limits: Wor
         else:
             raise SystemExit(f"--listen takes unix:PATH or tcp:HOST:PORT, not {address!r}")
         log.info("worker listening on %s", address)
-        async with server:
-            await server.serve_forever()
+    async with server:
+        await server.serve_forever()
+
+
+async def serve_stdio(limits: WorkerLimits) -> None:
+    """`--stdio`: the module from stdin, served by this process itself on stdin/stdout."""
+    reader, writer = await _stdio_streams()
+    try:
+        load = await read_frame(reader)
+    except ChannelClosed:
+        return
+    if not isinstance(load, Load):
+        return
+    if limits.cpu_seconds > 0:
+        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 5))
+    await serve_tools(load, reader, writer)
 
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m runner_template.worker`: see the module doc."""
     parser = argparse.ArgumentParser(prog="python -m runner_template.worker")
     where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--fd", type=int, help="an inherited, connected stream socket")
-    where.add_argument("--stdio", action="store_true", help="frames on stdin and stdout")
+    where.add_argument("--listen-fd", type=int, help="an inherited, listening stream socket")
     where.add_argument("--listen", help="unix:PATH or tcp:HOST:PORT")
+    where.add_argument("--stdio", action="store_true", help="one module, served on stdin and stdout")
     parser.add_argument("--kill-all", action="store_true",
                         help="the sandbox has its own PID namespace and user: a restart ends all their processes")
     defaults = WorkerLimits()
@@ -438,8 +346,10 @@ def main(argv: list[str] | None = None) -> None:
     import runner_template.upstream  # noqa: F401
 
     limits.apply()
-    mode = "fd" if args.fd is not None else "stdio" if args.stdio else "listen"
-    asyncio.run(run_warden(mode, args.listen, args.fd, limits, kill_all=args.kill_all))
+    if args.stdio:
+        asyncio.run(serve_stdio(limits))
+    else:
+        asyncio.run(run_warden(args.listen, args.listen_fd, limits, kill_all=args.kill_all))
 
 
 if __name__ == "__main__":

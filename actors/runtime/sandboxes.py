@@ -27,7 +27,7 @@ from aiodocker.exceptions import DockerError
 
 from actors.runtime.settings import Settings
 from runner_template.limits import WorkerLimits
-from runner_template.sandbox import INSTALL_HINT, Opened, SandboxUnavailable, bwrap_path
+from runner_template.sandbox import INSTALL_HINT, Opened, SandboxUnavailable, Streams, bwrap_path
 
 DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
 
@@ -161,7 +161,7 @@ class ContainerWorker:
         try:
             image = await self.image()
             config = worker_container(
-                image, [*WORKER_MODULE, "--stdio", "--kill-all", *self.limits.argv()],
+                image, [*WORKER_MODULE, "--stdio", *self.limits.argv()],
                 memory_bytes=self.memory_bytes, pids=self.pids, nano_cpus=int(self.cpus * 1e9), labels=self.labels,
                 stdio=True, auto_remove=True,
             )
@@ -192,6 +192,13 @@ class ContainerWorker:
             await stream.close()
 
         bridges = [asyncio.create_task(inbound()), asyncio.create_task(outbound())]
+        handed: list[bool] = []
+
+        async def connect() -> Streams:
+            if handed:
+                raise ConnectionRefusedError("a worker on stdio has one channel")
+            handed.append(True)
+            return reader, writer
 
         async def stop() -> None:
             writer.close()
@@ -204,4 +211,4 @@ class ContainerWorker:
             with contextlib.suppress(DockerError):
                 await container.delete(force=True)
 
-        return Opened(reader, writer, stop)
+        return Opened(connect, stop, restartable=False)
