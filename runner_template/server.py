@@ -55,26 +55,26 @@ def wire_names(fn: Callable[..., Any]) -> dict[str, str]:
 
 
 def _registered_callable(fn: Callable[..., Any], aliases: dict[str, str]) -> Callable[..., Any]:
-    """`fn` as the SDK calls it: arguments keyed by wire name (what the SDK passes when aliases are used)
-    mapped back to parameter names."""
+    """`fn` as the SDK calls it: a coroutine function (a plain function runs inline), with arguments keyed by
+    wire name (what the SDK passes when aliases are used) mapped back to parameter names."""
     by_wire = {wire: name for name, wire in aliases.items()}
 
     def python_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
         return {by_wire.get(key, key): value for key, value in kwargs.items()} if by_wire else kwargs
 
-    wrapper: Callable[..., Any]
     if inspect.iscoroutinefunction(fn):
 
-        async def call_async(**kwargs: Any) -> Any:
+        async def wrapper(**kwargs: Any) -> Any:
             return await fn(**python_kwargs(kwargs))
 
-        wrapper = call_async
     else:
 
-        def call_sync(**kwargs: Any) -> Any:  # the SDK runs it in a worker thread, context copied
+        async def wrapper(**kwargs: Any) -> Any:
+            # Run here, in the tool process's loop, not in a thread the SDK would hand it to: no thread hop per
+            # call. A slow pure function holds up only its own server's other calls, and the front's time
+            # limit ends it.
             return fn(**python_kwargs(kwargs))
 
-        wrapper = call_sync
     functools.update_wrapper(wrapper, fn)
     setattr(wrapper, "__signature__", inspect.signature(fn, eval_str=True))  # noqa: B010 (what the SDK inspects)
     return wrapper

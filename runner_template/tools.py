@@ -161,24 +161,26 @@ class SandboxedTools:
 
     async def call(self, name: str, arguments: dict[str, Any]) -> CallToolResult:
         """Call tool `name`; its result, or a tool error saying why there is none."""
-        try:
-            await asyncio.wait_for(self._ready.wait(), self.call_timeout)
-        except TimeoutError:
-            return tool_error("the tools are restarting and did not come back in time; try again")
+        if not self._ready.is_set():
+            try:
+                await asyncio.wait_for(self._ready.wait(), self.call_timeout)
+            except TimeoutError:
+                return tool_error("the tools are restarting and did not come back in time; try again")
         data = self._data
         assert data is not None
         self._next_id += 1
         call_id = self._next_id
-        waiter: asyncio.Future[CallToolResult] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[CallToolResult] = loop.create_future()
         self._pending[call_id] = waiter
         data.write(encode(Call(id=call_id, tool=name, arguments=arguments)))
+        reason = f"tool {name!r} did not finish within {self.call_timeout:g} s"
+        # A timer, not wait_for: no task per call on the hot path.
+        timer = loop.call_later(self.call_timeout, self._fail, data, reason)
         try:
-            return await asyncio.wait_for(asyncio.shield(waiter), self.call_timeout)
-        except TimeoutError:
-            reason = f"tool {name!r} did not finish within {self.call_timeout:g} s"
-            self._fail(data, reason)
-            return tool_error(f"{reason}; it was stopped")
+            return await waiter
         finally:
+            timer.cancel()
             self._pending.pop(call_id, None)
 
     async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
