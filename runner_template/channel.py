@@ -21,7 +21,10 @@ frame over `MAX_FRAME_BYTES` ends the connection before it is read.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import struct
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 import msgspec
@@ -161,3 +164,36 @@ async def read_frame(reader: asyncio.StreamReader, limit: int = MAX_FRAME_BYTES)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ChannelClosed(f"an unreadable frame: {exc}") from None
 
+
+
+Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+def _split(address: str) -> tuple[str, str, int]:
+    """`unix:PATH` -> ("unix", PATH, 0); `tcp:HOST:PORT` -> ("tcp", HOST, PORT); ValueError otherwise."""
+    kind, _, where = address.partition(":")
+    if kind == "unix" and where:
+        return kind, where, 0
+    host, _, port = where.rpartition(":")
+    if kind == "tcp" and port.isdigit():
+        return kind, host, int(port)
+    raise ValueError(f"a worker address is unix:PATH or tcp:HOST:PORT, not {address!r}")
+
+
+async def connect(address: str) -> Streams:
+    """A connection to the worker at `address`."""
+    kind, where, port = _split(address)
+    if kind == "unix":
+        return await asyncio.open_unix_connection(where)
+    return await asyncio.open_connection(where, port)
+
+
+async def listen(address: str, handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+                 ) -> asyncio.Server:
+    """A server at `address` handing each connection to `handler` (a stale Unix socket file is replaced)."""
+    kind, where, port = _split(address)
+    if kind == "unix":
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(where)
+        return await asyncio.start_unix_server(handler, path=where)
+    return await asyncio.start_server(handler, host=where or None, port=port)

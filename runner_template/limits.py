@@ -33,3 +33,8 @@ class WorkerLimits:
                              (resource.RLIMIT_FSIZE, self.file_size_bytes), (resource.RLIMIT_NOFILE, self.open_files)):
             if value > 0:
                 resource.setrlimit(which, (value, value))
+
+    def limit_cpu(self) -> None:
+        """Cap this process's CPU time (a tool process's: it starts from zero at its fork)."""
+        if self.cpu_seconds > 0:
+            resource.setrlimit(resource.RLIMIT_CPU, (self.cpu_seconds, self.cpu_seconds + 5))

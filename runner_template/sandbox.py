@@ -35,6 +35,8 @@ from typing import Any, Protocol
 
 import bus_schemas
 import runner_template
+from runner_template import channel
+from runner_template.channel import Streams
 from runner_template.limits import WorkerLimits
 
 log = logging.getLogger("bmms.runner.sandbox")
@@ -56,9 +58,6 @@ SANDBOX_TMP = "/tmp"  # noqa: S108 - the sandbox's own private tmpfs, not the ho
 
 class SandboxUnavailable(Exception):
     """No sandbox tool is installed (the message says how to get one)."""
-
-
-Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
 @dataclass(frozen=True)
@@ -246,15 +245,6 @@ class Remote:
     def description(self) -> str:
         return f"a worker container with no network, at {self.address}"
 
-    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        kind, _, where = self.address.partition(":")
-        if kind == "unix":
-            return await asyncio.open_unix_connection(where)
-        if kind == "tcp":
-            host, _, port = where.rpartition(":")
-            return await asyncio.open_connection(host, int(port))
-        raise ValueError(f"a worker address is unix:PATH or tcp:HOST:PORT, not {self.address!r}")
-
     async def open(self) -> Opened:
         async def connect() -> Streams:
             loop = asyncio.get_running_loop()
@@ -262,7 +252,7 @@ class Remote:
             delay = 0.05
             while True:
                 try:
-                    return await self._connect()
+                    return await channel.connect(self.address)
                 except OSError:  # not listening yet (no socket file, refused, no such host yet)
                     if loop.time() > deadline:
                         raise

@@ -45,11 +45,12 @@ from runner_template.channel import (
     Restart,
     Restarted,
     Result,
+    Streams,
     encode,
     read_frame,
 )
 from runner_template.metering import refusal_var
-from runner_template.sandbox import Launcher, Opened, Streams
+from runner_template.sandbox import Launcher, Opened
 
 log = logging.getLogger("bmms.runner.tools")
 
@@ -123,14 +124,14 @@ class SandboxedTools:
                 self._session = ready.session
             self._opened, self._control = opened, control
             await self._attach(opened)
-        except (ToolsUnavailable, ChannelClosed, OSError) as exc:
+        except BaseException as exc:  # the start's time limit (a cancellation) too: no worker is left behind
             self._opened, self._control = None, None
             if control is not None:
                 control[1].close()
             await opened.stop()
-            if isinstance(exc, ToolsUnavailable):
-                raise
-            raise ToolsUnavailable(f"the worker ended before it loaded the module ({exc})") from None
+            if isinstance(exc, ChannelClosed | OSError):
+                raise ToolsUnavailable(f"the worker ended before it loaded the module ({exc})") from None
+            raise
 
     async def _attach(self, opened: Opened) -> None:
         """A tool process on a new data connection, its tools checked against the artifact's."""

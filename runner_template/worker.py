@@ -56,6 +56,7 @@ from runner_template.channel import (
     Restarted,
     Result,
     encode,
+    listen,
     read_frame,
 )
 from runner_template.limits import WorkerLimits
@@ -165,8 +166,7 @@ def _become_tool_process(child_end: socket.socket, load: Load, limits: WorkerLim
         os.dup2(null, 1)
         os.dup2(child_end.fileno(), 3)
         os.closerange(4, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
-        if limits.cpu_seconds > 0:
-            resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 5))
+        limits.limit_cpu()
         asyncio.run(_serve_on(socket.socket(fileno=3), load))
         code = 0
     except BaseException:
@@ -253,13 +253,11 @@ class Warden:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 5
         while loop.time() < deadline:
-            _reap()
             try:
-                if os.waitpid(-1, os.WNOHANG) == (0, 0):  # noqa: ASYNC222 (WNOHANG never blocks)
-                    await asyncio.sleep(0.005)
-                    continue
+                if os.waitpid(-1, os.WNOHANG)[0] == 0:  # noqa: ASYNC222 (WNOHANG never blocks)
+                    await asyncio.sleep(0.005)  # some still dying
             except ChildProcessError:
-                return  # no child left
+                return  # every child collected
 
 
 def _reap() -> None:
@@ -294,16 +292,7 @@ async def run_warden(address: str | None, listen_fd: int | None, limits: WorkerL
                         else asyncio.start_server(warden.serve, sock=listener))
     else:
         assert address is not None
-        kind, _, where = address.partition(":")
-        if kind == "unix":
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(where)
-            server = await asyncio.start_unix_server(warden.serve, path=where)
-        elif kind == "tcp":
-            host, _, port = where.rpartition(":")
-            server = await asyncio.start_server(warden.serve, host=host or None, port=int(port))
-        else:
-            raise SystemExit(f"--listen takes unix:PATH or tcp:HOST:PORT, not {address!r}")
+        server = await listen(address, warden.serve)
         log.info("worker listening on %s", address)
     async with server:
         await server.serve_forever()
@@ -318,8 +307,7 @@ async def serve_stdio(limits: WorkerLimits) -> None:
         return
     if not isinstance(load, Load):
         return
-    if limits.cpu_seconds > 0:
-        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 5))
+    limits.limit_cpu()
     await serve_tools(load, reader, writer)
 
 

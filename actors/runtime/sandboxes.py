@@ -26,8 +26,9 @@ import aiodocker
 from aiodocker.exceptions import DockerError
 
 from actors.runtime.settings import Settings
+from runner_template.channel import Streams
 from runner_template.limits import WorkerLimits
-from runner_template.sandbox import INSTALL_HINT, Opened, SandboxUnavailable, Streams, bwrap_path
+from runner_template.sandbox import INSTALL_HINT, Opened, SandboxUnavailable, bwrap_path
 
 DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
 

@@ -3,9 +3,11 @@ first error finding; and the type check and lint it runs on every module."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -182,6 +184,26 @@ async def test_module_that_cannot_load_is_an_error(sandbox: Bubblewrap) -> None:
     [finding] = await run_dynamic_check(artifact_of(source), hypot_plan(), Sandbox(), sandbox)
     assert finding.rule == "dynamic-start" and finding.severity == "error"
     assert "SystemExit: boom" in finding.message
+
+
+def sandboxes_of_this_process() -> set[int]:
+    """Pids of the bubblewrap processes this test process started (a sandbox is its bwrap child)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            stat = (entry / "stat").read_text()
+            if entry.name.isdigit() and "(bwrap)" in stat and int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid():
+                found.add(int(entry.name))
+    return found
+
+
+async def test_module_that_hangs_while_loading_is_an_error_and_leaves_no_sandbox_behind(sandbox: Bubblewrap) -> None:
+    before = sandboxes_of_this_process()
+    source = CLEAN.replace("import math", "import math\n\nwhile True:\n    pass")
+    findings = await run_dynamic_check(artifact_of(source), hypot_plan(), Sandbox(start_timeout_seconds=3), sandbox)
+    assert [(f.rule, f.severity) for f in findings] == [("dynamic-start", "error")]
+    assert "did not load the module within 3 s" in findings[0].message
+    assert sandboxes_of_this_process() <= before  # the spinning sandbox was ended, not left to burn its CPU
 
 
 async def test_pure_tool_that_outlives_its_time_limit_is_an_error(sandbox: Bubblewrap) -> None:

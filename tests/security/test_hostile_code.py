@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -205,7 +205,7 @@ class Attack:
         return {"request": json.dumps({"paths": self.paths, "targets": self.targets, "needles": self.needles})}
 
 
-def attack_on(stack: Stack, extra_paths: list[str] = ()) -> Attack:  # type: ignore[assignment]
+def attack_on(stack: Stack, extra_paths: Sequence[str] = ()) -> Attack:
     root = stack.root
     pg_sockets = [str(p) for p in root.rglob(".s.PGSQL.*") if not p.name.endswith(".lock")]
     assert pg_sockets, "the test's PostgreSQL socket was not found"
