@@ -9,7 +9,7 @@ makes them, `egress`), and removes the credentials from `os.environ`. `runner_ap
 - `/mcp`: CORS for browser clients -> Host/Origin, bearer token and per-tool scope (`resource.McpEndpoint`)
   -> the SDK's Streamable HTTP handler (stateless; the 2026-07-28 per-request path and the 2025-11-25
   initialize path are dispatched by the SDK on the `MCP-Protocol-Version` header) -> the server's middleware
-  (`metering.ToolCallMeter`: over-quota refusal, one usage event per call) -> `server.SandboxedServer` -> the
+  (`metering.ToolCallMeter`: over-quota refusal, one usage event per call) -> `tools.SandboxedServer` -> the
   worker;
 - `/.well-known/oauth-protected-resource/mcp` (and the public-path form): RFC 9728 metadata;
 - `/healthz`: liveness and the tool list, no auth;
@@ -48,12 +48,11 @@ from bus_schemas.registry import REVOKED
 from runner_template import egress
 from runner_template.auth import AccessTokenVerifier, RevokedGrants, jwks_over_http
 from runner_template.bus import RunnerBus
-from runner_template.channel import Load
 from runner_template.logs import AccessLog, configure_logging
 from runner_template.metering import QuotaGate, ToolCallMeter, UsageOutbox
 from runner_template.resource import WELL_KNOWN_PRM, McpEndpoint, Protection, origin_of, transport_security
 from runner_template.sandbox import Launcher, SandboxUnavailable, launcher_for
-from runner_template.tools import SandboxedServer, SandboxedTools, ToolsUnavailable
+from runner_template.tools import SandboxedServer, SandboxedTools, ToolsUnavailable, load_for
 
 log = logging.getLogger("bmms.runner")
 
@@ -225,12 +224,6 @@ def scrub_secrets(environ: MutableMapping[str, str]) -> list[str]:
 def read_artifact(path: str) -> Artifact:
     """The artifact at `path`."""
     return msgspec.json.decode(Path(path).read_bytes(), type=Artifact)
-
-
-def load_for(artifact: Artifact, name: str | None = None) -> Load:
-    """The `Load` that puts `artifact`'s module into a worker."""
-    return Load(module_name=artifact.module_name, module_source=artifact.module_source, tools=artifact.tools,
-                server_name=name or artifact.module_name)
 
 
 async def start_tools(settings: RunnerSettings, artifact: Artifact, policy: egress.UpstreamPolicy | None,

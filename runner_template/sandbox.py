@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -210,7 +211,7 @@ class Bubblewrap:
         if bwrap is None:
             raise SandboxUnavailable(INSTALL_HINT)
         uid = (self.uid or random_uid()) if os.geteuid() == 0 else None
-        limits = self.limits if uid is not None else WorkerLimits(**{**self.limits.__dict__, "processes": 0})
+        limits = self.limits if uid is not None else dataclasses.replace(self.limits, processes=0)
         return await _spawned(bwrap_argv(bwrap, uid, limits), None)
 
 
@@ -227,7 +228,7 @@ class Unsandboxed:
     async def open(self) -> Opened:
         log.warning("running generated code WITHOUT a sandbox (BMMS_ALLOW_UNSANDBOXED_CODE): development only")
         argv = [sys.executable, "-P", "-m", "runner_template.worker", "--listen-fd={fd}",
-                *WorkerLimits(**{**self.limits.__dict__, "processes": 0}).argv()]
+                *dataclasses.replace(self.limits, processes=0).argv()]
         env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(_package_dir(runner_template).parent),
                "PYTHONDONTWRITEBYTECODE": "1"}
         return await _spawned(argv, env)

@@ -29,6 +29,7 @@ from mcp.server.context import ServerMiddleware
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult, TextContent, Tool
 
+from bus_schemas.plans import Artifact
 from runner_template import RUNNER_TEMPLATE_VERSION, egress
 from runner_template.channel import (
     FRAME_SLACK,
@@ -58,6 +59,12 @@ log = logging.getLogger("bmms.runner.tools")
 
 class ToolsUnavailable(Exception):
     """The worker could not be started or the module not loaded; the message says which and why."""
+
+
+def load_for(artifact: Artifact, name: str | None = None) -> Load:
+    """The `Load` that puts `artifact`'s module into a worker."""
+    return Load(module_name=artifact.module_name, module_source=artifact.module_source, tools=artifact.tools,
+                server_name=name or artifact.module_name)
 
 
 def tool_error(text: str) -> CallToolResult:

@@ -13,6 +13,7 @@ artifact's findings, which are deterministic, so a redelivered `generated` chang
 from __future__ import annotations
 
 import asyncio
+import functools
 import keyword
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -125,8 +126,8 @@ class CheckerActor(Actor):
             if where == "container":
                 docker = aiodocker.Docker(url=settings.docker_url)
                 images = RunnerImages(RunnerImageSettings())
-                runtime_of: Callable[[], Awaitable[str]] = lambda: images.runtime_image(docker)  # noqa: E731
-                self.launcher = prewarmed = Prewarmed(ContainerWorker(docker, runtime_of, limits))
+                runtime_image = functools.partial(images.runtime_image, docker)
+                self.launcher = prewarmed = Prewarmed(ContainerWorker(docker, runtime_image, limits))
             elif where == "bwrap":
                 self.launcher = prewarmed = Prewarmed(Bubblewrap(uid=None, limits=limits))
             elif where == "unsandboxed":

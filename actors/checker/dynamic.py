@@ -18,10 +18,9 @@ from typing import Any
 
 from actors.checker.rules import Finding, callee_name
 from bus_schemas.plans import Artifact, PlannedTool, PureFunction, ToolPlan
-from runner_template.app import load_for
 from runner_template.limits import WorkerLimits
 from runner_template.sandbox import Launcher, SandboxUnavailable
-from runner_template.tools import SandboxedTools, ToolsUnavailable
+from runner_template.tools import SandboxedTools, ToolsUnavailable, load_for
 
 
 @dataclass(frozen=True)

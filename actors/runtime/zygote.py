@@ -22,44 +22,18 @@ import asyncio
 import contextlib
 import json
 import os
-import resource
 import signal
 import socket
 import sys
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from runner_template.limits import WorkerLimits
 
 _REPO = Path(__file__).resolve().parent.parent.parent
 """Where actors/ and runner_template/ live (an editable install's finder does not resolve them from a
 foreign working directory)."""
-
-MIN_ADDRESS_SPACE = 2 * 1024 * 1024 * 1024
-"""Address space is not resident memory: CPython with the SDK maps ~1 GiB before it does anything."""
-
-
-@dataclass(frozen=True)
-class ChildLimits:
-    """rlimits of one forked child."""
-
-    address_space_bytes: int = MIN_ADDRESS_SPACE
-    open_files: int = 1024
-    file_size_bytes: int = 64 * 1024 * 1024
-    cpu_seconds: int | None = None
-    """CPU time the child may use in all (it starts from zero after the fork); None: no limit."""
-    niceness: int = 0
-
-    def apply(self) -> None:
-        """Set the limits on this process (call in the child)."""
-        resource.setrlimit(resource.RLIMIT_AS, (self.address_space_bytes, self.address_space_bytes))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, self.open_files))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (self.file_size_bytes, self.file_size_bytes))
-        if self.cpu_seconds is not None:
-            resource.setrlimit(resource.RLIMIT_CPU, (self.cpu_seconds, self.cpu_seconds))
-        os.nice(self.niceness)
-
 
 def start_time(pid: int) -> int | None:
     """The process's start time in clock ticks since boot (field 22 of /proc/<pid>/stat), or None if it is
@@ -85,7 +59,7 @@ def _child(request: dict[str, Any]) -> None:
         os.close(log)
         os.close(null)
         os.chdir(request["cwd"])
-        ChildLimits(**request["limits"]).apply()
+        WorkerLimits(**request["limits"]).apply()
         os.environ.clear()
         os.environ.update(request["env"])
         from runner_template import app
@@ -203,7 +177,7 @@ class ForkServer:
         if line.strip() != b"zygote ready":
             raise ForkServerError(f"the fork server did not start (exit {await self._process.wait()})")
 
-    async def spawn(self, *, env: dict[str, str], cwd: Path, log: Path, limits: ChildLimits) -> tuple[int, int]:
+    async def spawn(self, *, env: dict[str, str], cwd: Path, log: Path, limits: WorkerLimits) -> tuple[int, int]:
         """Fork a runner child; (pid, start time)."""
         async with self._lock:
             await self._ensure()

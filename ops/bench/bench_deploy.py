@@ -245,10 +245,9 @@ async def bench_sandbox(backends: list[str], calls: int, lines: list[str]) -> No
     from actors.planner.tool_spec import plan_tool_spec
     from actors.runtime.sandboxes import ContainerWorker
     from ops.runner_image import RunnerImages
-    from runner_template.app import load_for
     from runner_template.sandbox import Bubblewrap, Launcher
     from runner_template.server import create_server, load_module
-    from runner_template.tools import SandboxedTools
+    from runner_template.tools import SandboxedTools, load_for
 
     source = msgspec_convert_tool_spec(tool_spec(0))
     plan = plan_tool_spec(source, "bench", PlanNotes())

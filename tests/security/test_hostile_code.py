@@ -39,10 +39,9 @@ from actors.deployer.backends.process import ProcessBackend
 from actors.runtime.sandboxes import ContainerWorker
 from bus_schemas.plans import Artifact
 from ops.runner_image import RunnerImages
-from runner_template.app import load_for
 from runner_template.limits import WorkerLimits
 from runner_template.sandbox import Bubblewrap, Launcher
-from runner_template.tools import SandboxedTools
+from runner_template.tools import SandboxedTools, load_for
 from tests.conftest import Stack
 from tests.deployer.conftest import CALCULATOR, Rendered, new_server_id, render, spec_for, tool
 from tests.deployer.test_docker_backend import call_tool

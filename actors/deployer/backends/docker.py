@@ -324,8 +324,8 @@ class DockerBackend(EngineClient):
                 front = await self._start(mine, "front", name,
                                           lambda: self._config(spec, image, env, rewritten, digest, volume))
             except DockerError as exc:
-                await self._discard(mine + [c for c in await self._containers(spec.server_id)
-                                            if (c["Labels"] or {}).get(LABEL_SPEC) == digest], volume)
+                made = await self._containers(spec.server_id)
+                await self._discard([c for c in made if (c["Labels"] or {}).get(LABEL_SPEC) == digest], volume)
                 raise BackendError(f"cannot start a runner for {spec.server_id}: {exc.message}") from exc
             try:
                 port = await self._wait_ready(front, worker)

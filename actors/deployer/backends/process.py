@@ -30,8 +30,6 @@ from pathlib import Path
 
 from actors.deployer.backends.base import Backend, BackendError, RunnerSpec, RunningRunner
 from actors.runtime.zygote import (
-    MIN_ADDRESS_SPACE,
-    ChildLimits,
     ForkServer,
     ForkServerError,
     free_port,
@@ -39,6 +37,7 @@ from actors.runtime.zygote import (
     wait_listening,
 )
 from bus_schemas.servers import BackendName, Isolation
+from runner_template.limits import WorkerLimits
 from runner_template.sandbox import INSTALL_HINT, bwrap_path
 
 _STATE = "runner.json"
@@ -111,7 +110,9 @@ class ProcessBackend(Backend):
             artifact = directory / f"{spec.artifact_hash}.json"
             artifact.write_bytes(spec.artifact_json)
             port = free_port()
-            limits = ChildLimits(address_space_bytes=max(spec.limits.memory_bytes * 8, MIN_ADDRESS_SPACE))
+            # the front's own limits (its worker sets its own): no CPU cap, room for the SDK's address space
+            limits = WorkerLimits(memory_bytes=max(spec.limits.memory_bytes * 8, WorkerLimits.memory_bytes),
+                                  file_size_bytes=64 * 1024 * 1024, open_files=1024, cpu_seconds=0)
             env = {
                 "PATH": "/usr/bin:/bin",
                 "HOME": str(directory),
