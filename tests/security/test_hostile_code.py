@@ -51,7 +51,6 @@ BRIDGE_GATEWAY = "172.17.0.1"
 """The docker0 bridge's address: the host as containers see it."""
 
 PROBE = '''
-import gc
 import glob
 import json
 import os
@@ -90,20 +89,35 @@ def probe(paths: list[str], targets: list[list[object]], needles: list[str]) -> 
         except OSError as exc:
             report["environs"][pid] = type(exc).__name__
     report["pids"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
-    texts = set()  # every string held by a container the collector tracks (strings themselves are not)
-    for o in gc.get_objects():
-        items = o.items() if isinstance(o, dict) else o if isinstance(o, (list, tuple, set, frozenset)) else ()
-        for item in items:
-            for value in (item if isinstance(o, dict) else (item,)):
-                if isinstance(value, str):
-                    texts.add(value)
-                elif isinstance(value, (bytes, bytearray)):
-                    texts.add(bytes(value).decode(errors="replace"))
+    # Every readable page of this process, as an attacker would read it. The needle is never built whole here
+    # (it would then be in memory itself): its two halves are made apart and compared at each hit of the first.
+    regions = []
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split()
+            if fields[1].startswith("r") and not line.rstrip().endswith(("[vvar]", "[vsyscall]", "[vdso]")):
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                if end - start <= 256 * 1024 * 1024:
+                    regions.append((start, end))
+    halves = []
     for reversed_needle in needles:  # given reversed, so the request itself holds none of them
-        needle = reversed_needle[::-1]
-        if any(needle in o for o in texts):
-            report["found"].append(reversed_needle)
-        if any(needle in v for v in os.environ.values()):
+        cut = len(reversed_needle) // 2
+        halves.append((reversed_needle, reversed_needle[cut:][::-1].encode(), reversed_needle[:cut][::-1].encode()))
+    with open("/proc/self/mem", "rb", 0) as mem:
+        for start, end in regions:
+            try:
+                mem.seek(start)
+                chunk = mem.read(end - start)
+            except (OSError, OverflowError, ValueError):
+                continue
+            for reversed_needle, head, tail in halves:
+                at = chunk.find(head)
+                while at >= 0 and reversed_needle not in report["found"]:
+                    if chunk[at + len(head):at + len(head) + len(tail)] == tail:
+                        report["found"].append(reversed_needle)
+                    at = chunk.find(head, at + 1)
+    for reversed_needle, head, tail in halves:
+        if any((head + tail).decode() in v for v in os.environ.values()):
             report["found"].append(reversed_needle + " (environment)")
     report["sockets_found"] = [p for d in ("/run", "/var/run", "/tmp", "/run/postgresql") for p in glob.glob(d + "/*")
                                if p.endswith(".sock") or ".s.PGSQL" in p]
@@ -383,6 +397,7 @@ def test_the_attacks_are_real_when_nothing_contains_them(stack: Stack) -> None:
     report = json.loads(namespace["probe"](attack.paths, attack.targets, attack.needles))
     assert report["files"][str(stack.root / "nats" / "nats-server.log")] == "read"
     assert report["sockets"][f"127.0.0.1:{stack.nats.port}"] == "connected"
+    assert stack.nats.passwords["runner"][::-1] in report["found"]  # the memory scan finds what is there
     with contextlib.suppress(AssertionError):
         assert_contained(report, attack)
         pytest.fail("the probe found nothing outside a sandbox either")
