@@ -95,18 +95,33 @@ class Protection:
 
     def challenge(self, scope: str, *, error: str | None = None, description: str | None = None) -> str:
         """A `WWW-Authenticate: Bearer` value (RFC 6750 §3, RFC 9728 §5.1)."""
-        parts = []
-        if error:
-            parts.append(f'error="{error}"')
-        if description:
-            parts.append(f'error_description="{_quotable(description)}"')
-        parts += [f'resource_metadata="{self.metadata_url}"', f'scope="{scope}"']
-        return "Bearer " + ", ".join(parts)
+        params = {"error": error, "error_description": description,
+                  "resource_metadata": self.metadata_url, "scope": scope}
+        limits = {"error_description": DESCRIPTION_LIMIT}
+        return "Bearer " + ", ".join(f'{name}="{_quotable(value, limits.get(name))}"'
+                                     for name, value in params.items() if value)
 
 
-def _quotable(text: str) -> str:
-    """`text` as the content of an RFC 7230 quoted-string (no quotes, backslashes or control characters)."""
-    return "".join(c if c.isprintable() and c not in '"\\' else "'" if c == '"' else " " for c in text)[:200]
+DESCRIPTION_LIMIT = 200
+"""The longest `error_description` a challenge carries (a refusal's reason may quote a whole token field)."""
+_VISIBLE = frozenset(map(chr, range(0x20, 0x7F))) - {'"', "\\"}
+
+
+def _quotable(text: str, limit: int | None = None) -> str:
+    """`text` as an RFC 6750 §3 auth-param value: space and visible ASCII but `"` and `\\` as they are, every
+    other character (a token's `kid` or `alg` may be anything) percent-encoded as UTF-8; at most `limit` long.
+
+    Every value of a challenge goes through here: Starlette encodes headers as Latin-1, so one character
+    outside it would turn the 401 into a 500, and RFC 6750 allows no more than visible ASCII anyway."""
+    pieces = []
+    size = 0
+    for c in text:
+        piece = c if c in _VISIBLE else "".join(f"%{b:02X}" for b in c.encode("utf-8", "surrogatepass"))
+        size += len(piece)
+        if limit is not None and size > limit:
+            break
+        pieces.append(piece)
+    return "".join(pieces)
 
 
 def transport_security(allowed_hosts: list[str], allowed_origins: list[str]) -> TransportSecuritySettings:

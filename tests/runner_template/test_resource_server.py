@@ -4,7 +4,9 @@ real mcp client in both protocol revisions and with plain HTTP where the HTTP an
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 import socket
 import time
 import uuid
@@ -115,6 +117,45 @@ async def test_expired_tokens_and_tokens_from_another_issuer_are_refused(
     assert answer.status_code == 401
     assert 'error="invalid_token"' in answer.headers["www-authenticate"]
     assert reason in answer.json()["error_description"]
+
+
+CHALLENGE = re.compile(r'Bearer [a-z_]+="[\x20\x21\x23-\x5b\x5d-\x7e]*"(?:, [a-z_]+="[\x20\x21\x23-\x5b\x5d-\x7e]*")*')
+"""A `WWW-Authenticate: Bearer` value of quoted auth-params, each value in RFC 6750's error_description set."""
+
+
+def with_header(bearer: str, **fields: Any) -> str:
+    """`bearer` with `fields` changed in its JOSE header (the signature no longer matters: it is never reached)."""
+    encoded, payload, signature = bearer.split(".")
+    header = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
+    header.update(fields)
+    raw = base64.urlsafe_b64encode(json.dumps(header).encode()).rstrip(b"=").decode()
+    return f"{raw}.{payload}.{signature}"
+
+
+@pytest.mark.parametrize("fields", [
+    {"kid": "ключ"}, {"kid": "\u2603"}, {"kid": "\ud800"}, {"kid": "\x00\x7f\x85"},
+    {"kid": 'q"uote\\back'}, {"kid": "x\r\nSet-Cookie: session=stolen"}, {"kid": "é" * 5000},
+    {"alg": "ключ"}, {"typ": "\u2603"}, {"alg": "RS256\u2028"},
+], ids=["cyrillic", "snowman", "lone-surrogate", "controls", "quote-backslash", "crlf", "long-latin1",
+        "alg", "typ", "line-separator"])
+async def test_a_token_with_hostile_header_fields_is_refused_401_with_a_parsable_challenge(
+        protected: Any, fields: dict[str, str]) -> None:
+    hostile = with_header(token(protected.settings.resource), **fields)
+    answer = await post(protected.url, "tools/list", bearer=hostile)
+    assert answer.status_code == 401, answer.text
+    challenge = answer.headers["www-authenticate"]
+    assert CHALLENGE.fullmatch(challenge), challenge
+    assert challenge.startswith('Bearer error="invalid_token", error_description="')
+    assert f'resource_metadata="{metadata_url(protected.settings.server_id)}"' in challenge
+    assert "set-cookie" not in answer.headers
+    assert answer.json()["error"] == "invalid_token"
+
+
+async def test_a_non_ascii_kid_is_named_percent_encoded_in_the_challenge(protected: Any) -> None:
+    answer = await post(protected.url, "tools/list", bearer=with_header(token(protected.settings.resource), kid="ключ"))
+    assert answer.status_code == 401
+    assert "'%D0%BA%D0%BB%D1%8E%D1%87'" in answer.headers["www-authenticate"]
+    assert "'ключ'" in answer.json()["error_description"]  # the JSON body says it as it is
 
 
 async def test_an_unknown_key_is_refused_and_a_rotated_in_key_is_accepted_after_a_refetch(
