@@ -243,10 +243,13 @@ class RemoveMember(Message, frozen=True, kw_only=True, tag="auth.remove_member.v
 
 
 class MemberRemoved(Message, frozen=True, kw_only=True, tag="auth.member_removed.v1"):
-    """The person no longer belongs to the organisation; their sessions no longer act in it."""
+    """The person no longer belongs to the organisation; their sessions no longer act in it, and the API keys
+    they created there are revoked."""
 
     org_id: str
     person_id: str
+    revoked_keys: tuple[str, ...] = ()
+    """The ids of the API keys revoked with the removal (the keys the person created in the organisation)."""
 
 
 class MembershipEnded(Message, frozen=True, kw_only=True, tag="identity.membership_ended.v1"):
@@ -331,9 +334,12 @@ class IssueApiKey(Message, frozen=True, kw_only=True, tag="auth.issue_api_key.v1
 
 
 class ListApiKeys(Message, frozen=True, kw_only=True, tag="auth.list_api_keys.v1"):
-    """An organisation's API keys that are not revoked, without secrets."""
+    """An organisation's API keys that are not revoked, without secrets: every key for an owner, the keys
+    they created for a member."""
 
     org_id: Id
+    asked_by: str | None = None
+    """The person asking; None only for the platform's operator (every key)."""
 
 
 class ApiKeyInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -352,10 +358,12 @@ class ApiKeyList(Message, frozen=True, kw_only=True, tag="auth.api_key_list.v1")
 
 
 class RevokeApiKey(Message, frozen=True, kw_only=True, tag="auth.revoke_api_key.v1"):
-    """Revoke one of an organisation's API keys."""
+    """Revoke one of an organisation's API keys: an owner any of them, a member only the keys they created."""
 
     org_id: Id
     key_id: str
+    revoked_by: str | None = None
+    """The person revoking; None only for the platform's operator."""
 
 
 class ApiKeyRevoked(Message, frozen=True, kw_only=True, tag="auth.api_key_revoked.v1"):

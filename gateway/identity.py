@@ -13,11 +13,13 @@ Routes (the JSON ones answer RFC 9457 problems on failure):
 - `POST /v1/invites {email}` -> 201; owners only (403 otherwise).
 - `GET /v1/org/members` -> the active organisation's people and roles (its members);
   `PATCH /v1/org/members/{person_id} {role}` -> owner <-> member, `DELETE /v1/org/members/{person_id}`
-  -> 204 (the person's sessions stop acting in it); `GET /v1/org/invites`,
+  -> 204 (the person's sessions stop acting in it, the API keys they created there are revoked);
+  `GET /v1/org/invites`,
   `DELETE /v1/org/invites/{invite_id}` -> pending invitations. Owners only but the list of people; the
   last owner can be neither removed nor demoted (409).
 - `POST /v1/api-keys {label?}` -> 201 with the secret, shown once; `GET /v1/api-keys` (no secrets);
-  `DELETE /v1/api-keys/{id}` -> 204.
+  `DELETE /v1/api-keys/{id}` -> 204. Any person of the organisation creates keys; an owner lists and
+  revokes every key, a member only the keys they created (403 for another's).
 Managing sessions, invitations and keys needs a signed-in person: an API key cannot mint more keys.
 """
 
@@ -443,11 +445,14 @@ class OrgController(Controller):
     async def remove_member(
         self, person_id: FromPath[str], principal: NamedDependency[Principal], services: NamedDependency[EdgeServices]
     ) -> None:
-        """An owner removes a person: their sessions stop acting in this organisation at once through this
-        gateway, and within the auth cache bound through every other copy. 409 for the last owner."""
+        """An owner removes a person: their sessions and the API keys they created here stop acting in this
+        organisation at once through this gateway, and within the auth cache bound through every other copy.
+        409 for the last owner."""
         request = RemoveMember(org_id=principal.org_id, removed_by=require_person(principal), person_id=person_id)
-        await services.bus.ask(REMOVE_MEMBER, request, MemberRemoved)
+        removed = await services.bus.ask(REMOVE_MEMBER, request, MemberRemoved)
         services.authenticator.forget(person_id=person_id, org_id=principal.org_id)
+        for key_id in removed.revoked_keys:
+            services.authenticator.forget(subject=f"api_key:{key_id}")
 
     @get("/invites", summary="List pending invitations")
     async def list_invites(self, principal: NamedDependency[Principal], services: NamedDependency[EdgeServices]
@@ -488,9 +493,9 @@ class ApiKeysController(Controller):
     @get("/", summary="List API keys")
     async def list_keys(self, principal: NamedDependency[Principal], services: NamedDependency[EdgeServices]
                         ) -> dict[str, list[ApiKeyView]]:
-        """The organisation's live keys, without secrets."""
-        require_person(principal)
-        listed = await services.bus.ask(LIST_API_KEYS, ListApiKeys(org_id=principal.org_id), ApiKeyList)
+        """The organisation's live keys, without secrets: all of them for an owner, a member's own for a member."""
+        request = ListApiKeys(org_id=principal.org_id, asked_by=require_person(principal))
+        listed = await services.bus.ask(LIST_API_KEYS, request, ApiKeyList)
         return {"keys": [ApiKeyView(key_id=k.key_id, label=k.label, created_at=k.created_at, created_by=k.created_by)
                          for k in listed.keys]}
 
@@ -498,10 +503,10 @@ class ApiKeysController(Controller):
     async def revoke_key(
         self, key_id: FromPath[str], principal: NamedDependency[Principal], services: NamedDependency[EdgeServices]
     ) -> None:
-        """Revoke a key: refused at once through this gateway, and within the auth cache bound (10 s)
-        through every other copy."""
-        require_person(principal)
-        await services.bus.ask(REVOKE_API_KEY, RevokeApiKey(org_id=principal.org_id, key_id=key_id), ApiKeyRevoked)
+        """Revoke a key (an owner any key, a member only the keys they created): refused at once through this
+        gateway, and within the auth cache bound (10 s) through every other copy."""
+        request = RevokeApiKey(org_id=principal.org_id, key_id=key_id, revoked_by=require_person(principal))
+        await services.bus.ask(REVOKE_API_KEY, request, ApiKeyRevoked)
         services.authenticator.forget(subject=f"api_key:{key_id}")
 
 

@@ -154,10 +154,17 @@ async def _first_org(conn: asyncpg.Connection | asyncpg.Pool, person_id: str) ->
     )
 
 
+async def member_role(conn: asyncpg.Connection | asyncpg.Pool, org_id: str, person_id: str) -> str | None:
+    """The person's role in the organisation (`owner` or `member`), or None when they are not in it."""
+    role: str | None = await conn.fetchval(
+        "SELECT role FROM memberships WHERE org_id = $1 AND person_id = $2", org_id, person_id)
+    return role
+
+
 async def _owner_check(conn: asyncpg.Connection, org_id: str, person_id: str, what: str,
                        log: logging.Logger) -> Failed | None:
     """None when `person_id` owns `org_id`, else the Failed(forbidden) to answer (the refusal logged)."""
-    role = await conn.fetchval("SELECT role FROM memberships WHERE org_id = $1 AND person_id = $2", org_id, person_id)
+    role = await member_role(conn, org_id, person_id)
     if role == "owner":
         return None
     log.info("rejected %s in %s by %s: %s", what, org_id, person_id,
@@ -175,7 +182,7 @@ async def _member_role(
     conn: asyncpg.Connection, org_id: str, person_id: str, what: str, log: logging.Logger
 ) -> str | Failed:
     """The person's role in the organisation, or the `not_found` answer (logged as a rejected `what`)."""
-    role = await conn.fetchval("SELECT role FROM memberships WHERE org_id = $1 AND person_id = $2", org_id, person_id)
+    role = await member_role(conn, org_id, person_id)
     if role is None:
         log.info("rejected %s %s: %s is not a member", what, org_id, person_id[:64])
         return Failed(code=FailureCode.NOT_FOUND, detail=f"no person {person_id[:64]!r} in this organisation")
@@ -477,13 +484,9 @@ def create_actor(config: AuthConfig | None = None) -> Actor:
             ctx.log.info("rejected invite: not an email address")
             return Failed(code=FailureCode.INVALID, detail="that is not an email address", field="email")
         async with ctx.pool.acquire() as conn, conn.transaction():
-            role = await conn.fetchval(
-                "SELECT role FROM memberships WHERE org_id = $1 AND person_id = $2", request.org_id, request.invited_by
-            )
-            if role != "owner":
-                ctx.log.info("rejected invite into %s by %s: %s", request.org_id, request.invited_by,
-                             "not a member" if role is None else f"role {role}, not owner")
-                return Failed(code=FailureCode.FORBIDDEN, detail="only an owner of the organisation can invite")
+            refused = await _owner_check(conn, request.org_id, request.invited_by, "invite", ctx.log)
+            if refused is not None:
+                return refused
             already = await conn.fetchval(
                 "SELECT 1 FROM memberships m JOIN people p USING (person_id) WHERE m.org_id = $1 AND p.email = $2",
                 request.org_id, email,
@@ -549,6 +552,15 @@ def create_actor(config: AuthConfig | None = None) -> Actor:
             joined_at = await conn.fetchval(
                 "DELETE FROM memberships WHERE org_id = $1 AND person_id = $2 RETURNING joined_at",
                 request.org_id, request.person_id)
+            # A key acts for the organisation with its creator's standing there: it ends with that standing.
+            revoked_keys = tuple(await conn.fetchval(
+                """
+                WITH revoked AS (
+                    UPDATE api_keys SET revoked_at = now()
+                    WHERE org_id = $1 AND created_by = $2 AND revoked_at IS NULL RETURNING key_id
+                ) SELECT coalesce(array_agg(key_id ORDER BY key_id), '{}') FROM revoked
+                """,
+                request.org_id, request.person_id))
             # Stored in the IDENTITY stream before the removal commits: if it cannot be, the removal fails and
             # is asked again, so the oauth actor never misses one (a commit failing after it only ends grants
             # early). The id names this membership, so a repeated publish is stored once.
@@ -561,8 +573,11 @@ def create_actor(config: AuthConfig | None = None) -> Actor:
         # Sessions belong to the person, not to one organisation: every request checks the membership
         # (AUTHENTICATE), so from now on no session of theirs acts in this organisation; the oauth actor
         # ends the grants they gave MCP clients there (MEMBERSHIP_ENDED).
-        ctx.log.info("%s removed %s from %s", request.removed_by, request.person_id, request.org_id)
-        return MemberRemoved(org_id=request.org_id, person_id=request.person_id)
+        for key_id in revoked_keys:
+            verified.forget_key(key_id)
+        ctx.log.info("%s removed %s from %s%s", request.removed_by, request.person_id, request.org_id,
+                     f", revoking their API keys {', '.join(revoked_keys)}" if revoked_keys else "")
+        return MemberRemoved(org_id=request.org_id, person_id=request.person_id, revoked_keys=revoked_keys)
 
     @actor.rpc(CHANGE_MEMBER_ROLE)
     async def change_member_role(request: ChangeMemberRole, ctx: Context) -> ChangeMemberRoleReply:
@@ -648,12 +663,21 @@ def create_actor(config: AuthConfig | None = None) -> Actor:
 
     @actor.rpc(LIST_API_KEYS)
     async def list_api_keys(request: ListApiKeys, ctx: Context) -> ListApiKeysReply:
+        created_by = None
+        if request.asked_by is not None:
+            role = await member_role(ctx.pool, request.org_id, request.asked_by)
+            if role is None:
+                ctx.log.info("rejected API key listing in %s by %s: not a member", request.org_id, request.asked_by)
+                return Failed(code=FailureCode.FORBIDDEN, detail="only a member of the organisation can list its keys")
+            if role != "owner":
+                created_by = request.asked_by  # a member sees the keys they created
         rows = await ctx.pool.fetch(
             """
             SELECT key_id, label, created_at, created_by FROM api_keys
-            WHERE org_id = $1 AND revoked_at IS NULL ORDER BY created_at DESC
+            WHERE org_id = $1 AND revoked_at IS NULL AND ($2::text IS NULL OR created_by = $2)
+            ORDER BY created_at DESC
             """,
-            request.org_id,
+            request.org_id, created_by,
         )
         return ApiKeyList(keys=tuple(
             ApiKeyInfo(key_id=r["key_id"], label=r["label"], created_at=_iso(r["created_at"]),
@@ -663,20 +687,35 @@ def create_actor(config: AuthConfig | None = None) -> Actor:
 
     @actor.rpc(REVOKE_API_KEY)
     async def revoke_api_key(request: RevokeApiKey, ctx: Context) -> RevokeApiKeyReply:
-        revoked = None
+        row = None
         if SUBJECT_TOKEN_RE.match(request.key_id):
-            revoked = await ctx.pool.fetchval(
-                """
-                UPDATE api_keys SET revoked_at = now()
-                WHERE org_id = $1 AND key_id = $2 AND revoked_at IS NULL RETURNING key_id
-                """,
+            row = await ctx.pool.fetchrow(
+                "SELECT created_by FROM api_keys WHERE org_id = $1 AND key_id = $2 AND revoked_at IS NULL",
                 request.org_id, request.key_id,
             )
-        if revoked is None:
+        if row is None:
             ctx.log.info("rejected API key revocation in %s: no live key %s there", request.org_id, request.key_id[:64])
             return Failed(code=FailureCode.NOT_FOUND, detail=f"no API key {request.key_id[:64]!r} in this organisation")
+        if request.revoked_by is not None:
+            role = await member_role(ctx.pool, request.org_id, request.revoked_by)
+            if role is None:
+                ctx.log.info("rejected API key revocation in %s by %s: not a member", request.org_id,
+                             request.revoked_by)
+                return Failed(code=FailureCode.FORBIDDEN,
+                              detail="only a member of the organisation can revoke its keys")
+            if role != "owner" and row["created_by"] != request.revoked_by:
+                ctx.log.info("rejected revocation of API key %s in %s by member %s: not theirs", request.key_id,
+                             request.org_id, request.revoked_by)
+                return Failed(code=FailureCode.FORBIDDEN,
+                              detail="a member can revoke only the API keys they created; ask an owner")
+        revoked = await ctx.pool.fetchval(
+            "UPDATE api_keys SET revoked_at = now() WHERE key_id = $1 AND revoked_at IS NULL RETURNING key_id",
+            request.key_id,
+        )
+        if revoked is None:  # revoked by someone else in the meantime
+            return Failed(code=FailureCode.NOT_FOUND, detail=f"no API key {request.key_id[:64]!r} in this organisation")
         verified.forget_key(revoked)
-        ctx.log.info("revoked API key %s of org %s", revoked, request.org_id)
+        ctx.log.info("%s revoked API key %s of org %s", request.revoked_by or "the operator", revoked, request.org_id)
         return ApiKeyRevoked(key_id=revoked)
 
     @actor.rpc(CREATE_API_KEY)

@@ -15,7 +15,7 @@ from actors.auth.actor import create_actor as create_auth_actor
 from actors.auth.config import AuthConfig
 from actors.runtime.bus import connect
 from gateway.config import GatewayConfig
-from tests.conftest import Stack, running
+from tests.conftest import Stack, eventually, running
 from tests.gateway.conftest import Gateway, bearer, gateway_settings, new_api_key, serving
 from tests.gateway.test_builds_http import assert_problem
 from tests.gateway.test_identity_http import (
@@ -222,3 +222,70 @@ async def test_an_api_key_cannot_manage_people(http: httpx.AsyncClient, stack: S
     for method, path in (("GET", "/v1/org/members"), ("GET", "/v1/org/invites"),
                          ("DELETE", "/v1/org/members/p1"), ("DELETE", "/v1/org/invites/i1")):
         assert_problem(await http.request(method, path, headers=bearer(key)), 403)
+
+
+async def new_key(http: httpx.AsyncClient, headers: dict[str, str], label: str) -> dict[str, str]:
+    """A key created through the API; its id and secret."""
+    created = await http.post("/v1/api-keys", json={"label": label}, headers=headers)
+    assert created.status_code == 201, created.text
+    body: dict[str, str] = created.json()
+    return body
+
+
+def key_header(key: dict[str, str]) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key['secret']}"}
+
+
+async def test_removing_a_person_revokes_the_api_keys_they_created_there_at_once_and_on_every_gateway(
+    http: httpx.AsyncClient, mailbox: Mailbox, stack: Stack
+) -> None:
+    a = await team(http, mailbox)
+    members_key = await new_key(http, a.as_member(), "member's script")
+    owners_key = await new_key(http, a.as_owner(), "owner's script")
+    # a second gateway copy with the default auth cache (10 s), which does not handle the removal
+    async with serving(gateway_settings(stack)) as other, httpx.AsyncClient(base_url=other.base_url) as elsewhere:
+        for client in (http, elsewhere):  # both gateways now hold the key in their auth caches
+            assert (await me(client, key_header(members_key)))["org_id"] == a.org
+
+        removed = await http.delete(f"/v1/org/members/{a.member_id}", headers=a.as_owner())
+        assert removed.status_code == 204, removed.text
+        # at once on the gateway that handled the removal, although its cache holds the key for 300 s
+        assert_problem(await http.get("/v1/me", headers=key_header(members_key)), 401)
+        assert_problem(await http.put("/v1/servers/s0000000000000000/secrets/NOTES_KEY", json={"value": "x"},
+                                      headers=key_header(members_key)), 401)
+        # within the cache bound on the other copy
+        async def refused_elsewhere() -> bool:
+            return (await elsewhere.get("/v1/me", headers=key_header(members_key))).status_code == 401
+
+        await eventually(refused_elsewhere, timeout=15, interval=0.25)
+        # the owner's own key is untouched, and the revoked key is no longer listed
+        assert (await me(elsewhere, key_header(owners_key)))["org_id"] == a.org
+    listed = await http.get("/v1/api-keys", headers=a.as_owner())
+    assert [k["key_id"] for k in listed.json()["keys"]] == [owners_key["key_id"]]
+
+
+async def test_members_manage_only_their_own_api_keys_and_owners_manage_all(
+    http: httpx.AsyncClient, mailbox: Mailbox
+) -> None:
+    a = await team(http, mailbox)
+    owners_key = await new_key(http, a.as_owner(), "owner's")
+    members_key = await new_key(http, a.as_member(), "member's")
+    other_members_key = await new_key(http, a.as_member(), "member's second")
+
+    as_member = await http.get("/v1/api-keys", headers=a.as_member())
+    assert {k["key_id"] for k in as_member.json()["keys"]} == {members_key["key_id"], other_members_key["key_id"]}
+    as_owner = await http.get("/v1/api-keys", headers=a.as_owner())
+    assert {k["key_id"] for k in as_owner.json()["keys"]} == {
+        owners_key["key_id"], members_key["key_id"], other_members_key["key_id"]}
+
+    refused = await http.delete(f"/v1/api-keys/{owners_key['key_id']}", headers=a.as_member())
+    assert assert_problem(refused, 403)["code"] == "forbidden"
+    assert "only the API keys they created" in str(refused.json()["detail"])
+    assert (await me(http, key_header(owners_key)))["org_id"] == a.org  # still works
+
+    own = await http.delete(f"/v1/api-keys/{members_key['key_id']}", headers=a.as_member())
+    assert own.status_code == 204, own.text
+    assert_problem(await http.get("/v1/me", headers=key_header(members_key)), 401)
+    by_owner = await http.delete(f"/v1/api-keys/{other_members_key['key_id']}", headers=a.as_owner())
+    assert by_owner.status_code == 204, by_owner.text
+    assert_problem(await http.get("/v1/me", headers=key_header(other_members_key)), 401)
