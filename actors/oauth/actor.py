@@ -26,9 +26,9 @@ from actors.oauth.clients import (
     trusting,
 )
 from actors.oauth.keys import Clock, KeyEncryption, SigningKeys, signing_key_encryption
-from actors.oauth.resources import RegistryUnavailable, resolve_resource, servers_base
+from actors.oauth.resources import RegistryUnavailable, resolve_resource, server_id_of, servers_base
 from actors.oauth.revocations import REVOKED_ALONE_REASON, record_revocation, republish_recent
-from actors.oauth.scopes import ScopeError, describe, is_optional, parse_scope
+from actors.oauth.scopes import ScopeError, describe, is_optional, narrowed_scope, parse_scope, requested_scopes
 from actors.oauth.tokens import digest, mint_access_token, new_secret, our_access_token_claims, pkce_matches
 from actors.runtime.actor import Actor, Context, TransientError
 from actors.runtime.settings import Settings
@@ -295,22 +295,29 @@ def create_actor(config: OAuthConfig | None = None) -> Actor:
         if len(request.resources) != 1:
             return back("invalid_target", "send exactly one resource parameter: the MCP server's URL "
                         f"(got {len(request.resources)})")
+        resource = request.resources[0]
         base = servers_base(settings().servers_url, request.issuer)
+        # Which server ids exist, and whose they are, is told to nobody: a URL of another shape, a server that
+        # does not exist and another organisation's get one answer, and the registry is asked only once a
+        # person is signed in (else "sign in" itself would tell that a server exists).
+        not_yours = f"resource is not one of your organisation's MCP servers here (expected {base}/<server-id>/mcp)"
+        if server_id_of(resource, base) is None:
+            return back("invalid_target", not_yours)
         try:
-            server = await resolve_resource(ctx.nc, request.resources[0], base)
-        except RegistryUnavailable as exc:
-            return back("temporarily_unavailable", f"the server registry cannot be reached ({exc}); try again")
-        if server is None:
-            return back("invalid_target", f"resource {request.resources[0][:200]!r} is not an MCP server hosted here "
-                        f"(expected {base}/<server-id>/mcp)")
-        try:
-            scopes = parse_scope(request.scope)
+            scopes = requested_scopes(request.scope)
         except ScopeError as exc:
             return back("invalid_scope", str(exc))
         if request.signer is None:
             return SignInRequired(client_name=client.client_name)
-        if server.org_id != request.signer.org_id:
-            return back("access_denied", "that MCP server belongs to another organisation")
+        try:
+            server = await resolve_resource(ctx.nc, resource, base)
+        except RegistryUnavailable as exc:
+            return back("temporarily_unavailable", f"the server registry cannot be reached ({exc}); try again")
+        if server is None or server.org_id != request.signer.org_id:
+            why = "no such server" if server is None else f"it belongs to another organisation ({server.org_id})"
+            ctx.log.warning("authorization for client %s by %s of %s: resource %r refused: %s", client.client_id,
+                            request.signer.subject, request.signer.org_id, resource[:200], why)
+            return back("invalid_target", not_yours)
         consent_id = secrets.token_urlsafe(18)
         csrf = secrets.token_urlsafe(32)
         now = cfg.clock()
@@ -472,17 +479,24 @@ def create_actor(config: OAuthConfig | None = None) -> Actor:
 
         if not request.refresh_token:
             return _refuse("invalid_request", "refresh_token is missing", what=what, client=cid)
-        row, first = await storage.use_refresh_token(ctx.pool, digest(request.refresh_token), now)
+
+        async def replayed(grant_id: str) -> OAuthError:
+            await end_grant(ctx, grant_id, "refresh token reused")
+            return _refuse("invalid_grant", "this refresh token was already used; its whole family is revoked, "
+                           "authorize again", what=what, client=cid)
+
+        # Everything is checked before the token is used: a refused refresh (another client, resource or issuer,
+        # a wider scope) leaves it to its client, whose next refresh would otherwise look like a replay.
+        token_hash = digest(request.refresh_token)
+        row = await storage.find_refresh_token(ctx.pool, token_hash)
         if row is None:
             return _refuse("invalid_grant", "unknown refresh token", what=what, client=cid)
         if row["client_id"] != cid:
             return _refuse("invalid_grant", "the refresh token was issued to another client", what=what, client=cid)
         if row["revoked_at"] is not None:
             return _refuse("invalid_grant", "this grant was revoked; authorize again", what=what, client=cid)
-        if not first:
-            await end_grant(ctx, row["grant_id"], "refresh token reused")
-            return _refuse("invalid_grant", "this refresh token was already used; its whole family is revoked, "
-                           "authorize again", what=what, client=cid)
+        if row["used_at"] is not None:
+            return await replayed(row["grant_id"])
         if row["expires_at"] <= now:
             return _refuse("invalid_grant", "the refresh token expired; authorize again", what=what, client=cid)
         if request.resources[0] != row["resource"]:
@@ -490,14 +504,12 @@ def create_actor(config: OAuthConfig | None = None) -> Actor:
                            what=what, client=cid)
         if row["issuer"] != request.issuer:
             return _refuse("invalid_grant", "the refresh token was issued by another issuer", what=what, client=cid)
-        scope = row["scope"]
-        if request.scope:
-            granted = scope.split()
-            asked = request.scope.split()
-            if any(s not in granted for s in asked):
-                return _refuse("invalid_scope", f"a refresh may only narrow the granted scope ({scope})",
-                               what=what, client=cid)
-            scope = " ".join(s for s in granted if s in asked)
+        try:
+            scope = narrowed_scope(row["scope"], request.scope)
+        except ScopeError as exc:
+            return _refuse("invalid_scope", str(exc), what=what, client=cid)
+        if not await storage.use_refresh_token(ctx.pool, token_hash, now):  # a concurrent refresh used it first
+            return await replayed(row["grant_id"])
         return await tokens_for(ctx, client, row["grant_id"], dict(row), scope)
 
     @actor.rpc(OAUTH_REVOKE_TOKEN)

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import ipaddress
 import json
+import logging
 import re
 import socket
 import ssl
@@ -19,6 +20,8 @@ import httpx2
 import msgspec
 
 from bus_schemas.oauth import ClientMetadata
+
+log = logging.getLogger("bmms.oauth")
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 AUTH_METHODS = ("none", "client_secret_post", "client_secret_basic")
@@ -141,6 +144,15 @@ def _address_allowed(address: str, allow_loopback: bool) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
+def _address_refused(url: str, detail: str) -> MetadataError:
+    """The refusal of a client_id whose host may not be fetched. Anyone may send any client_id unsigned in, so
+    the answer is the same whatever the host resolves to, or whether it resolves at all (no DNS oracle into
+    the private network); the detail goes to the log only."""
+    log.warning("refused client metadata document %s: %s", url, detail)
+    return MetadataError("invalid_client",
+                         f"client_id {url} is refused: its host's address is not allowed (only public ones are)")
+
+
 def trusting(ca_file: str | None) -> ssl.SSLContext | None:
     """A verifying TLS context that trusts the PEM CA certificates in `ca_file` besides the system's
     (a private PKI; the tests' own CA); None without a file."""
@@ -241,14 +253,11 @@ class MetadataDocuments:
         try:
             infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except OSError as exc:
-            raise MetadataError("invalid_client", f"the host of client_id {url} does not resolve: {exc}") from None
+            raise _address_refused(url, f"its host does not resolve: {exc}") from None
         addresses = sorted({str(info[4][0]) for info in infos})
         refused = [a for a in addresses if not _address_allowed(a, self.allow_loopback)]
         if not addresses or refused:
-            raise MetadataError(
-                "invalid_client",
-                f"client_id {url} resolves to a non-public address ({', '.join(refused) or 'none'}); refused",
-            )
+            raise _address_refused(url, f"its host resolves to a non-public address ({', '.join(refused) or 'none'})")
         target = addresses[0]
         literal = f"[{target}]" if ":" in target else target
         connect_url = parts._replace(netloc=f"{literal}:{port}").geturl()

@@ -6,8 +6,10 @@
     offline_access         accepted for clients that ask for it; refresh tokens are issued either way
 
 A token's audience (`aud`) is the one server it was issued for, so scopes never name a server.
-`mcp:tools:read` is what using a server at all needs; every other scope is optional on the consent page.
-When a client asks for no scope, it gets `mcp:tools:read mcp:tools:write`.
+`mcp:tools:read` is what using a server at all needs: it is always granted, also to a client that asks only
+for `mcp:tools:write` or `mcp:tool:<name>` (a runner's 403 challenge names only the scope missing for one
+call, so clients take read for granted), and a refresh that narrows the scope keeps it. Every other scope is
+optional on the consent page. When a client asks for no scope, it gets `mcp:tools:read mcp:tools:write`.
 """
 
 from __future__ import annotations
@@ -42,6 +44,24 @@ def parse_scope(scope: str | None) -> tuple[str, ...]:
         if item not in seen:
             seen.append(item)
     return tuple(seen)
+
+
+def requested_scopes(scope: str | None) -> tuple[str, ...]:
+    """The scopes an authorization request puts on the consent page: those asked for, `mcp:tools:read` first
+    whether asked for or not (it is always granted)."""
+    return (READ, *(s for s in parse_scope(scope) if s != READ))
+
+
+def narrowed_scope(granted: str, asked: str | None) -> str:
+    """The scope of a refreshed token: the granted scopes asked for again (all of them when none are asked),
+    keeping `mcp:tools:read`; ScopeError when one asked for was not granted (a refresh may only narrow)."""
+    scopes = granted.split()
+    if asked is None or not asked.strip():
+        return granted
+    wanted = asked.split()
+    if any(s not in scopes for s in wanted):
+        raise ScopeError(f"a refresh may only narrow the granted scope ({granted})")
+    return " ".join(s for s in scopes if s in wanted or s == READ)
 
 
 def describe(scope: str) -> str:

@@ -267,27 +267,20 @@ async def add_refresh_token(
     )
 
 
-async def use_refresh_token(
-    pool: asyncpg.Pool, token_hash: str, now: dt.datetime
-) -> tuple[asyncpg.Record | None, bool]:
-    """(the refresh token joined with its grant, whether this call is its first use); atomic."""
-    async with pool.acquire() as conn, conn.transaction():
-        first = await conn.fetchval(
-            "UPDATE oauth_refresh_tokens SET used_at = $2 WHERE token_hash = $1 AND used_at IS NULL RETURNING 1",
-            token_hash, now,
-        )
-        row = await conn.fetchrow(
-            "SELECT r.*, g.client_id, g.subject, g.org_id, g.resource, g.scope, g.issuer, g.revoked_at "
-            "FROM oauth_refresh_tokens r JOIN oauth_grants g USING (grant_id) WHERE r.token_hash = $1",
-            token_hash,
-        )
-    return row, first is not None
+async def use_refresh_token(pool: asyncpg.Pool, token_hash: str, now: dt.datetime) -> bool:
+    """Mark a refresh token used; whether this call was its first use (atomic: of two concurrent refreshes
+    only one is first)."""
+    first = await pool.fetchval(
+        "UPDATE oauth_refresh_tokens SET used_at = $2 WHERE token_hash = $1 AND used_at IS NULL RETURNING 1",
+        token_hash, now,
+    )
+    return first is not None
 
 
 async def find_refresh_token(pool: asyncpg.Pool, token_hash: str) -> asyncpg.Record | None:
-    """A refresh token with its grant's client, without using it."""
+    """A refresh token joined with its grant, without using it."""
     return await pool.fetchrow(
-        "SELECT r.grant_id, g.client_id FROM oauth_refresh_tokens r JOIN oauth_grants g USING (grant_id) "
-        "WHERE r.token_hash = $1",
+        "SELECT r.*, g.client_id, g.subject, g.org_id, g.resource, g.scope, g.issuer, g.revoked_at "
+        "FROM oauth_refresh_tokens r JOIN oauth_grants g USING (grant_id) WHERE r.token_hash = $1",
         token_hash,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import secrets
 from collections.abc import AsyncIterator
 from typing import Any
@@ -239,6 +240,26 @@ async def test_unticked_optional_scopes_are_not_granted(nc: Client) -> None:
     assert isinstance(issued, TokenIssued) and issued.scope == "mcp:tools:read"
 
 
+@pytest.mark.parametrize("asked", ["mcp:tools:write", "mcp:tool:forecast", "mcp:tools:write mcp:tool:forecast"])
+async def test_mcp_tools_read_is_granted_even_when_the_client_asks_only_for_other_scopes(
+    nc: Client, asked: str
+) -> None:
+    client = await register(nc)
+    verifier, challenge = pkce_pair()
+    consent = await authorize(nc, client.client_id, challenge, scope=asked)
+    assert isinstance(consent, ConsentRequired), consent
+    first = consent.scopes[0]
+    assert first.scope == "mcp:tools:read" and not first.optional
+    decided = await ask(nc, OAUTH_DECIDE_CONSENT, DecideConsent(
+        issuer=ISSUER, consent_id=consent.consent_id, csrf_token=consent.csrf_token, subject=person().subject,
+        approve=True, granted_optional=tuple(asked.split()),
+    ))
+    assert isinstance(decided, AuthorizationRedirect), decided
+    issued = await exchange(nc, client.client_id, query_of(decided.location)["code"], verifier)
+    assert isinstance(issued, TokenIssued), issued
+    assert issued.scope.split() == ["mcp:tools:read", *asked.split()]
+
+
 async def test_without_a_signed_in_person_a_valid_request_asks_for_sign_in(nc: Client) -> None:
     client = await register(nc)
     _, challenge = pkce_pair()
@@ -306,10 +327,10 @@ async def test_token_request_with_another_redirect_uri_is_rejected(nc: Client) -
 
 @pytest.mark.parametrize(("resources", "why"), [
     ((), "exactly one"),
-    (("https://evil.example/servers/weather/mcp",), "not an MCP server hosted here"),
-    ((f"{ISSUER}/servers/weather",), "not an MCP server hosted here"),
+    (("https://evil.example/servers/weather/mcp",), "not one of your organisation's MCP servers"),
+    ((f"{ISSUER}/servers/weather",), "not one of your organisation's MCP servers"),
     ((RESOURCE, f"{ISSUER}/servers/other/mcp"), "exactly one"),
-    ((f"{ISSUER}/servers/nosuchserver/mcp",), "not an MCP server hosted here"),
+    ((f"{ISSUER}/servers/nosuchserver/mcp",), "not one of your organisation's MCP servers"),
 ])
 async def test_missing_or_foreign_resource_is_refused_with_invalid_target(
     nc: Client, resources: tuple[str, ...], why: str
@@ -322,13 +343,31 @@ async def test_missing_or_foreign_resource_is_refused_with_invalid_target(
     assert params["error"] == "invalid_target" and why in params["error_description"]
 
 
-async def test_a_server_of_another_organisation_is_refused_with_access_denied(nc: Client) -> None:
+async def test_a_server_of_another_organisation_is_refused_exactly_like_one_that_does_not_exist(
+    nc: Client, caplog: pytest.LogCaptureFixture
+) -> None:
     client = await register(nc)
     _, challenge = pkce_pair()
-    refused = await authorize(nc, client.client_id, challenge, resources=(FOREIGN,))
-    assert isinstance(refused, OAuthError) and refused.location
-    params = query_of(refused.location)
-    assert params["error"] == "access_denied" and "another organisation" in params["error_description"]
+    with caplog.at_level(logging.INFO, logger="bmms.oauth"):
+        foreign = await authorize(nc, client.client_id, challenge, resources=(FOREIGN,))
+    missing = await authorize(nc, client.client_id, challenge, resources=(f"{ISSUER}/servers/nosuchserver/mcp",))
+    assert isinstance(foreign, OAuthError) and isinstance(missing, OAuthError)
+    # Nothing tells a signed-in person that the server exists elsewhere: same code, words, status, redirect.
+    assert (foreign.error, foreign.description, foreign.status) == (missing.error, missing.description, missing.status)
+    assert foreign.location and foreign.location == missing.location
+    assert query_of(foreign.location)["error"] == "invalid_target"
+    assert "another organisation" not in foreign.description
+    assert "belongs to another organisation" in caplog.text  # the real reason stays in the server log
+
+
+async def test_without_sign_in_a_server_of_another_organisation_and_a_missing_one_both_ask_for_sign_in(
+    nc: Client
+) -> None:
+    client = await register(nc)
+    _, challenge = pkce_pair()
+    for resource in (FOREIGN, f"{ISSUER}/servers/nosuchserver/mcp", RESOURCE):
+        asked = await authorize(nc, client.client_id, challenge, resources=(resource,), signer=None)
+        assert isinstance(asked, SignInRequired), (resource, asked)
 
 
 async def test_token_request_for_another_resource_is_refused(nc: Client) -> None:
@@ -407,6 +446,41 @@ async def test_refresh_by_another_client_is_rejected(nc: Client) -> None:
     assert issued.refresh_token
     refused = await refresh(nc, other.client_id, issued.refresh_token)
     assert isinstance(refused, OAuthError) and refused.error == "invalid_grant"
+
+
+@pytest.mark.parametrize("wrong", [
+    pytest.param({"client_id": "other"}, id="another-client"),
+    pytest.param({"resources": (FOREIGN,)}, id="another-resource"),
+    pytest.param({"scope": "mcp:tools:read mcp:tools:write mcp:tool:forecast"}, id="a-wider-scope"),
+    pytest.param({"issuer": "https://elsewhere.example"}, id="another-issuer"),
+])
+async def test_a_refused_refresh_leaves_the_refresh_token_to_its_client(nc: Client, wrong: dict[str, Any]) -> None:
+    client, issued = await tokens(nc)
+    assert issued.refresh_token
+    if wrong.get("client_id") == "other":
+        wrong = {"client_id": (await register(nc, name="Another client")).client_id}
+    refused = await ask(nc, OAUTH_EXCHANGE_TOKEN, ExchangeToken(**{
+        "issuer": ISSUER, "grant_type": "refresh_token", "refresh_token": issued.refresh_token,
+        "resources": (RESOURCE,), "client_id": client.client_id, **wrong,
+    }))
+    assert isinstance(refused, OAuthError), refused
+    # The real client's next refresh is its first: it works, and so does the one after (no family revoked).
+    renewed = await refresh(nc, client.client_id, issued.refresh_token)
+    assert isinstance(renewed, TokenIssued), renewed
+    assert renewed.refresh_token
+    again = await refresh(nc, client.client_id, renewed.refresh_token)
+    assert isinstance(again, TokenIssued), again
+
+
+async def test_a_refresh_that_narrows_the_scope_keeps_mcp_tools_read(nc: Client) -> None:
+    client, issued = await tokens(nc)
+    assert issued.refresh_token and issued.scope == "mcp:tools:read mcp:tools:write"
+    narrowed = await ask(nc, OAUTH_EXCHANGE_TOKEN, ExchangeToken(
+        issuer=ISSUER, grant_type="refresh_token", refresh_token=issued.refresh_token, resources=(RESOURCE,),
+        client_id=client.client_id, scope="mcp:tools:write",
+    ))
+    assert isinstance(narrowed, TokenIssued), narrowed
+    assert narrowed.scope == "mcp:tools:read mcp:tools:write"
 
 
 async def test_revoked_refresh_token_no_longer_refreshes(nc: Client) -> None:
@@ -495,16 +569,31 @@ async def test_metadata_documents_refuse_oversized_bodies() -> None:
 
 @pytest.mark.parametrize(("url", "why"), [
     ("http://127.0.0.1:9/client.json", "must be an https URL"),
-    ("https://localhost/client.json", "non-public address"),
-    ("https://127.0.0.1/client.json", "non-public address"),
-    ("https://10.1.2.3/client.json", "non-public address"),
-    ("https://169.254.169.254/latest/meta-data", "non-public address"),
-    ("https://[::1]/client.json", "non-public address"),
+    ("https://localhost/client.json", "address is not allowed"),
+    ("https://127.0.0.1/client.json", "address is not allowed"),
+    ("https://10.1.2.3/client.json", "address is not allowed"),
+    ("https://169.254.169.254/latest/meta-data", "address is not allowed"),
+    ("https://[::1]/client.json", "address is not allowed"),
     ("https://example.com/", "must have a path"),
 ])
 async def test_metadata_documents_refuse_non_public_targets_in_production(url: str, why: str) -> None:
     with pytest.raises(MetadataError, match=why):
         await MetadataDocuments(allow_loopback=False).client(url)
+
+
+async def test_a_refused_metadata_document_host_does_not_reveal_what_it_resolves_to(
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    documents = MetadataDocuments(allow_loopback=False)
+    with caplog.at_level(logging.INFO, logger="bmms.oauth"), pytest.raises(MetadataError) as private:
+        await documents.client("https://localhost/client.json")
+    assert "address is not allowed" in private.value.description
+    assert "127.0.0.1" not in private.value.description and "::1" not in private.value.description
+    assert "127.0.0.1" in caplog.text  # the operator still sees the DNS answer
+    # A name that does not resolve at all reads the same (no oracle for which internal names exist).
+    with pytest.raises(MetadataError) as unresolved:
+        await documents.client("https://nothing.invalid/client.json")
+    assert unresolved.value.description == private.value.description.replace("localhost", "nothing.invalid")
 
 
 # --- signing keys ---

@@ -133,7 +133,7 @@ async def test_an_https_metadata_document_is_fetched_checked_and_cached_per_cach
         # Without the loopback exception (production) the same https URL names a private address, and an
         # http one is not even considered: nothing is fetched.
         production = MetadataDocuments(allow_loopback=False, tls=trusting(str(pki.ca_file)))
-        with pytest.raises(MetadataError, match="non-public address"):
+        with pytest.raises(MetadataError, match="address is not allowed"):
             await production.client(fresh_url)
         with pytest.raises(MetadataError, match="must be an https URL"):
             await production.client(fresh_url.replace("https://", "http://"))

@@ -354,3 +354,19 @@ async def test_consent_post_without_the_csrf_token_is_refused(
                                     data={"consent_id": form["consent_id"], "csrf_token": "guessed",
                                           "decision": "approve"})
         assert forged.status_code == 403 and "location" not in forged.headers
+
+
+async def test_a_server_of_another_organisation_gets_the_same_answer_as_a_missing_one(
+    platform: Platform, http: httpx.AsyncClient, session: str
+) -> None:
+    platform.servers["elsewhere"] = ("oorg-someone-else", f"{platform.servers_url}/elsewhere/mcp")
+    client_id = (await register(http, client_name="probing")).json()["client_id"]
+    _, challenge = pkce_pair()
+    answers = []
+    for server_id in ("elsewhere", "nosuchserver"):
+        url = await authorize_url(platform, client_id, challenge, resource=f"{platform.servers_url}/{server_id}/mcp")
+        answers.append(await http.get(url, headers={"Cookie": f"bmms_session={session}"}))
+    foreign, missing = answers
+    assert foreign.status_code == missing.status_code == 302
+    assert foreign.headers["location"] == missing.headers["location"]
+    assert query_of(foreign.headers["location"])["error"] == "invalid_target"
