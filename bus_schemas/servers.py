@@ -104,6 +104,9 @@ class ServerReply(Message, frozen=True, kw_only=True, tag="servers.server.v1"):
 
 ServerAction = Literal["stop", "start", "delete", "rollback"]
 
+VersionNumber = Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)]
+"""A server version as a person may name one: 1 and up, within the registry's integer column."""
+
 
 class ControlServer(Message, frozen=True, kw_only=True, tag="servers.control.v1"):
     """Stop, start, delete, or roll back (to `version`) a server; answers once the backend did it."""
@@ -111,7 +114,7 @@ class ControlServer(Message, frozen=True, kw_only=True, tag="servers.control.v1"
     org_id: Id
     server_id: Id
     action: ServerAction
-    version: int | None = None
+    version: VersionNumber | None = None
     """For `rollback`: the earlier version to run."""
     requested_by: str = ""
 

@@ -52,7 +52,10 @@ class QuotaState(msgspec.Struct, frozen=True, kw_only=True):
 
 # --- quotas and usage reports: the metering actor's RPC messages ---
 
-Period = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$")]
+PERIOD_PATTERN = r"^(19[7-9][0-9]|2[0-9]{3})-(0[1-9]|1[0-2])$"
+"""`YYYY-MM`, from 1970-01 to 2999-12: months a platform of today can have counted (and whose next month
+is a date)."""
+Period = Annotated[str, msgspec.Meta(pattern=PERIOD_PATTERN)]
 """A calendar month in UTC, `YYYY-MM`: the period every monthly quota and usage report counts in."""
 
 

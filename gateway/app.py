@@ -9,8 +9,11 @@ from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin, YamlRenderPlugin
 
 from actors.runtime.settings import Settings
+from gateway.bodies import GatewayRequest, known_fields_only
+from gateway.browser import page_headers_middleware, same_origin_writes
 from gateway.builds import BuildsController
 from gateway.config import GatewayConfig
 from gateway.events import EventsController
@@ -54,11 +57,18 @@ def create_app(settings: Settings, config: GatewayConfig | None = None) -> Lites
         # Litestar resolve it without an anyio task group, and each dependency costs a resolution per request.
         dependencies={"services": Provide(provide_services, sync_to_thread=False)},
         lifespan=[lifespan, routing.lifespan],
-        middleware=[trace_middleware],
+        middleware=[trace_middleware, page_headers_middleware],
+        # Cookie-authenticated writes only from our own pages, JSON bodies only as JSON (gateway.browser), and
+        # only with fields the route takes, at any depth (gateway.bodies).
+        guards=[same_origin_writes, known_fields_only],
+        request_class=GatewayRequest,
         # One handler for everything: every error is a problem document (gateway.problems).
         exception_handlers={Exception: problem_response},
+        # The API reference is the OpenAPI document itself (`/schema`, `/schema/openapi.json`, `.yaml`): no
+        # page that loads a renderer from a third-party CDN on the session cookie's origin.
         openapi_config=OpenAPIConfig(
-            title="Build My MCP Server", version="0.1.0", description="Describe an MCP server; get it built."
+            title="Build My MCP Server", version="0.1.0", description="Describe an MCP server; get it built.",
+            render_plugins=[JsonRenderPlugin(path=["/", "/openapi.json"]), YamlRenderPlugin(path="/openapi.yaml")],
         ),
         state=State({"services": services}),
         # The process's one log handler is installed by actors.runtime.logs; Litestar must not add its own.

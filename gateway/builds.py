@@ -26,9 +26,10 @@ from gateway.auth import (
     session_token,
 )
 from gateway.bus import BusClient
-from gateway.feeds import RAW_SEND, FeedClosed, Send, SocketLagging, Watcher, direct_transport
+from gateway.feeds import MAX_SEQUENCE, RAW_SEND, FeedClosed, Send, SocketLagging, Watcher, direct_transport
 from gateway.problems import Problem
 from gateway.schemas import BuildCreated, BuildView, CreateBuild, build_links
+from gateway.servers import server_of
 from gateway.services import EdgeServices, provide_principal
 
 log = logging.getLogger("bmms.gateway.builds")
@@ -37,14 +38,6 @@ CLOSE_TOO_SLOW = 4008
 """WebSocket close code for a client that fell too far behind; the reason says which `after=` to use."""
 CLOSE_GOING_AWAY = 1001
 """The gateway is shutting down; reconnect (to another copy) with `after=`."""
-
-
-async def require_json(request: Request[Any, Any, Any]) -> None:
-    """Refuse bodies that are not JSON before anything tries to parse them."""
-    media_type = request.content_type[0]
-    if media_type != "application/json" and not media_type.endswith("+json"):
-        raise Problem(415, f"send the build as application/json, not {media_type or 'an untyped body'}",
-                      code=FailureCode.INVALID)
 
 
 def checked_build_id(build_id: str) -> str:
@@ -101,7 +94,6 @@ class BuildsController(Controller):
     @post(
         "/",
         status_code=202,
-        before_request=require_json,
         summary="Submit a build",
         response_headers=None,
     )
@@ -117,7 +109,10 @@ class BuildsController(Controller):
         ] = None,
     ) -> Response[BuildCreated]:
         """Accept a build request and start the pipeline; watch it at `links.stream`. Secrets given with it
-        go to the deployer only (split off here, at the edge), never into the build request or its events."""
+        go to the deployer only (split off here, at the edge), never into the build request or its events.
+        A `server_id` must name a server of the caller's organisation: 404 at once, before any step runs."""
+        if data.server_id is not None:
+            await server_of(services.bus, principal, data.server_id)
         request = SubmitBuild(
             org_id=principal.org_id, requested_by=principal.subject, name=data.name, source=data.source,
             idempotency_key=idempotency_key, server_id=data.server_id,
@@ -160,7 +155,8 @@ class BuildsController(Controller):
         socket: WebSocket[Any, Any, Any],
         build_id: FromPath[str],
         services: NamedDependency[EdgeServices],
-        after: Annotated[int, QueryParameter(ge=0, description="Resume after this stream sequence.")] = 0,
+        after: Annotated[int, QueryParameter(ge=0, le=MAX_SEQUENCE, description="Resume after this stream sequence.")
+                         ] = 0,
     ) -> None:
         """The build's whole history, then live events, one JSON frame each:
         `{"seq", "subject", "kind", "event"}`. Authenticate with `Authorization: Bearer <key>`, from

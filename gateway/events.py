@@ -33,7 +33,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from bus_schemas.base import SUBJECT_TOKEN_RE, FailureCode
 from bus_schemas.identity import Principal
 from bus_schemas.registry import BUILD_EVENTS, BUILDS
-from gateway.feeds import WireFrame
+from gateway.feeds import MAX_SEQUENCE, WireFrame
 from gateway.problems import Problem
 from gateway.services import EdgeServices, provide_principal
 
@@ -85,7 +85,7 @@ def _resume_point(after: int | None, last_event_id: str | None) -> int | None:
         return after
     if last_event_id is None:
         return None
-    if not last_event_id.isdigit() or len(last_event_id) > 19:
+    if not last_event_id.isdigit() or len(last_event_id) > 19 or int(last_event_id) > MAX_SEQUENCE:
         raise Problem(400, "Last-Event-ID must be a stream sequence (a whole number)", code=FailureCode.INVALID)
     return int(last_event_id)
 
@@ -103,7 +103,8 @@ class EventsController(Controller):
         request: Request[Any, Any, Any],
         principal: NamedDependency[Principal],
         services: NamedDependency[EdgeServices],
-        after: Annotated[int | None, QueryParameter(ge=0, description="Resume after this stream sequence.")] = None,
+        after: Annotated[int | None, QueryParameter(ge=0, le=MAX_SEQUENCE,
+                                                    description="Resume after this stream sequence.")] = None,
         build: Annotated[str | None, QueryParameter(min_length=1, max_length=64,
                                                     description="Only this build's events.")] = None,
         live: Annotated[bool, QueryParameter(description="Only events from now on (no history).")] = False,

@@ -39,6 +39,9 @@ Send = Callable[[Any], Awaitable[None]]
 """An ASGI `send`."""
 
 
+MAX_SEQUENCE = 2**63 - 1
+"""The largest stream sequence a client may resume after (JetStream counts in 64 bits; its consumers take
+signed ones): beyond it, `after=` is refused with 400 rather than handed to the bus."""
 RAW_SEND = "bmms.raw_send"
 """Scope key of the server's own ASGI `send` for a WebSocket, before any framework wrapper."""
 

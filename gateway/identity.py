@@ -87,6 +87,7 @@ from bus_schemas.registry import (
     REVOKE_SESSION,
 )
 from gateway.auth import SESSION_COOKIE, session_token
+from gateway.browser import CROSS_SITE_OPT
 from gateway.pages import FORM_FIELD, form_cookie, form_is_ours, form_token, hidden, page, paragraph
 from gateway.problems import Problem
 from gateway.services import EdgeServices, provide_principal
@@ -288,7 +289,8 @@ class SignInController(Controller):
         ])
         return page("Sign in", body, cookies=[form_cookie(form, is_https(request, services.settings))])
 
-    @post("/magic-link/callback", summary="Use a sign-in link", include_in_schema=True)
+    @post("/magic-link/callback", summary="Use a sign-in link", include_in_schema=True,
+          opt={CROSS_SITE_OPT: "form token"})
     async def use_link(
         self, request: Request[Any, Any, Any],
         services: NamedDependency[EdgeServices],

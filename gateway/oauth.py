@@ -52,6 +52,8 @@ from bus_schemas.registry import (
     OAUTH_START_AUTHORIZATION,
 )
 from gateway.auth import Authenticator
+from gateway.bodies import decode_json_body
+from gateway.browser import CROSS_SITE_OPT
 from gateway.identity import SIGN_IN_PAGE
 from gateway.pages import page, paragraph
 from gateway.services import EdgeServices
@@ -212,6 +214,9 @@ class OAuthController(Controller):
     """The Authorization Server's endpoints."""
 
     path = "/"
+    # Clients on other origins call the token, registration and revocation endpoints, and the consent form
+    # carries a CSRF token bound to the person: none of them rests on the cookie alone.
+    opt = {CROSS_SITE_OPT: "own-defence"}
     tags = ["oauth"]
     include_in_schema = True
 
@@ -257,12 +262,12 @@ class OAuthController(Controller):
     ) -> Response[bytes]:
         """Register a client; the same metadata returns the same client_id. Rate-limited per address."""
         try:
-            raw = msgspec.json.decode(await request.body())
+            raw = decode_json_body(await request.body())
             if not isinstance(raw, dict):
                 raise ValueError("not a JSON object")
             fields = {k: raw[k] for k in ClientMetadata.__struct_fields__ if k in raw and raw[k] is not None}
             metadata = msgspec.convert(fields, ClientMetadata)
-        except (ValueError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except (ValueError, msgspec.ValidationError) as exc:
             log.warning("oauth refused registration: invalid_client_metadata: %s", exc)
             return _oauth_error(OAuthError(error="invalid_client_metadata", description=f"unreadable metadata: {exc}"))
         client_ip = request.client.host if request.client else "unknown"

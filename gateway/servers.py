@@ -59,8 +59,8 @@ from bus_schemas.servers import (
     ServerSecrets,
     ServerSecretSet,
     SetServerSecret,
+    VersionNumber,
 )
-from gateway.builds import require_json
 from gateway.bus import BusClient
 from gateway.problems import Problem, ProblemField
 from gateway.services import EdgeServices, provide_principal
@@ -82,7 +82,7 @@ class ServerLogsView(msgspec.Struct, frozen=True, kw_only=True):
 class RollbackBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Run an earlier version of the server again (same URL)."""
 
-    version: Annotated[int, msgspec.Meta(ge=1)]
+    version: VersionNumber
     """One of the server's versions, as listed in `versions`."""
 
 
@@ -119,6 +119,12 @@ def checked_server_id(server_id: str) -> str:
     return server_id
 
 
+async def server_of(bus: BusClient, principal: Principal, server_id: str) -> ServerInfo:
+    """A server of the caller's organisation with its versions; a 404 problem for any other."""
+    request = GetServer(org_id=principal.org_id, server_id=checked_server_id(server_id))
+    return (await bus.ask(GET_SERVER, request, ServerReply)).server
+
+
 async def _control(
     bus: BusClient, principal: Principal, server_id: str, action: ServerAction, version: int | None = None
 ) -> ServerInfo:
@@ -149,8 +155,7 @@ class ServersController(Controller):
         self, server_id: FromPath[str], principal: NamedDependency[Principal], services: NamedDependency[EdgeServices]
     ) -> ServerInfo:
         """One server of the caller's organisation with its versions; 404 for any other."""
-        request = GetServer(org_id=principal.org_id, server_id=checked_server_id(server_id))
-        return (await services.bus.ask(GET_SERVER, request, ServerReply)).server
+        return await server_of(services.bus, principal, server_id)
 
     @post("/{server_id:str}/stop", status_code=200, summary="Stop a server")
     async def stop_server(
@@ -166,7 +171,7 @@ class ServersController(Controller):
         """Start the server's current version again."""
         return await _control(services.bus, principal, server_id, "start")
 
-    @post("/{server_id:str}/rollback", status_code=200, before_request=require_json, summary="Roll a server back")
+    @post("/{server_id:str}/rollback", status_code=200, summary="Roll a server back")
     async def rollback_server(
         self,
         server_id: FromPath[str],
@@ -197,7 +202,7 @@ class ServersController(Controller):
         logs = await services.bus.ask(GET_SERVER_LOGS, request, ServerLogs)
         return ServerLogsView(server_id=logs.server_id, lines=logs.lines)
 
-    @put("/{server_id:str}/secrets/{name:str}", status_code=204, before_request=require_json,
+    @put("/{server_id:str}/secrets/{name:str}", status_code=204,
          summary="Set a server secret")
     async def set_secret(
         self,

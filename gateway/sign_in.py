@@ -19,6 +19,7 @@ from litestar.response import Redirect
 
 from bus_schemas.identity import MagicLinkRequested, RequestMagicLink, safe_next
 from bus_schemas.registry import REQUEST_MAGIC_LINK
+from gateway.browser import CROSS_SITE_OPT
 from gateway.identity import (
     CALLBACK_PATH,
     DEFAULT_AFTER_SIGN_IN,
@@ -75,7 +76,7 @@ class SignInPageController(Controller):
             return Redirect(next_path or DEFAULT_AFTER_SIGN_IN, status_code=303, headers={"Cache-Control": "no-store"})
         return sign_in_form(request, services, next_path)
 
-    @post("/", status_code=200, summary="Ask for a sign-in link")
+    @post("/", status_code=200, summary="Ask for a sign-in link", opt={CROSS_SITE_OPT: "form token"})
     async def submit(
         self, request: Request[Any, Any, Any], services: NamedDependency[EdgeServices],
     ) -> Response[str]:

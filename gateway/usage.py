@@ -25,6 +25,7 @@ from bus_schemas.base import SUBJECT_TOKEN
 from bus_schemas.identity import Principal
 from bus_schemas.registry import GET_QUOTA, GET_USAGE
 from bus_schemas.usage import (
+    PERIOD_PATTERN,
     DayUsage,
     GetQuota,
     GetUsage,
@@ -36,8 +37,6 @@ from bus_schemas.usage import (
     UsageReport,
 )
 from gateway.services import EdgeServices, provide_principal
-
-PERIOD_PATTERN = r"^[0-9]{4}-(0[1-9]|1[0-2])$"
 
 
 class UsageView(msgspec.Struct, frozen=True, kw_only=True):

@@ -350,8 +350,9 @@ async def test_no_deployer_running_is_503(
 
 
 async def test_build_submission_passes_the_target_server(
-    client: httpx.AsyncClient, build_registry: BuildRegistryDouble, org_a: ApiKeyCreated
+    client: httpx.AsyncClient, build_registry: BuildRegistryDouble, deployer: DeployerDouble, org_a: ApiKeyCreated
 ) -> None:
+    deployer.add(org_a.org_id, "srv-a-redeploy")
     redeploy = {**PLAIN, "server_id": "srv-a-redeploy"}
     accepted = await client.post("/v1/builds", json=redeploy, headers=bearer(org_a))
     assert accepted.status_code == 202, accepted.text
@@ -367,3 +368,16 @@ async def test_build_submission_passes_the_target_server(
                                            headers=bearer(org_a)), 400)
     assert bad["errors"][0]["field"] == "server_id"  # type: ignore[index]
     assert len(build_registry.requests) == count
+
+
+async def test_a_build_for_another_organisations_server_is_404_at_once_and_never_submitted(
+    client: httpx.AsyncClient, build_registry: BuildRegistryDouble, deployer: DeployerDouble,
+    org_a: ApiKeyCreated, org_b: ApiKeyCreated,
+) -> None:
+    deployer.add(org_b.org_id, "srv-b-target")
+    count = len(build_registry.requests)
+    for server_id in ("srv-b-target", "srv-nowhere"):  # another organisation's, and none at all: one answer
+        refused = assert_problem(await client.post("/v1/builds", json={**PLAIN, "server_id": server_id},
+                                                   headers=bearer(org_a)), 404)
+        assert refused["code"] == "not_found" and server_id in str(refused["detail"])
+    assert len(build_registry.requests) == count  # no plan, generate or check was spent on it

@@ -1,0 +1,108 @@
+"""What another site's page cannot make a signed-in person's browser do here: no state-changing request
+with the session cookie from a foreign origin (sibling subdomains and other ports included), no JSON route
+reading a form or `text/plain` body, and no page without a Content-Security-Policy or with third-party script.
+The requests are the ones a browser sends for a cross-site form or `fetch(..., {credentials: "include"})`."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.gateway.test_builds_http import assert_problem
+from tests.gateway.test_identity_http import fresh_email, sign_in, with_session
+from tests.gateway.test_org_members_http import (  # noqa: F401 (module fixtures: a gateway with mail sign-in)
+    http,
+    mailbox,
+    org_gateway,
+)
+from tests.mailbox import Mailbox
+
+
+def from_origin(session: str, origin: str | None, **headers: str) -> dict[str, str]:
+    sent = {**with_session(session), **headers}
+    if origin is not None:
+        sent["Origin"] = origin
+    return sent
+
+
+async def invites(http: httpx.AsyncClient, session: str) -> list[str]:
+    listed = await http.get("/v1/org/invites", headers=with_session(session))
+    assert listed.status_code == 200, listed.text
+    return [i["email"] for i in listed.json()["invites"]]
+
+
+async def test_cookie_writes_from_another_origin_are_refused(http: httpx.AsyncClient, mailbox: Mailbox) -> None:
+    session = await sign_in(http, mailbox, fresh_email("victim"))
+    own = str(http.base_url).rstrip("/")
+    port = http.base_url.port
+    foreign = ["https://evil.example", f"http://127.0.0.1:{port + 1}", f"http://evil.127.0.0.1.nip.io:{port}",
+               "null"]
+    for origin in foreign:
+        email = fresh_email("planted")
+        invite = await http.post("/v1/invites", json={"email": email}, headers=from_origin(session, origin))
+        assert assert_problem(invite, 403)["code"] == "forbidden", origin
+        key = await http.post("/v1/api-keys", json={"label": "stolen"}, headers=from_origin(session, origin))
+        assert_problem(key, 403)
+        stop = await http.post("/v1/servers/s0000000000000000/stop", headers=from_origin(session, origin))
+        assert_problem(stop, 403)
+        out = await http.post("/v1/auth/sign-out", headers=from_origin(session, origin))
+        assert_problem(out, 403)
+        assert email not in await invites(http, session)
+    # a browser that sends no Origin still names where the request came from
+    fetched = await http.post("/v1/api-keys", json={}, headers=from_origin(session, None, **{"Sec-Fetch-Site": "same-site"}))
+    assert_problem(fetched, 403)
+    keys = await http.get("/v1/api-keys", headers=with_session(session))
+    assert keys.json()["keys"] == []  # nothing was created by any of them
+
+    # our own pages, and clients that are not browsers, still write with the cookie
+    email = fresh_email("invited")
+    ours = await http.post("/v1/invites", json={"email": email}, headers=from_origin(session, own))
+    assert ours.status_code == 201, ours.text
+    plain = await http.post("/v1/api-keys", json={"label": "cli"}, headers=from_origin(session, None))
+    assert plain.status_code == 201, plain.text
+    # an API key is never sent by a browser on its own: it works from any origin
+    with_key = {"Authorization": f"Bearer {plain.json()['secret']}", "Origin": "https://elsewhere.example"}
+    assert (await http.get("/v1/me", headers=with_key)).status_code == 200
+
+
+async def test_json_routes_refuse_form_and_text_bodies(http: httpx.AsyncClient, mailbox: Mailbox) -> None:
+    session = await sign_in(http, mailbox, fresh_email("simple"))
+    own = str(http.base_url).rstrip("/")
+    email = fresh_email("texted")
+    # the "simple requests" a cross-site form can send, here even from our own origin
+    text = await http.post("/v1/invites", content=f'{{"email": "{email}"}}'.encode(),
+                           headers=from_origin(session, own, **{"Content-Type": "text/plain"}))
+    assert "application/json" in str(assert_problem(text, 415)["detail"])
+    form = await http.post("/v1/api-keys", content=b"label=stolen",
+                           headers=from_origin(session, own, **{"Content-Type": "application/x-www-form-urlencoded"}))
+    assert_problem(form, 415)
+    multipart = await http.post("/v1/invites", files={"email": (None, email)}, headers=from_origin(session, own))
+    assert_problem(multipart, 415)
+    assert email not in await invites(http, session)
+    assert (await http.get("/v1/api-keys", headers=with_session(session))).json()["keys"] == []
+
+
+async def test_the_api_reference_is_the_openapi_document_without_third_party_script(http: httpx.AsyncClient) -> None:
+    for path in ("/schema", "/schema/openapi.json"):
+        reference = await http.get(path)
+        assert reference.status_code == 200, path
+        assert "json" in reference.headers["content-type"] and "<script" not in reference.text
+        assert reference.json()["openapi"].startswith("3.")
+    for renderer in ("/schema/swagger", "/schema/redoc", "/schema/elements", "/schema/rapidoc", "/schema/scalar"):
+        assert (await http.get(renderer)).status_code == 404, renderer
+
+
+async def test_every_html_page_has_a_content_security_policy_and_no_third_party_script(
+    http: httpx.AsyncClient,
+) -> None:
+    pages = [
+        await http.get("/sign-in"),
+        await http.get("/v1/auth/magic-link/callback", params={"token": "x"}),
+        await http.get("/oauth/authorize", params={"client_id": "nobody"}),
+        await http.get("/oauth/authorize"),
+    ]
+    for page in pages:
+        assert page.headers["content-type"].startswith("text/html"), page.request.url
+        policy = page.headers.get("content-security-policy", "")
+        assert "default-src 'none'" in policy and "frame-ancestors 'none'" in policy, (page.request.url, policy)
+        assert "script-src" not in policy or "'unsafe-inline'" not in policy.split("script-src")[1].split(";")[0]
+        assert "<script src=" not in page.text and "cdn." not in page.text
