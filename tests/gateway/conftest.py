@@ -13,6 +13,8 @@ import pytest
 from litestar import Litestar
 from nats.aio.client import Client
 
+from actors.auth.actor import create_actor as create_auth_actor
+from actors.auth.config import AuthConfig
 from actors.catalog import create_actor
 from actors.runtime.bus import call, connect
 from actors.runtime.settings import Settings
@@ -23,6 +25,7 @@ from gateway.config import GatewayConfig
 from gateway.server import serve_gateway
 from gateway.services import EdgeServices
 from tests.conftest import Stack, running
+from tests.mailbox import Mailbox, local_smtp
 
 
 @dataclass
@@ -130,3 +133,20 @@ async def other_key(module_admin: Client, auth_actor: None) -> ApiKeyCreated:
 def bearer(created: ApiKeyCreated) -> dict[str, str]:
     """The Authorization header of an API key."""
     return {"Authorization": f"Bearer {created.secret}"}
+
+
+@pytest.fixture(scope="module")
+async def mailbox() -> AsyncIterator[Mailbox]:
+    async with local_smtp() as box:
+        yield box
+
+
+@pytest.fixture(scope="module")
+async def org_gateway(stack: Stack, mailbox: Mailbox) -> AsyncIterator[Gateway]:
+    """A gateway whose people sign in by mail (a real SMTP server), with its own auth actor."""
+    async with (
+        running(create_auth_actor(AuthConfig()), stack.settings("auth", smtp_url=mailbox.url)),
+        # a long auth cache: only the gateway forgetting what it cached makes a removal hold at once
+        serving(gateway_settings(stack), GatewayConfig(auth_cache_seconds=300)) as gw,
+    ):
+        yield gw

@@ -5,16 +5,24 @@ The requests are the ones a browser sends for a cross-site form or `fetch(..., {
 
 from __future__ import annotations
 
-import httpx
+from collections.abc import AsyncIterator
 
+import httpx
+import pytest
+from litestar import Litestar, Response, get
+from litestar.testing import AsyncTestClient
+
+from gateway.browser import HTML_HEADERS, page_headers_middleware
+from tests.gateway.conftest import Gateway
 from tests.gateway.test_builds_http import assert_problem
 from tests.gateway.test_identity_http import fresh_email, sign_in, with_session
-from tests.gateway.test_org_members_http import (  # noqa: F401 (module fixtures: a gateway with mail sign-in)
-    http,
-    mailbox,
-    org_gateway,
-)
 from tests.mailbox import Mailbox
+
+
+@pytest.fixture(scope="module")
+async def http(org_gateway: Gateway) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=org_gateway.base_url, timeout=15) as client:
+        yield client
 
 
 def from_origin(session: str, origin: str | None, **headers: str) -> dict[str, str]:
@@ -48,7 +56,8 @@ async def test_cookie_writes_from_another_origin_are_refused(http: httpx.AsyncCl
         assert_problem(out, 403)
         assert email not in await invites(http, session)
     # a browser that sends no Origin still names where the request came from
-    fetched = await http.post("/v1/api-keys", json={}, headers=from_origin(session, None, **{"Sec-Fetch-Site": "same-site"}))
+    same_site = from_origin(session, None, **{"Sec-Fetch-Site": "same-site"})
+    fetched = await http.post("/v1/api-keys", json={}, headers=same_site)
     assert_problem(fetched, 403)
     keys = await http.get("/v1/api-keys", headers=with_session(session))
     assert keys.json()["keys"] == []  # nothing was created by any of them
@@ -106,3 +115,26 @@ async def test_every_html_page_has_a_content_security_policy_and_no_third_party_
         assert "default-src 'none'" in policy and "frame-ancestors 'none'" in policy, (page.request.url, policy)
         assert "script-src" not in policy or "'unsafe-inline'" not in policy.split("script-src")[1].split(";")[0]
         assert "<script src=" not in page.text and "cdn." not in page.text
+
+
+async def test_an_html_answer_without_its_own_policy_gets_the_default_one() -> None:
+    @get("/bare", media_type="text/html")
+    async def bare() -> str:
+        return "<p>hello</p>"
+
+    @get("/own", media_type="text/html")
+    async def own() -> Response[str]:
+        policy = {"Content-Security-Policy": "default-src 'self'"}
+        return Response("<p>mine</p>", media_type="text/html", headers=policy)
+
+    @get("/data")
+    async def data() -> dict[str, str]:
+        return {"a": "b"}
+
+    app = Litestar([bare, own, data], middleware=[page_headers_middleware])
+    async with AsyncTestClient(app) as client:
+        assert (await client.get("/bare")).headers["content-security-policy"] == \
+            HTML_HEADERS[b"content-security-policy"].decode()
+        assert (await client.get("/bare")).headers["x-frame-options"] == "DENY"
+        assert (await client.get("/own")).headers.get_list("content-security-policy") == ["default-src 'self'"]
+        assert "content-security-policy" not in (await client.get("/data")).headers

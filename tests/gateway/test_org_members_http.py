@@ -11,11 +11,8 @@ import httpx
 import pytest
 from nats.aio.client import Client
 
-from actors.auth.actor import create_actor as create_auth_actor
-from actors.auth.config import AuthConfig
 from actors.runtime.bus import connect
-from gateway.config import GatewayConfig
-from tests.conftest import Stack, eventually, running
+from tests.conftest import Stack, eventually
 from tests.gateway.conftest import Gateway, bearer, gateway_settings, new_api_key, serving
 from tests.gateway.test_builds_http import assert_problem
 from tests.gateway.test_identity_http import (
@@ -27,23 +24,7 @@ from tests.gateway.test_identity_http import (
     sign_in,
     with_session,
 )
-from tests.mailbox import Mailbox, local_smtp
-
-
-@pytest.fixture(scope="module")
-async def mailbox() -> AsyncIterator[Mailbox]:
-    async with local_smtp() as box:
-        yield box
-
-
-@pytest.fixture(scope="module")
-async def org_gateway(stack: Stack, mailbox: Mailbox) -> AsyncIterator[Gateway]:
-    async with (
-        running(create_auth_actor(AuthConfig()), stack.settings("auth", smtp_url=mailbox.url)),
-        # a long auth cache: only the gateway forgetting what it cached makes a removal hold at once
-        serving(gateway_settings(stack), GatewayConfig(auth_cache_seconds=300)) as gw,
-    ):
-        yield gw
+from tests.mailbox import Mailbox
 
 
 @pytest.fixture(scope="module")
