@@ -24,9 +24,7 @@ _decoder = msgspec.json.Decoder()
 TOO_DEEP = "the JSON body nests too deeply"
 
 
-def not_utf8(exc: UnicodeDecodeError) -> str:
-    """What to tell a client whose body is not UTF-8."""
-    return f"the body is not valid UTF-8 (byte {exc.start})"
+NOT_UTF8 = "the body is not valid UTF-8 (JSON text must be)"
 
 
 class UnreadableBody(ValueError):
@@ -39,8 +37,8 @@ def decode_json_body(body: bytes) -> Any:
         return _decoder.decode(body)
     except RecursionError:
         raise UnreadableBody(TOO_DEEP) from None
-    except UnicodeDecodeError as exc:
-        raise UnreadableBody(not_utf8(exc)) from None
+    except UnicodeDecodeError:
+        raise UnreadableBody(NOT_UTF8) from None
     except msgspec.DecodeError as exc:
         raise UnreadableBody(f"the request body is not valid JSON: {exc}") from None
 
@@ -54,8 +52,8 @@ class GatewayRequest(Request[Any, Any, Any]):
             return await super().json()
         except RecursionError:
             raise _unreadable(TOO_DEEP) from None
-        except UnicodeDecodeError as exc:
-            raise _unreadable(not_utf8(exc)) from None
+        except UnicodeDecodeError:
+            raise _unreadable(NOT_UTF8) from None
 
 
 def _unreadable(detail: str) -> Problem:
