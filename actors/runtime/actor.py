@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -132,11 +133,25 @@ class Batch(Generic[M]):
         item._verdict = ("park", reason)
 
 
+S = TypeVar("S")
+
 RpcHandler = Callable[[Req, Context], Awaitable[Rep]]
 ConsumerHandler = Callable[[M, Context], Awaitable[None]]
 BatchHandler = Callable[[Batch[M], Context], Awaitable[None]]
 TimerHandler = Callable[[Context], Awaitable[None]]
 ParkHook = Callable[[bytes, str, Context], Awaitable[None]]
+
+
+def bind(handler: Callable[[M, Context, S], Awaitable[Rep]], state: S) -> Callable[[M, Context], Awaitable[Rep]]:
+    """A handler of (message, context) made of a module-level handler that also takes its actor's own state
+    (its settings, caches, clients): handlers stay plain functions of typed input, each actor's `actor.py`
+    binds them to its state and to the registry. Works for RPC handlers and consumers alike."""
+
+    @functools.wraps(handler)
+    async def bound(message: M, ctx: Context) -> Rep:
+        return await handler(message, ctx, state)
+
+    return bound
 
 
 @dataclass(frozen=True)
