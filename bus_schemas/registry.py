@@ -11,6 +11,7 @@ from typing import Any, Generic, TypeVar
 from bus_schemas.base import SUBJECT_TOKEN_RE, Message
 from bus_schemas.builds import (
     AnyBuildEvent,
+    BuildAccepted,
     BuildKind,
     BuildRequested,
     BuildSummary,
@@ -20,6 +21,9 @@ from bus_schemas.builds import (
     SubmitBuildReply,
 )
 from bus_schemas.identity import (
+    ApiKeyCreated,
+    ApiKeyList,
+    ApiKeyRevoked,
     Authenticate,
     AuthenticateReply,
     ChangeMemberRole,
@@ -28,8 +32,11 @@ from bus_schemas.identity import (
     CreateApiKeyReply,
     GetMe,
     GetMeReply,
+    InviteCreated,
+    InviteList,
     InviteMember,
     InviteMemberReply,
+    InviteRevoked,
     IssueApiKey,
     IssueApiKeyReply,
     ListApiKeys,
@@ -40,7 +47,13 @@ from bus_schemas.identity import (
     ListMembersReply,
     ListSessions,
     ListSessionsReply,
+    MagicLinkRequested,
+    Me,
+    MemberList,
+    MemberRemoved,
+    MemberRoleChanged,
     MembershipEnded,
+    Principal,
     RedeemMagicLink,
     RedeemMagicLinkReply,
     RemoveMember,
@@ -53,8 +66,14 @@ from bus_schemas.identity import (
     RevokeInviteReply,
     RevokeSession,
     RevokeSessionReply,
+    SessionList,
+    SessionRevoked,
+    SessionStarted,
 )
 from bus_schemas.oauth import (
+    AuthorizationRedirect,
+    ClientRegistered,
+    ConsentRequired,
     CreateClient,
     CreateClientReply,
     DecideConsent,
@@ -64,18 +83,24 @@ from bus_schemas.oauth import (
     GetJwks,
     GetJwksReply,
     GrantRevoked,
+    Jwks,
     MintServiceToken,
     MintServiceTokenReply,
+    OAuthError,
     RegisterClient,
     RegisterClientReply,
     RevokeToken,
     RevokeTokenReply,
+    SignInRequired,
     StartAuthorization,
     StartAuthorizationReply,
+    TokenIssued,
+    TokenRevoked,
 )
 from bus_schemas.ops import DeadLetter
 from bus_schemas.plans import Artifact, ToolPlan
 from bus_schemas.servers import (
+    BuildSecretsStaged,
     ControlServer,
     ControlServerReply,
     DeleteServerSecret,
@@ -91,7 +116,14 @@ from bus_schemas.servers import (
     ResolveServer,
     ResolveServerReply,
     ServerChanged,
+    ServerList,
+    ServerLogs,
+    ServerOwner,
+    ServerReply,
     ServerRoute,
+    ServerSecretDeleted,
+    ServerSecrets,
+    ServerSecretSet,
     SetServerSecret,
     SetServerSecretReply,
     StageBuildSecrets,
@@ -104,8 +136,11 @@ from bus_schemas.usage import (
     GetQuotaReply,
     GetUsage,
     GetUsageReply,
+    QuotaAllowed,
     QuotaState,
+    QuotaStatus,
     ToolCalled,
+    UsageReport,
 )
 
 Req = TypeVar("Req", bound=Message)
@@ -122,7 +157,8 @@ def subject_token(value: str) -> str:
 
 @dataclass(frozen=True)
 class Rpc(Generic[Req, Rep]):
-    """A request/reply endpoint served by a `nats.micro` service in a queue group."""
+    """A request/reply endpoint served by a `nats.micro` service in a queue group: `Req` is what a caller
+    sends, `Rep` what a call that succeeds answers; any call may also answer `Failed`."""
 
     service: str
     """The micro service (one per actor) that serves it."""
@@ -353,7 +389,7 @@ def build_kind_filter(kind: BuildKind) -> str:
 
 # --- RPC endpoints ---
 
-SUBMIT_BUILD: Rpc[SubmitBuild, SubmitBuildReply] = Rpc(
+SUBMIT_BUILD: Rpc[SubmitBuild, BuildAccepted] = Rpc(
     service="planner",
     endpoint="submit_build",
     subject="rpc.builds.submit",
@@ -361,7 +397,7 @@ SUBMIT_BUILD: Rpc[SubmitBuild, SubmitBuildReply] = Rpc(
     reply=SubmitBuildReply,
     description="Record a build request and publish its `requested` event.",
 )
-GET_BUILD: Rpc[GetBuild, GetBuildReply] = Rpc(
+GET_BUILD: Rpc[GetBuild, BuildSummary] = Rpc(
     service="planner",
     endpoint="get_build",
     subject="rpc.builds.get",
@@ -369,7 +405,7 @@ GET_BUILD: Rpc[GetBuild, GetBuildReply] = Rpc(
     reply=GetBuildReply,
     description="Where one build of the caller's organisation stands.",
 )
-AUTHENTICATE: Rpc[Authenticate, AuthenticateReply] = Rpc(
+AUTHENTICATE: Rpc[Authenticate, Principal] = Rpc(
     service="auth",
     endpoint="authenticate",
     subject="rpc.auth.authenticate",
@@ -377,7 +413,7 @@ AUTHENTICATE: Rpc[Authenticate, AuthenticateReply] = Rpc(
     reply=AuthenticateReply,
     description="Resolve an API key to the principal it acts for.",
 )
-CREATE_API_KEY: Rpc[CreateApiKey, CreateApiKeyReply] = Rpc(
+CREATE_API_KEY: Rpc[CreateApiKey, ApiKeyCreated] = Rpc(
     service="auth",
     endpoint="create_api_key",
     subject="rpc.auth.api_keys.create",
@@ -385,7 +421,7 @@ CREATE_API_KEY: Rpc[CreateApiKey, CreateApiKeyReply] = Rpc(
     reply=CreateApiKeyReply,
     description="Create an organisation's API key (operator CLI); the secret is returned once.",
 )
-REQUEST_MAGIC_LINK: Rpc[RequestMagicLink, RequestMagicLinkReply] = Rpc(
+REQUEST_MAGIC_LINK: Rpc[RequestMagicLink, MagicLinkRequested] = Rpc(
     service="auth",
     endpoint="request_magic_link",
     subject="rpc.auth.magic_link.request",
@@ -393,7 +429,7 @@ REQUEST_MAGIC_LINK: Rpc[RequestMagicLink, RequestMagicLinkReply] = Rpc(
     reply=RequestMagicLinkReply,
     description="Mail a one-time sign-in link (15 minutes); rate-limited per address and per client IP.",
 )
-REDEEM_MAGIC_LINK: Rpc[RedeemMagicLink, RedeemMagicLinkReply] = Rpc(
+REDEEM_MAGIC_LINK: Rpc[RedeemMagicLink, SessionStarted] = Rpc(
     service="auth",
     endpoint="redeem_magic_link",
     subject="rpc.auth.magic_link.redeem",
@@ -401,7 +437,7 @@ REDEEM_MAGIC_LINK: Rpc[RedeemMagicLink, RedeemMagicLinkReply] = Rpc(
     reply=RedeemMagicLinkReply,
     description="Use a magic link once: start a session, creating the person and their organisation on first sign-in.",
 )
-GET_ME: Rpc[GetMe, GetMeReply] = Rpc(
+GET_ME: Rpc[GetMe, Me] = Rpc(
     service="auth",
     endpoint="get_me",
     subject="rpc.auth.me",
@@ -409,7 +445,7 @@ GET_ME: Rpc[GetMe, GetMeReply] = Rpc(
     reply=GetMeReply,
     description="The caller and every organisation the person belongs to.",
 )
-LIST_SESSIONS: Rpc[ListSessions, ListSessionsReply] = Rpc(
+LIST_SESSIONS: Rpc[ListSessions, SessionList] = Rpc(
     service="auth",
     endpoint="list_sessions",
     subject="rpc.auth.sessions.list",
@@ -417,7 +453,7 @@ LIST_SESSIONS: Rpc[ListSessions, ListSessionsReply] = Rpc(
     reply=ListSessionsReply,
     description="A person's valid sessions, without tokens.",
 )
-REVOKE_SESSION: Rpc[RevokeSession, RevokeSessionReply] = Rpc(
+REVOKE_SESSION: Rpc[RevokeSession, SessionRevoked] = Rpc(
     service="auth",
     endpoint="revoke_session",
     subject="rpc.auth.sessions.revoke",
@@ -425,7 +461,7 @@ REVOKE_SESSION: Rpc[RevokeSession, RevokeSessionReply] = Rpc(
     reply=RevokeSessionReply,
     description="End one of a person's sessions (sign-out ends the current one).",
 )
-INVITE_MEMBER: Rpc[InviteMember, InviteMemberReply] = Rpc(
+INVITE_MEMBER: Rpc[InviteMember, InviteCreated] = Rpc(
     service="auth",
     endpoint="invite_member",
     subject="rpc.auth.invites.create",
@@ -433,27 +469,27 @@ INVITE_MEMBER: Rpc[InviteMember, InviteMemberReply] = Rpc(
     reply=InviteMemberReply,
     description="An owner invites an email address; it joins as a member on its next sign-in.",
 )
-LIST_INVITES: Rpc[ListInvites, ListInvitesReply] = Rpc(
+LIST_INVITES: Rpc[ListInvites, InviteList] = Rpc(
     service="auth", endpoint="list_invites", subject="rpc.auth.invites.list", request=ListInvites,
     reply=ListInvitesReply, description="An organisation's pending invitations (owners only).",
 )
-REVOKE_INVITE: Rpc[RevokeInvite, RevokeInviteReply] = Rpc(
+REVOKE_INVITE: Rpc[RevokeInvite, InviteRevoked] = Rpc(
     service="auth", endpoint="revoke_invite", subject="rpc.auth.invites.revoke", request=RevokeInvite,
     reply=RevokeInviteReply, description="An owner withdraws a pending invitation.",
 )
-LIST_MEMBERS: Rpc[ListMembers, ListMembersReply] = Rpc(
+LIST_MEMBERS: Rpc[ListMembers, MemberList] = Rpc(
     service="auth", endpoint="list_members", subject="rpc.auth.members.list", request=ListMembers,
     reply=ListMembersReply, description="An organisation's people and their roles (for its members).",
 )
-REMOVE_MEMBER: Rpc[RemoveMember, RemoveMemberReply] = Rpc(
+REMOVE_MEMBER: Rpc[RemoveMember, MemberRemoved] = Rpc(
     service="auth", endpoint="remove_member", subject="rpc.auth.members.remove", request=RemoveMember,
     reply=RemoveMemberReply, description="An owner removes a person from the organisation (never the last owner).",
 )
-CHANGE_MEMBER_ROLE: Rpc[ChangeMemberRole, ChangeMemberRoleReply] = Rpc(
+CHANGE_MEMBER_ROLE: Rpc[ChangeMemberRole, MemberRoleChanged] = Rpc(
     service="auth", endpoint="change_member_role", subject="rpc.auth.members.role", request=ChangeMemberRole,
     reply=ChangeMemberRoleReply, description="An owner changes a person's role (never leaving no owner).",
 )
-ISSUE_API_KEY: Rpc[IssueApiKey, IssueApiKeyReply] = Rpc(
+ISSUE_API_KEY: Rpc[IssueApiKey, ApiKeyCreated] = Rpc(
     service="auth",
     endpoint="issue_api_key",
     subject="rpc.auth.api_keys.issue",
@@ -461,7 +497,7 @@ ISSUE_API_KEY: Rpc[IssueApiKey, IssueApiKeyReply] = Rpc(
     reply=IssueApiKeyReply,
     description="A member creates an API key of their organisation; the secret is returned once.",
 )
-LIST_API_KEYS: Rpc[ListApiKeys, ListApiKeysReply] = Rpc(
+LIST_API_KEYS: Rpc[ListApiKeys, ApiKeyList] = Rpc(
     service="auth",
     endpoint="list_api_keys",
     subject="rpc.auth.api_keys.list",
@@ -469,7 +505,7 @@ LIST_API_KEYS: Rpc[ListApiKeys, ListApiKeysReply] = Rpc(
     reply=ListApiKeysReply,
     description="An organisation's live API keys, without secrets.",
 )
-REVOKE_API_KEY: Rpc[RevokeApiKey, RevokeApiKeyReply] = Rpc(
+REVOKE_API_KEY: Rpc[RevokeApiKey, ApiKeyRevoked] = Rpc(
     service="auth",
     endpoint="revoke_api_key",
     subject="rpc.auth.api_keys.revoke",
@@ -477,7 +513,7 @@ REVOKE_API_KEY: Rpc[RevokeApiKey, RevokeApiKeyReply] = Rpc(
     reply=RevokeApiKeyReply,
     description="Revoke an organisation's API key.",
 )
-OAUTH_MINT_SERVICE_TOKEN: Rpc[MintServiceToken, MintServiceTokenReply] = Rpc(
+OAUTH_MINT_SERVICE_TOKEN: Rpc[MintServiceToken, TokenIssued] = Rpc(
     service="oauth",
     endpoint="mint_service_token",
     subject="rpc.oauth.service_token",
@@ -485,60 +521,60 @@ OAUTH_MINT_SERVICE_TOKEN: Rpc[MintServiceToken, MintServiceTokenReply] = Rpc(
     reply=MintServiceTokenReply,
     description="A short-lived access token for one server, for the platform's own health checks.",
 )
-LIST_SERVERS: Rpc[ListServers, ListServersReply] = Rpc(
+LIST_SERVERS: Rpc[ListServers, ServerList] = Rpc(
     service="deployer", endpoint="list_servers", subject="rpc.deployer.list", request=ListServers,
     reply=ListServersReply, description="An organisation's hosted servers.",
 )
-GET_SERVER: Rpc[GetServer, GetServerReply] = Rpc(
+GET_SERVER: Rpc[GetServer, ServerReply] = Rpc(
     service="deployer", endpoint="get_server", subject="rpc.deployer.get", request=GetServer,
     reply=GetServerReply, description="One hosted server with its versions.",
 )
-CONTROL_SERVER: Rpc[ControlServer, ControlServerReply] = Rpc(
+CONTROL_SERVER: Rpc[ControlServer, ServerReply] = Rpc(
     service="deployer", endpoint="control_server", subject="rpc.deployer.control", request=ControlServer,
     reply=ControlServerReply, description="Stop, start, delete or roll back a hosted server.", timeout_seconds=300.0,
 )
-GET_SERVER_LOGS: Rpc[GetServerLogs, GetServerLogsReply] = Rpc(
+GET_SERVER_LOGS: Rpc[GetServerLogs, ServerLogs] = Rpc(
     service="deployer", endpoint="server_logs", subject="rpc.deployer.logs", request=GetServerLogs,
     reply=GetServerLogsReply, description="The last lines a server's runner wrote.",
 )
-RESOLVE_SERVER: Rpc[ResolveServer, ResolveServerReply] = Rpc(
+RESOLVE_SERVER: Rpc[ResolveServer, ServerOwner] = Rpc(
     service="deployer", endpoint="resolve_server", subject="rpc.deployer.resolve", request=ResolveServer,
     reply=ResolveServerReply, description="Which organisation owns a server (for oauth and metering).",
 )
 SERVER_RPCS = (LIST_SERVERS, GET_SERVER, CONTROL_SERVER, GET_SERVER_LOGS, RESOLVE_SERVER)
 # Server secrets: a value travels only in a set or stage request (rpc.* subjects are in no stream), never back.
-SET_SERVER_SECRET: Rpc[SetServerSecret, SetServerSecretReply] = Rpc(
+SET_SERVER_SECRET: Rpc[SetServerSecret, ServerSecretSet] = Rpc(
     service="deployer", endpoint="set_server_secret", subject="rpc.deployer.secrets.set", request=SetServerSecret,
     reply=SetServerSecretReply, description="Store a server's upstream credential sealed; restart it if it runs.",
     timeout_seconds=300.0,
 )
-LIST_SERVER_SECRETS: Rpc[ListServerSecrets, ListServerSecretsReply] = Rpc(
+LIST_SERVER_SECRETS: Rpc[ListServerSecrets, ServerSecrets] = Rpc(
     service="deployer", endpoint="list_server_secrets", subject="rpc.deployer.secrets.list",
     request=ListServerSecrets, reply=ListServerSecretsReply,
     description="A server's secret names, which its version needs and which are missing (never values).",
 )
-DELETE_SERVER_SECRET: Rpc[DeleteServerSecret, DeleteServerSecretReply] = Rpc(
+DELETE_SERVER_SECRET: Rpc[DeleteServerSecret, ServerSecretDeleted] = Rpc(
     service="deployer", endpoint="delete_server_secret", subject="rpc.deployer.secrets.delete",
     request=DeleteServerSecret, reply=DeleteServerSecretReply,
     description="Forget a server's secret; restart it if it runs and needs it.",
     timeout_seconds=300.0,
 )
-STAGE_BUILD_SECRETS: Rpc[StageBuildSecrets, StageBuildSecretsReply] = Rpc(
+STAGE_BUILD_SECRETS: Rpc[StageBuildSecrets, BuildSecretsStaged] = Rpc(
     service="deployer", endpoint="stage_build_secrets", subject="rpc.deployer.secrets.stage",
     request=StageBuildSecrets, reply=StageBuildSecretsReply,
     description="Keep the secrets given with a build sealed until the build's server exists, then set them on it.",
     timeout_seconds=300.0,
 )
 SECRET_RPCS = (SET_SERVER_SECRET, LIST_SERVER_SECRETS, DELETE_SERVER_SECRET, STAGE_BUILD_SECRETS)
-CHECK_QUOTA: Rpc[CheckQuota, CheckQuotaReply] = Rpc(
+CHECK_QUOTA: Rpc[CheckQuota, QuotaAllowed] = Rpc(
     service="metering", endpoint="check_quota", subject="rpc.metering.check_quota", request=CheckQuota,
     reply=CheckQuotaReply, description="May an organisation start one more build or server (`quota_exceeded` if not).",
 )
-GET_USAGE: Rpc[GetUsage, GetUsageReply] = Rpc(
+GET_USAGE: Rpc[GetUsage, UsageReport] = Rpc(
     service="metering", endpoint="get_usage", subject="rpc.metering.usage", request=GetUsage,
     reply=GetUsageReply, description="One organisation's usage in one month: per server, per tool, per day, builds.",
 )
-GET_QUOTA: Rpc[GetQuota, GetQuotaReply] = Rpc(
+GET_QUOTA: Rpc[GetQuota, QuotaStatus] = Rpc(
     service="metering", endpoint="get_quota", subject="rpc.metering.quota", request=GetQuota,
     reply=GetQuotaReply, description="An organisation's plan and each quota's use.",
 )
@@ -559,7 +595,7 @@ IDENTITY_RPCS: tuple[Rpc[Any, Any], ...] = (
     LIST_API_KEYS,
     REVOKE_API_KEY,
 )
-OAUTH_REGISTER_CLIENT: Rpc[RegisterClient, RegisterClientReply] = Rpc(
+OAUTH_REGISTER_CLIENT: Rpc[RegisterClient, ClientRegistered | OAuthError] = Rpc(
     service="oauth",
     endpoint="register_client",
     subject="rpc.oauth.clients.register",
@@ -567,7 +603,7 @@ OAUTH_REGISTER_CLIENT: Rpc[RegisterClient, RegisterClientReply] = Rpc(
     reply=RegisterClientReply,
     description="Dynamic Client Registration (RFC 7591): idempotent for the same metadata, rate-limited per address.",
 )
-OAUTH_CREATE_CLIENT: Rpc[CreateClient, CreateClientReply] = Rpc(
+OAUTH_CREATE_CLIENT: Rpc[CreateClient, ClientRegistered | OAuthError] = Rpc(
     service="oauth",
     endpoint="create_client",
     subject="rpc.oauth.clients.create",
@@ -575,7 +611,7 @@ OAUTH_CREATE_CLIENT: Rpc[CreateClient, CreateClientReply] = Rpc(
     reply=CreateClientReply,
     description="Pre-register an OAuth client (operator CLI); the secret, if any, is returned once.",
 )
-OAUTH_START_AUTHORIZATION: Rpc[StartAuthorization, StartAuthorizationReply] = Rpc(
+OAUTH_START_AUTHORIZATION: Rpc[StartAuthorization, SignInRequired | ConsentRequired | OAuthError] = Rpc(
     service="oauth",
     endpoint="start_authorization",
     subject="rpc.oauth.authorize.start",
@@ -583,7 +619,7 @@ OAUTH_START_AUTHORIZATION: Rpc[StartAuthorization, StartAuthorizationReply] = Rp
     reply=StartAuthorizationReply,
     description="Validate an authorization request and, for a signed-in person, open a pending consent.",
 )
-OAUTH_DECIDE_CONSENT: Rpc[DecideConsent, DecideConsentReply] = Rpc(
+OAUTH_DECIDE_CONSENT: Rpc[DecideConsent, AuthorizationRedirect | OAuthError] = Rpc(
     service="oauth",
     endpoint="decide_consent",
     subject="rpc.oauth.authorize.decide",
@@ -591,7 +627,7 @@ OAUTH_DECIDE_CONSENT: Rpc[DecideConsent, DecideConsentReply] = Rpc(
     reply=DecideConsentReply,
     description="Record the person's consent decision; answer where to redirect (a code, or access_denied).",
 )
-OAUTH_EXCHANGE_TOKEN: Rpc[ExchangeToken, ExchangeTokenReply] = Rpc(
+OAUTH_EXCHANGE_TOKEN: Rpc[ExchangeToken, TokenIssued | OAuthError] = Rpc(
     service="oauth",
     endpoint="exchange_token",
     subject="rpc.oauth.token",
@@ -599,7 +635,7 @@ OAUTH_EXCHANGE_TOKEN: Rpc[ExchangeToken, ExchangeTokenReply] = Rpc(
     reply=ExchangeTokenReply,
     description="The token endpoint: authorization_code (PKCE S256) and rotating refresh_token grants.",
 )
-OAUTH_REVOKE_TOKEN: Rpc[RevokeToken, RevokeTokenReply] = Rpc(
+OAUTH_REVOKE_TOKEN: Rpc[RevokeToken, TokenRevoked | OAuthError] = Rpc(
     service="oauth",
     endpoint="revoke_token",
     subject="rpc.oauth.revoke",
@@ -607,7 +643,7 @@ OAUTH_REVOKE_TOKEN: Rpc[RevokeToken, RevokeTokenReply] = Rpc(
     reply=RevokeTokenReply,
     description="RFC 7009 revocation; a refresh token takes its whole family with it.",
 )
-OAUTH_GET_JWKS: Rpc[GetJwks, GetJwksReply] = Rpc(
+OAUTH_GET_JWKS: Rpc[GetJwks, Jwks] = Rpc(
     service="oauth",
     endpoint="get_jwks",
     subject="rpc.oauth.jwks",

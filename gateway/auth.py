@@ -127,7 +127,7 @@ class Authenticator:
         cached = self._cache.get(key)
         if cached is not None and cached[0] > now:
             return cached[1]
-        principal = await self.bus.ask(AUTHENTICATE, Authenticate(token=token, org_id=org), Principal)
+        principal = await self.bus.ask(AUTHENTICATE, Authenticate(token=token, org_id=org))
         self._cache[key] = (now + self.ttl, principal)
         self._cache.move_to_end(key)
         while len(self._cache) > self.max_entries:

@@ -15,10 +15,10 @@ from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 
 from actors.runtime.codec import decode
 from bus_schemas.base import SUBJECT_TOKEN_RE, FailureCode
-from bus_schemas.builds import BuildAccepted, BuildSummary, GetBuild, SubmitBuild
+from bus_schemas.builds import BuildSummary, GetBuild, SubmitBuild
 from bus_schemas.identity import Principal
 from bus_schemas.registry import BUILD_SUMMARIES, GET_BUILD, STAGE_BUILD_SECRETS, SUBMIT_BUILD, build_summary_key
-from bus_schemas.servers import BuildSecretsStaged, StageBuildSecrets
+from bus_schemas.servers import StageBuildSecrets
 from gateway.auth import (
     WEBSOCKET_BEARER_PROTOCOL,
     bearer_token,
@@ -59,7 +59,7 @@ async def stage_secrets(bus: BusClient, principal: Principal, build_id: str, sec
     request = StageBuildSecrets(org_id=principal.org_id, build_id=build_id, secrets=secrets,
                                 requested_by=principal.subject)
     try:
-        await bus.ask(STAGE_BUILD_SECRETS, request, BuildSecretsStaged)
+        await bus.ask(STAGE_BUILD_SECRETS, request)
     except Problem as problem:
         raise Problem(problem.status, f"build {build_id} was accepted, but its secrets were not stored: "
                       f"{problem.detail}; send the request again with the same Idempotency-Key, or set them with "
@@ -117,7 +117,7 @@ class BuildsController(Controller):
             org_id=principal.org_id, requested_by=principal.subject, name=data.name, source=data.source,
             idempotency_key=idempotency_key, server_id=data.server_id,
         )
-        accepted = await services.bus.ask(SUBMIT_BUILD, request, BuildAccepted)
+        accepted = await services.bus.ask(SUBMIT_BUILD, request)
         if data.secrets:
             await stage_secrets(services.bus, principal, accepted.build_id, data.secrets)
         links = build_links(accepted.build_id)
@@ -142,7 +142,7 @@ class BuildsController(Controller):
         summary = await read_summary(services, principal.org_id, build_id)
         if summary is None:
             ask = GetBuild(org_id=principal.org_id, build_id=build_id)
-            summary = await services.bus.ask(GET_BUILD, ask, BuildSummary)
+            summary = await services.bus.ask(GET_BUILD, ask)
         return BuildView(
             build_id=summary.build_id, name=summary.name, status=summary.status, created_at=summary.created_at,
             updated_at=summary.updated_at, last_seq=summary.last_seq, failure=summary.failure,
@@ -183,7 +183,7 @@ class BuildsController(Controller):
                               "send an API key instead", code=FailureCode.FORBIDDEN)
             principal = await services.authenticator.principal(token)
             request = GetBuild(org_id=principal.org_id, build_id=checked_build_id(build_id))
-            await services.bus.ask(GET_BUILD, request, BuildSummary)
+            await services.bus.ask(GET_BUILD, request)
             watcher = await services.feeds.watch(principal.org_id, build_id, after)
         except Problem as problem:
             await socket.close(code=4000 + problem.status, reason=_close_reason(problem.detail))

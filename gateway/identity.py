@@ -39,25 +39,14 @@ from actors.runtime.settings import Settings
 from bus_schemas.base import FailureCode
 from bus_schemas.identity import (
     NEXT_MAX_LENGTH,
-    ApiKeyCreated,
-    ApiKeyList,
-    ApiKeyRevoked,
     ChangeMemberRole,
     GetMe,
-    InviteCreated,
-    InviteList,
     InviteMember,
-    InviteRevoked,
     IssueApiKey,
     ListApiKeys,
     ListInvites,
     ListMembers,
     ListSessions,
-    MagicLinkRequested,
-    Me,
-    MemberList,
-    MemberRemoved,
-    MemberRoleChanged,
     Principal,
     RedeemMagicLink,
     RemoveMember,
@@ -66,9 +55,6 @@ from bus_schemas.identity import (
     RevokeInvite,
     RevokeSession,
     Role,
-    SessionList,
-    SessionRevoked,
-    SessionStarted,
 )
 from bus_schemas.registry import (
     CHANGE_MEMBER_ROLE,
@@ -265,7 +251,6 @@ class SignInController(Controller):
             REQUEST_MAGIC_LINK,
             RequestMagicLink(email=data.email, client_ip=client_ip(request), next=data.next,
                              link_base=public_base(request, settings) + CALLBACK_PATH),
-            MagicLinkRequested,
         )
         return MagicLinkAccepted(detail="a sign-in link is on its way to that address; it works once",
                                  expires_in_seconds=sent.expires_in_seconds)
@@ -312,7 +297,6 @@ class SignInController(Controller):
                 REDEEM_MAGIC_LINK,
                 RedeemMagicLink(token=token, user_agent=request.headers.get("user-agent", ""),
                                 client_ip=client_ip(request)),
-                SessionStarted,
             )
         except Problem as problem:
             if problem.status != 401:
@@ -336,7 +320,7 @@ class SignInController(Controller):
             principal = await services.authenticator.session_principal(request)
             if principal is not None and principal.person_id and principal.session_id:
                 revoke = RevokeSession(person_id=principal.person_id, session_id=principal.session_id)
-                await services.bus.ask(REVOKE_SESSION, revoke, SessionRevoked)
+                await services.bus.ask(REVOKE_SESSION, revoke)
             services.authenticator.forget(token=token)
         return Response(None, status_code=204,
                         cookies=[session_cookie("", 0, is_https(request, services.settings))])
@@ -354,7 +338,7 @@ class MeController(Controller):
         """The caller, the organisation this request acts in (`X-Org`, else the first), the role there,
         and every organisation of the person."""
         asked = GetMe(org_id=principal.org_id, subject=principal.subject, person_id=principal.person_id)
-        me = await services.bus.ask(GET_ME, asked, Me)
+        me = await services.bus.ask(GET_ME, asked)
         return MeView(subject=me.subject, org_id=me.org_id, role=me.role, person_id=me.person_id, email=me.email,
                       orgs=[OrgView(org_id=o.org_id, name=o.name, role=o.role) for o in me.orgs])
 
@@ -370,7 +354,7 @@ class SessionsController(Controller):
     async def list_sessions(self, principal: NamedDependency[Principal], services: NamedDependency[EdgeServices]
                             ) -> dict[str, list[SessionView]]:
         """Every valid session of the person, newest first; `current` marks this request's."""
-        listed = await services.bus.ask(LIST_SESSIONS, ListSessions(person_id=require_person(principal)), SessionList)
+        listed = await services.bus.ask(LIST_SESSIONS, ListSessions(person_id=require_person(principal)))
         return {"sessions": [
             SessionView(session_id=s.session_id, created_at=s.created_at, expires_at=s.expires_at,
                         user_agent=s.user_agent, client_ip=s.client_ip, current=s.session_id == principal.session_id)
@@ -383,7 +367,7 @@ class SessionsController(Controller):
     ) -> None:
         """End one of the person's sessions (404 for anyone else's)."""
         request = RevokeSession(person_id=require_person(principal), session_id=session_id)
-        await services.bus.ask(REVOKE_SESSION, request, SessionRevoked)
+        await services.bus.ask(REVOKE_SESSION, request)
         services.authenticator.forget(session_id=session_id)
 
 
@@ -405,7 +389,6 @@ class InvitesController(Controller):
             INVITE_MEMBER,
             InviteMember(org_id=principal.org_id, invited_by=require_person(principal), email=data.email,
                          link_base=public_base(request, services.settings) + CALLBACK_PATH),
-            InviteCreated,
         )
         return InviteView(invite_id=invite.invite_id, org_id=invite.org_id, email=invite.email, role=invite.role)
 
@@ -422,7 +405,7 @@ class OrgController(Controller):
                            ) -> dict[str, list[MemberView]]:
         """Every person of the organisation with their role, in the order they joined (members only)."""
         request = ListMembers(org_id=principal.org_id, asked_by=require_person(principal))
-        listed = await services.bus.ask(LIST_MEMBERS, request, MemberList)
+        listed = await services.bus.ask(LIST_MEMBERS, request)
         return {"members": [MemberView(person_id=m.person_id, email=m.email, role=m.role, joined_at=m.joined_at)
                             for m in listed.members]}
 
@@ -436,7 +419,6 @@ class OrgController(Controller):
             CHANGE_MEMBER_ROLE,
             ChangeMemberRole(org_id=principal.org_id, changed_by=require_person(principal), person_id=person_id,
                              role=data.role),
-            MemberRoleChanged,
         )
         services.authenticator.forget(person_id=person_id, org_id=principal.org_id)
         member = changed.member
@@ -451,7 +433,7 @@ class OrgController(Controller):
         organisation at once through this gateway, and within the auth cache bound through every other copy.
         409 for the last owner."""
         request = RemoveMember(org_id=principal.org_id, removed_by=require_person(principal), person_id=person_id)
-        removed = await services.bus.ask(REMOVE_MEMBER, request, MemberRemoved)
+        removed = await services.bus.ask(REMOVE_MEMBER, request)
         services.authenticator.forget(person_id=person_id, org_id=principal.org_id)
         for key_id in removed.revoked_keys:
             services.authenticator.forget(subject=f"api_key:{key_id}")
@@ -461,7 +443,7 @@ class OrgController(Controller):
                            ) -> dict[str, list[PendingInviteView]]:
         """The organisation's invitations nobody accepted yet, newest first (owners only)."""
         request = ListInvites(org_id=principal.org_id, asked_by=require_person(principal))
-        listed = await services.bus.ask(LIST_INVITES, request, InviteList)
+        listed = await services.bus.ask(LIST_INVITES, request)
         return {"invites": [PendingInviteView(invite_id=i.invite_id, email=i.email, role=i.role,
                                               invited_by=i.invited_by, created_at=i.created_at)
                             for i in listed.invites]}
@@ -471,7 +453,7 @@ class OrgController(Controller):
                             services: NamedDependency[EdgeServices]) -> None:
         """An owner withdraws a pending invitation: signing in with that address no longer joins."""
         request = RevokeInvite(org_id=principal.org_id, revoked_by=require_person(principal), invite_id=invite_id)
-        await services.bus.ask(REVOKE_INVITE, request, InviteRevoked)
+        await services.bus.ask(REVOKE_INVITE, request)
 
 
 class ApiKeysController(Controller):
@@ -488,7 +470,6 @@ class ApiKeysController(Controller):
         created = await services.bus.ask(
             ISSUE_API_KEY,
             IssueApiKey(org_id=principal.org_id, created_by=require_person(principal), label=data.label),
-            ApiKeyCreated,
         )
         return NewApiKeyView(key_id=created.key_id, label=created.label, org_id=created.org_id, secret=created.secret)
 
@@ -497,7 +478,7 @@ class ApiKeysController(Controller):
                         ) -> dict[str, list[ApiKeyView]]:
         """The organisation's live keys, without secrets: all of them for an owner, a member's own for a member."""
         request = ListApiKeys(org_id=principal.org_id, asked_by=require_person(principal))
-        listed = await services.bus.ask(LIST_API_KEYS, request, ApiKeyList)
+        listed = await services.bus.ask(LIST_API_KEYS, request)
         return {"keys": [ApiKeyView(key_id=k.key_id, label=k.label, created_at=k.created_at, created_by=k.created_by)
                          for k in listed.keys]}
 
@@ -508,7 +489,7 @@ class ApiKeysController(Controller):
         """Revoke a key (an owner any key, a member only the keys they created): refused at once through this
         gateway, and within the auth cache bound (10 s) through every other copy."""
         request = RevokeApiKey(org_id=principal.org_id, key_id=key_id, revoked_by=require_person(principal))
-        await services.bus.ask(REVOKE_API_KEY, request, ApiKeyRevoked)
+        await services.bus.ask(REVOKE_API_KEY, request)
         services.authenticator.forget(subject=f"api_key:{key_id}")
 
 

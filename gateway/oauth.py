@@ -13,7 +13,7 @@ import logging
 import time
 from pathlib import Path
 from string import Template
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlencode
 
 import msgspec
@@ -22,7 +22,7 @@ from litestar.di import NamedDependency
 from litestar.response import Redirect
 
 from actors.runtime.bus import call
-from bus_schemas.base import Failed
+from bus_schemas.base import Failed, Message
 from bus_schemas.identity import NEXT_MAX_LENGTH, safe_next
 from bus_schemas.oauth import (
     SCOPES_SUPPORTED,
@@ -50,6 +50,7 @@ from bus_schemas.registry import (
     OAUTH_REGISTER_CLIENT,
     OAUTH_REVOKE_TOKEN,
     OAUTH_START_AUTHORIZATION,
+    Rpc,
 )
 from gateway.auth import Authenticator
 from gateway.bodies import decode_json_body
@@ -58,6 +59,8 @@ from gateway.identity import SIGN_IN_PAGE
 from gateway.pages import page, paragraph
 from gateway.services import EdgeServices
 
+Req = TypeVar("Req", bound=Message)
+Rep = TypeVar("Rep")
 log = logging.getLogger("bmms.gateway.oauth")
 
 JWKS_PATH = "/oauth/jwks.json"
@@ -220,7 +223,8 @@ class OAuthController(Controller):
     tags = ["oauth"]
     include_in_schema = True
 
-    async def _ask(self, services: EdgeServices, rpc: Any, message: object) -> Any:
+    async def _ask(self, services: EdgeServices, rpc: Rpc[Req, Rep], message: Req) -> Rep | OAuthError:
+        """Call the oauth actor; its failures become RFC 6749 errors (`temporarily_unavailable`, `server_error`)."""
         reply = await call(services.bus.requester, rpc, message, timeout=services.settings.rpc_timeout)
         return _unavailable(reply) if isinstance(reply, Failed) else reply
 

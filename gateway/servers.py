@@ -51,13 +51,7 @@ from bus_schemas.servers import (
     SecretValue,
     ServerAction,
     ServerInfo,
-    ServerList,
-    ServerLogs,
-    ServerReply,
-    ServerSecretDeleted,
     ServerSecretInfo,
-    ServerSecrets,
-    ServerSecretSet,
     SetServerSecret,
     VersionNumber,
 )
@@ -122,7 +116,7 @@ def checked_server_id(server_id: str) -> str:
 async def server_of(bus: BusClient, principal: Principal, server_id: str) -> ServerInfo:
     """A server of the caller's organisation with its versions; a 404 problem for any other."""
     request = GetServer(org_id=principal.org_id, server_id=checked_server_id(server_id))
-    return (await bus.ask(GET_SERVER, request, ServerReply)).server
+    return (await bus.ask(GET_SERVER, request)).server
 
 
 async def _control(
@@ -132,7 +126,7 @@ async def _control(
         org_id=principal.org_id, server_id=checked_server_id(server_id), action=action, version=version,
         requested_by=principal.subject,
     )
-    return (await bus.ask(CONTROL_SERVER, request, ServerReply)).server
+    return (await bus.ask(CONTROL_SERVER, request)).server
 
 
 class ServersController(Controller):
@@ -147,7 +141,7 @@ class ServersController(Controller):
         self, principal: NamedDependency[Principal], services: NamedDependency[EdgeServices]
     ) -> ServerListView:
         """The organisation's servers, with their public URLs and states."""
-        listed = await services.bus.ask(LIST_SERVERS, ListServers(org_id=principal.org_id), ServerList)
+        listed = await services.bus.ask(LIST_SERVERS, ListServers(org_id=principal.org_id))
         return ServerListView(servers=listed.servers)
 
     @get("/{server_id:str}", summary="Read a server")
@@ -199,7 +193,7 @@ class ServersController(Controller):
     ) -> ServerLogsView:
         """The last `tail` lines the server's runner wrote."""
         request = GetServerLogs(org_id=principal.org_id, server_id=checked_server_id(server_id), tail=tail)
-        logs = await services.bus.ask(GET_SERVER_LOGS, request, ServerLogs)
+        logs = await services.bus.ask(GET_SERVER_LOGS, request)
         return ServerLogsView(server_id=logs.server_id, lines=logs.lines)
 
     @put("/{server_id:str}/secrets/{name:str}", status_code=204,
@@ -218,7 +212,7 @@ class ServersController(Controller):
             org_id=principal.org_id, server_id=checked_server_id(server_id), name=checked_secret_name(name),
             value=data.value, requested_by=principal.subject,
         )
-        await services.bus.ask(SET_SERVER_SECRET, request, ServerSecretSet)
+        await services.bus.ask(SET_SERVER_SECRET, request)
 
     @get("/{server_id:str}/secrets", summary="List a server's secrets")
     async def list_secrets(
@@ -226,7 +220,7 @@ class ServersController(Controller):
     ) -> ServerSecretsView:
         """The server's secret names (never values), which its current version needs, and which are missing."""
         request = ListServerSecrets(org_id=principal.org_id, server_id=checked_server_id(server_id))
-        listed = await services.bus.ask(LIST_SERVER_SECRETS, request, ServerSecrets)
+        listed = await services.bus.ask(LIST_SERVER_SECRETS, request)
         return ServerSecretsView(server_id=listed.server_id, secrets=listed.secrets, needed=listed.needed,
                                  missing=listed.missing)
 
@@ -241,4 +235,4 @@ class ServersController(Controller):
         """Forget the secret; a running server whose version reads it restarts without it."""
         request = DeleteServerSecret(org_id=principal.org_id, server_id=checked_server_id(server_id),
                                      name=checked_secret_name(name), requested_by=principal.subject)
-        await services.bus.ask(DELETE_SERVER_SECRET, request, ServerSecretDeleted)
+        await services.bus.ask(DELETE_SERVER_SECRET, request)

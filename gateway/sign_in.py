@@ -17,7 +17,7 @@ from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.response import Redirect
 
-from bus_schemas.identity import MagicLinkRequested, RequestMagicLink, safe_next
+from bus_schemas.identity import RequestMagicLink, safe_next
 from bus_schemas.registry import REQUEST_MAGIC_LINK
 from gateway.browser import CROSS_SITE_OPT
 from gateway.identity import (
@@ -95,7 +95,6 @@ class SignInPageController(Controller):
                 REQUEST_MAGIC_LINK,
                 RequestMagicLink(email=email[:320], client_ip=client_ip(request), next=raw_next,
                                  link_base=public_base(request, services.settings) + CALLBACK_PATH),
-                MagicLinkRequested,
             )
         except Problem as problem:
             if problem.status == 422 and problem.errors and problem.errors[0].field == "email":

@@ -29,12 +29,10 @@ from bus_schemas.usage import (
     DayUsage,
     GetQuota,
     GetUsage,
-    QuotaStatus,
     QuotaUsage,
     ServerUsage,
     StepUsage,
     ToolUsage,
-    UsageReport,
 )
 from gateway.services import EdgeServices, provide_principal
 
@@ -95,7 +93,7 @@ class UsageController(Controller):
     ) -> UsageView:
         """Tool calls per server, tool and day, builds, model tokens and step timings of one month."""
         request = GetUsage(org_id=principal.org_id, period=period or current_period(), server_id=server)
-        report = await services.bus.ask(GET_USAGE, request, UsageReport)
+        report = await services.bus.ask(GET_USAGE, request)
         return UsageView(
             period=report.period, server_id=report.server_id, tool_calls=report.tool_calls,
             tool_errors=report.tool_errors, duration_ms=report.duration_ms, bytes_out=report.bytes_out,
@@ -107,5 +105,5 @@ class UsageController(Controller):
     @get("/quota", summary="Plan and quotas")
     async def quota(self, principal: NamedDependency[Principal], services: NamedDependency[EdgeServices]) -> QuotaView:
         """The plan and, per quota, its limit, use, period and whether it is exceeded."""
-        status = await services.bus.ask(GET_QUOTA, GetQuota(org_id=principal.org_id), QuotaStatus)
+        status = await services.bus.ask(GET_QUOTA, GetQuota(org_id=principal.org_id))
         return QuotaView(plan=status.plan, quotas=status.quotas)

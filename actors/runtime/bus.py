@@ -26,7 +26,7 @@ from actors.runtime.codec import decode, encode
 from actors.runtime.logs import trace_id_var
 from actors.runtime.requests import Requests
 from actors.runtime.settings import Settings
-from bus_schemas.base import Failed, FailureCode
+from bus_schemas.base import Failed, FailureCode, Message
 from bus_schemas.registry import (
     CONSUMERS,
     KV_BUCKETS,
@@ -40,6 +40,7 @@ from bus_schemas.registry import (
 
 log = logging.getLogger("bmms.bus")
 
+Req = TypeVar("Req", bound=Message)
 Rep = TypeVar("Rep")
 
 
@@ -86,19 +87,19 @@ async def publish_event(js: JetStreamContext, subject: str, message: object, msg
     return int(ack.seq)
 
 
-async def call(nc: Requests, rpc: Rpc[Any, Rep], request: object, timeout: float) -> Rep:
+async def call(nc: Requests, rpc: Rpc[Req, Rep], request: Req, timeout: float) -> Rep | Failed:
     """Call an RPC endpoint through a NATS connection or a `Requester`; transport failures come back as
     `Failed(unavailable)` values."""
     try:
         reply = await nc.request(rpc.subject, encode(request), timeout=timeout, headers=trace_headers())
     except nats.errors.NoRespondersError:
-        return Failed(code=FailureCode.UNAVAILABLE, detail=f"no {rpc.service} actor is running")  # type: ignore[return-value]
+        return Failed(code=FailureCode.UNAVAILABLE, detail=f"no {rpc.service} actor is running")
     except (nats.errors.TimeoutError, TimeoutError):
-        return Failed(code=FailureCode.UNAVAILABLE, detail=f"the {rpc.service} actor did not answer in time")  # type: ignore[return-value]
+        return Failed(code=FailureCode.UNAVAILABLE, detail=f"the {rpc.service} actor did not answer in time")
     if reply.headers and reply.headers.get("Nats-Service-Error-Code"):
         detail = reply.headers.get("Nats-Service-Error", "")
-        return Failed(code=FailureCode.INTERNAL, detail=f"{rpc.service} failed: {detail}")  # type: ignore[return-value]
-    result: Rep = decode(rpc.reply, reply.data)
+        return Failed(code=FailureCode.INTERNAL, detail=f"{rpc.service} failed: {detail}")
+    result: Rep | Failed = decode(rpc.reply, reply.data)
     return result
 
 
