@@ -52,6 +52,7 @@ from runner_template.logs import AccessLog, configure_logging
 from runner_template.metering import QuotaGate, ToolCallMeter, UsageOutbox
 from runner_template.resource import WELL_KNOWN_PRM, McpEndpoint, Protection, origin_of, transport_security
 from runner_template.sandbox import Launcher, SandboxUnavailable, launcher_for
+from runner_template.settings import from_environment, to_environment
 from runner_template.tools import SandboxedServer, SandboxedTools, ToolsUnavailable, load_for
 
 log = logging.getLogger("bmms.runner")
@@ -62,12 +63,10 @@ LOOPBACK_HOSTS = ("127.0.0.1", "127.0.0.1:*", "localhost", "localhost:*", "[::1]
 CORS_ALLOW_HEADERS = ("Authorization", "Content-Type", "Accept", "Mcp-Protocol-Version", "Mcp-Method", "Mcp-Name",
                       "Mcp-Session-Id", "Last-Event-ID")
 CORS_EXPOSE_HEADERS = ("Mcp-Session-Id", "WWW-Authenticate")
+RUNNER_PREFIX = "BMMS_RUNNER_"
+"""Every runner setting is an environment variable with this prefix."""
 SECRET_VARIABLES = ("BMMS_RUNNER_NATS_PASSWORD",)
 """Credentials removed from the environment once read (with every `BMMS_SECRET_*`)."""
-
-
-def _csv(value: str | None) -> tuple[str, ...]:
-    return tuple(v.strip() for v in (value or "").split(",") if v.strip())
 
 
 def _canonical_url(name: str, value: str, *, path: bool) -> str:
@@ -80,9 +79,9 @@ def _canonical_url(name: str, value: str, *, path: bool) -> str:
     return value
 
 
-@dataclass(frozen=True)
-class RunnerSettings:
-    """A runner's settings, each `BMMS_RUNNER_<FIELD>` in the environment."""
+class RunnerSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """A runner's settings, each `BMMS_RUNNER_<FIELD>` in the environment (`runner_template.settings`): the
+    deployer writes them with `to_environment()`, the runner reads them with `from_environment()`."""
 
     artifact: str
     """Path of the artifact (Artifact JSON) to serve."""
@@ -113,7 +112,7 @@ class RunnerSettings:
     nats_url: str | None = None
     """The bus; without it no usage events, no quota watch, and the JWKS comes over HTTP."""
     nats_user: str = "runner"
-    nats_password: str = field(default="", repr=False)
+    nats_password: str = ""
     jwks_url: str | None = None
     """Where to GET the JWKS when there is no bus (default: `<issuer>/oauth/jwks.json`)."""
     jwks_refetch_seconds: float = 10.0
@@ -127,47 +126,29 @@ class RunnerSettings:
     tool_timeout_seconds: float = 60.0
     """A tool call still running after this long is stopped (its worker's tool process is replaced)."""
 
+    def __repr__(self) -> str:
+        return f"RunnerSettings(artifact={self.artifact!r}, server_id={self.server_id!r}, ...)"  # no password
+
     @classmethod
     def from_environment(cls, environ: Mapping[str, str]) -> RunnerSettings:
         """Read the settings from `BMMS_RUNNER_*` variables; exits saying what is missing or malformed."""
-        artifact = environ.get("BMMS_RUNNER_ARTIFACT")
-        if not artifact:
-            raise SystemExit("BMMS_RUNNER_ARTIFACT must name the artifact to serve")
-        resource = environ.get("BMMS_RUNNER_RESOURCE") or None
-        issuer = environ.get("BMMS_RUNNER_ISSUER") or None
-        insecure = environ.get("BMMS_RUNNER_INSECURE_NO_AUTH", "") == "1"
-        if not insecure and not (resource and issuer):
+        try:
+            settings = from_environment(cls, RUNNER_PREFIX, environ)
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from None
+        if not settings.insecure_no_auth and not (settings.resource and settings.issuer):
             raise SystemExit("BMMS_RUNNER_RESOURCE and BMMS_RUNNER_ISSUER must be set (the runner is an OAuth "
                              "Resource Server); BMMS_RUNNER_INSECURE_NO_AUTH=1 serves without auth, for tests only")
-        if resource:
-            _canonical_url("BMMS_RUNNER_RESOURCE", resource, path=True)
-        if issuer:
-            _canonical_url("BMMS_RUNNER_ISSUER", issuer, path=False)
-        settings = cls(
-            artifact=artifact,
-            host=environ.get("BMMS_RUNNER_HOST", "127.0.0.1"),
-            port=int(environ.get("BMMS_RUNNER_PORT", "0")),
-            name=environ.get("BMMS_RUNNER_NAME") or None,
-            upstream_timeout_seconds=float(environ.get("BMMS_RUNNER_UPSTREAM_TIMEOUT_SECONDS", "30")),
-            resource=resource,
-            issuer=issuer,
-            insecure_no_auth=insecure,
-            server_id=environ.get("BMMS_RUNNER_SERVER_ID", ""),
-            org_id=environ.get("BMMS_RUNNER_ORG_ID", ""),
-            allowed_origins=_csv(environ.get("BMMS_RUNNER_ALLOWED_ORIGINS")),
-            allowed_hosts=_csv(environ.get("BMMS_RUNNER_ALLOWED_HOSTS")),
-            nats_url=environ.get("BMMS_RUNNER_NATS_URL") or None,
-            nats_user=environ.get("BMMS_RUNNER_NATS_USER") or "runner",
-            nats_password=environ.get("BMMS_RUNNER_NATS_PASSWORD", ""),
-            jwks_url=environ.get("BMMS_RUNNER_JWKS_URL") or None,
-            jwks_refetch_seconds=float(environ.get("BMMS_RUNNER_JWKS_REFETCH_SECONDS", "10")),
-            usage_queue_size=int(environ.get("BMMS_RUNNER_USAGE_QUEUE_SIZE", "10000")),
-            log_level=environ.get("BMMS_RUNNER_LOG_LEVEL", "INFO"),
-            worker=environ.get("BMMS_RUNNER_WORKER") or "bwrap",
-            tool_timeout_seconds=float(environ.get("BMMS_RUNNER_TOOL_TIMEOUT_SECONDS", "60")),
-        )
+        if settings.resource:
+            _canonical_url("BMMS_RUNNER_RESOURCE", settings.resource, path=True)
+        if settings.issuer:
+            _canonical_url("BMMS_RUNNER_ISSUER", settings.issuer, path=False)
         settings.check_bus()
         return settings
+
+    def to_environment(self) -> dict[str, str]:
+        """The `BMMS_RUNNER_*` variables that start a runner with these settings."""
+        return to_environment(self, RUNNER_PREFIX)
 
     def check_bus(self) -> None:
         """With a bus, usage events need valid server and organisation ids (they are subject tokens)."""

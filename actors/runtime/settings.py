@@ -7,6 +7,8 @@ from collections.abc import Mapping
 
 import msgspec
 
+from runner_template.settings import from_environment
+
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Everything a process may be configured with; each field is `BMMS_<FIELD>` in the environment."""
@@ -105,16 +107,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    """Read `BMMS_*` variables into Settings; raise ValueError naming the bad variable."""
-    env = os.environ if environ is None else environ
-    raw = {
-        name: env[f"BMMS_{name.upper()}"]
-        for name in Settings.__struct_fields__
-        if f"BMMS_{name.upper()}" in env
-    }
-    if "anthropic_api_key" not in raw and env.get("ANTHROPIC_API_KEY"):
-        raw["anthropic_api_key"] = env["ANTHROPIC_API_KEY"]  # the SDK's own variable name works too
-    try:
-        return msgspec.convert(raw, Settings, strict=False)
-    except msgspec.ValidationError as exc:
-        raise ValueError(f"bad BMMS_* setting: {exc}") from None
+    """Read `BMMS_*` variables into Settings (`runner_template.settings`); raise ValueError naming the bad
+    variable."""
+    env = dict(os.environ if environ is None else environ)
+    if not env.get("BMMS_ANTHROPIC_API_KEY") and env.get("ANTHROPIC_API_KEY"):
+        env["BMMS_ANTHROPIC_API_KEY"] = env["ANTHROPIC_API_KEY"]  # the SDK's own variable name works too
+    return from_environment(Settings, "BMMS_", env)

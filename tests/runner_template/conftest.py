@@ -8,11 +8,12 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx2
 import msgspec
+import msgspec.structs
 import pytest
 from joserfc import jwt
 from joserfc.jwk import RSAKey
@@ -23,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from actors.codegen.actor import build_artifact
+from actors.codegen.artifacts import build_artifact
 from actors.runtime.bus import connect
 from bus_schemas.oauth import GetJwks, Jwks, PublicJwk
 from bus_schemas.plans import Artifact
@@ -149,7 +150,7 @@ async def runner(settings: RunnerSettings, artifact: Artifact | None = None,
         {f"{egress.SECRET_ENV_PREFIX}{SECRET_NAME}": SECRET_VALUE, egress.ALLOW_PRIVATE_ENV: "1"},
         timeout_seconds=10,
     )
-    settings = replace(settings, artifact="-")
+    settings = msgspec.structs.replace(settings, artifact="-")
     app = runner_app(settings, await start_tools(settings, artifact, policy))
     async with serving(app) as base:
         runtime = app.state.runtime
