@@ -44,9 +44,7 @@ from litestar.enums import ScopeType
 from litestar.handlers import ASGIRouteHandler, asgi
 from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Receive, Scope, Send
 from multidict import CIMultiDict
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy
 from yarl import URL
 
 from bus_schemas.base import SUBJECT_TOKEN_RE, FailureCode
@@ -54,6 +52,7 @@ from bus_schemas.registry import ROUTES
 from bus_schemas.servers import ServerRoute
 from gateway.bus import BusClient
 from gateway.problems import Problem
+from runner_template.kv import KvEntry, kv_stream, watch_bucket
 
 log = logging.getLogger("bmms.gateway.routing")
 
@@ -88,18 +87,6 @@ _REQUEST_DROPPED = _HOP_BY_HOP | {
 _RESPONSE_DROPPED = _HOP_BY_HOP | {"set-cookie", "date"}
 
 _decode_route = msgspec.json.Decoder(ServerRoute).decode
-_KV_OPERATION = "KV-Operation"
-_MARKER_REASON = "Nats-Marker-Reason"
-
-
-def kv_stream(bucket: str) -> str:
-    """The JetStream stream behind a KV bucket (the nats KV convention)."""
-    return f"KV_{bucket}"
-
-
-def kv_subject_prefix(bucket: str) -> str:
-    """The subject prefix of a KV bucket's keys (the nats KV convention)."""
-    return f"$KV.{bucket}."
 
 
 class RouteTable:
@@ -109,16 +96,15 @@ class RouteTable:
         self.routes: dict[str, ServerRoute] = {}
         self.synced = asyncio.Event()
         """Set once the bucket's routes as of the watch's start are in the table."""
-        self._prefix = kv_subject_prefix(ROUTES.name)
         self._sub: JetStreamContext.PushSubscription | None = None
 
     def get(self, server_id: str) -> ServerRoute | None:
         """Where `server_id` runs, or None."""
         return self.routes.get(server_id)
 
-    def apply(self, key: str, value: bytes, operation: str | None) -> None:
-        """Apply one bucket entry: a put stores the route, a delete or purge removes it."""
-        if operation is not None:
+    def apply(self, key: str, value: bytes | None) -> None:
+        """Apply one bucket entry: a value stores the route, a delete, purge or expiry (None) removes it."""
+        if value is None:
             self.routes.pop(key, None)
             return
         try:
@@ -135,17 +121,10 @@ class RouteTable:
         self.routes[key] = route
 
     async def start(self, js: JetStreamContext) -> None:
-        """Start the watch: an ordered consumer on the bucket's stream, last value per key, then live."""
-        stream = kv_stream(ROUTES.name)
-        self._sub = await js.subscribe(
-            f"{self._prefix}>",
-            stream=stream,
-            cb=self._on_entry,
-            ordered_consumer=True,
-            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-        )
-        # With entries the last one delivered says `num_pending == 0`; an empty bucket delivers nothing.
-        info = await js.stream_info(stream)
+        """Start the watch (`runner_template.kv.watch_bucket`): last value per key, then live."""
+        self._sub = await watch_bucket(js, ROUTES.name, ">", self._on_entry)
+        # With entries the last one delivered says `pending == 0`; an empty bucket delivers nothing.
+        info = await js.stream_info(kv_stream(ROUTES.name))
         if info.state.messages == 0:
             self.synced.set()
 
@@ -158,14 +137,9 @@ class RouteTable:
                 log.debug("could not unsubscribe the routes watch", exc_info=True)
             self._sub = None
 
-    async def _on_entry(self, msg: Msg) -> None:
-        key = msg.subject[len(self._prefix):]
-        headers = msg.headers or {}
-        operation = headers.get(_KV_OPERATION)
-        if operation is None and _MARKER_REASON in headers:
-            operation = "DEL"  # nats-server 2.11+ TTL and purge markers
-        self.apply(key, msg.data, operation)
-        if msg.metadata.num_pending == 0:
+    async def _on_entry(self, entry: KvEntry) -> None:
+        self.apply(entry.key, entry.value)
+        if entry.pending == 0:
             self.synced.set()
 
 

@@ -20,17 +20,14 @@ import msgspec
 import nats
 import nats.errors
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy
-from nats.js.client import KV_PRE_TEMPLATE, KV_STREAM_TEMPLATE
-from nats.js.kv import KV_DEL, KV_MARKER_REASON, KV_OP, KV_PURGE
 
 from bus_schemas.base import Failed
 from bus_schemas.oauth import GetJwks, GetJwksReply, GrantRevoked
 from bus_schemas.registry import OAUTH_GET_JWKS, QUOTAS, REVOKED, TOOL_USAGE
 from bus_schemas.usage import QuotaState
 from runner_template.auth import KeySourceUnavailable, RevokedGrants
+from runner_template.kv import KvEntry, watch_bucket
 from runner_template.metering import QuotaGate, UsageOutbox
 
 log = logging.getLogger("bmms.runner.bus")
@@ -154,31 +151,22 @@ class RunnerBus:
             self.published += 1
 
     async def _watch_quota(self, js: JetStreamContext) -> None:
-        """Watch QUOTAS key <org_id>: an ordered consumer, the last value first, then every change.
-
-        Not `KeyValue.watch`: that asks for consumer info, which the runner's permissions do not grant (the
-        gateway's ROUTES watch does the same). nats-py keeps an ordered consumer going across gaps and
-        reconnects; only its creation is retried here.
-        """
-        subject = KV_PRE_TEMPLATE.format(bucket=QUOTAS.name) + self.org_id
+        """Watch QUOTAS key <org_id> (`kv.watch_bucket`): the last value first, then every change; only the
+        watch's creation is retried here."""
         while True:
             try:
-                self._quota_sub = await js.subscribe(
-                    subject, stream=KV_STREAM_TEMPLATE.format(bucket=QUOTAS.name), cb=self._on_quota,
-                    ordered_consumer=True, deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-                )
+                self._quota_sub = await watch_bucket(js, QUOTAS.name, self.org_id, self._on_quota)
                 return
             except Exception as exc:  # bucket missing, bus down: try again
                 log.warning("cannot watch the quota of %s: %r", self.org_id, exc)
             await self._pause()
 
-    async def _on_quota(self, msg: Msg) -> None:
-        headers = msg.headers or {}
-        if headers.get(KV_OP) in (KV_DEL, KV_PURGE) or KV_MARKER_REASON in headers or not msg.data:
+    async def _on_quota(self, entry: KvEntry) -> None:
+        if entry.value is None:
             self.quota.update(None)  # deleted, purged or expired: within quota
             return
         try:
-            state = _quota_state.decode(msg.data)
+            state = _quota_state.decode(entry.value)
         except msgspec.DecodeError as exc:  # keep the last good state; metering writes the key again
             log.error("unreadable quota state for %s: %s", self.org_id, exc)
             return
@@ -190,30 +178,24 @@ class RunnerBus:
         create it and answer its flow control (nats.conf): no stream info, no direct get."""
         if self.revoked is None:
             return
-        subject = KV_PRE_TEMPLATE.format(bucket=REVOKED.name) + self.org_id + ".*"
         while True:
             try:
-                self._revoked_sub = await js.subscribe(
-                    subject, stream=KV_STREAM_TEMPLATE.format(bucket=REVOKED.name), cb=self._on_revoked,
-                    ordered_consumer=True, deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-                )
+                self._revoked_sub = await watch_bucket(js, REVOKED.name, f"{self.org_id}.*", self._on_revoked)
                 return
             except Exception as exc:  # bucket missing, bus down: try again
                 log.warning("cannot watch the revoked grants of %s: %r", self.org_id, exc)
             await self._pause()
 
-    async def _on_revoked(self, msg: Msg) -> None:
+    async def _on_revoked(self, entry: KvEntry) -> None:
         assert self.revoked is not None
-        headers = msg.headers or {}
-        if headers.get(KV_OP) in (KV_DEL, KV_PURGE) or KV_MARKER_REASON in headers or not msg.data:
+        if entry.value is None:
             return  # a revocation is never taken back; an expired entry's grant has no live token left
-        revoked_id = msg.subject.rsplit(".", 1)[-1]  # a grant id, or one access token's jti
+        revoked_id = entry.key.rsplit(".", 1)[-1]  # a grant id, or one access token's jti
         try:
-            revoked = _grant_revoked.decode(msg.data)
+            revoked = _grant_revoked.decode(entry.value)
         except msgspec.DecodeError as exc:  # the key alone says what was revoked: refuse it anyway
             log.error("unreadable revocation of %s: %s", revoked_id, exc)
         else:
             revoked_id = revoked.token_id or revoked.grant_id
-        stored = msg.metadata.timestamp.timestamp() if msg.metadata.timestamp else None
-        self.revoked.revoke(revoked_id, stored)
+        self.revoked.revoke(revoked_id, entry.stored_at)
         log.info("grant or token revoked", extra={"event": "grant_revoked", "grant_id": revoked_id})
