@@ -11,6 +11,7 @@ from collections.abc import Callable
 import asyncpg
 from joserfc.jwk import KeySet, RSAKey
 
+from actors.oauth import storage
 from actors.runtime.crypto import OAUTH_SIGNING_KEYS, KeyEncryption
 from bus_schemas.oauth import PublicJwk
 
@@ -18,8 +19,6 @@ __all__ = ["OAUTH_SIGNING_KEYS", "Clock", "KeyEncryption", "SigningKeys", "publi
 
 Clock = Callable[[], dt.datetime]
 """Now, as an aware UTC datetime; injectable so tests move time instead of sleeping."""
-
-_LOCK_KEY = 0x6F61757468_6B6579  # advisory lock: one copy at a time creates or rotates keys
 
 
 def signing_key_encryption(secret_key: str) -> KeyEncryption:
@@ -70,20 +69,16 @@ class SigningKeys:
 
     async def _load_or_rotate(self, now: dt.datetime) -> tuple[RSAKey, dt.datetime]:
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
-            row = await conn.fetchrow(
-                "SELECT kid, private_key, created_at FROM oauth_signing_keys WHERE retired_at IS NULL "
-                "ORDER BY created_at DESC LIMIT 1"
-            )
-            if row is not None and now - row["created_at"] < self.rotate_after:
-                pem = self.encryption.open(row["kid"], bytes(row["private_key"]))
-                return RSAKey.import_key(pem, parameters={"kid": row["kid"]}), row["created_at"]
+            await storage.lock_signing_keys(conn)
+            stored = await storage.newest_signing_key(conn)
+            if stored is not None and now - stored.created_at < self.rotate_after:
+                pem = self.encryption.open(stored.kid, stored.sealed_private_key)
+                return RSAKey.import_key(pem, parameters={"kid": stored.kid}), stored.created_at
             kid = f"k{now:%Y%m%d}-{secrets.token_hex(4)}"
             key = RSAKey.generate_key(2048, parameters={"kid": kid, "alg": "RS256", "use": "sig"})
-            await conn.execute("UPDATE oauth_signing_keys SET retired_at = $1 WHERE retired_at IS NULL", now)
-            await conn.execute(
-                "INSERT INTO oauth_signing_keys (kid, public_jwk, private_key, created_at) VALUES ($1, $2, $3, $4)",
-                kid, json.dumps(key.as_dict(private=False)), self.encryption.seal(kid, key.as_pem(private=True)), now,
+            await storage.rotate_signing_key(
+                conn, kid=kid, public_jwk=json.dumps(key.as_dict(private=False)),
+                sealed_private_key=self.encryption.seal(kid, key.as_pem(private=True)), now=now,
             )
             return key, now
 
@@ -97,9 +92,5 @@ class SigningKeys:
 
     async def _published_keys(self) -> list[RSAKey]:
         await self.current()
-        rows = await self.pool.fetch(
-            "SELECT public_jwk FROM oauth_signing_keys WHERE retired_at IS NULL OR retired_at > $1 "
-            "ORDER BY created_at DESC",
-            self.clock() - self.publish_retired_for,
-        )
-        return [RSAKey.import_key(json.loads(r["public_jwk"])) for r in rows]
+        published = await storage.published_signing_keys(self.pool, self.clock() - self.publish_retired_for)
+        return [RSAKey.import_key(json.loads(jwk)) for jwk in published]

@@ -67,10 +67,10 @@ async def republish_recent(pool: asyncpg.Pool, js: JetStreamContext, now: dt.dat
     many."""
     since = now - dt.timedelta(seconds=REVOKED.ttl_seconds)
     written = 0
-    for row in await storage.revoked_since(pool, since):
-        written += await record_revocation(js, grant_id=row["grant_id"], org_id=row["org_id"],
-                                           reason=row["revoked_reason"] or "revoked", at=row["revoked_at"])
-    for row in await storage.tokens_revoked_since(pool, since):
-        written += await record_revocation(js, grant_id=row["grant_id"], org_id=row["org_id"],
-                                           reason=REVOKED_ALONE_REASON, at=row["revoked_at"], token_id=row["jti"])
+    for grant in await storage.revoked_since(pool, since):
+        written += await record_revocation(js, grant_id=grant.grant_id, org_id=grant.org_id, reason=grant.reason,
+                                           at=grant.revoked_at)
+    for token in await storage.tokens_revoked_since(pool, since):
+        written += await record_revocation(js, grant_id=token.grant_id, org_id=token.org_id,
+                                           reason=REVOKED_ALONE_REASON, at=token.revoked_at, token_id=token.jti)
     return written

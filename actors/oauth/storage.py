@@ -4,14 +4,120 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from typing import Any
+from dataclasses import dataclass
 
 import asyncpg
 
+from actors.oauth.clients import Client
 from bus_schemas.oauth import ClientMetadata
 
 KEEP_SECRETS = 5
 """Live secrets a confidential dynamic client keeps; each re-registration adds one, the oldest goes."""
+
+_SIGNING_KEYS_LOCK = 0x6F61757468_6B6579  # advisory lock: one copy at a time creates or rotates keys
+
+
+@dataclass(frozen=True, kw_only=True)
+class PendingConsent:
+    """A validated authorization request waiting for a person's decision on the consent page."""
+
+    consent_id: str
+    csrf_hash: str
+    subject: str
+    org_id: str
+    client_id: str
+    redirect_uri: str
+    state: str | None
+    code_challenge: str
+    resource: str
+    scopes_required: tuple[str, ...]
+    scopes_optional: tuple[str, ...]
+    issuer: str
+    expires_at: dt.datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class Grant:
+    """What a person granted a client: the claims of every access token it issues."""
+
+    grant_id: str
+    client_id: str
+    subject: str
+    org_id: str
+    resource: str
+    scope: str
+    issuer: str
+    revoked_at: dt.datetime | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoredCode:
+    """An authorization code, with its grant."""
+
+    grant: Grant
+    redirect_uri: str
+    code_challenge: str
+    expires_at: dt.datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoredRefreshToken:
+    """A refresh token, with its grant."""
+
+    grant: Grant
+    expires_at: dt.datetime
+    used_at: dt.datetime | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RevokedGrant:
+    """A grant that ended, as the REVOKED bucket records it."""
+
+    grant_id: str
+    org_id: str
+    reason: str
+    revoked_at: dt.datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class RevokedToken:
+    """One access token revoked on its own (RFC 7009)."""
+
+    jti: str
+    grant_id: str
+    org_id: str
+    revoked_at: dt.datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoredSigningKey:
+    """A signing key as stored: its private key sealed under the key-encryption key."""
+
+    kid: str
+    sealed_private_key: bytes
+    created_at: dt.datetime
+
+
+def _grant(row: asyncpg.Record) -> Grant:
+    return Grant(grant_id=row["grant_id"], client_id=row["client_id"], subject=row["subject"], org_id=row["org_id"],
+                 resource=row["resource"], scope=row["scope"], issuer=row["issuer"], revoked_at=row["revoked_at"])
+
+
+def _consent(row: asyncpg.Record | None) -> PendingConsent | None:
+    if row is None:
+        return None
+    return PendingConsent(
+        consent_id=row["consent_id"], csrf_hash=row["csrf_hash"], subject=row["subject"], org_id=row["org_id"],
+        client_id=row["client_id"], redirect_uri=row["redirect_uri"], state=row["state"],
+        code_challenge=row["code_challenge"], resource=row["resource"],
+        scopes_required=tuple(row["scopes_required"]), scopes_optional=tuple(row["scopes_optional"]),
+        issuer=row["issuer"], expires_at=row["expires_at"],
+    )
+
+
+def _revoked_grants(rows: list[asyncpg.Record]) -> list[RevokedGrant]:
+    return [RevokedGrant(grant_id=r["grant_id"], org_id=r["org_id"], reason=r["revoked_reason"] or "revoked",
+                         revoked_at=r["revoked_at"]) for r in rows]
 
 
 async def count_registration(pool: asyncpg.Pool, source: str, now: dt.datetime) -> int:
@@ -113,9 +219,19 @@ async def save_client(
     return row["client_id"], row["created_at"]
 
 
-async def find_client(pool: asyncpg.Pool, client_id: str) -> asyncpg.Record | None:
-    """A registered client's row."""
-    return await pool.fetchrow("SELECT * FROM oauth_clients WHERE client_id = $1", client_id)
+async def find_client(pool: asyncpg.Pool, client_id: str) -> Client | None:
+    """A registered client."""
+    row = await pool.fetchrow("SELECT * FROM oauth_clients WHERE client_id = $1", client_id)
+    if row is None:
+        return None
+    return Client(
+        client_id=row["client_id"],
+        client_name=row["client_name"] or row["client_id"],
+        client_uri=row["client_uri"],
+        redirect_uris=tuple(row["redirect_uris"]),
+        token_endpoint_auth_method=row["token_endpoint_auth_method"],
+        grant_types=tuple(row["grant_types"]),
+    )
 
 
 async def client_secret_matches(pool: asyncpg.Pool, client_id: str, secret_hash: str) -> bool:
@@ -126,25 +242,31 @@ async def client_secret_matches(pool: asyncpg.Pool, client_id: str, secret_hash:
     return found is not None
 
 
-async def open_consent(pool: asyncpg.Pool, **values: Any) -> None:
+async def open_consent(pool: asyncpg.Pool, consent: PendingConsent) -> None:
     """Record a pending consent (and drop long expired ones)."""
-    columns = ", ".join(values)
-    placeholders = ", ".join(f"${i}" for i in range(1, len(values) + 1))
     async with pool.acquire() as conn, conn.transaction():
-        stale = values["expires_at"] - dt.timedelta(days=1)
+        stale = consent.expires_at - dt.timedelta(days=1)
         await conn.execute("DELETE FROM oauth_consents WHERE expires_at < $1", stale)
-        await conn.execute(f"INSERT INTO oauth_consents ({columns}) VALUES ({placeholders})",  # noqa: S608
-                           *values.values())
+        await conn.execute(
+            """
+            INSERT INTO oauth_consents (consent_id, csrf_hash, subject, org_id, client_id, redirect_uri, state,
+                code_challenge, resource, scopes_required, scopes_optional, issuer, expires_at)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+            """,
+            consent.consent_id, consent.csrf_hash, consent.subject, consent.org_id, consent.client_id,
+            consent.redirect_uri, consent.state, consent.code_challenge, consent.resource,
+            list(consent.scopes_required), list(consent.scopes_optional), consent.issuer, consent.expires_at,
+        )
 
 
-async def take_consent(pool: asyncpg.Pool, consent_id: str) -> asyncpg.Record | None:
+async def take_consent(pool: asyncpg.Pool, consent_id: str) -> PendingConsent | None:
     """Remove and return a pending consent: a decision is taken once."""
-    return await pool.fetchrow("DELETE FROM oauth_consents WHERE consent_id = $1 RETURNING *", consent_id)
+    return _consent(await pool.fetchrow("DELETE FROM oauth_consents WHERE consent_id = $1 RETURNING *", consent_id))
 
 
-async def peek_consent(pool: asyncpg.Pool, consent_id: str) -> asyncpg.Record | None:
+async def peek_consent(pool: asyncpg.Pool, consent_id: str) -> PendingConsent | None:
     """A pending consent, left in place."""
-    return await pool.fetchrow("SELECT * FROM oauth_consents WHERE consent_id = $1", consent_id)
+    return _consent(await pool.fetchrow("SELECT * FROM oauth_consents WHERE consent_id = $1", consent_id))
 
 
 async def issue_code(
@@ -180,7 +302,7 @@ async def issue_code(
         await conn.execute("UPDATE oauth_clients SET last_authorized_at = $2 WHERE client_id = $1", client_id, now)
 
 
-async def use_code(pool: asyncpg.Pool, code_hash: str, now: dt.datetime) -> tuple[asyncpg.Record | None, bool]:
+async def use_code(pool: asyncpg.Pool, code_hash: str, now: dt.datetime) -> tuple[StoredCode | None, bool]:
     """(the code joined with its grant, whether this call is the first use). Marking it used is atomic,
     so of two concurrent exchanges only one is first."""
     async with pool.acquire() as conn, conn.transaction():
@@ -193,7 +315,11 @@ async def use_code(pool: asyncpg.Pool, code_hash: str, now: dt.datetime) -> tupl
             "FROM oauth_codes c JOIN oauth_grants g USING (grant_id) WHERE c.code_hash = $1",
             code_hash,
         )
-    return row, first is not None
+    if row is None:
+        return None, first is not None
+    code = StoredCode(grant=_grant(row), redirect_uri=row["redirect_uri"], code_challenge=row["code_challenge"],
+                      expires_at=row["expires_at"])
+    return code, first is not None
 
 
 async def revoke_grant(pool: asyncpg.Pool, grant_id: str, reason: str, now: dt.datetime) -> str | None:
@@ -209,11 +335,10 @@ async def revoke_grant(pool: asyncpg.Pool, grant_id: str, reason: str, now: dt.d
 
 async def end_grants_of_person(
     pool: asyncpg.Pool, org_id: str, subject: str, reason: str, now: dt.datetime, since: dt.datetime
-) -> list[asyncpg.Record]:
+) -> list[RevokedGrant]:
     """End every grant `subject` gave in `org_id` and drop their pending consents there (a consent page
     left open cannot open a new grant). Returns each grant of theirs revoked at or after `since`: this
-    call's and those of an earlier call, so a repeated call records them again (grant_id, org_id,
-    revoked_reason, revoked_at)."""
+    call's and those of an earlier call, so a repeated call records them again."""
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("DELETE FROM oauth_consents WHERE org_id = $1 AND subject = $2", org_id, subject)
         await conn.execute(
@@ -226,7 +351,7 @@ async def end_grants_of_person(
             "WHERE org_id = $1 AND subject = $2 AND revoked_at >= $3",
             org_id, subject, since,
         )
-    return rows
+    return _revoked_grants(rows)
 
 
 async def revoke_access_token(
@@ -241,20 +366,21 @@ async def revoke_access_token(
     )
 
 
-async def tokens_revoked_since(pool: asyncpg.Pool, since: dt.datetime) -> list[asyncpg.Record]:
-    """Access tokens revoked one by one at or after `since` (jti, grant_id, org_id, revoked_at)."""
+async def tokens_revoked_since(pool: asyncpg.Pool, since: dt.datetime) -> list[RevokedToken]:
+    """Access tokens revoked one by one at or after `since`."""
     rows: list[asyncpg.Record] = await pool.fetch(
         "SELECT jti, grant_id, org_id, revoked_at FROM oauth_revoked_tokens WHERE revoked_at >= $1", since
     )
-    return rows
+    return [RevokedToken(jti=r["jti"], grant_id=r["grant_id"], org_id=r["org_id"], revoked_at=r["revoked_at"])
+            for r in rows]
 
 
-async def revoked_since(pool: asyncpg.Pool, since: dt.datetime) -> list[asyncpg.Record]:
-    """Grants revoked at or after `since` (grant_id, org_id, revoked_reason, revoked_at)."""
+async def revoked_since(pool: asyncpg.Pool, since: dt.datetime) -> list[RevokedGrant]:
+    """Grants revoked at or after `since`."""
     rows: list[asyncpg.Record] = await pool.fetch(
         "SELECT grant_id, org_id, revoked_reason, revoked_at FROM oauth_grants WHERE revoked_at >= $1", since
     )
-    return rows
+    return _revoked_grants(rows)
 
 
 async def add_refresh_token(
@@ -277,10 +403,50 @@ async def use_refresh_token(pool: asyncpg.Pool, token_hash: str, now: dt.datetim
     return first is not None
 
 
-async def find_refresh_token(pool: asyncpg.Pool, token_hash: str) -> asyncpg.Record | None:
-    """A refresh token joined with its grant, without using it."""
-    return await pool.fetchrow(
+async def find_refresh_token(pool: asyncpg.Pool, token_hash: str) -> StoredRefreshToken | None:
+    """A refresh token with its grant, without using it."""
+    row = await pool.fetchrow(
         "SELECT r.*, g.client_id, g.subject, g.org_id, g.resource, g.scope, g.issuer, g.revoked_at "
         "FROM oauth_refresh_tokens r JOIN oauth_grants g USING (grant_id) WHERE r.token_hash = $1",
         token_hash,
     )
+    if row is None:
+        return None
+    return StoredRefreshToken(grant=_grant(row), expires_at=row["expires_at"], used_at=row["used_at"])
+
+
+async def lock_signing_keys(conn: asyncpg.Connection) -> None:
+    """Hold the signing keys for the caller's transaction: one copy at a time creates or rotates them."""
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", _SIGNING_KEYS_LOCK)
+
+
+async def newest_signing_key(conn: asyncpg.Connection) -> StoredSigningKey | None:
+    """The newest key not retired: the one that signs."""
+    row = await conn.fetchrow(
+        "SELECT kid, private_key, created_at FROM oauth_signing_keys WHERE retired_at IS NULL "
+        "ORDER BY created_at DESC LIMIT 1"
+    )
+    if row is None:
+        return None
+    return StoredSigningKey(kid=row["kid"], sealed_private_key=bytes(row["private_key"]), created_at=row["created_at"])
+
+
+async def rotate_signing_key(
+    conn: asyncpg.Connection, *, kid: str, public_jwk: str, sealed_private_key: bytes, now: dt.datetime
+) -> None:
+    """Retire every signing key and add the new one (inside the caller's transaction, under its lock)."""
+    await conn.execute("UPDATE oauth_signing_keys SET retired_at = $1 WHERE retired_at IS NULL", now)
+    await conn.execute(
+        "INSERT INTO oauth_signing_keys (kid, public_jwk, private_key, created_at) VALUES ($1, $2, $3, $4)",
+        kid, public_jwk, sealed_private_key, now,
+    )
+
+
+async def published_signing_keys(pool: asyncpg.Pool, retired_after: dt.datetime) -> list[str]:
+    """The public JWKs (JSON) of the keys not retired or retired after `retired_after`, newest first."""
+    rows: list[asyncpg.Record] = await pool.fetch(
+        "SELECT public_jwk FROM oauth_signing_keys WHERE retired_at IS NULL OR retired_at > $1 "
+        "ORDER BY created_at DESC",
+        retired_after,
+    )
+    return [row["public_jwk"] for row in rows]

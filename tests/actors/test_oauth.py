@@ -17,9 +17,10 @@ from joserfc import jwt
 from joserfc.jwk import KeySet
 from nats.aio.client import Client
 
-from actors.oauth.actor import OAuthConfig, create_actor
+from actors.oauth.actor import create_actor
 from actors.oauth.clients import MetadataDocuments, MetadataError
 from actors.oauth.keys import signing_key_encryption
+from actors.oauth.state import OAuthConfig
 from actors.oauth.tokens import digest
 from actors.runtime.bus import call, connect
 from bus_schemas.oauth import (

@@ -21,8 +21,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from nats.aio.client import Client
 
-from actors.oauth.actor import OAuthConfig, create_actor
+from actors.oauth.actor import create_actor
 from actors.oauth.clients import MetadataDocuments, MetadataError, trusting
+from actors.oauth.state import OAuthConfig
 from actors.runtime.bus import connect
 from bus_schemas.oauth import OAuthError, TokenIssued
 from tests.actors.oauth_helpers import SECRET_KEY, document_server, pkce_pair, serve_asgi

@@ -24,8 +24,8 @@ from pydantic import AnyUrl
 
 from actors.auth.actor import create_actor as create_auth_actor
 from actors.auth.config import AuthConfig
-from actors.oauth.actor import OAuthConfig
 from actors.oauth.actor import create_actor as create_oauth_actor
+from actors.oauth.state import OAuthConfig
 from gateway.config import GatewayConfig
 from runner_template.auth import AccessTokenVerifier
 from tests.actors.oauth_helpers import SECRET_KEY, bound_socket, pkce_pair, query_of, serve_asgi

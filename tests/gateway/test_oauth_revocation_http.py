@@ -22,8 +22,8 @@ from nats.aio.client import Client
 
 from actors.auth.actor import create_actor as create_auth_actor
 from actors.auth.config import AuthConfig
-from actors.oauth.actor import OAuthConfig
 from actors.oauth.actor import create_actor as create_oauth_actor
+from actors.oauth.state import OAuthConfig
 from actors.runtime.bus import connect
 from bus_schemas.oauth import ConsentRequired, DecideConsent, OAuthError, Signer, TokenIssued
 from bus_schemas.registry import OAUTH_DECIDE_CONSENT

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import uuid
 
-from actors.oauth.actor import OAuthConfig
 from actors.oauth.actor import create_actor as create_oauth_actor
+from actors.oauth.state import OAuthConfig
 from tests.actors.oauth_helpers import SECRET_KEY
 from tests.conftest import Stack, running
 from tests.ops.test_operator_commands import bmms_async, operator_env

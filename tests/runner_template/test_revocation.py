@@ -17,7 +17,8 @@ import pytest
 from nats.aio.client import Client
 from nats.js.client import KV_PRE_TEMPLATE
 
-from actors.oauth.actor import OAuthConfig, create_actor
+from actors.oauth.actor import create_actor
+from actors.oauth.state import OAuthConfig
 from actors.runtime.bus import connect
 from bus_schemas.oauth import GrantRevoked, OAuthError, RevokeToken, TokenIssued, TokenRevoked
 from bus_schemas.registry import OAUTH_REVOKE_TOKEN, REVOKED, revocation_key
