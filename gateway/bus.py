@@ -7,11 +7,10 @@ from typing import TypeVar
 import nats.errors
 from nats.aio.client import Client
 
-from actors.runtime.bus import call
-from actors.runtime.requests import Requests
 from bus_schemas.base import Failed, FailureCode, Message
 from bus_schemas.registry import Rpc
 from gateway.problems import Problem, problem_from_failed
+from runner_template.rpc import Requests, call
 
 Req = TypeVar("Req", bound=Message)
 Rep = TypeVar("Rep")

@@ -21,7 +21,6 @@ from litestar import Controller, Request, Response, get, post, route
 from litestar.di import NamedDependency
 from litestar.response import Redirect
 
-from actors.runtime.bus import call
 from bus_schemas.base import Failed, Message
 from bus_schemas.identity import NEXT_MAX_LENGTH, safe_next
 from bus_schemas.oauth import (
@@ -58,6 +57,7 @@ from gateway.browser import CROSS_SITE_OPT
 from gateway.identity import SIGN_IN_PAGE
 from gateway.pages import page, paragraph
 from gateway.services import EdgeServices
+from runner_template.rpc import call
 
 Req = TypeVar("Req", bound=Message)
 Rep = TypeVar("Rep")

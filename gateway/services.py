@@ -15,7 +15,7 @@ from nats.aio.client import Client
 from nats.js.kv import KeyValue
 
 from actors.runtime.bus import connect
-from actors.runtime.requests import Requester, Requests
+from actors.runtime.requests import Requester
 from actors.runtime.settings import Settings
 from bus_schemas.identity import Principal
 from bus_schemas.registry import BUILD_SUMMARIES
@@ -23,6 +23,7 @@ from gateway.auth import Authenticator
 from gateway.bus import BusClient
 from gateway.config import GatewayConfig
 from gateway.feeds import BuildFeeds
+from runner_template.rpc import Requests
 
 log = logging.getLogger("bmms.gateway")
 

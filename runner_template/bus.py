@@ -23,17 +23,17 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from bus_schemas.base import Failed
-from bus_schemas.oauth import GetJwks, GetJwksReply, GrantRevoked
+from bus_schemas.oauth import GetJwks, GrantRevoked
 from bus_schemas.registry import OAUTH_GET_JWKS, QUOTAS, REVOKED, TOOL_USAGE
 from bus_schemas.usage import QuotaState
 from runner_template.auth import KeySourceUnavailable, RevokedGrants
 from runner_template.kv import KvEntry, watch_bucket
 from runner_template.metering import QuotaGate, UsageOutbox
+from runner_template.rpc import call
 
 log = logging.getLogger("bmms.runner.bus")
 
 _encoder = msgspec.json.Encoder()
-_jwks_reply = msgspec.json.Decoder(GetJwksReply)
 _quota_state = msgspec.json.Decoder(QuotaState)
 _grant_revoked = msgspec.json.Decoder(GrantRevoked)
 
@@ -126,11 +126,9 @@ class RunnerBus:
             raise KeySourceUnavailable(f"not connected to nats at {self.url}") from None
         assert self.nc is not None
         try:
-            reply = await self.nc.request(OAUTH_GET_JWKS.subject, _encoder.encode(GetJwks()), timeout=5)
-        except (nats.errors.Error, TimeoutError) as exc:
+            answer = await call(self.nc, OAUTH_GET_JWKS, GetJwks(), timeout=5)
+        except nats.errors.Error as exc:
             raise KeySourceUnavailable(f"{OAUTH_GET_JWKS.subject}: {exc!r}") from None
-        try:
-            answer = _jwks_reply.decode(reply.data)
         except msgspec.DecodeError as exc:
             raise KeySourceUnavailable(f"{OAUTH_GET_JWKS.subject}: unreadable reply: {exc}") from None
         if isinstance(answer, Failed):

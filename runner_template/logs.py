@@ -1,4 +1,5 @@
-"""Structured logs: one JSON object a line on stderr, one line per HTTP request and per tool call.
+"""Structured logs, for every process of the platform: one JSON object a line on stderr carrying the current
+trace id; for runners, one line per HTTP request and per tool call.
 
 Nothing logged carries a token or a secret: requests log method, path, status and time; tool calls log the
 tool, status, duration, size and the caller's client id and subject.
@@ -6,7 +7,9 @@ tool, status, duration, size and the caller's client id and subject.
 
 from __future__ import annotations
 
+import contextvars
 import logging
+import random
 import sys
 import time
 
@@ -18,9 +21,18 @@ _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"me
 
 access_log = logging.getLogger("bmms.runner.http")
 
+trace_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("trace_id", default=None)
+"""The trace id of the work this task is doing, set from the HTTP edge or the NATS header."""
+
+
+def new_trace_id() -> str:
+    """A fresh W3C-sized trace id (32 hex digits, never all zero). A trace id only has to be unique, not
+    secret: the process's PRNG (reseeded in forked children) makes one without a system call per request."""
+    return f"{random.getrandbits(128) or 1:032x}"
+
 
 class JsonLines(logging.Formatter):
-    """time, level, logger, message and every `extra` field, as one JSON object."""
+    """time, level, logger, message, the trace id and every `extra` field, as one JSON object."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
@@ -29,6 +41,9 @@ class JsonLines(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        trace = trace_id_var.get()
+        if trace:
+            entry["trace_id"] = trace
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
                 entry[key] = value if isinstance(value, str | int | float | bool | list | None) else repr(value)
@@ -37,10 +52,24 @@ class JsonLines(logging.Formatter):
         return _json.encode(entry).decode()
 
 
-def configure_logging(level: str = "INFO") -> None:
-    """JSON lines on stderr for this process (uvicorn's own access log stays off: `AccessLog` replaces it)."""
+class PlainLines(logging.Formatter):
+    """Human-readable lines for a terminal, still carrying the trace id."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        trace = trace_id_var.get()
+        line = f"{record.levelname:<7} {record.name}: {record.getMessage()}"
+        if trace:
+            line += f" trace={trace}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def configure_logging(level: str = "INFO", json_lines: bool = True) -> None:
+    """Install the process's one log handler on stderr: JSON lines (or plain ones for a terminal). Every
+    process of the platform, runners included, logs this way."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonLines())
+    handler.setFormatter(JsonLines() if json_lines else PlainLines())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -22,21 +22,19 @@ from nats.js.api import (
     StreamConfig,
 )
 
-from actors.runtime.codec import decode, encode
-from actors.runtime.logs import trace_id_var
-from actors.runtime.requests import Requests
 from actors.runtime.settings import Settings
-from bus_schemas.base import Failed, FailureCode, Message
+from bus_schemas.base import Message
 from bus_schemas.registry import (
     CONSUMERS,
     KV_BUCKETS,
     OBJECT_BUCKETS,
     STREAMS,
-    TRACE_HEADER,
     Consumer,
-    Rpc,
     Stream,
 )
+from runner_template.codec import encode
+from runner_template.rpc import call as call  # where the actors have always found it
+from runner_template.rpc import trace_headers
 
 log = logging.getLogger("bmms.bus")
 
@@ -72,35 +70,10 @@ async def connect(settings: Settings, name: str) -> Client:
     )
 
 
-def trace_headers(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Headers that carry the current trace id onward."""
-    headers = dict(extra or {})
-    trace = trace_id_var.get()
-    if trace:
-        headers[TRACE_HEADER] = trace
-    return headers
-
-
 async def publish_event(js: JetStreamContext, subject: str, message: object, msg_id: str) -> int:
     """Publish to JetStream de-duplicated by `msg_id`; returns the stream sequence."""
     ack = await js.publish(subject, encode(message), headers=trace_headers({"Nats-Msg-Id": msg_id}))
     return int(ack.seq)
-
-
-async def call(nc: Requests, rpc: Rpc[Req, Rep], request: Req, timeout: float) -> Rep | Failed:
-    """Call an RPC endpoint through a NATS connection or a `Requester`; transport failures come back as
-    `Failed(unavailable)` values."""
-    try:
-        reply = await nc.request(rpc.subject, encode(request), timeout=timeout, headers=trace_headers())
-    except nats.errors.NoRespondersError:
-        return Failed(code=FailureCode.UNAVAILABLE, detail=f"no {rpc.service} actor is running")
-    except (nats.errors.TimeoutError, TimeoutError):
-        return Failed(code=FailureCode.UNAVAILABLE, detail=f"the {rpc.service} actor did not answer in time")
-    if reply.headers and reply.headers.get("Nats-Service-Error-Code"):
-        detail = reply.headers.get("Nats-Service-Error", "")
-        return Failed(code=FailureCode.INTERNAL, detail=f"{rpc.service} failed: {detail}")
-    result: Rep | Failed = decode(rpc.reply, reply.data)
-    return result
 
 
 def stream_config(stream: Stream) -> StreamConfig:

@@ -1,27 +1,7 @@
-"""One msgspec encoder for the bus and one cached decoder per message type."""
+"""The bus codec (`runner_template.codec`), where the actors have always found it."""
 
 from __future__ import annotations
 
-from functools import cache
-from typing import Any
+from runner_template.codec import decode, decoder_for, encode, encoder
 
-import msgspec
-
-encoder = msgspec.json.Encoder()
-"""The encoder for every message the runtime puts on the bus."""
-
-
-def encode(message: object) -> bytes:
-    """Encode a message for the bus."""
-    return encoder.encode(message)
-
-
-@cache
-def decoder_for(message_type: Any) -> msgspec.json.Decoder[Any]:
-    """The one decoder for a message type or tagged union, built once."""
-    return msgspec.json.Decoder(message_type)
-
-
-def decode(message_type: Any, data: bytes) -> Any:
-    """Decode bus bytes as `message_type`; raises msgspec.ValidationError/DecodeError naming the path."""
-    return decoder_for(message_type).decode(data)
+__all__ = ["decode", "decoder_for", "encode", "encoder"]

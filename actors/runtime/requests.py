@@ -24,12 +24,13 @@ import logging
 import random
 import re
 import secrets
-from typing import Any, Protocol, cast
+from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 import nats.errors
 
 from actors.runtime.settings import Settings
+from runner_template.rpc import Requests
 
 log = logging.getLogger("bmms.requests")
 
@@ -38,25 +39,6 @@ STATUS_HEADER = "Status"
 DESCRIPTION_HEADER = "Description"
 _STATUS_LINE = b"NATS/1.0"
 _WHITESPACE = re.compile(r"\s")
-
-
-class Answer(Protocol):
-    """What a request gets back: nats-py's `Msg`, or a `Reply`."""
-
-    @property
-    def data(self) -> bytes: ...
-
-    @property
-    def headers(self) -> dict[str, str] | None: ...
-
-
-class Requests(Protocol):
-    """What can send a request and wait for its reply: a NATS `Client`, or a `Requester`."""
-
-    async def request(
-        self, subject: str, payload: bytes = b"", timeout: float = 0.5, old_style: bool = False,
-        headers: dict[str, Any] | None = None,
-    ) -> Answer: ...
 
 
 class Reply:
