@@ -135,7 +135,7 @@ class Batch(Generic[M]):
 
 S = TypeVar("S")
 
-RpcHandler = Callable[[Req, Context], Awaitable[Rep]]
+RpcHandler = Callable[[Req, Context], Awaitable[Rep | Failed]]
 ConsumerHandler = Callable[[M, Context], Awaitable[None]]
 BatchHandler = Callable[[Batch[M], Context], Awaitable[None]]
 TimerHandler = Callable[[Context], Awaitable[None]]
