@@ -23,7 +23,6 @@ provider customer id (kept by the provider integration next to the `source` of e
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Literal, Protocol
 
@@ -89,25 +88,7 @@ async def define_plan(pool: asyncpg.Pool, plan: Plan) -> None:
 async def metered_usage(pool: asyncpg.Pool, period: str) -> list[MeteredUsage]:
     """Every organisation's billable quantities in `period` (`YYYY-MM`), from the tables the quotas count."""
     month = parse_period(period)
-    following = (month + dt.timedelta(days=32)).replace(day=1)
     async with pool.acquire() as conn:
-        rows = await conn.fetch(
-            """
-            SELECT org_id, 'tool_calls' AS meter, sum(calls) AS quantity FROM metering_tool_usage_daily
-             WHERE day >= $1 AND day < $2 GROUP BY org_id
-            UNION ALL
-            SELECT org_id, 'builds', count(*) FROM metering_builds b
-             WHERE month = $1 AND NOT EXISTS (SELECT 1 FROM metering_builds_refused r WHERE r.build_id = b.build_id)
-             GROUP BY org_id
-            UNION ALL
-            SELECT org_id, 'model_input_tokens', sum(input_tokens) FROM metering_build_tokens
-             WHERE month = $1 GROUP BY org_id
-            UNION ALL
-            SELECT org_id, 'model_output_tokens', sum(output_tokens) FROM metering_build_tokens
-             WHERE month = $1 GROUP BY org_id
-            ORDER BY 1, 2
-            """,
-            month, following,
-        )
+        rows = await storage.billable_quantities(conn, month)
     return [MeteredUsage(org_id=r["org_id"], period=period, meter=r["meter"], quantity=int(r["quantity"]))
             for r in rows]

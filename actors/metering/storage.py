@@ -394,3 +394,28 @@ async def usage_report(conn: asyncpg.Connection, org_id: str, month: dt.date, se
         build_steps=tuple(StepUsage(step=r["step"], runs=int(r["runs"]), duration_ms=float(r["duration_ms"] or 0))
                           for r in steps),
     )
+
+
+async def billable_quantities(conn: asyncpg.Connection, month: dt.date) -> list[asyncpg.Record]:
+    """Every organisation's billable quantity of each meter in a month, from the tables the quotas count: rows
+    of (org_id, meter, quantity), ordered by organisation and meter (billing reads them as `MeteredUsage`)."""
+    following = (month + dt.timedelta(days=32)).replace(day=1)
+    rows: list[asyncpg.Record] = await conn.fetch(
+        """
+        SELECT org_id, 'tool_calls' AS meter, sum(calls) AS quantity FROM metering_tool_usage_daily
+         WHERE day >= $1 AND day < $2 GROUP BY org_id
+        UNION ALL
+        SELECT org_id, 'builds', count(*) FROM metering_builds b
+         WHERE month = $1 AND NOT EXISTS (SELECT 1 FROM metering_builds_refused r WHERE r.build_id = b.build_id)
+         GROUP BY org_id
+        UNION ALL
+        SELECT org_id, 'model_input_tokens', sum(input_tokens) FROM metering_build_tokens
+         WHERE month = $1 GROUP BY org_id
+        UNION ALL
+        SELECT org_id, 'model_output_tokens', sum(output_tokens) FROM metering_build_tokens
+         WHERE month = $1 GROUP BY org_id
+        ORDER BY 1, 2
+        """,
+        month, following,
+    )
+    return rows

@@ -239,7 +239,7 @@ async def bench_sandbox(backends: list[str], calls: int, lines: list[str]) -> No
     import aiodocker
     from mcp_types import CallToolRequestParams
 
-    from actors.codegen.actor import build_artifact
+    from actors.codegen.artifacts import build_artifact
     from actors.planner.planning import plan_hash
     from actors.planner.problems import PlanNotes
     from actors.planner.tool_spec import plan_tool_spec

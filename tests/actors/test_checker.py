@@ -15,7 +15,7 @@ import pytest
 from actors.catalog import create_actor
 from actors.checker.dynamic import Sandbox, run_dynamic_check
 from actors.checker.toolchain import Toolchain, check_with_tools
-from actors.codegen.actor import build_artifact
+from actors.codegen.artifacts import build_artifact
 from actors.runtime.actor import utc_now
 from actors.runtime.bus import publish_event
 from bus_schemas.builds import BuildChecked, BuildFailed, BuildGenerated, LogLine

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from actors.checker.locate import deduplicate_findings, locate_findings
 from actors.checker.rules import Finding, check_source, errors
-from actors.codegen.actor import build_artifact
+from actors.codegen.artifacts import build_artifact
 from bus_schemas.plans import Artifact, ToolPlan
 from tests.actors.codegen_samples import plan_hash, sample_plan
 

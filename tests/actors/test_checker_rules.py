@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from actors.checker.rules import check_source, errors
-from actors.codegen.actor import build_artifact
+from actors.codegen.artifacts import build_artifact
 from actors.planner.openapi import plan_openapi
 from actors.planner.problems import PlanNotes
 from bus_schemas.builds import OpenApiSource

@@ -11,7 +11,7 @@ import nats.errors
 import nats.js.errors
 
 from actors.catalog import create_actor
-from actors.codegen.actor import build_artifact
+from actors.codegen.artifacts import build_artifact
 from actors.runtime.actor import utc_now
 from actors.runtime.bus import connect, publish_event
 from bus_schemas.builds import AnyBuildEvent, BuildFailed, BuildGenerated, BuildPlanned

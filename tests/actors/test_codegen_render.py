@@ -7,7 +7,7 @@ import ast
 import msgspec
 import pytest
 
-from actors.codegen.actor import build_artifact
+from actors.codegen.artifacts import build_artifact
 from actors.codegen.render import RenderRefused, render_module
 from bus_schemas.plans import HttpCall, PureFunction, ToolPlan, canonical_artifact_bytes, canonical_plan_bytes
 from runner_template.sdk import tools_of

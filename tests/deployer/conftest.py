@@ -17,7 +17,7 @@ import msgspec
 import pytest
 from aiodocker.exceptions import DockerError
 
-from actors.codegen.actor import build_artifact
+from actors.codegen.artifacts import build_artifact
 from actors.deployer.backends.base import RUNNER_PORT, Limits, RunnerSpec
 from actors.planner.planning import plan_hash
 from actors.planner.problems import PlanNotes

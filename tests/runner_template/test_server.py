@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from actors.codegen.actor import build_artifact
+from actors.codegen.artifacts import build_artifact
 from bus_schemas.plans import Artifact
 from runner_template import egress
 from runner_template.app import MCP_PATH, RunnerSettings, bind, create_app, serve, start_tools

@@ -1,0 +1,146 @@
+"""The checker actor: every generated artifact is checked before anything runs it.
+
+For each `generated` event it loads the Artifact from ARTIFACTS (verified against its hash), runs the
+static rules (`rules.py`, a lint), mypy --strict and ruff (`toolchain.py`), then, only if the rules found no
+error, the artifact in a sandboxed worker against its plan from PLANS (`dynamic.py`): a bubblewrap sandbox,
+or a container with no network on docker and swarm platforms (`actors.runtime.sandboxes`), one kept started
+ahead so a check waits for no imports (`state.py`). It logs every finding as a build log
+line (`check: generated.py:12:5 banned-call: eval() is not allowed`), and publishes `checked`, or
+`failed` at step `check` naming the first error finding. Every event it emits has a key derived from the
+artifact's findings, which are deterministic, so a redelivered `generated` changes nothing.
+
+The checker has no database (no `storage.py`, no `migrations/`); its state (`CheckerState`, in `state.py`
+because the sandbox is opened and closed with serving) is its toolchain and its sample runs' sandbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import keyword
+from collections.abc import Awaitable, Callable
+
+import nats.js.errors
+from nats.js.object_store import ObjectStore
+
+from actors.checker.dynamic import run_dynamic_check
+from actors.checker.locate import deduplicate_findings, locate_findings
+from actors.checker.rules import Finding, check_source, errors
+from actors.checker.state import CheckerState
+from actors.checker.toolchain import Toolchain, check_with_tools
+from actors.runtime.actor import Context, TransientError, utc_now
+from actors.runtime.build_events import emit, fail_step, start_step
+from actors.runtime.objects import ObjectUnusable, load_verified
+from bus_schemas.base import FailureCode
+from bus_schemas.builds import AnyBuildEvent, BuildChecked, BuildGenerated, LogLine, StepChanged
+from bus_schemas.plans import Artifact, ToolPlan, canonical_artifact_bytes, canonical_plan_bytes
+from bus_schemas.registry import ARTIFACTS, PLANS
+
+CHECK_FAILED = "check_failed"
+"""The `failed` event's code when the artifact has error findings."""
+
+MAX_LOGGED_FINDINGS = 100
+"""Findings beyond this many are summarised in one line instead of one line each."""
+
+
+ArtifactUnusable = ObjectUnusable
+"""The artifact (or its plan) a build names cannot be used."""
+
+
+async def check_build(event: AnyBuildEvent, ctx: Context, checker: CheckerState) -> None:
+    """Check a `generated` build's artifact: log its findings, then publish `checked` or fail the step."""
+    if not isinstance(event, BuildGenerated):
+        return
+    ids = {"build_id": event.build_id, "org_id": event.org_id}
+    await start_step(ctx, event, "check")
+    try:
+        store = await ctx.js.object_store(ARTIFACTS.name)
+    except nats.js.errors.BucketNotFoundError as exc:
+        raise TransientError(f"object bucket missing (run `bmms migrate`): {exc}") from None
+    try:
+        artifact = await load_artifact(store, event.artifact_hash)
+    except ArtifactUnusable as exc:
+        await fail_step(ctx, event, "check", FailureCode.NOT_FOUND, str(exc))
+        return
+    try:
+        plan = await load_plan(await ctx.js.object_store(PLANS.name), artifact.plan_hash)
+    except ArtifactUnusable as exc:
+        await fail_step(ctx, event, "check", FailureCode.NOT_FOUND, str(exc))
+        return
+    await ctx.still_working()
+    # Only code that passed the AST rules is ever run, and then only in the sandbox.
+    findings = await check_artifact(artifact, checker.toolchain, lambda: sample_run(checker, artifact, plan))
+    # Once per problem, and where the person wrote it: a body's line, not the generated file's.
+    findings = locate_findings(deduplicate_findings(findings), artifact.module_source, plan)
+    for index, finding in enumerate(findings[:MAX_LOGGED_FINDINGS]):
+        text = f"check: {finding.render()}"
+        line = LogLine(**ids, at=utc_now(), step="check", level=finding.severity, message=text)
+        await emit(ctx, line, "log", f"check:finding:{index}")
+    if len(findings) > MAX_LOGGED_FINDINGS:
+        rest = LogLine(**ids, at=utc_now(), step="check", level="warning",
+                       message=f"check: {len(findings) - MAX_LOGGED_FINDINGS} more finding(s) not shown")
+        await emit(ctx, rest, "log", "check:finding:more")
+    if errors(findings):
+        await fail_step(ctx, event, "check", CHECK_FAILED, failure_detail(findings))
+        return
+    warnings = len(findings)
+    summary = (
+        f"check: passed: {len(artifact.tools)} tool(s), static rules, mypy --strict, ruff and a sandboxed run"
+        f"{f' ({warnings} warning(s))' if warnings else ''}"
+    )
+    passed = LogLine(**ids, at=utc_now(), step="check", level="info", message=summary)
+    await emit(ctx, passed, "log", "check:passed")
+    await emit(ctx, StepChanged(**ids, at=utc_now(), step="check", state="finished"), "step", "check:finished")
+    await emit(ctx, BuildChecked(**ids, at=utc_now(), artifact_hash=event.artifact_hash), "checked", "checked")
+
+
+async def load_artifact(store: ObjectStore, artifact_hash: str) -> Artifact:
+    """The artifact stored under `artifact_hash`, verified to hash to it."""
+    artifact = await load_verified(store, ARTIFACTS, artifact_hash, Artifact, canonical_artifact_bytes, "artifact")
+    name = artifact.module_name
+    # The module name becomes a file name and an import name: nothing but a plain identifier.
+    if not (name.isascii() and name.isidentifier() and not keyword.iskeyword(name)):
+        raise ArtifactUnusable(f"artifact {artifact_hash} has an unusable module name {name!r}")
+    return artifact
+
+
+async def load_plan(store: ObjectStore, plan_hash: str) -> ToolPlan:
+    """The plan an artifact was rendered from, verified to hash to `plan_hash`."""
+    return await load_verified(store, PLANS, plan_hash, ToolPlan, canonical_plan_bytes, "plan of the artifact")
+
+
+async def check_artifact(
+    artifact: Artifact, toolchain: Toolchain, dynamic: Callable[[], Awaitable[list[Finding]]] | None = None
+) -> list[Finding]:
+    """The findings of the artifact's module: the AST rules first, then mypy and ruff, each by position, then
+    the sandboxed run's. `dynamic` runs only when the AST rules found no error (they are the safety gate:
+    what they pass may run in the sandbox), and then at the same time as mypy and ruff."""
+    file = f"{artifact.module_name}.py"
+    static = check_source(artifact.module_source, file, artifact.tools)
+    if any(f.rule in {"syntax-error", "too-large"} for f in static):
+        return static  # nothing more to learn from the tools
+    runs_dynamic = dynamic is not None and not errors(static)
+    # Static findings lead: they say what the code tries to do, the tools' findings often only follow from it.
+    tooled, ran = await asyncio.gather(
+        check_with_tools(artifact.module_source, artifact.module_name, toolchain),
+        dynamic() if dynamic is not None and runs_dynamic else _no_findings(),
+    )
+    return static + [f for f in tooled if f not in static] + ran
+
+
+async def sample_run(checker: CheckerState, artifact: Artifact, plan: ToolPlan) -> list[Finding]:
+    """The dynamic check's findings, in the checker's sandbox; an error finding when it has none."""
+    if checker.launcher is None:
+        why = checker.unavailable or "no sandbox is configured"
+        return [Finding(1, 1, "dynamic-start", why, "error", f"{artifact.module_name}.py")]
+    return await run_dynamic_check(artifact, plan, checker.sandbox, checker.launcher)
+
+
+async def _no_findings() -> list[Finding]:
+    return []
+
+
+def failure_detail(findings: list[Finding]) -> str:
+    """The `failed` detail: the first error finding (static rules before tools), and how many more there are."""
+    errs = errors(findings)
+    more = f" (and {len(errs) - 1} more error(s))" if len(errs) > 1 else ""
+    return f"{errs[0].render()}{more}"
