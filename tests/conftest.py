@@ -7,8 +7,9 @@ import asyncio
 import contextlib
 import os
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import asyncpg
 import nats
@@ -18,6 +19,8 @@ from actors.runtime.actor import Actor
 from actors.runtime.bus import connect, provision
 from actors.runtime.settings import Settings
 from ops.infra import NATS_ROLES, NatsServer, new_nats_password, start_nats, start_postgres
+
+T = TypeVar("T")
 
 
 class Stack:
@@ -133,11 +136,12 @@ async def running(actor: Actor, settings: Settings) -> AsyncIterator[asyncio.Tas
         await asyncio.wait_for(task, timeout=60)
 
 
-async def eventually(check: object, timeout: float = 15.0, interval: float = 0.05) -> object:
-    """Poll an async predicate until it returns a truthy value; fail after `timeout`."""
+async def eventually(check: Callable[[], Awaitable[T]], timeout: float = 15.0, interval: float = 0.05) -> T:
+    """Poll an async predicate until it returns a truthy value (returned); fail after `timeout`. The one bounded
+    wait of the test suite: no test sleeps a fixed time."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
-        result = await check()  # type: ignore[operator]
+        result = await check()
         if result:
             return result
         if asyncio.get_running_loop().time() > deadline:

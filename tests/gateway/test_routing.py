@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,12 +27,13 @@ from actors.runtime.bus import connect
 from actors.runtime.codec import encode
 from bus_schemas.registry import ROUTES
 from bus_schemas.servers import ServerRoute
+from ops.infra import free_port
 from tests.conftest import Stack, eventually
 from tests.gateway.conftest import Gateway, gateway_settings, serving
 from tests.gateway.test_builds_http import assert_problem
+from tests.runner_template.conftest import serving as serving_upstream
 from tests.runner_template.test_server import artifact_for
 from tests.runner_template.test_server import runner as sandboxed_runner
-from tests.runner_template.test_server import serving as serving_upstream
 
 
 class EchoRunner:
@@ -141,13 +141,6 @@ async def until_routed(http: httpx.AsyncClient, path: str, *, routed: bool = Tru
         return unknown is not routed
 
     await eventually(check, timeout=10)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 async def test_unknown_server_is_404_problem(http: httpx.AsyncClient) -> None:

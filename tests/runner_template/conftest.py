@@ -182,15 +182,3 @@ class RecordingUpstream:
 
     def app(self) -> Starlette:
         return Starlette(routes=[Route("/users/{user_id:path}", self.user)])
-
-
-async def eventually(check: Any, timeout: float = 10.0, interval: float = 0.02) -> Any:
-    """Poll an async predicate until it returns something truthy; fail after `timeout`."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s (last: {result!r})")
-        await asyncio.sleep(interval)

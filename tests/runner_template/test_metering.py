@@ -18,7 +18,8 @@ from bus_schemas.registry import QUOTAS, TOOL_USAGE, USAGE
 from bus_schemas.usage import OverQuota, QuotaState, ToolCalled
 from ops.infra import free_port
 from runner_template.metering import UsageOutbox
-from tests.runner_template.conftest import eventually, mcp_client, runner, settings_for, token
+from tests.conftest import eventually
+from tests.runner_template.conftest import mcp_client, runner, settings_for, token
 
 OVER = OverQuota(quota="tool_calls_per_month", limit=1000, used=1000, period="2026-11")
 REFUSAL = ("over quota: tool_calls_per_month 1000/1000 used in 2026-11; "

@@ -25,8 +25,8 @@ from bus_schemas.registry import OAUTH_REVOKE_TOKEN, REVOKED, revocation_key
 from runner_template.auth import RevokedGrants
 from tests.actors.oauth_helpers import SECRET_KEY, pkce_pair
 from tests.actors.test_oauth import FOREIGN, ISSUER, RESOURCE, ask, code_for, exchange, refresh, register
-from tests.conftest import Stack, running
-from tests.runner_template.conftest import RunningRunner, eventually, runner, settings_for
+from tests.conftest import Stack, eventually, running
+from tests.runner_template.conftest import RunningRunner, runner, settings_for
 from tests.server_registry import server_registry
 
 ORG = "oorg1"

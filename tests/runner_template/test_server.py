@@ -22,28 +22,13 @@ from starlette.routing import Route
 from actors.codegen.artifacts import build_artifact
 from bus_schemas.plans import Artifact
 from runner_template import egress
-from runner_template.app import MCP_PATH, RunnerSettings, bind, create_app, serve, start_tools
+from runner_template.app import MCP_PATH, RunnerSettings, create_app, start_tools
 from runner_template.channel import Egress, EgressAuth
 from runner_template.tools import SandboxedServer
 from tests.actors.codegen_samples import SECRET_NAME, plan_hash, sample_plan
+from tests.runner_template.conftest import serving
 
 SECRET_VALUE = "s3cr3t-value-never-in-code"
-
-
-@contextlib.asynccontextmanager
-async def serving(app: Starlette) -> AsyncIterator[str]:
-    """Serve `app` on a free port in this event loop; yields its base URL."""
-    sock = bind("127.0.0.1", 0)
-    port = sock.getsockname()[1]
-    stop = asyncio.Event()
-    started = asyncio.Event()
-    task = asyncio.create_task(serve(app, sock, on_ready=started.set, stop=stop))
-    await asyncio.wait_for(started.wait(), timeout=15)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, timeout=15)
 
 
 class Upstream:
