@@ -12,18 +12,21 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, YamlRenderPlugin
 
 from actors.runtime.settings import Settings
+from gateway.api_keys import ApiKeysController
 from gateway.bodies import GatewayRequest, known_fields_only
 from gateway.browser import page_headers_middleware, same_origin_writes
 from gateway.builds import BuildsController
 from gateway.config import GatewayConfig
 from gateway.events import EventsController
 from gateway.health import HealthController
-from gateway.identity import IDENTITY_CONTROLLERS
+from gateway.identity import SignInController
 from gateway.oauth import OAuthController
+from gateway.org import InvitesController, OrgController
 from gateway.problems import problem_response
 from gateway.routing import ServerRouting
 from gateway.servers import ServersController
 from gateway.services import EdgeServices
+from gateway.sessions import MeController, SessionsController
 from gateway.sign_in import SignInPageController
 from gateway.tracing import trace_middleware
 from gateway.usage import UsageController
@@ -49,7 +52,8 @@ def create_app(settings: Settings, config: GatewayConfig | None = None) -> Lites
 
     return Litestar(
         route_handlers=[
-            HealthController, BuildsController, *IDENTITY_CONTROLLERS, SignInPageController, OAuthController,
+            HealthController, BuildsController, SignInController, MeController, SessionsController, InvitesController,
+            OrgController, ApiKeysController, SignInPageController, OAuthController,
             ServersController, UsageController, EventsController, *routing.route_handlers,
         ],
         # Handlers reach the bus, the authenticator and the build feeds through `services`; the caller's

@@ -1,4 +1,5 @@
-"""People at the edge: magic-link sign-in, the session cookie, who am I, sessions, invitations, API keys.
+"""People signing in at the edge, and what the other identity routes share (`require_person`, the session
+cookie, the public base URL).
 
 Routes (the JSON ones answer RFC 9457 problems on failure):
 - `POST /v1/auth/magic-link {email, next?}` -> 202, the same for every well-formed address (no account
@@ -8,19 +9,10 @@ Routes (the JSON ones answer RFC 9457 problems on failure):
 - `POST /v1/auth/magic-link/callback` (form: token, form token) -> 303 to `next` (default `/v1/me`) with
   the session cookie; a 401 page for a link that is unknown, expired or used. These two are HTML pages.
 - `POST /v1/auth/sign-out` -> 204, ends the cookie's session and clears the cookie.
-- `GET /v1/me` -> the caller, the active organisation (`X-Org`, else the first), role and every org.
-- `GET /v1/sessions`, `DELETE /v1/sessions/{id}` -> a person's sessions, and ending one.
-- `POST /v1/invites {email}` -> 201; owners only (403 otherwise).
-- `GET /v1/org/members` -> the active organisation's people and roles (its members);
-  `PATCH /v1/org/members/{person_id} {role}` -> owner <-> member, `DELETE /v1/org/members/{person_id}`
-  -> 204 (the person's sessions stop acting in it, the API keys they created there are revoked);
-  `GET /v1/org/invites`,
-  `DELETE /v1/org/invites/{invite_id}` -> pending invitations. Owners only but the list of people; the
-  last owner can be neither removed nor demoted (409).
-- `POST /v1/api-keys {label?}` -> 201 with the secret, shown once; `GET /v1/api-keys` (no secrets);
-  `DELETE /v1/api-keys/{id}` -> 204. Any person of the organisation creates keys; an owner lists and
-  revokes every key, a member only the keys they created (403 for another's).
-Managing sessions, invitations and keys needs a signed-in person: an API key cannot mint more keys.
+
+Who is calling and their sessions are `gateway.sessions`; the organisation's people and invitations
+`gateway.org`; API keys `gateway.api_keys`. Managing sessions, invitations and keys needs a signed-in
+person: an API key cannot mint more keys.
 """
 
 from __future__ import annotations
@@ -29,54 +21,31 @@ import logging
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Request, Response, delete, get, patch, post
+from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import Cookie
-from litestar.di import NamedDependency, Provide
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.di import NamedDependency
+from litestar.params import JSONBody, QueryParameter
 from litestar.response import Redirect
 
 from actors.runtime.settings import Settings
 from bus_schemas.base import FailureCode
 from bus_schemas.identity import (
     NEXT_MAX_LENGTH,
-    ChangeMemberRole,
-    GetMe,
-    InviteMember,
-    IssueApiKey,
-    ListApiKeys,
-    ListInvites,
-    ListMembers,
-    ListSessions,
     Principal,
     RedeemMagicLink,
-    RemoveMember,
     RequestMagicLink,
-    RevokeApiKey,
-    RevokeInvite,
     RevokeSession,
-    Role,
 )
 from bus_schemas.registry import (
-    CHANGE_MEMBER_ROLE,
-    GET_ME,
-    INVITE_MEMBER,
-    ISSUE_API_KEY,
-    LIST_API_KEYS,
-    LIST_INVITES,
-    LIST_MEMBERS,
-    LIST_SESSIONS,
     REDEEM_MAGIC_LINK,
-    REMOVE_MEMBER,
     REQUEST_MAGIC_LINK,
-    REVOKE_API_KEY,
-    REVOKE_INVITE,
     REVOKE_SESSION,
 )
 from gateway.auth import SESSION_COOKIE, session_token
 from gateway.browser import CROSS_SITE_OPT
 from gateway.pages import FORM_FIELD, form_cookie, form_is_ours, form_token, hidden, page, paragraph
 from gateway.problems import Problem
-from gateway.services import EdgeServices, provide_principal
+from gateway.services import EdgeServices
 
 log = logging.getLogger("bmms.gateway.identity")
 
@@ -102,103 +71,6 @@ class MagicLinkAccepted(msgspec.Struct, frozen=True, kw_only=True):
 
     detail: str
     expires_in_seconds: int
-
-
-class OrgView(msgspec.Struct, frozen=True, kw_only=True):
-    """An organisation the caller belongs to."""
-
-    org_id: str
-    name: str
-    role: str
-
-
-class MeView(msgspec.Struct, frozen=True, kw_only=True):
-    """Who is calling."""
-
-    subject: str
-    org_id: str
-    """The organisation this request acts in."""
-    role: str | None
-    person_id: str | None
-    email: str | None
-    orgs: list[OrgView]
-
-
-class SessionView(msgspec.Struct, frozen=True, kw_only=True):
-    """One of the person's sessions."""
-
-    session_id: str
-    created_at: str
-    expires_at: str
-    user_agent: str
-    client_ip: str
-    current: bool
-    """Whether this request came with this session."""
-
-
-class InviteBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Invite an address into the active organisation."""
-
-    email: Email
-
-
-class InviteView(msgspec.Struct, frozen=True, kw_only=True):
-    """A pending invitation: accepted when the address signs in."""
-
-    invite_id: str
-    org_id: str
-    email: str
-    role: str
-
-
-class PendingInviteView(msgspec.Struct, frozen=True, kw_only=True):
-    """A pending invitation of the active organisation."""
-
-    invite_id: str
-    email: str
-    role: str
-    invited_by: str
-    """The inviting person's id."""
-    created_at: str
-
-
-class MemberView(msgspec.Struct, frozen=True, kw_only=True):
-    """A person of the active organisation."""
-
-    person_id: str
-    email: str
-    role: str
-    joined_at: str
-
-
-class RoleBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """A person's new role."""
-
-    role: Role
-
-
-class ApiKeyBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """A new API key's label."""
-
-    label: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] = "default"
-
-
-class ApiKeyView(msgspec.Struct, frozen=True, kw_only=True):
-    """An API key, without its secret."""
-
-    key_id: str
-    label: str
-    created_at: str | None = None
-    created_by: str | None = None
-
-
-class NewApiKeyView(msgspec.Struct, frozen=True, kw_only=True):
-    """A new API key: `secret` is shown this once; send it as `Authorization: Bearer <secret>`."""
-
-    key_id: str
-    label: str
-    org_id: str
-    secret: str
 
 
 def client_ip(request: Request[Any, Any, Any]) -> str:
@@ -325,174 +197,3 @@ class SignInController(Controller):
         return Response(None, status_code=204,
                         cookies=[session_cookie("", 0, is_https(request, services.settings))])
 
-
-class MeController(Controller):
-    """Who is calling."""
-
-    path = "/v1/me"
-    tags = ["identity"]
-    dependencies = {"principal": Provide(provide_principal)}
-
-    @get("/", summary="Who am I")
-    async def me(self, principal: NamedDependency[Principal], services: NamedDependency[EdgeServices]) -> MeView:
-        """The caller, the organisation this request acts in (`X-Org`, else the first), the role there,
-        and every organisation of the person."""
-        asked = GetMe(org_id=principal.org_id, subject=principal.subject, person_id=principal.person_id)
-        me = await services.bus.ask(GET_ME, asked)
-        return MeView(subject=me.subject, org_id=me.org_id, role=me.role, person_id=me.person_id, email=me.email,
-                      orgs=[OrgView(org_id=o.org_id, name=o.name, role=o.role) for o in me.orgs])
-
-
-class SessionsController(Controller):
-    """The signed-in person's sessions."""
-
-    path = "/v1/sessions"
-    tags = ["identity"]
-    dependencies = {"principal": Provide(provide_principal)}
-
-    @get("/", summary="List my sessions")
-    async def list_sessions(self, principal: NamedDependency[Principal], services: NamedDependency[EdgeServices]
-                            ) -> dict[str, list[SessionView]]:
-        """Every valid session of the person, newest first; `current` marks this request's."""
-        listed = await services.bus.ask(LIST_SESSIONS, ListSessions(person_id=require_person(principal)))
-        return {"sessions": [
-            SessionView(session_id=s.session_id, created_at=s.created_at, expires_at=s.expires_at,
-                        user_agent=s.user_agent, client_ip=s.client_ip, current=s.session_id == principal.session_id)
-            for s in listed.sessions
-        ]}
-
-    @delete("/{session_id:str}", status_code=204, summary="End a session")
-    async def revoke_session(
-        self, session_id: FromPath[str], principal: NamedDependency[Principal], services: NamedDependency[EdgeServices]
-    ) -> None:
-        """End one of the person's sessions (404 for anyone else's)."""
-        request = RevokeSession(person_id=require_person(principal), session_id=session_id)
-        await services.bus.ask(REVOKE_SESSION, request)
-        services.authenticator.forget(session_id=session_id)
-
-
-class InvitesController(Controller):
-    """Invitations into the active organisation."""
-
-    path = "/v1/invites"
-    tags = ["identity"]
-    dependencies = {"principal": Provide(provide_principal)}
-
-    @post("/", status_code=201, summary="Invite someone")
-    async def invite(
-        self, request: Request[Any, Any, Any], data: JSONBody[InviteBody], principal: NamedDependency[Principal],
-        services: NamedDependency[EdgeServices],
-    ) -> InviteView:
-        """An owner invites an address; it joins as a member when it signs in (the invitation mail
-        carries a sign-in link). 403 for members."""
-        invite = await services.bus.ask(
-            INVITE_MEMBER,
-            InviteMember(org_id=principal.org_id, invited_by=require_person(principal), email=data.email,
-                         link_base=public_base(request, services.settings) + CALLBACK_PATH),
-        )
-        return InviteView(invite_id=invite.invite_id, org_id=invite.org_id, email=invite.email, role=invite.role)
-
-
-class OrgController(Controller):
-    """The active organisation's people and pending invitations; the organisation is always the caller's."""
-
-    path = "/v1/org"
-    tags = ["identity"]
-    dependencies = {"principal": Provide(provide_principal)}
-
-    @get("/members", summary="List the organisation's people")
-    async def list_members(self, principal: NamedDependency[Principal], services: NamedDependency[EdgeServices]
-                           ) -> dict[str, list[MemberView]]:
-        """Every person of the organisation with their role, in the order they joined (members only)."""
-        request = ListMembers(org_id=principal.org_id, asked_by=require_person(principal))
-        listed = await services.bus.ask(LIST_MEMBERS, request)
-        return {"members": [MemberView(person_id=m.person_id, email=m.email, role=m.role, joined_at=m.joined_at)
-                            for m in listed.members]}
-
-    @patch("/members/{person_id:str}", summary="Change a person's role")
-    async def change_role(
-        self, person_id: FromPath[str], data: JSONBody[RoleBody], principal: NamedDependency[Principal],
-        services: NamedDependency[EdgeServices],
-    ) -> MemberView:
-        """An owner makes a member an owner, or an owner a member; 409 for the last owner."""
-        changed = await services.bus.ask(
-            CHANGE_MEMBER_ROLE,
-            ChangeMemberRole(org_id=principal.org_id, changed_by=require_person(principal), person_id=person_id,
-                             role=data.role),
-        )
-        services.authenticator.forget(person_id=person_id, org_id=principal.org_id)
-        member = changed.member
-        return MemberView(person_id=member.person_id, email=member.email, role=member.role,
-                          joined_at=member.joined_at)
-
-    @delete("/members/{person_id:str}", status_code=204, summary="Remove a person")
-    async def remove_member(
-        self, person_id: FromPath[str], principal: NamedDependency[Principal], services: NamedDependency[EdgeServices]
-    ) -> None:
-        """An owner removes a person: their sessions and the API keys they created here stop acting in this
-        organisation at once through this gateway, and within the auth cache bound through every other copy.
-        409 for the last owner."""
-        request = RemoveMember(org_id=principal.org_id, removed_by=require_person(principal), person_id=person_id)
-        removed = await services.bus.ask(REMOVE_MEMBER, request)
-        services.authenticator.forget(person_id=person_id, org_id=principal.org_id)
-        for key_id in removed.revoked_keys:
-            services.authenticator.forget(subject=f"api_key:{key_id}")
-
-    @get("/invites", summary="List pending invitations")
-    async def list_invites(self, principal: NamedDependency[Principal], services: NamedDependency[EdgeServices]
-                           ) -> dict[str, list[PendingInviteView]]:
-        """The organisation's invitations nobody accepted yet, newest first (owners only)."""
-        request = ListInvites(org_id=principal.org_id, asked_by=require_person(principal))
-        listed = await services.bus.ask(LIST_INVITES, request)
-        return {"invites": [PendingInviteView(invite_id=i.invite_id, email=i.email, role=i.role,
-                                              invited_by=i.invited_by, created_at=i.created_at)
-                            for i in listed.invites]}
-
-    @delete("/invites/{invite_id:str}", status_code=204, summary="Withdraw an invitation")
-    async def revoke_invite(self, invite_id: FromPath[str], principal: NamedDependency[Principal],
-                            services: NamedDependency[EdgeServices]) -> None:
-        """An owner withdraws a pending invitation: signing in with that address no longer joins."""
-        request = RevokeInvite(org_id=principal.org_id, revoked_by=require_person(principal), invite_id=invite_id)
-        await services.bus.ask(REVOKE_INVITE, request)
-
-
-class ApiKeysController(Controller):
-    """The active organisation's API keys, for scripts and CI."""
-
-    path = "/v1/api-keys"
-    tags = ["identity"]
-    dependencies = {"principal": Provide(provide_principal)}
-
-    @post("/", status_code=201, summary="Create an API key")
-    async def create_key(self, data: JSONBody[ApiKeyBody], principal: NamedDependency[Principal],
-                         services: NamedDependency[EdgeServices]) -> NewApiKeyView:
-        """A new key of the organisation; the secret is in this answer only (stored as an argon2id hash)."""
-        created = await services.bus.ask(
-            ISSUE_API_KEY,
-            IssueApiKey(org_id=principal.org_id, created_by=require_person(principal), label=data.label),
-        )
-        return NewApiKeyView(key_id=created.key_id, label=created.label, org_id=created.org_id, secret=created.secret)
-
-    @get("/", summary="List API keys")
-    async def list_keys(self, principal: NamedDependency[Principal], services: NamedDependency[EdgeServices]
-                        ) -> dict[str, list[ApiKeyView]]:
-        """The organisation's live keys, without secrets: all of them for an owner, a member's own for a member."""
-        request = ListApiKeys(org_id=principal.org_id, asked_by=require_person(principal))
-        listed = await services.bus.ask(LIST_API_KEYS, request)
-        return {"keys": [ApiKeyView(key_id=k.key_id, label=k.label, created_at=k.created_at, created_by=k.created_by)
-                         for k in listed.keys]}
-
-    @delete("/{key_id:str}", status_code=204, summary="Revoke an API key")
-    async def revoke_key(
-        self, key_id: FromPath[str], principal: NamedDependency[Principal], services: NamedDependency[EdgeServices]
-    ) -> None:
-        """Revoke a key (an owner any key, a member only the keys they created): refused at once through this
-        gateway, and within the auth cache bound (10 s) through every other copy."""
-        request = RevokeApiKey(org_id=principal.org_id, key_id=key_id, revoked_by=require_person(principal))
-        await services.bus.ask(REVOKE_API_KEY, request)
-        services.authenticator.forget(subject=f"api_key:{key_id}")
-
-
-IDENTITY_CONTROLLERS = (SignInController, MeController, SessionsController, InvitesController, OrgController,
-                        ApiKeysController)
-"""Every identity route, for the app factory."""
