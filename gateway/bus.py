@@ -22,7 +22,7 @@ class BusClient:
     def __init__(self, nc: Client, requester: Requests, rpc_timeout: float) -> None:
         self.nc = nc
         self.requester = requester
-        """Every request the gateway sends goes through this: a `Requester` (actors.runtime.requests)."""
+        """Every request the gateway sends goes through this: a `Requester` (gateway.requester)."""
         self.rpc_timeout = rpc_timeout
 
     async def ask(self, rpc: Rpc[Req, Rep], request: Req) -> Rep:

@@ -15,7 +15,6 @@ from nats.aio.client import Client
 from nats.js.kv import KeyValue
 
 from actors.runtime.bus import connect
-from actors.runtime.requests import Requester
 from actors.runtime.settings import Settings
 from bus_schemas.identity import Principal
 from bus_schemas.registry import BUILD_SUMMARIES
@@ -23,6 +22,7 @@ from gateway.auth import Authenticator
 from gateway.bus import BusClient
 from gateway.config import GatewayConfig
 from gateway.feeds import BuildFeeds
+from gateway.requester import Requester
 from runner_template.rpc import Requests
 
 log = logging.getLogger("bmms.gateway")
@@ -47,7 +47,7 @@ class EdgeServices:
         """Connect to NATS as the gateway user and prepare the readiness pool."""
         self._nc = await connect(self.settings, "bmms-gateway")
         # Requests (RPCs, the direct gets of build summaries) take a connection of their own, spoken without
-        # nats-py's task hops (actors.runtime.requests); events, feeds and JetStream stay on `_nc`.
+        # nats-py's task hops (gateway.requester); events, feeds and JetStream stay on `_nc`.
         self._requester = await Requester.for_settings(self.settings, "bmms-gateway-requests", tls_fallback=self._nc)
         self._bus = BusClient(self._nc, self._requester, self.settings.rpc_timeout)
         self._authenticator = Authenticator(self._bus, self.config.auth_cache_seconds, self.config.auth_cache_size)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from nats.aio.client import Client
 
 from actors.catalog import create_actor
-from actors.runtime.requests import Requester
 from bus_schemas.identity import ApiKeyCreated
+from gateway.requester import Requester
 from tests.conftest import Stack, eventually, running
 from tests.gateway.conftest import bearer, gateway_settings, new_api_key, serving_with_client
 

@@ -1,4 +1,4 @@
-"""The Requester (actors.runtime.requests): request/reply over a NATS connection of its own, with nats-py's
+"""The Requester (gateway.requester): request/reply over a NATS connection of its own, with nats-py's
 failures, on a real nats-server; the registry's header-less direct get of a KV value through it; and what it
 does when the server goes away and comes back."""
 
@@ -18,10 +18,10 @@ from nats.js.api import StreamConfig
 
 from actors.runtime.bus import call
 from actors.runtime.codec import decode, encode
-from actors.runtime.requests import Requester, header_block, parse_headers
 from bus_schemas.base import Failed
 from bus_schemas.builds import BuildSummary, GetBuild
 from bus_schemas.registry import BUILD_SUMMARIES, GET_BUILD, build_summary_key
+from gateway.requester import Requester, header_block, parse_headers
 from ops.infra import NATS_ROLES, new_nats_password, start_nats
 from tests.conftest import Stack
 
