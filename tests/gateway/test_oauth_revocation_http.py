@@ -29,11 +29,11 @@ from bus_schemas.oauth import ConsentRequired, DecideConsent, OAuthError, Signer
 from bus_schemas.registry import OAUTH_DECIDE_CONSENT
 from tests.actors.oauth_helpers import SECRET_KEY, pkce_pair, query_of
 from tests.actors.test_oauth import ask, authorize, exchange, register
-from tests.conftest import Stack, running
+from tests.conftest import Stack, eventually, running
 from tests.gateway.conftest import Gateway, gateway_settings, serving
 from tests.gateway.test_org_members_http import Team, team
 from tests.mailbox import Mailbox, local_smtp
-from tests.runner_template.conftest import STRANGER, RunningRunner, eventually, resource_for, runner, settings_for
+from tests.runner_template.conftest import STRANGER, RunningRunner, resource_for, runner, settings_for
 from tests.runner_template.test_revocation import accepted, answer
 from tests.server_registry import server_registry
 
