@@ -151,6 +151,16 @@ class _Operation:
 
 
 @dataclass
+class _Inputs:
+    """A tool's inputs as they are planned: its input schema's properties and where each one is sent."""
+
+    properties: dict[str, Any] = field(default_factory=dict)
+    required: list[str] = field(default_factory=list)
+    located: dict[str, list[str]] = field(default_factory=lambda: {"path": [], "query": [], "header": []})
+    body_param: str | None = None
+
+
+@dataclass
 class _Planner:
     doc: dict[str, Any]
     source: OpenApiSource
@@ -368,9 +378,53 @@ class _Planner:
         op, where = operation.op, operation.where
         if operation.method not in PLANNED_METHODS:
             return f"{operation.method.upper()} is not a method tools can call"
-        properties: dict[str, Any] = {}
-        required: list[str] = []
-        located: dict[str, list[str]] = {"path": [], "query": [], "header": []}
+        inputs = self._parameters(operation)
+        if isinstance(inputs, str):
+            return inputs
+        refusal = self._request_body(operation, inputs)
+        if refusal is not None:
+            return refusal
+        servers = op.get("servers") or operation.item.get("servers") or self.doc.get("servers")
+        servers_at = (
+            f"{where}.servers" if op.get("servers")
+            else f"paths.{operation.path}.servers" if operation.item.get("servers") else "servers"
+        )
+        base_url = self.base_url(servers, servers_at)
+        auth = self.auth(op["security"] if "security" in op else self.doc.get("security"), where)
+        if isinstance(auth, str):
+            return auth
+        properties = inputs.properties
+        input_schema: dict[str, Any] = {"type": "object", "properties": properties, "additionalProperties": False}
+        if inputs.required:
+            input_schema["required"] = inputs.required
+        method = operation.method.upper()
+        title, description = _title_and_description(operation)
+        return PlannedTool(
+            name=name,
+            title=title,
+            description=description,
+            input_schema=input_schema,
+            read_only=method in ("GET", "HEAD"),
+            implementation=HttpCall(
+                method=method,  # type: ignore[arg-type]  # one of PLANNED_METHODS, upper-cased
+                base_url=base_url,
+                path=operation.path,
+                path_params=tuple(inputs.located["path"]),
+                query_params=tuple(inputs.located["query"]),
+                header_params=tuple(inputs.located["header"]),
+                body_param=inputs.body_param,
+                auth=auth[0],
+                auth_secret=auth[1],
+                auth_name=auth[2],
+            ),
+        )
+
+    def _parameters(self, operation: _Operation) -> _Inputs | str:
+        """The tool inputs from the operation's (and its path item's) parameters and path placeholders, or why
+        they cannot be planned."""
+        op, where = operation.op, operation.where
+        inputs = _Inputs()
+        properties, required, located = inputs.properties, inputs.required, inputs.located
         merged: dict[tuple[str, str], tuple[dict[str, Any], str]] = {}
         for level, owner in (("", operation.item), ("", op)):
             base = where if owner is op else f"paths.{operation.path}"
@@ -410,69 +464,49 @@ class _Planner:
                 properties[placeholder] = {"type": "string"}
                 located["path"].append(placeholder)
                 required.append(placeholder)
-        body_param = None
-        if "requestBody" in op:
-            body = self.deref(op["requestBody"], f"{where}.requestBody")
-            content = body.get("content") if isinstance(body, dict) else None
-            if not isinstance(content, dict) or not content:
-                raise PlanProblem(f"{_where(where + '.requestBody')}: needs `content`")
-            media_type = next((m for m in content if m.split(";")[0].strip() == "application/json"), None) or next(
-                (m for m in content if m.split(";")[0].strip().endswith("+json")), None
-            )
-            if media_type is None:
-                if body.get("required"):
-                    return f"sends its request body only as {', '.join(content)}; tools send JSON"
-            else:
-                body_param = unique_name("body", set(properties))
-                media = content[media_type] or {}
-                schema = self.schema(media.get("schema", {}), f"{where}.requestBody.content.{media_type}.schema")
-                if isinstance(body.get("description"), str) and body["description"].strip():
-                    schema = {**schema, "description": body["description"].strip()}
-                properties[body_param] = schema
-                if body.get("required"):
-                    required.append(body_param)
-        servers = op.get("servers") or operation.item.get("servers") or self.doc.get("servers")
-        servers_at = (
-            f"{where}.servers" if op.get("servers")
-            else f"paths.{operation.path}.servers" if operation.item.get("servers") else "servers"
+        return inputs
+
+    def _request_body(self, operation: _Operation, inputs: _Inputs) -> str | None:
+        """Add the operation's JSON request body to `inputs`; why it cannot be planned, or None."""
+        op, where = operation.op, operation.where
+        if "requestBody" not in op:
+            return None
+        body = self.deref(op["requestBody"], f"{where}.requestBody")
+        content = body.get("content") if isinstance(body, dict) else None
+        if not isinstance(content, dict) or not content:
+            raise PlanProblem(f"{_where(where + '.requestBody')}: needs `content`")
+        media_type = next((m for m in content if m.split(";")[0].strip() == "application/json"), None) or next(
+            (m for m in content if m.split(";")[0].strip().endswith("+json")), None
         )
-        base_url = self.base_url(servers, servers_at)
-        auth = self.auth(op["security"] if "security" in op else self.doc.get("security"), where)
-        if isinstance(auth, str):
-            return auth
-        input_schema: dict[str, Any] = {"type": "object", "properties": properties, "additionalProperties": False}
-        if required:
-            input_schema["required"] = required
-        method = operation.method.upper()
-        summary = str(op.get("summary") or "").strip()
-        detail = str(op.get("description") or "").strip()
-        description = "\n\n".join(part for part in dict.fromkeys((summary, detail)) if part)
-        if not description:
-            description = f"{method} {operation.path}" + (f" ({op['operationId']})" if op.get("operationId") else "")
-        if op.get("deprecated"):
-            description = f"(Deprecated upstream.) {description}"
-        if len(description) > MAX_DESCRIPTION:
-            description = description[: MAX_DESCRIPTION - 1].rstrip() + "…"
-        title = (summary or str(op.get("operationId") or "") or f"{method} {operation.path}")[:200]
-        return PlannedTool(
-            name=name,
-            title=title,
-            description=description,
-            input_schema=input_schema,
-            read_only=method in ("GET", "HEAD"),
-            implementation=HttpCall(
-                method=method,  # type: ignore[arg-type]  # one of PLANNED_METHODS, upper-cased
-                base_url=base_url,
-                path=operation.path,
-                path_params=tuple(located["path"]),
-                query_params=tuple(located["query"]),
-                header_params=tuple(located["header"]),
-                body_param=body_param,
-                auth=auth[0],
-                auth_secret=auth[1],
-                auth_name=auth[2],
-            ),
-        )
+        if media_type is None:
+            if body.get("required"):
+                return f"sends its request body only as {', '.join(content)}; tools send JSON"
+            return None
+        inputs.body_param = unique_name("body", set(inputs.properties))
+        media = content[media_type] or {}
+        schema = self.schema(media.get("schema", {}), f"{where}.requestBody.content.{media_type}.schema")
+        if isinstance(body.get("description"), str) and body["description"].strip():
+            schema = {**schema, "description": body["description"].strip()}
+        inputs.properties[inputs.body_param] = schema
+        if body.get("required"):
+            inputs.required.append(inputs.body_param)
+        return None
+
+
+def _title_and_description(operation: _Operation) -> tuple[str, str]:
+    """A tool's title and description from its operation's summary, description and operation id."""
+    op, method = operation.op, operation.method.upper()
+    summary = str(op.get("summary") or "").strip()
+    detail = str(op.get("description") or "").strip()
+    description = "\n\n".join(part for part in dict.fromkeys((summary, detail)) if part)
+    if not description:
+        description = f"{method} {operation.path}" + (f" ({op['operationId']})" if op.get("operationId") else "")
+    if op.get("deprecated"):
+        description = f"(Deprecated upstream.) {description}"
+    if len(description) > MAX_DESCRIPTION:
+        description = description[: MAX_DESCRIPTION - 1].rstrip() + "…"
+    title = (summary or str(op.get("operationId") or "") or f"{method} {operation.path}")[:200]
+    return title, description
 
 
 def _selected(operations: list[_Operation], source: OpenApiSource, names: list[str]) -> list[int]:

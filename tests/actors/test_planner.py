@@ -8,7 +8,7 @@ import secrets
 import asyncpg
 
 from actors.catalog import create_actor
-from actors.planner.storage import Projected, apply_events, fold_events, insert_build
+from actors.planner.registry_storage import Projected, apply_events, fold_events, insert_build
 from actors.runtime.bus import call
 from bus_schemas.base import Failed
 from bus_schemas.builds import BuildAccepted, BuildSummary, GetBuild, PlainWords, SubmitBuild
