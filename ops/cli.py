@@ -68,6 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Idempotent. Acts as the NATS admin role. " + CREDENTIALS_HELP,
     )
 
+    _add_events_command(commands, data)
+
+    schema = commands.add_parser("schema", help="write the bus contract as AsyncAPI 3.0 or JSON Schema")
+    schema.add_argument("--format", choices=("asyncapi", "jsonschema"), default="asyncapi")
+    schema.add_argument("--out", type=Path, help="file to write (.yaml/.yml writes YAML); default stdout")
+
+    _add_credential_commands(commands, data)
+    return parser
+
+
+def _add_events_command(commands: Any, data: argparse.ArgumentParser) -> None:
+    """`bmms events`: builds' events over the gateway (event consumers) or from NATS (operators)."""
     events = commands.add_parser(
         "events", parents=[data], help="print builds' events (over the gateway with an API key, or from NATS)",
         description="With --url and --api-key (or BMMS_API_KEY): the key's own organisation's events from the "
@@ -89,10 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="exit after the history instead of following new events")
     events.add_argument("--json", action="store_true", help="one JSON object per line")
 
-    schema = commands.add_parser("schema", help="write the bus contract as AsyncAPI 3.0 or JSON Schema")
-    schema.add_argument("--format", choices=("asyncapi", "jsonschema"), default="asyncapi")
-    schema.add_argument("--out", type=Path, help="file to write (.yaml/.yml writes YAML); default stdout")
 
+def _add_credential_commands(commands: Any, data: argparse.ArgumentParser) -> None:
+    """The operator's commands that make credentials and images: API keys, OAuth clients, runner images."""
     apikey = commands.add_parser("apikey", help="manage API keys")
     apikey_commands = apikey.add_subparsers(dest="apikey_command", required=True, metavar="ACTION")
     create = apikey_commands.add_parser(
@@ -123,7 +134,6 @@ def build_parser() -> argparse.ArgumentParser:
                     "uses (and pulls) a ready-made base instead; BMMS_RUNNER_DEBIAN_MIRROR, BMMS_RUNNER_BUILD_DIR.",
     )
     build_images.add_argument("--force", action="store_true", help="rebuild the base image even if it exists")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
