@@ -1,1 +1,1 @@
-"""The deployer actor (its deploy step arrives with a later issue)."""
+"""The deployer actor: checked builds become running, health-checked servers at stable URLs (see handlers)."""

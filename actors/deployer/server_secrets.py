@@ -7,19 +7,19 @@ table, with the row's identity as associated data, and is opened only to become 
 - `build_secrets`: the secrets given with a build request, kept until the build's server exists. The
   deployer moves them onto the server before the build's runner starts (`adopt_staged`); staging and
   adopting take the build's advisory lock, so a secret staged while its build deploys is never lost.
+Their SQL is in `storage`; this module seals and opens what goes through it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import zlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 
 import asyncpg
 from cryptography.exceptions import InvalidTag
 from nats.js import JetStreamContext
 
+from actors.deployer import storage
 from actors.runtime.crypto import SERVER_SECRETS, KeyEncryption
 from actors.runtime.objects import load_verified
 from bus_schemas.plans import Artifact, canonical_artifact_bytes
@@ -34,15 +34,6 @@ STAGED_FOR = dt.timedelta(days=7)
 
 class SecretsUnavailable(Exception):
     """Secrets cannot be sealed or opened: no BMMS_SECRET_KEY, or not the key they were sealed with."""
-
-
-@dataclass(frozen=True)
-class StoredSecret:
-    """A server secret without its value."""
-
-    name: str
-    updated_at: dt.datetime
-    updated_by: str
 
 
 def rfc3339(value: dt.datetime) -> str:
@@ -93,10 +84,6 @@ class SecretBox:
                                      "is not the key it was sealed with") from None
 
 
-def _build_lock(build_id: str) -> int:
-    return zlib.crc32(f"deployer:build-secrets:{build_id}".encode())
-
-
 async def artifact_secrets(js: JetStreamContext, artifact_hash: str) -> tuple[str, ...]:
     """The secret names an artifact's module reads (raises ObjectUnusable when it cannot be loaded)."""
     store = await js.object_store(ARTIFACTS.name)
@@ -108,34 +95,8 @@ async def put_secret(
     conn: asyncpg.Connection, box: SecretBox, *, server_id: str, name: str, value: str, by: str
 ) -> dt.datetime:
     """Store (or replace) one secret of a server; when it was stored."""
-    updated_at: dt.datetime = await conn.fetchval(
-        """
-        INSERT INTO server_secrets (server_id, name, sealed, updated_by) VALUES ($1, $2, $3, $4)
-        ON CONFLICT (server_id, name) DO UPDATE
-            SET sealed = EXCLUDED.sealed, updated_by = EXCLUDED.updated_by, updated_at = now()
-        RETURNING updated_at
-        """,
-        server_id, name, box.seal_for_server(server_id, name, value), by,
-    )
-    return updated_at
-
-
-async def delete_secret(conn: asyncpg.Connection, server_id: str, name: str) -> bool:
-    """Forget one secret of a server; whether there was one."""
-    return bool(await conn.fetchval(
-        "DELETE FROM server_secrets WHERE server_id = $1 AND name = $2 RETURNING true", server_id, name))
-
-
-async def forget_server(conn: asyncpg.Connection, server_id: str) -> None:
-    """Forget every secret of a (deleted) server."""
-    await conn.execute("DELETE FROM server_secrets WHERE server_id = $1", server_id)
-
-
-async def stored(conn: asyncpg.Connection, server_id: str) -> list[StoredSecret]:
-    """A server's secrets by name, without values."""
-    rows = await conn.fetch(
-        "SELECT name, updated_at, updated_by FROM server_secrets WHERE server_id = $1 ORDER BY name", server_id)
-    return [StoredSecret(name=r["name"], updated_at=r["updated_at"], updated_by=r["updated_by"]) for r in rows]
+    return await storage.put_secret(conn, server_id=server_id, name=name,
+                                    sealed=box.seal_for_server(server_id, name, value), by=by)
 
 
 async def values_for(
@@ -145,26 +106,13 @@ async def values_for(
     wanted = sorted(set(names))
     if not wanted:
         return {}
-    rows = await conn.fetch(
-        "SELECT name, sealed FROM server_secrets WHERE server_id = $1 AND name = ANY($2::text[])", server_id, wanted)
-    return {r["name"]: box.open_for_server(server_id, r["name"], bytes(r["sealed"])) for r in rows}
+    sealed = await storage.sealed_secrets(conn, server_id, wanted)
+    return {name: box.open_for_server(server_id, name, value) for name, value in sealed}
 
 
 def runner_secret_env(values: Mapping[str, str]) -> dict[str, str]:
     """The runner environment variables that carry `values`."""
     return {RUNNER_SECRET_PREFIX + name: value for name, value in values.items()}
-
-
-async def server_of_build(conn: asyncpg.Connection, org_id: str, build_id: str) -> str | None:
-    """The server a build of `org_id` became a version of, once it has."""
-    server_id: str | None = await conn.fetchval(
-        """
-        SELECT v.server_id FROM server_versions v JOIN servers s USING (server_id)
-        WHERE v.build_id = $1 AND s.org_id = $2 AND s.desired <> 'deleted'
-        """,
-        build_id, org_id,
-    )
-    return server_id
 
 
 async def stage_or_put(
@@ -173,21 +121,14 @@ async def stage_or_put(
     """Keep a build's secrets until its server exists, or, when it does already, put them on it; the server id
     in that case. Under the build's lock, so `adopt_staged` either sees these rows or its server is seen here."""
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _build_lock(build_id))
-        server_id = await server_of_build(conn, org_id, build_id)
+        await storage.lock_build_secrets(conn, build_id)
+        server_id = await storage.server_of_build(conn, org_id, build_id)
         for name, value in sorted(values.items()):
             if server_id is not None:
                 await put_secret(conn, box, server_id=server_id, name=name, value=value, by=by)
                 continue
-            await conn.execute(
-                """
-                INSERT INTO build_secrets (build_id, org_id, name, sealed, staged_by) VALUES ($1, $2, $3, $4, $5)
-                ON CONFLICT (build_id, name) DO UPDATE
-                    SET sealed = EXCLUDED.sealed, staged_by = EXCLUDED.staged_by, staged_at = now()
-                    WHERE build_secrets.org_id = EXCLUDED.org_id
-                """,
-                build_id, org_id, name, box.seal_for_build(org_id, build_id, name, value), by,
-            )
+            await storage.stage_secret(conn, build_id=build_id, org_id=org_id, name=name,
+                                       sealed=box.seal_for_build(org_id, build_id, name, value), by=by)
     return server_id
 
 
@@ -197,19 +138,15 @@ async def adopt_staged(
     """Move the secrets staged for a build onto its server (call once the build's version row exists); the
     names moved. Safe to run twice: a second run finds nothing staged."""
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _build_lock(build_id))
-        rows = await conn.fetch(
-            "SELECT name, sealed, staged_by FROM build_secrets WHERE build_id = $1 AND org_id = $2 ORDER BY name",
-            build_id, org_id,
-        )
-        for row in rows:
-            value = box.open_for_build(org_id, build_id, row["name"], bytes(row["sealed"]))
-            await put_secret(conn, box, server_id=server_id, name=row["name"], value=value, by=row["staged_by"])
-        await conn.execute("DELETE FROM build_secrets WHERE build_id = $1", build_id)
-    return [r["name"] for r in rows]
+        await storage.lock_build_secrets(conn, build_id)
+        staged = await storage.staged_secrets(conn, org_id, build_id)
+        for secret in staged:
+            value = box.open_for_build(org_id, build_id, secret.name, secret.sealed)
+            await put_secret(conn, box, server_id=server_id, name=secret.name, value=value, by=secret.staged_by)
+        await storage.forget_staged(conn, build_id)
+    return [secret.name for secret in staged]
 
 
 async def purge_stale_staged(conn: asyncpg.Connection, now: dt.datetime) -> int:
     """Forget secrets staged for builds that never deployed; how many."""
-    deleted = await conn.fetch("DELETE FROM build_secrets WHERE staged_at < $1 RETURNING 1", now - STAGED_FOR)
-    return len(deleted)
+    return await storage.purge_staged_before(conn, now - STAGED_FOR)

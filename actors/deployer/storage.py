@@ -1,8 +1,13 @@
-"""The deployer's tables: servers (desired state) and their versions. Only the deployer reads them."""
+"""The deployer's SQL: servers (desired state), their versions, their secrets, the secrets staged for builds, and
+the advisory locks that keep copies of the deployer from acting on one server at once. Only the deployer reads
+these tables."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import zlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import asyncpg
@@ -18,9 +23,9 @@ class Server:
     org_id: str
     name: str
     url: str
-    backend: str
+    backend: BackendName
     desired: str
-    state: str
+    state: ServerState
     version: int | None
     detail: str | None
 
@@ -56,7 +61,7 @@ def _version(row: asyncpg.Record) -> Version:
 
 
 async def create_server(
-    conn: asyncpg.Connection, *, server_id: str, org_id: str, name: str, url: str, backend: str
+    conn: asyncpg.Connection, *, server_id: str, org_id: str, name: str, url: str, backend: BackendName
 ) -> Server:
     """The server, created in state `deploying` unless it exists (a redelivered build finds its own)."""
     await conn.execute(
@@ -77,6 +82,12 @@ async def find_server(conn: asyncpg.Connection, server_id: str, org_id: str | No
         "SELECT * FROM servers WHERE server_id = $1 AND ($2::text IS NULL OR org_id = $2)", server_id, org_id
     )
     return None if row is None else _server(row)
+
+
+async def find_live_server(conn: asyncpg.Connection, server_id: str, org_id: str | None = None) -> Server | None:
+    """A server (of `org_id` when given) that is not deleted."""
+    server = await find_server(conn, server_id, org_id)
+    return None if server is None or server.desired == "deleted" else server
 
 
 async def list_servers(conn: asyncpg.Connection, org_id: str | None = None) -> list[Server]:
@@ -137,14 +148,156 @@ async def set_state(
 
 def server_info(server: Server, all_versions: list[Version], isolation: Isolation) -> ServerInfo:
     """The server as its organisation sees it."""
-    state: ServerState = server.state  # type: ignore[assignment]
-    backend: BackendName = server.backend  # type: ignore[assignment]
     return ServerInfo(
-        server_id=server.server_id, org_id=server.org_id, name=server.name, url=server.url, state=state,
-        version=server.version, backend=backend, isolation=isolation, detail=server.detail,
+        server_id=server.server_id, org_id=server.org_id, name=server.name, url=server.url, state=server.state,
+        version=server.version, backend=server.backend, isolation=isolation, detail=server.detail,
         versions=tuple(
             ServerVersion(version=v.version, build_id=v.build_id, artifact_hash=v.artifact_hash,
                           created_at=_rfc3339(v.created_at))
             for v in all_versions
         ),
     )
+
+
+# --- advisory locks (shared by every deployer copy) ---
+
+RECONCILE_LOCK = zlib.crc32(b"deployer:reconcile")
+"""The lock one deployer copy holds while it reads what should run and what runs."""
+
+
+@contextlib.asynccontextmanager
+async def server_lock(pool: asyncpg.Pool, server_id: str) -> AsyncIterator[asyncpg.Connection]:
+    """Hold the server's advisory lock (shared by every deployer copy) and a connection."""
+    key = zlib.crc32(f"deployer:{server_id}".encode())
+    async with pool.acquire() as conn:
+        await conn.execute("SELECT pg_advisory_lock($1)", key)
+        try:
+            yield conn
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", key)
+
+
+async def try_lock(conn: asyncpg.Connection, key: int) -> bool:
+    """Take the session advisory lock `key` if no one holds it; whether it was taken."""
+    return bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", key))
+
+
+async def unlock(conn: asyncpg.Connection, key: int) -> None:
+    """Release the session advisory lock `key`."""
+    await conn.execute("SELECT pg_advisory_unlock($1)", key)
+
+
+def _build_lock(build_id: str) -> int:
+    return zlib.crc32(f"deployer:build-secrets:{build_id}".encode())
+
+
+async def lock_build_secrets(conn: asyncpg.Connection, build_id: str) -> None:
+    """Hold the build's secrets lock until the caller's transaction ends (staging and adopting take it)."""
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", _build_lock(build_id))
+
+
+# --- server secrets (sealed values; see server_secrets) ---
+
+
+@dataclass(frozen=True)
+class StoredSecret:
+    """A server secret without its value."""
+
+    name: str
+    updated_at: dt.datetime
+    updated_by: str
+
+
+@dataclass(frozen=True)
+class StagedSecret:
+    """A secret staged for a build, sealed."""
+
+    name: str
+    sealed: bytes
+    staged_by: str
+
+
+async def put_secret(conn: asyncpg.Connection, *, server_id: str, name: str, sealed: bytes, by: str) -> dt.datetime:
+    """Store (or replace) one sealed secret of a server; when it was stored."""
+    updated_at: dt.datetime = await conn.fetchval(
+        """
+        INSERT INTO server_secrets (server_id, name, sealed, updated_by) VALUES ($1, $2, $3, $4)
+        ON CONFLICT (server_id, name) DO UPDATE
+            SET sealed = EXCLUDED.sealed, updated_by = EXCLUDED.updated_by, updated_at = now()
+        RETURNING updated_at
+        """,
+        server_id, name, sealed, by,
+    )
+    return updated_at
+
+
+async def delete_secret(conn: asyncpg.Connection, server_id: str, name: str) -> bool:
+    """Forget one secret of a server; whether there was one."""
+    return bool(await conn.fetchval(
+        "DELETE FROM server_secrets WHERE server_id = $1 AND name = $2 RETURNING true", server_id, name))
+
+
+async def forget_secrets(conn: asyncpg.Connection, server_id: str) -> None:
+    """Forget every secret of a (deleted) server."""
+    await conn.execute("DELETE FROM server_secrets WHERE server_id = $1", server_id)
+
+
+async def stored_secrets(conn: asyncpg.Connection, server_id: str) -> list[StoredSecret]:
+    """A server's secrets by name, without values."""
+    rows = await conn.fetch(
+        "SELECT name, updated_at, updated_by FROM server_secrets WHERE server_id = $1 ORDER BY name", server_id)
+    return [StoredSecret(name=r["name"], updated_at=r["updated_at"], updated_by=r["updated_by"]) for r in rows]
+
+
+async def sealed_secrets(conn: asyncpg.Connection, server_id: str, names: list[str]) -> list[tuple[str, bytes]]:
+    """(name, sealed value) of those of `names` the server has."""
+    rows = await conn.fetch(
+        "SELECT name, sealed FROM server_secrets WHERE server_id = $1 AND name = ANY($2::text[])", server_id, names)
+    return [(r["name"], bytes(r["sealed"])) for r in rows]
+
+
+async def server_of_build(conn: asyncpg.Connection, org_id: str, build_id: str) -> str | None:
+    """The server a build of `org_id` became a version of, once it has."""
+    server_id: str | None = await conn.fetchval(
+        """
+        SELECT v.server_id FROM server_versions v JOIN servers s USING (server_id)
+        WHERE v.build_id = $1 AND s.org_id = $2 AND s.desired <> 'deleted'
+        """,
+        build_id, org_id,
+    )
+    return server_id
+
+
+async def stage_secret(
+    conn: asyncpg.Connection, *, build_id: str, org_id: str, name: str, sealed: bytes, by: str
+) -> None:
+    """Keep one sealed secret for a build until its server exists (replacing one of the same name)."""
+    await conn.execute(
+        """
+        INSERT INTO build_secrets (build_id, org_id, name, sealed, staged_by) VALUES ($1, $2, $3, $4, $5)
+        ON CONFLICT (build_id, name) DO UPDATE
+            SET sealed = EXCLUDED.sealed, staged_by = EXCLUDED.staged_by, staged_at = now()
+            WHERE build_secrets.org_id = EXCLUDED.org_id
+        """,
+        build_id, org_id, name, sealed, by,
+    )
+
+
+async def staged_secrets(conn: asyncpg.Connection, org_id: str, build_id: str) -> list[StagedSecret]:
+    """The secrets staged for a build of `org_id`, by name."""
+    rows = await conn.fetch(
+        "SELECT name, sealed, staged_by FROM build_secrets WHERE build_id = $1 AND org_id = $2 ORDER BY name",
+        build_id, org_id,
+    )
+    return [StagedSecret(name=r["name"], sealed=bytes(r["sealed"]), staged_by=r["staged_by"]) for r in rows]
+
+
+async def forget_staged(conn: asyncpg.Connection, build_id: str) -> None:
+    """Forget every secret staged for a build."""
+    await conn.execute("DELETE FROM build_secrets WHERE build_id = $1", build_id)
+
+
+async def purge_staged_before(conn: asyncpg.Connection, before: dt.datetime) -> int:
+    """Forget secrets staged before `before`; how many."""
+    deleted = await conn.fetch("DELETE FROM build_secrets WHERE staged_at < $1 RETURNING 1", before)
+    return len(deleted)

@@ -1,0 +1,142 @@
+"""Running one version of a server: its runner's spec and environment, the running-servers quota, the backend,
+the health check over MCP with a real service token, and then its route; and how the deployer tells the rest
+of the platform (ROUTES bucket, `servers.<org>.<server>.changed`)."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Mapping
+
+from nats.js import JetStreamContext
+
+from actors.deployer import server_secrets, storage
+from actors.deployer.backends.base import BackendError, RunnerSpec, RunningRunner
+from actors.deployer.health import Unhealthy, wait_healthy
+from actors.deployer.refusals import DeployRefused
+from actors.deployer.state import DeployerState
+from actors.runtime.actor import Context, utc_now
+from actors.runtime.bus import call
+from actors.runtime.codec import encode
+from actors.runtime.objects import ObjectUnusable, load_verified
+from bus_schemas.base import Failed, FailureCode
+from bus_schemas.oauth import MintServiceToken, TokenIssued
+from bus_schemas.plans import Artifact, canonical_artifact_bytes
+from bus_schemas.registry import ARTIFACTS, CHECK_QUOTA, OAUTH_MINT_SERVICE_TOKEN, ROUTES, SERVER_EVENTS
+from bus_schemas.servers import ServerChanged, ServerRoute, ServerState
+from bus_schemas.usage import CheckQuota
+
+
+def runner_env(state: DeployerState, server: storage.Server, secrets: Mapping[str, str] | None = None
+               ) -> dict[str, str]:
+    """A runner's settings (see runner_template.app): who it is, who signs its tokens, where the bus is,
+    and `BMMS_SECRET_<NAME>` for each of `secrets` (the stored ones its artifact declares)."""
+    settings = state.settings
+    origins = [o.strip() for o in settings.runner_allowed_origins.split(",") if o.strip()]
+    env = {
+        "BMMS_RUNNER_RESOURCE": server.url,
+        "BMMS_RUNNER_ISSUER": state.issuer,
+        "BMMS_RUNNER_SERVER_ID": server.server_id,
+        "BMMS_RUNNER_ORG_ID": server.org_id,
+        "BMMS_RUNNER_NAME": server.name,
+        "BMMS_RUNNER_ALLOWED_ORIGINS": ",".join(origins),
+    }
+    if settings.runner_allow_private_upstreams:
+        env["BMMS_RUNNER_ALLOW_PRIVATE_UPSTREAMS"] = "1"
+    if settings.runner_nats_password:
+        env |= {
+            "BMMS_RUNNER_NATS_URL": settings.runner_nats_url or settings.nats_url,
+            "BMMS_RUNNER_NATS_USER": "runner",
+            "BMMS_RUNNER_NATS_PASSWORD": settings.runner_nats_password,
+        }
+    return env | server_secrets.runner_secret_env(secrets or {})
+
+
+async def load_artifact(ctx: Context, artifact_hash: str) -> Artifact:
+    """The artifact with this hash, verified (refused as internal when it cannot be loaded)."""
+    store = await ctx.js.object_store(ARTIFACTS.name)
+    try:
+        return await load_verified(store, ARTIFACTS, artifact_hash, Artifact, canonical_artifact_bytes, "artifact")
+    except ObjectUnusable as exc:
+        raise DeployRefused(FailureCode.INTERNAL, str(exc)) from None
+
+
+async def spec_for(ctx: Context, state: DeployerState, server: storage.Server, version: storage.Version
+                   ) -> RunnerSpec:
+    """What the backend runs for `version` of `server`: its artifact and its environment with its secrets."""
+    artifact = await load_artifact(ctx, version.artifact_hash)
+    try:
+        async with ctx.pool.acquire() as conn:
+            secrets = await server_secrets.values_for(conn, state.secret_box, server.server_id, artifact.secrets)
+    except server_secrets.SecretsUnavailable as exc:
+        raise DeployRefused(FailureCode.UNAVAILABLE, str(exc)) from None
+    return RunnerSpec(
+        server_id=server.server_id, org_id=server.org_id, version=version.version,
+        artifact_hash=version.artifact_hash, artifact_json=canonical_artifact_bytes(artifact),
+        env=runner_env(state, server, secrets),
+    )
+
+
+async def service_token(ctx: Context, state: DeployerState, server: storage.Server) -> str:
+    """A service token for the health check, its audience the server's public URL."""
+    asked = MintServiceToken(service="deployer", issuer=state.issuer, resource=server.url, org_id=server.org_id)
+    reply = await call(ctx.nc, OAUTH_MINT_SERVICE_TOKEN, asked, timeout=10)
+    if not isinstance(reply, TokenIssued):
+        raise DeployRefused(FailureCode.UNAVAILABLE, f"no token for the health check: {reply.detail}")
+    return reply.access_token
+
+
+async def check_running_quota(ctx: Context, server: storage.Server) -> None:
+    """Refuse to start a server over the organisation's running-servers quota (metering decides; a server
+    that runs already takes no second slot). Without an answer from metering the server starts, logged."""
+    asked = CheckQuota(org_id=server.org_id, quota="running_servers", server_id=server.server_id)
+    answer = await call(ctx.nc, CHECK_QUOTA, asked, timeout=3)
+    if isinstance(answer, Failed):
+        if answer.code == FailureCode.QUOTA_EXCEEDED:
+            raise DeployRefused(FailureCode.QUOTA_EXCEEDED, answer.detail)
+        ctx.log.warning("server %s: running-servers quota not checked: %s", server.server_id, answer.detail)
+
+
+async def start_checked(ctx: Context, state: DeployerState, server: storage.Server, version: storage.Version
+                        ) -> RunningRunner:
+    """Run `version` of `server` (within its organisation's quota), health-check it over MCP with a real
+    token, route it."""
+    await check_running_quota(ctx, server)
+    spec = await spec_for(ctx, state, server, version)
+    backend = state.backend
+    try:
+        runner = await backend.run(spec)
+    except BackendError as exc:
+        raise DeployRefused("backend_failed", f"the {backend.name} backend could not start the "
+                            f"runner: {exc}") from None
+    token = await service_token(ctx, state, server)
+    try:
+        await wait_healthy(f"{runner.upstream}/mcp", token, version.tools,
+                           timeout=state.settings.deploy_health_timeout)
+    except Unhealthy as exc:
+        raise DeployRefused("unhealthy", f"version {version.version} failed its health check: {exc}") from None
+    await put_route(ctx.js, ServerRoute(server_id=server.server_id, org_id=server.org_id,
+                                        upstream=runner.upstream, version=version.version))
+    return runner
+
+
+async def put_route(js: JetStreamContext, route: ServerRoute) -> None:
+    """Route the server's URL to its runner."""
+    kv = await js.key_value(ROUTES.name)
+    await kv.put(route.server_id, encode(route))
+
+
+async def drop_route(js: JetStreamContext, server_id: str) -> None:
+    """Route the server's URL nowhere."""
+    kv = await js.key_value(ROUTES.name)
+    with contextlib.suppress(Exception):  # no route is what we want
+        await kv.delete(server_id)
+
+
+async def announce(ctx: Context, server: storage.Server, state: ServerState, version: int | None,
+                   detail: str | None = None) -> None:
+    """Tell the platform what the server is now (`servers.<org>.<server>.changed`)."""
+    event = ServerChanged(org_id=server.org_id, server_id=server.server_id, state=state, version=version,
+                          url=server.url, at=utc_now(), detail=detail)
+    await ctx.publish(SERVER_EVENTS.subject(org=server.org_id, server=server.server_id), event,
+                      msg_id=uuid.uuid4().hex)
