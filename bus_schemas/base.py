@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Final, Literal
 
 import msgspec
 
@@ -20,10 +20,18 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     """Base of every bus message: immutable, keyword-only, tagged with a versioned type name."""
 
 
+FailureCodeName = Literal[
+    "invalid", "not_found", "unauthenticated", "forbidden", "conflict", "rate_limited", "quota_exceeded",
+    "unavailable", "internal", "not_implemented",
+]
+"""Every failure code an endpoint may answer (`FailureCode` names them); a `Failed` with another does not
+decode, so a misspelt code fails where it is sent, in its tests, not at a distant caller."""
+
+
 class Failed(Message, frozen=True, kw_only=True, tag="failed.v1"):
     """An expected failure returned by an RPC endpoint instead of a result."""
 
-    code: str
+    code: FailureCodeName
     """Machine-readable failure code (see FailureCode)."""
     detail: str
     """A sentence a person can act on."""
@@ -36,13 +44,13 @@ class Failed(Message, frozen=True, kw_only=True, tag="failed.v1"):
 class FailureCode:
     """Failure codes every endpoint may return; the gateway maps each to one HTTP status."""
 
-    INVALID = "invalid"
-    NOT_FOUND = "not_found"
-    UNAUTHENTICATED = "unauthenticated"
-    FORBIDDEN = "forbidden"
-    CONFLICT = "conflict"
-    RATE_LIMITED = "rate_limited"
-    QUOTA_EXCEEDED = "quota_exceeded"
-    UNAVAILABLE = "unavailable"
-    INTERNAL = "internal"
-    NOT_IMPLEMENTED = "not_implemented"
+    INVALID: Final = "invalid"
+    NOT_FOUND: Final = "not_found"
+    UNAUTHENTICATED: Final = "unauthenticated"
+    FORBIDDEN: Final = "forbidden"
+    CONFLICT: Final = "conflict"
+    RATE_LIMITED: Final = "rate_limited"
+    QUOTA_EXCEEDED: Final = "quota_exceeded"
+    UNAVAILABLE: Final = "unavailable"
+    INTERNAL: Final = "internal"
+    NOT_IMPLEMENTED: Final = "not_implemented"

@@ -6,11 +6,14 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from bus_schemas.base import Failed, Id, Message
+from bus_schemas.base import Failed, FailureCodeName, Id, Message
 from bus_schemas.servers import InstallSnippet
 
 BuildKind = Literal["requested", "step", "log", "planned", "generated", "checked", "deployed", "failed"]
 """The last token of a build event subject: `builds.<org>.<build>.<kind>`."""
+
+BuildStep = Literal["plan", "generate", "check", "deploy"]
+"""The pipeline's steps, in order."""
 
 BuildStatus = Literal["requested", "planned", "generated", "checked", "deployed", "failed"]
 """Where a build stands; the latest milestone event it has reached."""
@@ -172,7 +175,7 @@ class BuildRequested(BuildEvent, frozen=True, kw_only=True, tag="build.requested
 class StepChanged(BuildEvent, frozen=True, kw_only=True, tag="build.step.v1"):
     """A pipeline step started or finished."""
 
-    step: Literal["plan", "generate", "check", "deploy"]
+    step: BuildStep
     state: Literal["started", "finished"]
 
 
@@ -218,11 +221,16 @@ class BuildDeployed(BuildEvent, frozen=True, kw_only=True, tag="build.deployed.v
     """How to add the server to Claude (Desktop and Code), ChatGPT, Cursor and VS Code."""
 
 
+BuildFailureCode = FailureCodeName | Literal["check_failed", "backend_failed", "unhealthy"]
+"""Why a build stopped: any endpoint failure code, or one only a step has (the checker's findings, a backend
+that could not start the runner, a runner that failed its health check)."""
+
+
 class BuildFailed(BuildEvent, frozen=True, kw_only=True, tag="build.failed.v1"):
     """The build stopped; `step` says where and `detail` says why."""
 
-    step: str
-    code: str
+    step: BuildStep
+    code: BuildFailureCode
     detail: str
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import keyword
 from collections.abc import Awaitable, Callable
+from typing import Final
 
 import nats.js.errors
 from nats.js.object_store import ObjectStore
@@ -35,7 +36,7 @@ from bus_schemas.builds import AnyBuildEvent, BuildChecked, BuildGenerated, LogL
 from bus_schemas.plans import Artifact, ToolPlan, canonical_artifact_bytes, canonical_plan_bytes
 from bus_schemas.registry import ARTIFACTS, PLANS
 
-CHECK_FAILED = "check_failed"
+CHECK_FAILED: Final = "check_failed"
 """The `failed` event's code when the artifact has error findings."""
 
 MAX_LOGGED_FINDINGS = 100

@@ -160,8 +160,7 @@ async def _restarted(ctx: Context, state: DeployerState, server_id: str, names: 
     try:
         return await restart_for_secrets(ctx, state, server_id, names)
     except DeployRefused as refused:
-        return Failed(code=refused.code, detail=f"{what}, but server {server_id} did not restart with it: "
-                                                f"{refused.detail}")
+        return refused.failed(f"{what}, but server {server_id} did not restart with it: {refused.detail}")
     except BackendError as exc:
         return Failed(code=FailureCode.UNAVAILABLE, detail=f"{what}, but the {state.backend.name} "
                                                            f"backend could not restart server {server_id}: {exc}")

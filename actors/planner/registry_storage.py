@@ -5,12 +5,13 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import get_args
 
 import asyncpg
 
 from bus_schemas.builds import BuildStatus, BuildSummary
 
-MILESTONES: frozenset[str] = frozenset({"requested", "planned", "generated", "checked", "deployed", "failed"})
+MILESTONES: frozenset[str] = frozenset(get_args(BuildStatus))
 """Event kinds that move a build's status; the others (step, log) only advance its last sequence."""
 
 

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from actors.runtime.actor import Context, ParkHook, utc_now
 from actors.runtime.codec import decode
 from bus_schemas.base import FailureCode
-from bus_schemas.builds import AnyBuildEvent, BuildEvent, BuildFailed, BuildKind, LogLine, StepChanged
+from bus_schemas.builds import (
+    AnyBuildEvent,
+    BuildEvent,
+    BuildFailed,
+    BuildFailureCode,
+    BuildKind,
+    BuildStep,
+    LogLine,
+    StepChanged,
+)
 from bus_schemas.registry import build_subject
 
-Step = Literal["plan", "generate", "check", "deploy"]
+Step = BuildStep
 
 
 async def emit(ctx: Context, event: BuildEvent, kind: BuildKind, key: str) -> int:
@@ -19,7 +26,7 @@ async def emit(ctx: Context, event: BuildEvent, kind: BuildKind, key: str) -> in
     return await ctx.publish(build_subject(event.org_id, event.build_id, kind), event, msg_id=f"{event.build_id}:{key}")
 
 
-async def fail_step(ctx: Context, build: BuildEvent, step: Step, code: str, detail: str) -> None:
+async def fail_step(ctx: Context, build: BuildEvent, step: Step, code: BuildFailureCode, detail: str) -> None:
     """Record in the build's history that `step` failed and why: an error log line and `failed`."""
     ids = {"build_id": build.build_id, "org_id": build.org_id}
     await emit(ctx, LogLine(**ids, at=utc_now(), step=step, level="error", message=detail), "log", f"{step}:error")

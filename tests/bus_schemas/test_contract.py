@@ -10,6 +10,7 @@ import msgspec
 import pytest
 
 from actors.runtime.codec import decode, encode
+from bus_schemas.base import Failed
 from bus_schemas.builds import AnyBuildEvent, PlainWords, SubmitBuild
 from bus_schemas.registry import ALL_MESSAGES, CONSUMERS, EVENT_SUBJECTS, RPCS
 from ops.asyncapi import CONTRACT_SNAPSHOT, UPDATE_SNAPSHOT_COMMAND, contract_schema, render, union_members
@@ -116,3 +117,16 @@ def test_contract_snapshot_is_valid_json_schema_naming_every_message() -> None:
     assert {t.__name__ for t in MESSAGES} <= set(schema["$defs"])
     refs = {entry["$ref"].rsplit("/", 1)[-1] for entry in schema["anyOf"]}
     assert refs == {t.__name__ for t in MESSAGES}
+
+
+def test_an_unknown_failure_code_is_rejected_where_it_is_decoded() -> None:
+    known = {"type": "failed.v1", "code": "unavailable", "detail": "the oauth actor did not answer"}
+    assert decode(Failed, json.dumps(known).encode()).code == "unavailable"
+    with pytest.raises(msgspec.ValidationError, match=r"Invalid enum value 'backend_failed' - at `\$\.code`"):
+        decode(Failed, json.dumps({**known, "code": "backend_failed"}).encode())
+    failed = {"type": "build.failed.v1", "build_id": "b1", "org_id": "o1", "at": "2026-01-01T00:00:00Z",
+              "step": "deploy", "code": "unhealthy", "detail": "version 2 failed its health check"}
+    assert decode(AnyBuildEvent, json.dumps(failed).encode()).code == "unhealthy"  # a step's own code
+    for field, value in (("code", "unhealty"), ("step", "deploying")):
+        with pytest.raises(msgspec.ValidationError, match=rf"at `\$\.{field}`"):
+            decode(AnyBuildEvent, json.dumps({**failed, field: value}).encode())
