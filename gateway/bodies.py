@@ -49,11 +49,35 @@ class GatewayRequest(Request[Any, Any, Any]):
 
     async def json(self) -> Any:
         try:
-            return await super().json()
+            value = await super().json()
         except RecursionError:
             raise _unreadable(TOO_DEEP) from None
         except UnicodeDecodeError:
             raise _unreadable(NOT_UTF8) from None
+        # JSON can carry U+0000 only as the escape `\u0000`; no text the platform stores may hold it (PostgreSQL
+        # text and jsonb refuse it), so the value is searched only when the body has that escape.
+        if b"\\u0000" in await self.body() and (where := nul_in(value, "")) is not None:
+            raise Problem(400, f"invalid body field `{where}`: text may not contain the NUL character (U+0000)",
+                          code=FailureCode.INVALID,
+                          errors=[ProblemField(field=where, source="body", message="contains U+0000")])
+        return value
+
+
+def nul_in(value: Any, path: str) -> str | None:
+    """The path of the first string (or key) in a decoded JSON value that holds U+0000, or None."""
+    if isinstance(value, str):
+        return (path or "$") if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if "\x00" in key:
+                return where.replace("\x00", "\\u0000")
+            if (found := nul_in(item, where)) is not None:
+                return found
+    if isinstance(value, list):
+        return next((found for i, item in enumerate(value) if (found := nul_in(item, f"{path}[{i}]")) is not None),
+                    None)
+    return None
 
 
 def _unreadable(detail: str) -> Problem:

@@ -16,6 +16,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
+import asyncpg
 from nats.js.kv import KeyValue
 
 from actors.planner import registry_storage
@@ -80,15 +81,20 @@ async def write_summary(ctx: Context, registry: BuildRegistryState, org_id: str,
 async def submit_build(request: SubmitBuild, ctx: Context, registry: BuildRegistryState) -> SubmitBuildReply:
     """Record the build (or find the one already recorded under its idempotency key) and publish `requested`."""
     async with ctx.pool.acquire() as conn:
-        build_id, requested_seq = await registry_storage.insert_build(
-            conn,
-            build_id=new_build_id(),
-            org_id=request.org_id,
-            name=request.name,
-            requested_by=request.requested_by,
-            source_json=encode(request.source).decode(),
-            idempotency_key=request.idempotency_key,
-        )
+        try:
+            build_id, requested_seq = await registry_storage.insert_build(
+                conn,
+                build_id=new_build_id(),
+                org_id=request.org_id,
+                name=request.name,
+                requested_by=request.requested_by,
+                source_json=encode(request.source).decode(),
+                idempotency_key=request.idempotency_key,
+            )
+        except asyncpg.UntranslatableCharacterError:
+            ctx.log.info("rejected build of %s: its text holds U+0000", request.org_id)
+            return Failed(code=FailureCode.INVALID,
+                          detail="the build's text may not contain the NUL character (U+0000)")
         if requested_seq is None:
             event = BuildRequested(
                 build_id=build_id, org_id=request.org_id, at=utc_now(),

@@ -54,6 +54,13 @@ async def test_another_organisations_build_is_not_found(stack: Stack, admin_nc) 
         assert isinstance(reply, Failed) and reply.code == "not_found"
 
 
+async def test_a_build_whose_text_holds_a_nul_character_is_refused_as_invalid(stack: Stack, admin_nc) -> None:
+    async with running(create_actor("planner"), stack.settings("planner")):
+        request = SubmitBuild(org_id="org5", requested_by="t", name="x", source=PlainWords(text="null \x00 here"))
+        reply = await call(admin_nc, SUBMIT_BUILD, request, timeout=5)
+        assert isinstance(reply, Failed) and reply.code == "invalid" and "U+0000" in reply.detail
+
+
 def test_a_batch_folds_to_each_builds_newest_milestone_and_newest_event() -> None:
     events = [
         Projected("a", "requested", 1), Projected("b", "log", 2), Projected("a", "log", 3),

@@ -60,3 +60,14 @@ async def test_numbers_beyond_what_the_platform_counts_are_400(http: httpx.Async
         assert assert_problem(events, 400)["errors"][0]["field"] == "after", after  # type: ignore[index]
     resumed = await http.get("/v1/events", headers={**bearer(key), "Last-Event-ID": "9999999999999999999"})
     assert_problem(resumed, 400)
+
+
+async def test_text_with_a_nul_character_is_a_400_naming_where(http: httpx.AsyncClient, key: ApiKeyCreated) -> None:
+    # PostgreSQL cannot store U+0000 in text or jsonb: found by the fuzz run as a 500 from the build registry
+    document = {"name": "0", "source": {"kind": "openapi", "document": "openapi: 3.0.0\u0000"}}
+    body = assert_problem(await http.post("/v1/builds", json=document, headers=bearer(key)), 400)
+    assert body["errors"] == [{"field": "source.document", "source": "body", "message": "contains U+0000"}]
+    named = assert_problem(await http.post("/v1/builds", json={**PLAIN, "name": "a\u0000b"}, headers=bearer(key)), 400)
+    assert "U+0000" in str(named["detail"])
+    literal = {**PLAIN, "source": {"kind": "plain_words", "text": "the text \\u0000 is six characters here"}}
+    assert (await http.post("/v1/builds", json=literal, headers=bearer(key))).status_code == 202
