@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -167,6 +168,8 @@ def schemathesis_config(base_url: str, headers: dict[str, str], seconds: int, se
     # Operation filters live in the config: schemathesis ignores `schema.include()` once `operations` has entries.
     skipped = [{"include-path-regex": skipped_paths, "enabled": False}] if skipped_paths else []
     return schemathesis.Config.from_dict({
+        # One seed for CI, so a red run is the same run when repeated; BMMS_FUZZ_SEED explores others locally.
+        "seed": int(os.environ.get("BMMS_FUZZ_SEED", "20261207")),
         "base-url": base_url,
         "headers": headers,
         "max-time": seconds,
