@@ -309,7 +309,7 @@ def cmd_runner_image(args: argparse.Namespace, env: Environment) -> int:
     """`bmms runner-image build`."""
     import time
 
-    from ops.runner_image import RunnerImageError, RunnerImageSettings, build_runner_images
+    from actors.runtime.runner_images import RunnerImageError, RunnerImageSettings, build_runner_images
 
     configure_logging(env.settings.log_level, json_lines=False)
     started = time.monotonic()

@@ -13,9 +13,9 @@ import aiodocker
 
 from actors.checker.dynamic import Sandbox
 from actors.checker.toolchain import Toolchain
+from actors.runtime.runner_images import RunnerImages, RunnerImageSettings
 from actors.runtime.sandboxes import ContainerWorker, code_sandbox
 from actors.runtime.settings import Settings
-from ops.runner_image import RunnerImages, RunnerImageSettings
 from runner_template.sandbox import Bubblewrap, Launcher, Prewarmed, SandboxUnavailable, Unsandboxed
 
 
@@ -47,7 +47,6 @@ class CheckerState:
             limits = self.sandbox.worker_limits()
             if where == "container":
                 docker = aiodocker.Docker(url=settings.docker_url)
-                # An actor reaching up into ops (issue 14, point 4): the runner image is ops' to build.
                 images = RunnerImages(RunnerImageSettings())
                 runtime_image = functools.partial(images.runtime_image, docker)
                 self.launcher = prewarmed = Prewarmed(ContainerWorker(docker, runtime_image, limits))

@@ -243,8 +243,8 @@ async def bench_sandbox(backends: list[str], calls: int, lines: list[str]) -> No
     from actors.planner.planning import plan_hash
     from actors.planner.problems import PlanNotes
     from actors.planner.tool_spec import plan_tool_spec
+    from actors.runtime.runner_images import RunnerImages
     from actors.runtime.sandboxes import ContainerWorker
-    from ops.runner_image import RunnerImages
     from runner_template.sandbox import Bubblewrap, Launcher
     from runner_template.server import create_server, load_module
     from runner_template.tools import SandboxedTools, load_for

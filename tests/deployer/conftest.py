@@ -22,10 +22,10 @@ from actors.deployer.backends.base import RUNNER_PORT, Limits, RunnerSpec
 from actors.planner.planning import plan_hash
 from actors.planner.problems import PlanNotes
 from actors.planner.tool_spec import plan_tool_spec
+from actors.runtime.runner_images import RunnerImageError, RunnerImages, RunnerImageSettings
 from bus_schemas.builds import FunctionBody, ToolParameter, ToolSpec, ToolSpecSource
 from bus_schemas.plans import Artifact, canonical_artifact_bytes
 from ops.infra import NATS_ROLES, NatsServer, free_port, new_nats_password, start_nats
-from ops.runner_image import RunnerImageError, RunnerImages, RunnerImageSettings
 
 NO_AUTH = {"BMMS_RUNNER_INSECURE_NO_AUTH": "1"}
 """Runners in these tests serve without tokens: the subject is the container, not the Resource Server."""

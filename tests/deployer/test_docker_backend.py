@@ -23,8 +23,8 @@ from actors.deployer.backends.docker import (
     NETWORK,
     DockerBackend,
 )
+from actors.runtime.runner_images import RunnerImages, server_image_ref
 from ops.infra import NatsServer
-from ops.runner_image import RunnerImages, server_image_ref
 from tests.deployer.conftest import CALCULATOR, exec_in, render, spec_for, tool
 
 PROBE = '''

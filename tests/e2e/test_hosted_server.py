@@ -33,11 +33,11 @@ from actors.deployer.backends.docker import HOST_ALIAS, DockerBackend
 from actors.deployer.backends.process import ProcessBackend
 from actors.deployer.backends.swarm import SwarmBackend
 from actors.runtime.codec import decode
+from actors.runtime.runner_images import RunnerImages, server_image_ref
 from bus_schemas.builds import AnyBuildEvent, BuildDeployed, BuildFailed
 from bus_schemas.registry import BUILD_EVENTS, BUILDS, TOOL_USAGE, USAGE
 from bus_schemas.usage import ToolCalled
 from gateway.config import GatewayConfig
-from ops.runner_image import RunnerImages, server_image_ref
 from tests.actors.oauth_helpers import SECRET_KEY
 from tests.conftest import Stack, eventually, running
 from tests.gateway.conftest import gateway_settings, serving

@@ -36,9 +36,9 @@ import pytest
 from actors.deployer.backends.base import Backend, RunnerSpec
 from actors.deployer.backends.docker import DockerBackend
 from actors.deployer.backends.process import ProcessBackend
+from actors.runtime.runner_images import RunnerImages
 from actors.runtime.sandboxes import ContainerWorker
 from bus_schemas.plans import Artifact
-from ops.runner_image import RunnerImages
 from runner_template.limits import WorkerLimits
 from runner_template.sandbox import Bubblewrap, Launcher
 from runner_template.tools import SandboxedTools, load_for

@@ -12,16 +12,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from actors.runtime.runner_images import LABEL_ARTIFACT as LABEL_ARTIFACT  # re-exported for the backends
+from actors.runtime.runner_images import LABEL_PREFIX as LABEL_PREFIX
+from actors.runtime.runner_images import RUNNER_PORT as RUNNER_PORT
 from bus_schemas.servers import BackendName, Isolation
 
-RUNNER_PORT = 8000
-"""The port a runner listens on inside its container (the process backend picks a free one instead)."""
-
-LABEL_PREFIX = "io.bmms."
 LABEL_SERVER = LABEL_PREFIX + "server"
 LABEL_ORG = LABEL_PREFIX + "org"
 LABEL_VERSION = LABEL_PREFIX + "version"
-LABEL_ARTIFACT = LABEL_PREFIX + "artifact"
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ mounted at /run/bmms, where the worker listens on a Unix socket:
 - the worker, `bmms-<server>-v<version>-<digest>-worker`, from the runtime image `bmms-runner:<sources>`: the
   only container that runs the generated module, with no network at all (`NetworkMode: none`), an init as
   PID 1, and the hardening below (`actors.runtime.sandboxes.worker_container`);
-- the front, `bmms-<server>-v<version>-<digest>`, from `bmms-server:<artifact hash>` (see ops.runner_image):
+- the front, `bmms-<server>-v<version>-<digest>`, from `bmms-server:<artifact hash>` (see actors.runtime.runner_images):
   HTTP, tokens, quotas, usage on the bus, the egress policy and the upstream secrets; it sends the module to
   the worker over the socket and makes the upstream requests the worker asks for.
 
@@ -59,10 +59,7 @@ from actors.deployer.backends.base import (
     RunningRunner,
 )
 from actors.deployer.backends.engine import EngineClient
-from actors.runtime.sandboxes import WORKER_MODULE, hardened_host_config, worker_container
-from actors.runtime.settings import Settings
-from bus_schemas.servers import BackendName, Isolation
-from ops.runner_image import (
+from actors.runtime.runner_images import (
     ARTIFACT_PATH,
     RUNNER_USER,
     RunnerImageError,
@@ -70,6 +67,9 @@ from ops.runner_image import (
     RunnerImageSettings,
     server_image_ref,
 )
+from actors.runtime.sandboxes import WORKER_MODULE, hardened_host_config, worker_container
+from actors.runtime.settings import Settings
+from bus_schemas.servers import BackendName, Isolation
 from runner_template.limits import WorkerLimits
 
 log = logging.getLogger("bmms.deployer.docker")

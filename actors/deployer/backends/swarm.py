@@ -78,10 +78,10 @@ from actors.deployer.backends.docker import (
     worker_command,
 )
 from actors.deployer.backends.engine import EngineClient
+from actors.runtime.runner_images import RUNNER_USER, RunnerImageError, RunnerImages, server_image_ref
 from actors.runtime.sandboxes import TMP_SIZE_BYTES
 from actors.runtime.settings import Settings
 from bus_schemas.servers import BackendName, Isolation
-from ops.runner_image import RUNNER_USER, RunnerImageError, RunnerImages, server_image_ref
 
 log = logging.getLogger("bmms.deployer.swarm")
 

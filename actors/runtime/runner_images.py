@@ -43,9 +43,14 @@ from aiodocker.exceptions import DockerError
 
 import bus_schemas
 import runner_template
-from actors.deployer.backends.base import LABEL_ARTIFACT, LABEL_PREFIX, RUNNER_PORT
 
 log = logging.getLogger("bmms.runner_image")
+
+RUNNER_PORT = 8000
+"""The port a runner listens on inside its container (the process backend picks a free one instead)."""
+LABEL_PREFIX = "io.bmms."
+"""Every label the platform puts on images, containers, services and volumes starts with this."""
+LABEL_ARTIFACT = LABEL_PREFIX + "artifact"
 
 BASE_REPOSITORY = "bmms-runner-base"
 RUNTIME_REPOSITORY = "bmms-runner"

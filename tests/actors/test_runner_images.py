@@ -11,7 +11,7 @@ from packaging.requirements import Requirement
 
 import bus_schemas
 import runner_template
-from ops.runner_image import RUNNER_DEPENDENCIES, runner_requirements, wheel_platforms
+from actors.runtime.runner_images import RUNNER_DEPENDENCIES, runner_requirements, wheel_platforms
 
 
 def third_party_imports(package_dir: Path, own: set[str]) -> set[str]:
