@@ -221,9 +221,11 @@ class BuildDeployed(BuildEvent, frozen=True, kw_only=True, tag="build.deployed.v
     """How to add the server to Claude (Desktop and Code), ChatGPT, Cursor and VS Code."""
 
 
-BuildFailureCode = FailureCodeName | Literal["check_failed", "backend_failed", "unhealthy"]
-"""Why a build stopped: any endpoint failure code, or one only a step has (the checker's findings, a backend
-that could not start the runner, a runner that failed its health check)."""
+StepFailureCode = Literal["check_failed", "backend_failed", "unhealthy"]
+"""Why a step failed when no endpoint code says it: the checker's findings, a backend that could not start the
+runner, a runner that failed its health check."""
+BuildFailureCode = FailureCodeName | StepFailureCode
+"""Why a build stopped: any endpoint failure code, or a step's own."""
 
 
 class BuildFailed(BuildEvent, frozen=True, kw_only=True, tag="build.failed.v1"):

@@ -30,6 +30,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from bus_schemas.base import FailureCode
 from gateway.auth import origin_allowed, session_token
+from gateway.bodies import takes_json_body
 from gateway.problems import Problem
 
 log = logging.getLogger("bmms.gateway.browser")
@@ -61,15 +62,11 @@ def _has_body(connection: ASGIConnection[Any, Any, Any, Any]) -> bool:
     return (length is not None and length.strip() != "0") or "transfer-encoding" in connection.headers
 
 
-def _takes_json_body(handler: BaseRouteHandler) -> bool:
-    return "data" in handler.parsed_fn_signature.parameters
-
-
 def same_origin_writes(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
     """App-wide guard: JSON bodies as JSON only, and cookie-authenticated writes from our own origin only."""
     if not isinstance(connection, Request) or connection.method in SAFE_METHODS:
         return
-    if _takes_json_body(handler) and _has_body(connection):
+    if takes_json_body(handler) and _has_body(connection):
         content_type = connection.headers.get("content-type", "")
         if not is_json_media_type(content_type):
             log.info("refused %s %s: body sent as %r", connection.method, connection.url.path,

@@ -135,13 +135,19 @@ async def _owner_check(conn: asyncpg.Connection, org_id: str, person_id: str, wh
     return Failed(code=FailureCode.FORBIDDEN, detail=OWNERS_ONLY.format(what))
 
 
-async def _member_role(
-    conn: asyncpg.Connection, org_id: str, person_id: str, what: str, log: logging.Logger
-) -> str | Failed:
-    """The person's role in the organisation, or the `not_found` answer (logged as a rejected `what`)."""
+async def _owner_acting_on(conn: asyncpg.Connection, org_id: str, owner_id: str, person_id: str, what: str,
+                           log: logging.Logger) -> str | Failed:
+    """For an owner changing a person's membership (`what`: "remove people", "change roles"), inside the caller's
+    transaction: the organisation locked (changes of one organisation are serialised, so two owners demoting
+    each other cannot leave it with none), then the person's role, or the Failed to answer when the actor is
+    not an owner (forbidden) or the person is not a member (not_found)."""
+    await storage.lock_org(conn, org_id)
+    refused = await _owner_check(conn, org_id, owner_id, what, log)
+    if refused is not None:
+        return refused
     role = await storage.member_role(conn, org_id, person_id)
     if role is None:
-        log.info("rejected %s %s: %s is not a member", what, org_id, person_id[:64])
+        log.info("rejected %s in %s: %s is not a member", what, org_id, person_id[:64])
         return Failed(code=FailureCode.NOT_FOUND, detail=f"no person {person_id[:64]!r} in this organisation")
     return str(role)
 
@@ -369,11 +375,8 @@ async def remove_member(request: RemoveMember, ctx: Context, auth: AuthState) ->
     """An owner removes a person from the organisation (never its last owner), revoking the API keys they
     created there and announcing the end of the membership."""
     async with ctx.pool.acquire() as conn, conn.transaction():
-        await storage.lock_org(conn, request.org_id)
-        refused = await _owner_check(conn, request.org_id, request.removed_by, "remove people", ctx.log)
-        if refused is not None:
-            return refused
-        role = await _member_role(conn, request.org_id, request.person_id, "removal from", ctx.log)
+        role = await _owner_acting_on(conn, request.org_id, request.removed_by, request.person_id, "remove people",
+                                      ctx.log)
         if isinstance(role, Failed):
             return role
         if role == "owner" and await storage.owners(conn, request.org_id) == 1:
@@ -405,11 +408,8 @@ async def remove_member(request: RemoveMember, ctx: Context, auth: AuthState) ->
 async def change_member_role(request: ChangeMemberRole, ctx: Context) -> ChangeMemberRoleReply:
     """An owner changes a member's role (the organisation always keeps an owner)."""
     async with ctx.pool.acquire() as conn, conn.transaction():
-        await storage.lock_org(conn, request.org_id)
-        refused = await _owner_check(conn, request.org_id, request.changed_by, "change roles", ctx.log)
-        if refused is not None:
-            return refused
-        role = await _member_role(conn, request.org_id, request.person_id, "role change in", ctx.log)
+        role = await _owner_acting_on(conn, request.org_id, request.changed_by, request.person_id, "change roles",
+                                      ctx.log)
         if isinstance(role, Failed):
             return role
         if role == "owner" and request.role != "owner" and await storage.owners(conn, request.org_id) == 1:

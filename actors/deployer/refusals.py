@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import get_args
+from typing import cast, get_args
 
 from bus_schemas.base import Failed, FailureCode, FailureCodeName
-from bus_schemas.builds import BuildFailureCode
+from bus_schemas.builds import BuildFailureCode, StepFailureCode
 
-ENDPOINT_CODES: frozenset[str] = frozenset(get_args(FailureCodeName))
+STEP_CODES = frozenset(get_args(StepFailureCode))
 
 
 class DeployRefused(Exception):
@@ -22,9 +22,9 @@ class DeployRefused(Exception):
     def endpoint_code(self) -> FailureCodeName:
         """The code an RPC answers with: the refusal's own, or `internal` for a step-only one (a backend that
         could not start the runner, a failed health check: the platform's fault, not the caller's)."""
-        code = self.code
-        return code if code != "check_failed" and code != "backend_failed" and code != "unhealthy" \
-            else FailureCode.INTERNAL
+        if self.code in STEP_CODES:
+            return FailureCode.INTERNAL
+        return cast(FailureCodeName, self.code)  # not a step's own code, so an endpoint's
 
     def failed(self, detail: str | None = None) -> Failed:
         """The refusal as an RPC's answer (with another `detail` when given)."""
