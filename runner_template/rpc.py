@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any, Protocol, TypeVar
 
 import nats.errors
+from nats.aio.client import Client
 
 from bus_schemas.base import Failed, FailureCode, Message
 from bus_schemas.registry import TRACE_HEADER, Rpc
@@ -34,6 +35,19 @@ class Requests(Protocol):
         self, subject: str, payload: bytes = b"", timeout: float = 0.5, old_style: bool = False,
         headers: dict[str, Any] | None = None,
     ) -> Answer: ...
+
+
+async def subscriptions_live(nc: Client, timeout: float = 10.0) -> None:
+    """Return once every subscription made on `nc` so far is known to the server, so a request sent right
+    after (from any connection) finds its responder.
+
+    `Client.flush()` alone does not promise that: nats-py writes its PING straight to the socket, ahead of
+    SUB commands still queued for its flusher task, so the PONG can come back before the server has seen
+    them (8 of 300 fresh subscribers missed their first request in one run on this machine kind). Waiting
+    for the flusher first puts the PING behind them.
+    """
+    await nc._flush_pending(force_flush=True)  # the flusher's own wait; no public equivalent
+    await nc.flush(timeout=timeout)  # type: ignore[arg-type]  # a float works
 
 
 def trace_headers(extra: dict[str, str] | None = None) -> dict[str, str]:

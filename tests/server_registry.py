@@ -17,6 +17,7 @@ from actors.runtime.codec import decode, encode
 from bus_schemas.base import Failed, FailureCode
 from bus_schemas.registry import RESOLVE_SERVER
 from bus_schemas.servers import ResolveServer, ServerOwner
+from runner_template.rpc import subscriptions_live
 from tests.conftest import Stack
 
 Servers = dict[str, tuple[str, str]]
@@ -38,7 +39,7 @@ async def server_registry(stack: Stack, servers: Servers) -> AsyncIterator[Serve
 
     service = await micro.add_service(nc, name="deployer", version="0.0.1", queue_group="deployer")
     await service.add_endpoint(name=RESOLVE_SERVER.endpoint, subject=RESOLVE_SERVER.subject, handler=resolve)
-    await nc.flush()
+    await subscriptions_live(nc)
     try:
         yield servers
     finally:

@@ -37,7 +37,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.micro.request import Request as MicroRequest
 
-from actors.runtime.bus import connect, publish_event
+from actors.runtime.bus import connect, publish_event, subscriptions_live
 from actors.runtime.codec import decode, encode
 from actors.runtime.logs import new_trace_id, trace_id_var
 from actors.runtime.settings import Settings
@@ -278,7 +278,7 @@ class Actor:
                       for seconds, handler in self._timers]
             # The endpoints' subscriptions must have reached the server before anyone is told we are
             # ready, or a request sent right away finds no responders.
-            await nc.flush()
+            await subscriptions_live(nc)
             self.ready.set()
             await self.started(base)
             self.log.info("actor %s serving", self.name, extra={"copy_of": self.name})

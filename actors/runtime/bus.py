@@ -34,6 +34,7 @@ from bus_schemas.registry import (
 )
 from runner_template.codec import encode
 from runner_template.rpc import call as call  # where the actors have always found it
+from runner_template.rpc import subscriptions_live as subscriptions_live
 from runner_template.rpc import trace_headers
 
 log = logging.getLogger("bmms.bus")

@@ -23,6 +23,7 @@ from bus_schemas.builds import BuildSummary, GetBuild
 from bus_schemas.registry import BUILD_SUMMARIES, GET_BUILD, build_summary_key
 from gateway.requester import Requester, header_block, parse_headers
 from ops.infra import NATS_ROLES, new_nats_password, start_nats
+from runner_template.rpc import subscriptions_live
 from tests.conftest import Stack
 
 
@@ -42,7 +43,7 @@ async def echo_on(nc: Client, subject: str) -> None:
         await nc.publish(msg.reply, b"re:" + msg.data, headers={"Echo-Trace": trace} if trace else None)
 
     await nc.subscribe(subject, cb=echo)
-    await nc.flush()
+    await subscriptions_live(nc)
 
 
 async def test_concurrent_requests_each_get_their_own_reply(admin_nc: Client, gateway_requester: Requester) -> None:
@@ -85,7 +86,7 @@ async def test_no_responders_and_timeouts_fail_like_nats_py(admin_nc: Client, ga
         del msg  # takes the request, never answers
 
     await admin_nc.subscribe(silent, cb=ignore)
-    await admin_nc.flush()
+    await subscriptions_live(admin_nc)
     loop = asyncio.get_running_loop()
     started_at = loop.time()
     with pytest.raises(nats.errors.TimeoutError):
@@ -155,7 +156,7 @@ async def test_a_restarted_server_is_reconnected_and_in_flight_requests_fail_at_
             del msg
 
         await admin.subscribe("test.silent", cb=ignore)
-        await admin.flush()
+        await subscriptions_live(admin)
         in_flight = asyncio.ensure_future(requester.request("test.silent", b"", timeout=30))
         await asyncio.sleep(0.05)  # on its way
         loop = asyncio.get_running_loop()

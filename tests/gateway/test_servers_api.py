@@ -34,6 +34,7 @@ from bus_schemas.servers import (
     ServerReply,
     ServerVersion,
 )
+from runner_template.rpc import subscriptions_live
 from tests.conftest import Stack, eventually
 from tests.gateway.conftest import Gateway, bearer, gateway_settings, new_api_key, serving
 from tests.gateway.test_builds_http import assert_problem
@@ -102,7 +103,7 @@ class DeployerDouble:
             await nc.subscribe(rpc.subject, queue=rpc.service, cb=self._handler(rpc))
             for rpc in (LIST_SERVERS, GET_SERVER, CONTROL_SERVER, GET_SERVER_LOGS)
         ]
-        await nc.flush()
+        await subscriptions_live(nc)
 
     @contextlib.asynccontextmanager
     async def offline(self) -> AsyncIterator[None]:
@@ -111,7 +112,7 @@ class DeployerDouble:
         nc = self._nc
         for sub in self._subs:
             await sub.unsubscribe()
-        await nc.flush()
+        await subscriptions_live(nc)
         try:
             yield
         finally:
@@ -138,7 +139,7 @@ class BuildRegistryDouble:
                                                    status="requested")))
 
         await nc.subscribe(SUBMIT_BUILD.subject, queue=SUBMIT_BUILD.service, cb=handle)
-        await nc.flush()
+        await subscriptions_live(nc)
 
 
 @pytest.fixture(scope="module")

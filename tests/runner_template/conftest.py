@@ -31,6 +31,7 @@ from bus_schemas.plans import Artifact
 from bus_schemas.registry import OAUTH_GET_JWKS
 from runner_template import egress
 from runner_template.app import MCP_PATH, RunnerSettings, Runtime, bind, runner_app, serve, start_tools
+from runner_template.rpc import subscriptions_live
 from tests.actors.codegen_samples import SECRET_NAME, plan_hash, sample_plan
 from tests.conftest import Stack
 
@@ -86,7 +87,7 @@ async def jwks(stack: Stack) -> AsyncIterator[JwksResponder]:
         await msg.respond(responder.reply())
 
     await nc.subscribe(OAUTH_GET_JWKS.subject, queue="test-jwks", cb=answer)
-    await nc.flush()
+    await subscriptions_live(nc)
     yield responder
     await nc.close()
 
