@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 import msgspec
 
@@ -162,14 +162,21 @@ class BuildEvent(Message, frozen=True, kw_only=True):
     """When it happened, RFC 3339 UTC."""
 
 
-class BuildRequested(BuildEvent, frozen=True, kw_only=True, tag="build.requested.v1"):
-    """A person asked for a server; the first event of every build."""
+class ServerBuildEvent(BuildEvent, frozen=True, kw_only=True):
+    """An event that hands a build to its next step; it carries what every later step needs to know of the
+    server being built, so no step reads an earlier event back."""
 
     name: str
-    requested_by: str
-    source: BuildSource
+    """The server's name, as the person asked for it."""
     server_id: Id | None = None
     """The existing server this build is a new version of, if any."""
+
+
+class BuildRequested(ServerBuildEvent, frozen=True, kw_only=True, tag="build.requested.v1"):
+    """A person asked for a server; the first event of every build."""
+
+    requested_by: str
+    source: BuildSource
 
 
 class StepChanged(BuildEvent, frozen=True, kw_only=True, tag="build.step.v1"):
@@ -179,15 +186,18 @@ class StepChanged(BuildEvent, frozen=True, kw_only=True, tag="build.step.v1"):
     state: Literal["started", "finished"]
 
 
+LogLevel = Literal["info", "warning", "error"]
+
+
 class LogLine(BuildEvent, frozen=True, kw_only=True, tag="build.log.v1"):
     """One line of a build's log, meant for the person watching."""
 
-    step: str
-    level: Literal["info", "warning", "error"]
+    step: BuildStep
+    level: LogLevel
     message: str
 
 
-class BuildPlanned(BuildEvent, frozen=True, kw_only=True, tag="build.planned.v1"):
+class BuildPlanned(ServerBuildEvent, frozen=True, kw_only=True, tag="build.planned.v1"):
     """The planner produced a tool plan, stored content-addressed."""
 
     plan_hash: str
@@ -197,13 +207,13 @@ class BuildPlanned(BuildEvent, frozen=True, kw_only=True, tag="build.planned.v1"
     model_output_tokens: int = 0
 
 
-class BuildGenerated(BuildEvent, frozen=True, kw_only=True, tag="build.generated.v1"):
+class BuildGenerated(ServerBuildEvent, frozen=True, kw_only=True, tag="build.generated.v1"):
     """Codegen rendered the plan into an artifact, stored content-addressed."""
 
     artifact_hash: str
 
 
-class BuildChecked(BuildEvent, frozen=True, kw_only=True, tag="build.checked.v1"):
+class BuildChecked(ServerBuildEvent, frozen=True, kw_only=True, tag="build.checked.v1"):
     """The checker passed the artifact."""
 
     artifact_hash: str
@@ -239,3 +249,30 @@ class BuildFailed(BuildEvent, frozen=True, kw_only=True, tag="build.failed.v1"):
 AnyBuildEvent = (
     BuildRequested | StepChanged | LogLine | BuildPlanned | BuildGenerated | BuildChecked | BuildDeployed | BuildFailed
 )
+
+
+_KIND_NAMES: dict[str, BuildKind] = {kind: kind for kind in get_args(BuildKind)}
+
+
+def kind_named(token: str) -> BuildKind | None:
+    """The build kind a subject token or tag part names, or None."""
+    return _KIND_NAMES.get(token)
+
+
+def _kind_of(event_type: type[BuildEvent]) -> BuildKind:
+    tag = str(event_type.__struct_config__.tag)  # build.<kind>.v<n>
+    kind = kind_named(tag.split(".")[1])
+    if kind is None:
+        raise TypeError(f"{event_type.__name__}'s tag {tag!r} names no build kind")
+    return kind
+
+
+BUILD_KINDS: dict[type[BuildEvent], BuildKind] = {
+    event_type: _kind_of(event_type) for event_type in get_args(AnyBuildEvent)
+}
+"""Each event type's kind (the last token of its subject), read from its tag: `build.planned.v1` is planned."""
+
+
+def build_kind(event: BuildEvent) -> BuildKind:
+    """The kind of a build event: the subject it is published on ends with it."""
+    return BUILD_KINDS[type(event)]

@@ -19,6 +19,7 @@ from bus_schemas.builds import (
     GetBuildReply,
     SubmitBuild,
     SubmitBuildReply,
+    kind_named,
 )
 from bus_schemas.identity import (
     ApiKeyCreated,
@@ -380,6 +381,11 @@ EVENT_SUBJECTS = (BUILD_EVENTS, TOOL_USAGE, DEAD_LETTERS, SERVER_EVENTS, MEMBERS
 def build_subject(org: str, build: str, kind: BuildKind) -> str:
     """The subject of one kind of event of one build."""
     return BUILD_EVENTS.subject(org=org, build=build, kind=kind)
+
+
+def build_kind_of(subject: str) -> BuildKind | None:
+    """The kind of build event a subject carries (its last token), or None when it names no kind."""
+    return kind_named(subject.rpartition(".")[2])
 
 
 def build_kind_filter(kind: BuildKind) -> str:

@@ -33,7 +33,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from bus_schemas.base import SUBJECT_TOKEN_RE, FailureCode
 from bus_schemas.identity import Principal
 from bus_schemas.registry import BUILD_EVENTS, BUILDS
-from gateway.feeds import MAX_SEQUENCE, WireFrame
+from gateway.feeds import MAX_SEQUENCE, wire_frame
 from gateway.problems import Problem
 from gateway.services import EdgeServices, provide_principal
 
@@ -170,14 +170,10 @@ async def _relay(js: JetStreamContext, sub: JetStreamContext.PushSubscription, a
             seq = int(msg.metadata.sequence.stream)
             if seq <= last:
                 continue  # a reset ordered consumer may replay what was sent
-            try:
-                event = msgspec.Raw(_check_json(msg.data))
-            except msgspec.DecodeError:
-                log.warning("skipped an event that is not JSON on %s (seq %d)", msg.subject, seq)
+            wire = wire_frame(msg, seq)
+            if wire is None:
                 continue
-            kind = msg.subject.rpartition(".")[2]
-            frame = _encode(WireFrame(seq=seq, subject=msg.subject, kind=kind, event=event))
-            yield ServerSentEventMessage(id=seq, event=kind, data=frame.decode())
+            yield ServerSentEventMessage(id=seq, event=wire.kind, data=_encode(wire).decode())
             last = seq
             if not caught_up and (seq >= history_end if history_end is not None else msg.metadata.num_pending == 0):
                 caught_up = True

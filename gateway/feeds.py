@@ -31,7 +31,8 @@ from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-from bus_schemas.registry import BUILD_EVENTS, BUILDS
+from bus_schemas.builds import BuildKind
+from bus_schemas.registry import BUILD_EVENTS, BUILDS, build_kind_of
 
 log = logging.getLogger("bmms.gateway.feeds")
 
@@ -65,10 +66,24 @@ class WireFrame(msgspec.Struct, kw_only=True):
     seq: int
     """The event's BUILDS stream sequence; reconnect with `after=<seq>` to resume after it."""
     subject: str
-    kind: str
+    kind: BuildKind
     """The last token of the subject: requested, step, log, planned, generated, checked, deployed, failed."""
     event: msgspec.Raw
     """The event exactly as it travelled on the bus."""
+
+
+def wire_frame(msg: Msg, seq: int) -> WireFrame | None:
+    """The frame of one build event, or None (logged) when it is not JSON or its subject names no kind."""
+    kind = build_kind_of(msg.subject)
+    if kind is None:
+        log.warning("skipped an event of no known kind on %s (seq %d)", msg.subject, seq)
+        return None
+    try:
+        event = msgspec.Raw(_check_json(msg.data))
+    except msgspec.DecodeError:
+        log.warning("skipped an event that is not JSON on %s (seq %d)", msg.subject, seq)
+        return None
+    return WireFrame(seq=seq, subject=msg.subject, kind=kind, event=event)
 
 
 _encode_frame = msgspec.json.Encoder().encode
@@ -253,14 +268,10 @@ class BuildFeed:
         seq = int(msg.metadata.sequence.stream)
         if seq <= (self.seqs[-1] if self.seqs else 0):
             return  # an ordered consumer that was reset may replay what we already hold
-        try:
-            event = msgspec.Raw(_check_json(msg.data))
-        except msgspec.DecodeError:
-            log.warning("skipped an event that is not JSON on %s (seq %d)", msg.subject, seq)
+        frame_of = wire_frame(msg, seq)
+        if frame_of is None:
             return
-        text = _encode_frame(
-            WireFrame(seq=seq, subject=msg.subject, kind=msg.subject.rpartition(".")[2], event=event)
-        )
+        text = _encode_frame(frame_of)
         frame = Frame(seq, text)
         self.history.append(frame)
         self.seqs.append(seq)

@@ -18,6 +18,7 @@ import pytest
 from actors.runtime.actor import Actor
 from actors.runtime.bus import connect, provision
 from actors.runtime.settings import Settings
+from bus_schemas.registry import BUILDS
 from ops.infra import NATS_ROLES, NatsServer, new_nats_password, start_nats, start_postgres
 
 T = TypeVar("T")
@@ -41,6 +42,16 @@ class Stack:
                                    "WHERE desired <> 'deleted'")
         finally:
             await conn.close()
+
+    async def forget_builds(self) -> None:
+        """Empty the BUILDS stream: tests share one bus, and tests that publish a step's input by hand leave
+        builds half-way that a later test's actors would carry on (a hand-made `generated` build gets checked,
+        then deployed by the next deployer)."""
+        nc = await connect(self.settings("admin"), "test-forget-builds")
+        try:
+            await nc.jetstream().purge_stream(BUILDS.name)
+        finally:
+            await nc.close()
 
     def settings(self, role: str, **overrides: object) -> Settings:
         """Settings for a process acting as `role` (a nats.conf user), on the test database."""

@@ -11,7 +11,6 @@ from actors.checker.dynamic import Sandbox
 from actors.checker.state import CheckerState
 from actors.checker.toolchain import Toolchain
 from actors.runtime.actor import Actor, Context, bind
-from actors.runtime.build_events import fail_step_when_parked
 from actors.runtime.settings import Settings
 from bus_schemas.registry import CHECKER_GENERATED
 from runner_template.sandbox import Launcher
@@ -40,7 +39,6 @@ def create_actor(toolchain: Toolchain | None = None, sandbox: Sandbox | None = N
     tools = toolchain or Toolchain(cache_dir=Path(tempfile.mkdtemp(prefix="bmms-checker-mypy-")))
     state = CheckerState(toolchain=tools, sandbox=sandbox or Sandbox(), launcher=launcher)
     actor = CheckerActor(state)
-    actor.consumer(CHECKER_GENERATED, on_park=fail_step_when_parked("check", "checking"), max_in_flight=4)(
-        bind(handlers.check_build, state)
-    )
+    step = handlers.check_build
+    actor.consumer(CHECKER_GENERATED, on_park=step.on_park, max_in_flight=4)(bind(step, state))
     return actor

@@ -28,11 +28,11 @@ from actors.checker.locate import deduplicate_findings, locate_findings
 from actors.checker.rules import Finding, check_source, errors
 from actors.checker.state import CheckerState
 from actors.checker.toolchain import Toolchain, check_with_tools
-from actors.runtime.actor import Context, TransientError, utc_now
-from actors.runtime.build_events import emit, fail_step, start_step
+from actors.runtime.actor import TransientError
+from actors.runtime.build_events import StepFailed, StepRun, pipeline_step
 from actors.runtime.objects import ObjectUnusable, load_verified
 from bus_schemas.base import FailureCode
-from bus_schemas.builds import AnyBuildEvent, BuildChecked, BuildGenerated, LogLine, StepChanged
+from bus_schemas.builds import BuildChecked, BuildGenerated
 from bus_schemas.plans import Artifact, ToolPlan, canonical_artifact_bytes, canonical_plan_bytes
 from bus_schemas.registry import ARTIFACTS, PLANS
 
@@ -47,51 +47,36 @@ ArtifactUnusable = ObjectUnusable
 """The artifact (or its plan) a build names cannot be used."""
 
 
-async def check_build(event: AnyBuildEvent, ctx: Context, checker: CheckerState) -> None:
-    """Check a `generated` build's artifact: log its findings, then publish `checked` or fail the step."""
-    if not isinstance(event, BuildGenerated):
-        return
-    ids = {"build_id": event.build_id, "org_id": event.org_id}
-    await start_step(ctx, event, "check")
+@pipeline_step("check", after=BuildGenerated, doing="checking")
+async def check_build(event: BuildGenerated, run: StepRun[BuildGenerated], checker: CheckerState) -> BuildChecked:
+    """Check a `generated` build's artifact and log its findings; the build goes on `checked` if none is an
+    error."""
     try:
-        store = await ctx.js.object_store(ARTIFACTS.name)
+        store = await run.ctx.js.object_store(ARTIFACTS.name)
+        plans = await run.ctx.js.object_store(PLANS.name)
     except nats.js.errors.BucketNotFoundError as exc:
         raise TransientError(f"object bucket missing (run `bmms migrate`): {exc}") from None
     try:
         artifact = await load_artifact(store, event.artifact_hash)
+        plan = await load_plan(plans, artifact.plan_hash)
     except ArtifactUnusable as exc:
-        await fail_step(ctx, event, "check", FailureCode.NOT_FOUND, str(exc))
-        return
-    try:
-        plan = await load_plan(await ctx.js.object_store(PLANS.name), artifact.plan_hash)
-    except ArtifactUnusable as exc:
-        await fail_step(ctx, event, "check", FailureCode.NOT_FOUND, str(exc))
-        return
-    await ctx.still_working()
+        raise StepFailed(FailureCode.NOT_FOUND, str(exc)) from None
+    await run.ctx.still_working()
     # Only code that passed the AST rules is ever run, and then only in the sandbox.
     findings = await check_artifact(artifact, checker.toolchain, lambda: sample_run(checker, artifact, plan))
     # Once per problem, and where the person wrote it: a body's line, not the generated file's.
     findings = locate_findings(deduplicate_findings(findings), artifact.module_source, plan)
     for index, finding in enumerate(findings[:MAX_LOGGED_FINDINGS]):
-        text = f"check: {finding.render()}"
-        line = LogLine(**ids, at=utc_now(), step="check", level=finding.severity, message=text)
-        await emit(ctx, line, "log", f"check:finding:{index}")
+        await run.log(f"finding:{index}", f"check: {finding.render()}", finding.severity)
     if len(findings) > MAX_LOGGED_FINDINGS:
-        rest = LogLine(**ids, at=utc_now(), step="check", level="warning",
-                       message=f"check: {len(findings) - MAX_LOGGED_FINDINGS} more finding(s) not shown")
-        await emit(ctx, rest, "log", "check:finding:more")
+        await run.log("finding:more", f"check: {len(findings) - MAX_LOGGED_FINDINGS} more finding(s) not shown",
+                      "warning")
     if errors(findings):
-        await fail_step(ctx, event, "check", CHECK_FAILED, failure_detail(findings))
-        return
+        raise StepFailed(CHECK_FAILED, failure_detail(findings))
     warnings = len(findings)
-    summary = (
-        f"check: passed: {len(artifact.tools)} tool(s), static rules, mypy --strict, ruff and a sandboxed run"
-        f"{f' ({warnings} warning(s))' if warnings else ''}"
-    )
-    passed = LogLine(**ids, at=utc_now(), step="check", level="info", message=summary)
-    await emit(ctx, passed, "log", "check:passed")
-    await emit(ctx, StepChanged(**ids, at=utc_now(), step="check", state="finished"), "step", "check:finished")
-    await emit(ctx, BuildChecked(**ids, at=utc_now(), artifact_hash=event.artifact_hash), "checked", "checked")
+    await run.log("passed", f"check: passed: {len(artifact.tools)} tool(s), static rules, mypy --strict, ruff "
+                  f"and a sandboxed run{f' ({warnings} warning(s))' if warnings else ''}")
+    return run.next(BuildChecked, artifact_hash=event.artifact_hash)
 
 
 async def load_artifact(store: ObjectStore, artifact_hash: str) -> Artifact:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from actors.codegen import handlers
-from actors.runtime.actor import Actor
-from actors.runtime.build_events import fail_step_when_parked
+from actors.runtime.actor import Actor, bind
 from bus_schemas.registry import CODEGEN_PLANNED
 
 
 def create_actor() -> Actor:
     """The codegen actor, wired to its durable consumer."""
     actor = Actor("codegen")
-    actor.consumer(CODEGEN_PLANNED, on_park=fail_step_when_parked("generate", "code generation"))(
-        handlers.generate_build
-    )
+    step = handlers.generate_build
+    actor.consumer(CODEGEN_PLANNED, on_park=step.on_park)(bind(step, None))
     return actor

@@ -6,8 +6,7 @@ its own hash (`actors.codegen.artifacts`) and publishes `generated`. Everything 
 or by build, so a redelivered event re-renders the same bytes, overwrites nothing new and is de-duplicated on
 the stream. A plan that cannot be rendered fails the build at `generate` with the reason.
 
-Codegen has no database (no `storage.py`, no `migrations/`) and no state: its one handler takes only the
-event and its context.
+Codegen has no database (no `storage.py`, no `migrations/`) and no state (its step's state is None).
 """
 
 from __future__ import annotations
@@ -16,43 +15,33 @@ import nats.js.errors
 
 from actors.codegen.artifacts import PlanUnusable, build_artifact, load_plan, store_artifact
 from actors.codegen.render import RenderRefused
-from actors.runtime.actor import Context, TransientError, utc_now
-from actors.runtime.build_events import emit, fail_step, start_step
+from actors.runtime.actor import TransientError
+from actors.runtime.build_events import StepFailed, StepRun, pipeline_step
 from bus_schemas.base import FailureCode
-from bus_schemas.builds import AnyBuildEvent, BuildGenerated, BuildPlanned, LogLine, StepChanged
+from bus_schemas.builds import BuildGenerated, BuildPlanned
 from bus_schemas.plans import HttpCall
 from bus_schemas.registry import ARTIFACTS, PLANS
 from runner_template import RUNNER_TEMPLATE_VERSION
 
 
-async def generate_build(event: AnyBuildEvent, ctx: Context) -> None:
-    """Render a `planned` build's plan into its artifact, store it and publish `generated`."""
-    if not isinstance(event, BuildPlanned):
-        return
-    ids = {"build_id": event.build_id, "org_id": event.org_id}
-    await start_step(ctx, event, "generate")
+@pipeline_step("generate", after=BuildPlanned, doing="code generation")
+async def generate_build(event: BuildPlanned, run: StepRun[BuildPlanned], state: None) -> BuildGenerated:
+    """Render a `planned` build's plan into its artifact and store it; the build goes on `generated`."""
     try:
-        plans = await ctx.js.object_store(PLANS.name)
-        artifacts = await ctx.js.object_store(ARTIFACTS.name)
+        plans = await run.ctx.js.object_store(PLANS.name)
+        artifacts = await run.ctx.js.object_store(ARTIFACTS.name)
     except nats.js.errors.BucketNotFoundError as exc:
         raise TransientError(f"object bucket missing (run `bmms migrate`): {exc}") from None
     try:
         plan = await load_plan(plans, event.plan_hash)
         artifact = build_artifact(plan, event.plan_hash)
     except PlanUnusable as exc:
-        await fail_step(ctx, event, "generate", FailureCode.NOT_FOUND, str(exc))
-        return
+        raise StepFailed(FailureCode.NOT_FOUND, str(exc)) from None
     except RenderRefused as exc:
-        await fail_step(ctx, event, "generate", FailureCode.INVALID, f"cannot generate the server: {exc}")
-        return
+        raise StepFailed(FailureCode.INVALID, f"cannot generate the server: {exc}") from None
     artifact_hash = await store_artifact(artifacts, artifact)
     http = sum(isinstance(t.implementation, HttpCall) for t in plan.tools)
-    message = (
-        f"rendered {len(artifact.tools)} tool(s) ({http} upstream, {len(artifact.tools) - http} function) "
-        f"on runner template {RUNNER_TEMPLATE_VERSION}: artifact {artifact_hash[:12]}"
-    )
-    await emit(ctx, LogLine(**ids, at=utc_now(), step="generate", level="info", message=message), "log",
-               "generate:rendered")
-    await emit(ctx, StepChanged(**ids, at=utc_now(), step="generate", state="finished"), "step",
-               "generate:finished")
-    await emit(ctx, BuildGenerated(**ids, at=utc_now(), artifact_hash=artifact_hash), "generated", "generated")
+    await run.log("rendered", f"rendered {len(artifact.tools)} tool(s) ({http} upstream, "
+                  f"{len(artifact.tools) - http} function) on runner template {RUNNER_TEMPLATE_VERSION}: "
+                  f"artifact {artifact_hash[:12]}")
+    return run.next(BuildGenerated, artifact_hash=artifact_hash)

@@ -11,7 +11,6 @@ from actors.deployer.backends.base import Backend
 from actors.deployer.reconcile import reconcile_forever
 from actors.deployer.state import DeployerState
 from actors.runtime.actor import Actor, Context, bind
-from actors.runtime.build_events import fail_step_when_parked
 from actors.runtime.settings import Settings
 from bus_schemas.registry import (
     CONTROL_SERVER,
@@ -54,8 +53,7 @@ def create_actor(backend: Backend | None = None) -> Actor:
     """The deployer actor (with the backend the settings choose, unless one is given)."""
     state = DeployerState(backend)
     actor = DeployerActor(state)
-    actor.consumer(DEPLOYER_CHECKED, on_park=fail_step_when_parked("deploy", "deploying"))(
-        bind(handlers.deploy, state))
+    actor.consumer(DEPLOYER_CHECKED, on_park=handlers.deploy.on_park)(bind(handlers.deploy, state))
     actor.rpc(LIST_SERVERS)(bind(handlers.list_servers, state))
     actor.rpc(GET_SERVER)(bind(handlers.get_server, state))
     actor.rpc(CONTROL_SERVER)(bind(handlers.control_server, state))

@@ -4,25 +4,20 @@ before serving (a redeploy) or nothing running (a new server)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 
 import asyncpg
-from nats.js import JetStreamContext
 
 from actors.deployer import server_secrets, storage
 from actors.deployer.backends.base import BackendError
 from actors.deployer.refusals import DeployRefused
 from actors.deployer.runners import announce, drop_route, load_artifact, start_checked
 from actors.deployer.state import DeployerState
-from actors.runtime.actor import Context, utc_now
-from actors.runtime.build_events import emit
-from actors.runtime.codec import decode
+from actors.runtime.actor import Context
+from actors.runtime.build_events import StepRun
 from actors.runtime.objects import ObjectUnusable
 from bus_schemas.base import FailureCode
-from bus_schemas.builds import AnyBuildEvent, BuildChecked, BuildRequested, LogLine
-from bus_schemas.registry import BUILDS, build_subject
+from bus_schemas.builds import BuildChecked
 from bus_schemas.servers import Isolation
 
 ISOLATION_LOG: dict[Isolation, str] = {
@@ -41,40 +36,12 @@ def new_server_id(build_id: str) -> str:
     return f"s{build_id}"
 
 
-@contextlib.asynccontextmanager
-async def heartbeat(ctx: Context, every: float = 10.0) -> AsyncIterator[None]:
-    """Keep a long handler's message from being redelivered while it works."""
-
-    async def beat() -> None:
-        while True:
-            await asyncio.sleep(every)
-            await ctx.still_working()
-
-    task = asyncio.create_task(beat())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-async def requested_of(js: JetStreamContext, build: BuildChecked) -> BuildRequested:
-    """The build's `requested` event: its name and the server it is a new version of, if any."""
-    msg = await js.get_last_msg(BUILDS.name, build_subject(build.org_id, build.build_id, "requested"))
-    event = decode(AnyBuildEvent, msg.data or b"")
-    if not isinstance(event, BuildRequested):
-        raise DeployRefused(FailureCode.INTERNAL, f"build {build.build_id} has no requested event")
-    return event
-
-
 async def deploy_build(ctx: Context, state: DeployerState, checked: BuildChecked) -> tuple[storage.Server, int]:
     """Make the checked build's artifact the running version of its server; (server, version)."""
-    requested = await requested_of(ctx.js, checked)
     artifact = await load_artifact(ctx, checked.artifact_hash)
-    server_id = requested.server_id or new_server_id(checked.build_id)
+    server_id = checked.server_id or new_server_id(checked.build_id)
     async with storage.server_lock(ctx.pool, server_id) as conn:
-        if requested.server_id:
+        if checked.server_id:
             found = await storage.find_live_server(conn, server_id, checked.org_id)
             if found is None:
                 raise DeployRefused(FailureCode.NOT_FOUND, f"no server {server_id} in this organisation to "
@@ -82,7 +49,7 @@ async def deploy_build(ctx: Context, state: DeployerState, checked: BuildChecked
             server = found
         else:
             server = await storage.create_server(
-                conn, server_id=server_id, org_id=checked.org_id, name=requested.name,
+                conn, server_id=server_id, org_id=checked.org_id, name=checked.name,
                 url=state.url_of(server_id), backend=state.backend.name,
             )
         previous = server.version if server.state == "running" else None
@@ -136,16 +103,15 @@ async def adopt_build_secrets(conn: asyncpg.Connection, state: DeployerState, ch
         raise DeployRefused(FailureCode.UNAVAILABLE, str(exc)) from None
 
 
-async def warn_missing_secrets(ctx: Context, checked: BuildChecked, server: storage.Server) -> None:
+async def warn_missing_secrets(run: StepRun[BuildChecked], server: storage.Server) -> None:
     """A warning line in the build log for each secret the new version reads that its server does not have."""
     try:
-        needed = await server_secrets.artifact_secrets(ctx.js, checked.artifact_hash)
+        needed = await server_secrets.artifact_secrets(run.ctx.js, run.event.artifact_hash)
     except ObjectUnusable:
         return  # the deploy itself just loaded it; nothing to say if it is gone since
-    async with ctx.pool.acquire() as conn:
+    async with run.ctx.pool.acquire() as conn:
         have = {s.name for s in await storage.stored_secrets(conn, server.server_id)}
     for name in sorted(set(needed) - have):
-        message = (f"secret {name} is not set: the tools that use it answer a tool error until it is "
-                   f"(PUT /v1/servers/{server.server_id}/secrets/{name})")
-        await emit(ctx, LogLine(build_id=checked.build_id, org_id=checked.org_id, at=utc_now(), step="deploy",
-                                level="warning", message=message), "log", f"deploy:secret-missing:{name}")
+        await run.log(f"secret-missing:{name}",
+                      f"secret {name} is not set: the tools that use it answer a tool error until it is "
+                      f"(PUT /v1/servers/{server.server_id}/secrets/{name})", "warning")

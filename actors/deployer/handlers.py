@@ -24,15 +24,15 @@ import asyncpg
 from actors.deployer import server_secrets, storage
 from actors.deployer.backends.base import BackendError
 from actors.deployer.control import control, restart_for_secrets
-from actors.deployer.deploy import ISOLATION_LOG, deploy_build, heartbeat, warn_missing_secrets
+from actors.deployer.deploy import ISOLATION_LOG, deploy_build, warn_missing_secrets
 from actors.deployer.install import install_snippets
 from actors.deployer.refusals import DeployRefused
 from actors.deployer.state import DeployerState
 from actors.runtime.actor import Context, utc_now
-from actors.runtime.build_events import emit, fail_step, start_step
+from actors.runtime.build_events import StepFailed, StepRun, pipeline_step
 from actors.runtime.objects import ObjectUnusable
 from bus_schemas.base import Failed, FailureCode
-from bus_schemas.builds import AnyBuildEvent, BuildChecked, BuildDeployed, LogLine, StepChanged
+from bus_schemas.builds import BuildChecked, BuildDeployed
 from bus_schemas.servers import (
     BuildSecretsStaged,
     ControlServer,
@@ -64,31 +64,24 @@ from bus_schemas.servers import (
 )
 
 
-async def deploy(event: AnyBuildEvent, ctx: Context, state: DeployerState) -> None:
-    """The deploy step of a `checked` build: run it, then log, finish the step and announce `deployed`."""
-    if not isinstance(event, BuildChecked):
-        return
-    ids = {"build_id": event.build_id, "org_id": event.org_id}
-    await start_step(ctx, event, "deploy")
+@pipeline_step("deploy", after=BuildChecked, doing="deploying")
+async def deploy(event: BuildChecked, run: StepRun[BuildChecked], state: DeployerState) -> BuildDeployed:
+    """The deploy step of a `checked` build: run it health-checked; the build ends `deployed`."""
     backend = state.backend
-    await emit(ctx, LogLine(**ids, at=utc_now(), step="deploy",
-                            level="warning" if backend.isolation == "process" else "info",
-                            message=ISOLATION_LOG[backend.isolation]), "log", "deploy:isolation")
+    await run.log("isolation", ISOLATION_LOG[backend.isolation],
+                  "warning" if backend.isolation == "process" else "info")
     try:
-        async with heartbeat(ctx):
-            server, version = await deploy_build(ctx, state, event)
+        async with run.ctx.heartbeat():
+            server, version = await deploy_build(run.ctx, state, event)
     except DeployRefused as refused:
-        await fail_step(ctx, event, "deploy", refused.code, refused.detail)
-        return
-    await warn_missing_secrets(ctx, event, server)
-    await emit(ctx, LogLine(**ids, at=utc_now(), step="deploy", level="info",
-                            message=f"version {version} answers an authenticated tools/list at {server.url}"),
-               "log", "deploy:healthy")
-    await emit(ctx, StepChanged(**ids, at=utc_now(), step="deploy", state="finished"), "step", "deploy:finished")
-    await emit(ctx, BuildDeployed(
-        **ids, at=utc_now(), url=server.url, server_id=server.server_id, version=version,
-        backend=backend.name, isolation=backend.isolation, install=install_snippets(server.name, server.url),
-    ), "deployed", "deployed")
+        raise StepFailed(refused.code, refused.detail) from None
+    await warn_missing_secrets(run, server)
+    await run.log("healthy", f"version {version} answers an authenticated tools/list at {server.url}")
+    return BuildDeployed(
+        build_id=event.build_id, org_id=event.org_id, at=utc_now(), url=server.url, server_id=server.server_id,
+        version=version, backend=backend.name, isolation=backend.isolation,
+        install=install_snippets(server.name, server.url),
+    )
 
 
 def _no_server(server_id: str) -> Failed:

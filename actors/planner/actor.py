@@ -9,7 +9,6 @@ from actors.planner import build_registry, handlers
 from actors.planner.build_registry import BuildRegistryState
 from actors.planner.handlers import PlannerState
 from actors.runtime.actor import Actor, Context, bind
-from actors.runtime.build_events import fail_step_when_parked
 from actors.runtime.settings import Settings
 from bus_schemas.registry import BUILD_STATUS, GET_BUILD, PLANNER_REQUESTED, SUBMIT_BUILD
 
@@ -43,7 +42,6 @@ def create_actor() -> Actor:
     async def flush_summaries(ctx: Context) -> None:
         await build_registry.flush_summaries(ctx, registry)
 
-    actor.consumer(PLANNER_REQUESTED, on_park=fail_step_when_parked("plan", "planning"))(
-        bind(handlers.plan_build, planner)
-    )
+    step = handlers.plan_build
+    actor.consumer(PLANNER_REQUESTED, on_park=step.on_park)(bind(step, planner))
     return actor

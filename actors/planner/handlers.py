@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from actors.planner import storage
 from actors.planner.planning import finish_plan, plan_request, store_plan
 from actors.planner.problems import PlanNotes, PlanProblem
-from actors.runtime.actor import Context, utc_now
-from actors.runtime.build_events import emit, fail_step, start_step
+from actors.runtime.actor import Context
+from actors.runtime.build_events import StepFailed, StepRun, pipeline_step
 from actors.runtime.bus import call
 from actors.runtime.settings import Settings
 from bus_schemas.base import Failed, FailureCode
-from bus_schemas.builds import AnyBuildEvent, BuildPlanned, BuildRequested, LogLine, StepChanged
+from bus_schemas.builds import BuildPlanned, BuildRequested
 from bus_schemas.registry import CHECK_QUOTA
 from bus_schemas.usage import CheckQuota
 
@@ -38,12 +38,10 @@ class PlannerState:
     """The settings the actor serves with (Claude, fetch policy), set when it starts serving."""
 
 
-async def emit_notes(ctx: Context, build: BuildRequested, notes: PlanNotes) -> None:
+async def emit_notes(run: StepRun[BuildRequested], notes: PlanNotes) -> None:
     """The plan step's log lines, in order, each keyed by its place so redelivery does not repeat them."""
     for index, (level, message) in enumerate(notes.lines):
-        line = LogLine(build_id=build.build_id, org_id=build.org_id, at=utc_now(), step="plan", level=level,
-                       message=message)
-        await emit(ctx, line, "log", f"plan:log:{index}")
+        await run.log(f"log:{index}", message, level)
 
 
 async def check_build_quota(ctx: Context, build: BuildRequested, notes: PlanNotes) -> str | None:
@@ -65,51 +63,42 @@ async def check_build_quota(ctx: Context, build: BuildRequested, notes: PlanNote
 
 
 async def plan_and_record(
-    ctx: Context, build: BuildRequested, settings: Settings, notes: PlanNotes
-) -> tuple[str, int] | None:
+    run: StepRun[BuildRequested], settings: Settings, notes: PlanNotes
+) -> tuple[str, int]:
     """Plan a build not planned before: check its quota, plan, store and record the plan; returns the plan
-    hash and tool count that stand, or None when the step failed (its `failed` event is emitted)."""
-    refusal = await check_build_quota(ctx, build, notes)
+    hash and tool count that stand (raises `StepFailed` with the notes logged when it cannot)."""
+    build = run.event
+    refusal = await check_build_quota(run.ctx, build, notes)
     if refusal is not None:
-        await emit_notes(ctx, build, notes)
-        await fail_step(ctx, build, "plan", FailureCode.QUOTA_EXCEEDED, refusal)
-        return None
+        await emit_notes(run, notes)
+        raise StepFailed(FailureCode.QUOTA_EXCEEDED, refusal)
     try:
         plan = await plan_request(build, settings, notes)
     except PlanProblem as problem:
-        await emit_notes(ctx, build, notes)
-        await fail_step(ctx, build, "plan", FailureCode.INVALID, str(problem))
-        return None
+        await emit_notes(run, notes)
+        raise StepFailed(FailureCode.INVALID, str(problem)) from None
     plan = finish_plan(plan, notes)
     flags = len(plan.flags)
     notes.info(
         f"planned {len(plan.tools)} tool(s); tool list ~{plan.tool_list_tokens:,} tokens "
         f"(estimate: JSON characters / 4){f'; {flags} flag(s) for review' if flags else ''}"
     )
-    digest = await store_plan(ctx.js, plan)
+    digest = await store_plan(run.ctx.js, plan)
     notes.info(f"plan stored as {digest}")
-    await emit_notes(ctx, build, notes)
-    async with ctx.pool.acquire() as conn:
+    await emit_notes(run, notes)
+    async with run.ctx.pool.acquire() as conn:
         return await storage.record_plan(conn, build.build_id, digest, len(plan.tools))
 
 
-async def plan_build(event: AnyBuildEvent, ctx: Context, state: PlannerState) -> None:
-    """The plan step for a `requested` event: plan the build once, then emit `planned` (or fail the step)."""
-    if not isinstance(event, BuildRequested):
-        return
+@pipeline_step("plan", after=BuildRequested, doing="planning")
+async def plan_build(event: BuildRequested, run: StepRun[BuildRequested], state: PlannerState) -> BuildPlanned:
+    """The plan step for a `requested` event: plan the build once; the build goes on `planned`."""
     assert state.settings is not None
-    await start_step(ctx, event, "plan")
-    async with ctx.pool.acquire() as conn:
+    async with run.ctx.pool.acquire() as conn:
         planned = await storage.find_plan(conn, event.build_id)
     notes = PlanNotes()
     if planned is None:  # not planned before (a redelivery after recording reuses the recorded plan)
-        planned = await plan_and_record(ctx, event, state.settings, notes)
-        if planned is None:
-            return
+        planned = await plan_and_record(run, state.settings, notes)
     digest, tool_count = planned
-    ids = {"build_id": event.build_id, "org_id": event.org_id}
-    await emit(ctx, StepChanged(**ids, at=utc_now(), step="plan", state="finished"), "step", "plan:finished")
-    planned_event = BuildPlanned(**ids, at=utc_now(), plan_hash=digest, tool_count=tool_count,
-                                 model_input_tokens=notes.model_input_tokens,
-                                 model_output_tokens=notes.model_output_tokens)
-    await emit(ctx, planned_event, "planned", "planned")
+    return run.next(BuildPlanned, plan_hash=digest, tool_count=tool_count,
+                    model_input_tokens=notes.model_input_tokens, model_output_tokens=notes.model_output_tokens)

@@ -22,7 +22,7 @@ import contextlib
 import datetime as dt
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -90,6 +90,23 @@ class Context:
         """Tell JetStream a long handler is alive, so the message is not redelivered meanwhile."""
         if self._msg is not None:
             await self._msg.in_progress()
+
+    @contextlib.asynccontextmanager
+    async def heartbeat(self, every: float = 10.0) -> AsyncIterator[None]:
+        """Say `still_working` every `every` seconds while the block runs, however long it takes."""
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(every)
+                await self.still_working()
+
+        task = asyncio.create_task(beat())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     @property
     def pool(self) -> asyncpg.Pool:

@@ -407,7 +407,7 @@ async def bench_ws_case(stack: Stack, org: str, build_id: str, sockets: int, rat
         delay = start + i / rate - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        event = LogLine(build_id=build_id, org_id=org, at=utc_now(), step="bench", level="info",
+        event = LogLine(build_id=build_id, org_id=org, at=utc_now(), step="deploy", level="info",
                         message=str(time.time_ns()))
         await nc.publish(subject, encode(event))
     await asyncio.wait([s.finished for s in opened], timeout=30 + seconds)

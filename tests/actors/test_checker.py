@@ -75,7 +75,7 @@ async def put_artifact(js, artifact: Artifact, name: str | None = None) -> str:
 
 
 async def publish_generated(js, org: str, build: str, digest: str, msg_id: str) -> None:
-    event = BuildGenerated(build_id=build, org_id=org, at=utc_now(), artifact_hash=digest)
+    event = BuildGenerated(build_id=build, org_id=org, at=utc_now(), name="checker-test", artifact_hash=digest)
     await publish_event(js, build_subject(org, build, "generated"), event, msg_id)
 
 

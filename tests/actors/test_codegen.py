@@ -29,7 +29,7 @@ async def put_plan(js, plan: ToolPlan) -> str:
 
 
 async def publish_planned(js, org: str, build: str, digest: str, msg_id: str) -> None:
-    event = BuildPlanned(build_id=build, org_id=org, at=utc_now(), plan_hash=digest, tool_count=4)
+    event = BuildPlanned(build_id=build, org_id=org, at=utc_now(), name="codegen-test", plan_hash=digest, tool_count=4)
     await publish_event(js, build_subject(org, build, "planned"), event, msg_id)
 
 

@@ -20,7 +20,8 @@ from actors.catalog import create_actor
 from actors.deployer.actor import create_actor as create_deployer
 from actors.deployer.backends.base import RunnerSpec
 from actors.deployer.backends.process import ProcessBackend
-from actors.runtime.bus import call
+from actors.runtime.actor import utc_now
+from actors.runtime.bus import call, publish_event
 from actors.runtime.codec import decode
 from actors.runtime.settings import Settings
 from bus_schemas.base import Failed
@@ -37,6 +38,7 @@ from bus_schemas.builds import (
     GetBuild,
     LogLine,
     OpenApiSource,
+    StepChanged,
     SubmitBuild,
     ToolParameter,
     ToolSpec,
@@ -53,10 +55,14 @@ from bus_schemas.registry import (
     OAUTH_MINT_SERVICE_TOKEN,
     ROUTES,
     SUBMIT_BUILD,
+    build_subject,
 )
 from bus_schemas.servers import GetServer, ServerReply, ServerRoute
 from bus_schemas.usage import CheckQuota
+from tests.actors.codegen_samples import sample_plan
 from tests.actors.oauth_helpers import SECRET_KEY
+from tests.actors.test_codegen import history as history_of
+from tests.actors.test_codegen import put_plan
 from tests.conftest import Stack, eventually, running
 
 CALCULATOR = ToolSpecSource(tools=(
@@ -83,7 +89,10 @@ def deployer_settings(stack: Stack) -> Settings:
 @contextlib.asynccontextmanager
 async def pipeline(stack: Stack, *, deployer: bool = True) -> AsyncIterator[ProcessBackend]:
     """Every pipeline actor, the Authorization Server (service tokens) and the deployer on local processes
-    (without `deployer`, the test runs deployers on the yielded backend itself)."""
+    (without `deployer`, the test runs deployers on the yielded backend itself). They start on an empty BUILDS
+    stream: builds that earlier tests left half-way (some start from an event published by hand) are not
+    carried on here."""
+    await stack.forget_builds()
     backend = ProcessBackend(stack.root / f"runners-{secrets.token_hex(4)}")
     async with contextlib.AsyncExitStack() as actors:
         for name in ("planner", "codegen", "checker"):
@@ -150,6 +159,31 @@ async def test_tool_spec_build_is_planned_generated_checked_and_deployed_at_its_
         assert isinstance(server, ServerReply) and server.server.state == "running", server
         foreign = await call(admin_nc, GET_SERVER, GetServer(org_id="other", server_id=deployed.server_id), timeout=10)
         assert isinstance(foreign, Failed) and foreign.code == "not_found"
+
+
+async def test_each_step_needs_only_the_event_before_it(stack: Stack, admin_nc: Client) -> None:
+    # A build handed to codegen by hand, with no `requested` event: the events carry the server's name on.
+    org, build = "pipe-handed", f"b{secrets.token_hex(6)}"
+    digest = await put_plan(admin_nc.jetstream(), sample_plan())
+    async with pipeline(stack):
+        planned = BuildPlanned(build_id=build, org_id=org, at=utc_now(), name="handed-on", plan_hash=digest,
+                               tool_count=4)
+        await publish_event(admin_nc.jetstream(), build_subject(org, build, "planned"), planned, f"{build}:planned")
+
+        async def settled() -> Any:
+            events = [e for _, e, _ in await history_of(admin_nc.jetstream(), org, build)]
+            return events if any(isinstance(e, BuildDeployed | BuildFailed) for e in events) else None
+
+        events = await eventually(settled, timeout=90)
+        deployed = events[-1]
+        assert isinstance(deployed, BuildDeployed), events[-3:]
+        checked = next(e for e in events if isinstance(e, BuildChecked))
+        assert (checked.name, checked.server_id) == ("handed-on", None)
+        server = await call(admin_nc, GET_SERVER, GetServer(org_id=org, server_id=deployed.server_id), timeout=10)
+        assert isinstance(server, ServerReply) and server.server.name == "handed-on"
+    # each step's started, finished and handing-on event, once each, in order
+    steps = [(e.step, e.state) for e in events if isinstance(e, StepChanged)]
+    assert steps == [(s, state) for s in ("generate", "check", "deploy") for state in ("started", "finished")]
 
 
 async def test_same_input_built_twice_gives_the_same_artifact_hash(stack: Stack, admin_nc: Client) -> None:

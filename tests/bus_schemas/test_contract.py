@@ -4,14 +4,14 @@ with the failing path named, and the committed schema snapshot matches the code.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, get_args
 
 import msgspec
 import pytest
 
 from actors.runtime.codec import decode, encode
 from bus_schemas.base import Failed
-from bus_schemas.builds import AnyBuildEvent, PlainWords, SubmitBuild
+from bus_schemas.builds import BUILD_KINDS, AnyBuildEvent, BuildKind, PlainWords, SubmitBuild
 from bus_schemas.registry import ALL_MESSAGES, CONSUMERS, EVENT_SUBJECTS, RPCS
 from ops.asyncapi import CONTRACT_SNAPSHOT, UPDATE_SNAPSHOT_COMMAND, contract_schema, render, union_members
 from tests.bus_schemas.samples import samples
@@ -130,3 +130,18 @@ def test_an_unknown_failure_code_is_rejected_where_it_is_decoded() -> None:
     for field, value in (("code", "unhealty"), ("step", "deploying")):
         with pytest.raises(msgspec.ValidationError, match=rf"at `\$\.{field}`"):
             decode(AnyBuildEvent, json.dumps({**failed, field: value}).encode())
+
+
+def test_a_log_line_of_an_unknown_step_is_rejected() -> None:
+    line = {"type": "build.log.v1", "build_id": "b1", "org_id": "o1", "at": "2026-01-01T00:00:00Z",
+            "step": "check", "level": "info", "message": "check: passed"}
+    assert decode(AnyBuildEvent, json.dumps(line).encode()).step == "check"
+    with pytest.raises(msgspec.ValidationError, match=r"Invalid enum value 'bench' - at `\$\.step`"):
+        decode(AnyBuildEvent, json.dumps({**line, "step": "bench"}).encode())
+
+
+def test_every_build_event_type_has_its_own_kind_and_every_kind_a_type() -> None:
+    kinds = [BUILD_KINDS[event_type] for event_type in get_args(AnyBuildEvent)]
+    assert sorted(kinds) == sorted(get_args(BuildKind))
+    for event_type, kind in BUILD_KINDS.items():
+        assert str(event_type.__struct_config__.tag).startswith(f"build.{kind}.")

@@ -386,7 +386,7 @@ async def test_build_usage_counts_requests_step_timings_and_model_tokens(stack: 
                                      source=ToolSpecSource(tools=(ToolSpec(name="x", description="x"),)))),
         ("step", StepChanged(**ids, at=utc_now(), step="plan", state="started")),
         ("step", StepChanged(**ids, at=utc_now(), step="plan", state="finished")),
-        ("planned", BuildPlanned(**ids, at=utc_now(), plan_hash="h", tool_count=1, model_input_tokens=1200,
+        ("planned", BuildPlanned(**ids, at=utc_now(), name="n", plan_hash="h", tool_count=1, model_input_tokens=1200,
                                  model_output_tokens=340)),
     ]
     async with running(create_actor("metering"), stack.settings("metering")):
