@@ -10,6 +10,7 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, YamlRenderPlugin
+from litestar.static_files import create_static_files_router
 
 from actors.runtime.settings import Settings
 from gateway.api_keys import ApiKeysController
@@ -22,6 +23,7 @@ from gateway.health import HealthController
 from gateway.identity import SignInController
 from gateway.oauth import OAuthController
 from gateway.org import InvitesController, OrgController
+from gateway.pages import STATIC_DIR
 from gateway.problems import problem_response
 from gateway.routing import ServerRouting
 from gateway.servers import ServersController
@@ -55,6 +57,7 @@ def create_app(settings: Settings, config: GatewayConfig | None = None) -> Lites
             HealthController, BuildsController, SignInController, MeController, SessionsController, InvitesController,
             OrgController, ApiKeysController, SignInPageController, OAuthController,
             ServersController, UsageController, EventsController, *routing.route_handlers,
+            create_static_files_router(path="/static", directories=[STATIC_DIR], include_in_schema=False),
         ],
         # Handlers reach the bus, the authenticator and the build feeds through `services`; the caller's
         # principal (gateway.services.provide_principal) depends on it. Keeping the graph a single chain lets

@@ -43,7 +43,7 @@ from bus_schemas.registry import (
 )
 from gateway.auth import SESSION_COOKIE, session_token
 from gateway.browser import CROSS_SITE_OPT
-from gateway.pages import FORM_FIELD, form_cookie, form_is_ours, form_token, hidden, page, paragraph
+from gateway.pages import FORM_FIELD, Link, form_cookie, form_is_ours, form_token, message_page, render
 from gateway.problems import Problem
 from gateway.services import EdgeServices
 
@@ -135,16 +135,8 @@ class SignInController(Controller):
         """A page with a "Sign in" button that POSTs the token: opening the link does not use it, so a
         mail scanner that fetches every link cannot burn it. Nothing submits the form but the person."""
         form = form_token(request)
-        body = "\n".join([
-            paragraph("Continue to sign in to Build My MCP Server in this browser."),
-            f'  <form method="post" action="{CALLBACK_PATH}">',
-            hidden(FORM_FIELD, form),
-            hidden("token", token),
-            '    <button type="submit">Sign in</button>',
-            "  </form>",
-            paragraph("The link works once. If you did not ask to sign in, close this page.", "small"),
-        ])
-        return page("Sign in", body, cookies=[form_cookie(form, is_https(request, services.settings))])
+        return render("sign_in_link.html", cookies=[form_cookie(form, is_https(request, services.settings))],
+                      title="Sign in", action=CALLBACK_PATH, form_field=FORM_FIELD, form_token=form, token=token)
 
     @post("/magic-link/callback", summary="Use a sign-in link", include_in_schema=True,
           opt={CROSS_SITE_OPT: "form token"})
@@ -159,11 +151,10 @@ class SignInController(Controller):
         if not form_is_ours(request, form.get(FORM_FIELD), services.settings.public_url):
             log.info("refused sign-in link use: form token missing or wrong, or foreign Origin %r",
                      request.headers.get("origin", "")[:200])
-            return page("Sign in", paragraph("This form expired or did not come from this site: open the link "
-                                             "from your mail again."), 403)
+            return message_page("Sign in", "This form expired or did not come from this site: open the link from "
+                                "your mail again.", 403)
         if not isinstance(token, str) or not 1 <= len(token) <= 200:
-            return page("Sign in", paragraph("The sign-in form is incomplete: open the link from your mail again."),
-                        400)
+            return message_page("Sign in", "The sign-in form is incomplete: open the link from your mail again.", 400)
         try:
             started = await services.bus.ask(
                 REDEEM_MAGIC_LINK,
@@ -173,9 +164,8 @@ class SignInController(Controller):
         except Problem as problem:
             if problem.status != 401:
                 raise
-            return page("This link cannot sign you in",
-                        paragraph(problem.detail[:1].upper() + problem.detail[1:] + ".")
-                        + f'\n  <p><a href="{SIGN_IN_PAGE}">Ask for a new link</a></p>', 401)
+            return message_page("This link cannot sign you in", problem.detail[:1].upper() + problem.detail[1:] + ".",
+                                401, link=Link(SIGN_IN_PAGE, "Ask for a new link"))
         cookie = session_cookie(started.token, started.max_age_seconds, is_https(request, services.settings))
         return Redirect(
             path=started.next or DEFAULT_AFTER_SIGN_IN, status_code=303, cookies=[cookie],

@@ -8,11 +8,8 @@ with `error`/`state`/`iss`, an HTML error page when the redirect URI is not trus
 from __future__ import annotations
 
 import base64
-import html
 import logging
 import time
-from pathlib import Path
-from string import Template
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlencode
 
@@ -55,7 +52,7 @@ from gateway.auth import Authenticator
 from gateway.bodies import decode_json_body
 from gateway.browser import CROSS_SITE_OPT
 from gateway.identity import SIGN_IN_PAGE
-from gateway.pages import page, paragraph
+from gateway.pages import message_page, render
 from gateway.services import EdgeServices
 from runner_template.rpc import call
 
@@ -65,15 +62,12 @@ log = logging.getLogger("bmms.gateway.oauth")
 
 JWKS_PATH = "/oauth/jwks.json"
 
-_TEMPLATES = Path(__file__).parent / "templates"
-_CONSENT = Template((_TEMPLATES / "oauth_consent.html").read_text())
 _encoder = msgspec.json.Encoder()
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 _PAGE_HEADERS = {
     **_NO_STORE,
-    # The consent page must never be framed (clickjacking) nor load anything from elsewhere.
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
-    "X-Frame-Options": "DENY",
+    # Besides the pages' own headers (gateway.pages: never framed, nothing loaded from elsewhere): the consent
+    # page and the pages on the way to it tell no one where they came from.
     "Referrer-Policy": "no-referrer",
 }
 
@@ -144,30 +138,16 @@ def _unavailable(failed: Failed) -> OAuthError:
 
 
 def _page(title: str, message: str, status: int) -> Response[str]:
-    return page(title, paragraph(message), status, headers=_PAGE_HEADERS)
+    return message_page(title, message, status, headers=_PAGE_HEADERS)
 
 
 def _consent_page(consent: ConsentRequired, signer: Signer) -> Response[str]:
-    rows = []
-    for choice in consent.scopes:
-        scope = html.escape(choice.scope)
-        label = f"{html.escape(choice.description)} <code>{scope}</code>"
-        if choice.optional:
-            rows.append(f'<li><label><input type="checkbox" name="scope" value="{scope}" checked> {label}</label></li>')
-        else:
-            rows.append(f'<li><label><input type="checkbox" checked disabled> {label}</label></li>')
-    body = _CONSENT.substitute(
-        client_name=html.escape(consent.client_name),
-        client_id=html.escape(consent.client_id),
-        redirect_host=html.escape(consent.redirect_uri.split("/")[2] if "//" in consent.redirect_uri else ""),
-        person=html.escape(signer.label or signer.subject),
-        server_id=html.escape(consent.server_id),
-        resource=html.escape(consent.resource),
-        scopes="\n".join(rows),
-        consent_id=html.escape(consent.consent_id),
-        csrf_token=html.escape(consent.csrf_token),
+    return render(
+        "oauth_consent.html", headers=_PAGE_HEADERS, client_name=consent.client_name, client_id=consent.client_id,
+        redirect_host=consent.redirect_uri.split("/")[2] if "//" in consent.redirect_uri else "",
+        person=signer.label or signer.subject, server_id=consent.server_id, resource=consent.resource,
+        scopes=consent.scopes, consent_id=consent.consent_id, csrf_token=consent.csrf_token,
     )
-    return Response(body, status_code=200, media_type="text/html; charset=utf-8", headers=_PAGE_HEADERS)
 
 
 def _client_credentials(request: Request[Any, Any, Any], form: dict[str, str]) -> tuple[str | None, str | None,

@@ -1,5 +1,6 @@
-"""Server-rendered pages for people in a browser (sign-in, the magic-link confirmation), and the form
-token that keeps other sites from submitting their forms.
+"""Server-rendered pages for people in a browser (sign-in, the magic-link confirmation, consent): Jinja
+templates in `templates/` with every value escaped, styled by `static/bmms.css`; and the form token that keeps
+other sites from submitting their forms.
 
 CSRF defence of these forms (they act without a session, so the session cookie cannot anchor them): a
 double-submit token. Rendering a form sets the `bmms_form` cookie (random, HttpOnly, SameSite=Lax) and
@@ -11,13 +12,14 @@ own forms send their real `Origin`, not `null`).
 
 from __future__ import annotations
 
-import html
 import re
 import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from string import Template
 from typing import Any
 
+import jinja2
 from litestar import Request, Response
 from litestar.datastructures import Cookie
 
@@ -30,37 +32,46 @@ FORM_FIELD = "form_token"
 FORM_TOKEN_SECONDS = 3600
 
 _FORM_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{43}$")
-_PAGE = Template((Path(__file__).parent / "templates" / "page.html").read_text())
+
+STATIC_DIR = Path(__file__).parent / "static"
+"""The pages' own assets (style sheets), served at /static: no page loads anything from elsewhere."""
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+    autoescape=True,  # every value a template shows is escaped; none is markup
+    undefined=jinja2.StrictUndefined,  # a value a template names but the page did not give is an error
+    trim_blocks=True,
+)
 
 PAGE_HEADERS = {
+    # The Content-Security-Policy (nothing loaded but our own style sheet, forms post only here, never framed)
+    # is every HTML answer's: gateway.browser.HTML_HEADERS.
     "Cache-Control": "no-store",
     "Pragma": "no-cache",
-    # Never framed (clickjacking), nothing loaded from anywhere, forms post only here.
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
-                               "frame-ancestors 'none'",
-    "X-Frame-Options": "DENY",
     # Not `no-referrer`: with it, browsers send `Origin: null` on our own form POSTs.
     "Referrer-Policy": "same-origin",
 }
 
 
-def page(title: str, body_html: str, status: int = 200, *, headers: dict[str, str] | None = None,
-         cookies: list[Cookie] | None = None) -> Response[str]:
-    """An HTML page; `body_html` is markup already escaped by the caller (see `paragraph`)."""
-    document = _PAGE.substitute(title=html.escape(title), body=body_html)
+@dataclass(frozen=True)
+class Link:
+    """A link below a page's message."""
+
+    href: str
+    label: str
+
+
+def render(template: str, status: int = 200, *, headers: Mapping[str, str] | None = None,
+           cookies: list[Cookie] | None = None, **context: Any) -> Response[str]:
+    """An HTML page from `templates/<template>`; every value in `context` is escaped where it is shown."""
+    document = _TEMPLATES.get_template(template).render(**context)
     return Response(document, status_code=status, media_type="text/html; charset=utf-8",
                     headers={**PAGE_HEADERS, **(headers or {})}, cookies=cookies or [])
 
 
-def paragraph(text: str, css_class: str = "") -> str:
-    """A paragraph of plain text, escaped."""
-    attribute = f' class="{css_class}"' if css_class else ""
-    return f"  <p{attribute}>{html.escape(text)}</p>"
-
-
-def hidden(name: str, value: str) -> str:
-    """A hidden form field, escaped."""
-    return f'    <input type="hidden" name="{html.escape(name)}" value="{html.escape(value)}">'
+def message_page(title: str, text: str, status: int = 200, *, small: str = "", link: Link | None = None,
+                 headers: Mapping[str, str] | None = None) -> Response[str]:
+    """A page that says one thing (and maybe a smaller second thing, and where to go next)."""
+    return render("message.html", status, headers=headers, title=title, text=text, small=small, link=link)
 
 
 def form_token(request: Request[Any, Any, Any]) -> str:

@@ -70,12 +70,13 @@ async def serve_gateway(
     app = app or create_app(settings)
     # The OAuth issuer (gateway.oauth) is the public URL, or else this bound address: known only now.
     app.state["base_url"] = (settings.public_url or base_url).rstrip("/")
+    fast = settings.gateway_fast_path
     config = uvicorn.Config(
-        with_raw_websocket_send(app),
+        with_raw_websocket_send(app) if fast else app,
         http="httptools",
         # The sans-I/O websockets protocol writes a frame straight to the transport without awaiting,
         # so fanning an event out to many sockets costs no extra event-loop round trips.
-        ws="websockets-sansio",
+        ws="websockets-sansio" if fast else "websockets",
         # Compression would be per socket: it would undo the encode-once fan-out.
         ws_per_message_deflate=False,
         lifespan="on",

@@ -46,9 +46,12 @@ class EdgeServices:
     async def start(self) -> None:
         """Connect to NATS as the gateway user and prepare the readiness pool."""
         self._nc = await connect(self.settings, "bmms-gateway")
-        # Requests (RPCs, the direct gets of build summaries) take a connection of their own, spoken without
-        # nats-py's task hops (gateway.requester); events, feeds and JetStream stay on `_nc`.
-        self._requester = await Requester.for_settings(self.settings, "bmms-gateway-requests", tls_fallback=self._nc)
+        # On the fast path, requests (RPCs, the direct gets of build summaries) take a connection of their own,
+        # spoken without nats-py's task hops (gateway.requester); events, feeds and JetStream stay on `_nc`.
+        self._requester = (
+            await Requester.for_settings(self.settings, "bmms-gateway-requests", tls_fallback=self._nc)
+            if self.settings.gateway_fast_path else self._nc
+        )
         self._bus = BusClient(self._nc, self._requester, self.settings.rpc_timeout)
         self._authenticator = Authenticator(self._bus, self.config.auth_cache_seconds, self.config.auth_cache_size)
         self._feeds = BuildFeeds(

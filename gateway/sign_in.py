@@ -9,7 +9,6 @@ CSRF: the double-submit form token of `gateway.pages`.
 
 from __future__ import annotations
 
-import html
 import logging
 from typing import Any
 
@@ -28,7 +27,7 @@ from gateway.identity import (
     is_https,
     public_base,
 )
-from gateway.pages import FORM_FIELD, form_cookie, form_is_ours, form_token, hidden, page, paragraph
+from gateway.pages import FORM_FIELD, Link, form_cookie, form_is_ours, form_token, message_page, render
 from gateway.problems import Problem
 from gateway.services import EdgeServices
 
@@ -38,20 +37,9 @@ def sign_in_form(request: Request[Any, Any, Any], services: EdgeServices, next_p
                  email: str = "", notice: str = "", status: int = 200) -> Response[str]:
     """The email form, with a fresh (or the browser's current) form token."""
     token = form_token(request)
-    parts = [
-        paragraph(notice, "notice") if notice else "",
-        paragraph("Enter your email address: we will mail you a link that signs you in."),
-        f'  <form method="post" action="{SIGN_IN_PAGE}">',
-        hidden(FORM_FIELD, token),
-        hidden("next", next_path or ""),
-        '    <label for="email">Email</label>',
-        f'    <input type="email" id="email" name="email" value="{html.escape(email)}" required autofocus '
-        'autocomplete="email" maxlength="320">',
-        '    <button type="submit">Email me a sign-in link</button>',
-        "  </form>",
-    ]
-    return page("Sign in", "\n".join(p for p in parts if p), status,
-                cookies=[form_cookie(token, is_https(request, services.settings))])
+    return render("sign_in.html", status, cookies=[form_cookie(token, is_https(request, services.settings))],
+                  title="Sign in", action=SIGN_IN_PAGE, form_field=FORM_FIELD, form_token=token,
+                  next_path=next_path or "", email=email, notice=notice)
 
 
 class SignInPageController(Controller):
@@ -70,8 +58,8 @@ class SignInPageController(Controller):
         next_path = safe_next(raw_next)
         if raw_next is not None and next_path is None:
             log.info("refused sign-in page: `next` is not a local path")
-            return page("Sign in", paragraph("That sign-in address points away from this site; open the link "
-                                             "from your app again."), 400)
+            return message_page("Sign in", "That sign-in address points away from this site; open the link from "
+                                "your app again.", 400)
         if await services.authenticator.session_principal(request) is not None:
             return Redirect(next_path or DEFAULT_AFTER_SIGN_IN, status_code=303, headers={"Cache-Control": "no-store"})
         return sign_in_form(request, services, next_path)
@@ -84,12 +72,12 @@ class SignInPageController(Controller):
         form = await request.form()
         email, raw_next = form.get("email"), form.get("next") or None
         if not isinstance(email, str) or not isinstance(raw_next, str | None):
-            return page("Sign in", paragraph("The sign-in form is incomplete; open it again."), 400)
+            return message_page("Sign in", "The sign-in form is incomplete; open it again.", 400)
         if not form_is_ours(request, form.get(FORM_FIELD), services.settings.public_url):
             log.info("refused sign-in form: form token missing or wrong, or foreign Origin %r",
                      request.headers.get("origin", "")[:200])
-            return page("Sign in", paragraph("This form expired or did not come from this site. Open the sign-in "
-                                             "page again.") + f'\n  <p><a href="{SIGN_IN_PAGE}">Sign in</a></p>', 403)
+            return message_page("Sign in", "This form expired or did not come from this site. Open the sign-in "
+                                "page again.", 403, link=Link(SIGN_IN_PAGE, "Sign in"))
         try:
             sent = await services.bus.ask(
                 REQUEST_MAGIC_LINK,
@@ -102,15 +90,16 @@ class SignInPageController(Controller):
                                     notice="That is not an email address.", status=400)
             if problem.status == 429:
                 sentence = problem.detail[:1].upper() + problem.detail[1:] + "."
-                return page("Too many sign-in links", paragraph(sentence), 429,
-                            headers={k: v for k, v in problem.headers.items() if k == "Retry-After"})
+                return message_page("Too many sign-in links", sentence, 429,
+                                    headers={k: v for k, v in problem.headers.items() if k == "Retry-After"})
             if problem.status < 500:
-                return page("Sign in", paragraph(f"{problem.detail}; open the link from your app again."), 400)
-            return page("Sign-in is unavailable", paragraph("Sign-in is unavailable right now; try again shortly."),
-                        problem.status)
+                return message_page("Sign in", f"{problem.detail}; open the link from your app again.", 400)
+            return message_page("Sign-in is unavailable", "Sign-in is unavailable right now; try again shortly.",
+                                problem.status)
         minutes = sent.expires_in_seconds // 60
-        return page("Check your email", "\n".join([
-            paragraph(f"If {email.strip()} can receive mail, a sign-in link is on its way to it. The link works "
-                      f"once, for {minutes} minutes; open it in this browser to come back to where you were."),
-            paragraph("Nothing arrived? Check the spam folder, or ask again in a minute.", "small"),
-        ]))
+        return message_page(
+            "Check your email",
+            f"If {email.strip()} can receive mail, a sign-in link is on its way to it. The link works once, for "
+            f"{minutes} minutes; open it in this browser to come back to where you were.",
+            small="Nothing arrived? Check the spam folder, or ask again in a minute.",
+        )

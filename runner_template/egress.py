@@ -30,8 +30,9 @@ from urllib.parse import quote, urlsplit
 import httpx2
 
 from runner_template.channel import Egress
+from runner_template.settings import RUNNER_PREFIX, variable
 
-ALLOW_PRIVATE_ENV = "BMMS_RUNNER_ALLOW_PRIVATE_UPSTREAMS"
+ALLOW_PRIVATE_ENV = variable(RUNNER_PREFIX, "allow_private_upstreams")
 SECRET_ENV_PREFIX = "BMMS_SECRET_"  # noqa: S105 (a variable-name prefix, not a secret)
 """A secret named NAME is read from the runner's environment variable `BMMS_SECRET_<NAME>`."""
 

@@ -56,12 +56,6 @@ def metadata_url(resource: str) -> str:
     return f"{parts.scheme}://{parts.netloc}{WELL_KNOWN_PRM}{parts.path.rstrip('/')}"
 
 
-def origin_of(url: str) -> str:
-    """`scheme://host[:port]` of a URL, lower case."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}".lower()
-
-
 @dataclass(frozen=True)
 class Protection:
     """What makes this server a Resource Server: its canonical URL, our issuer, the verifier, and the scope

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Mapping
 
 from nats.js import JetStreamContext
 
@@ -25,31 +24,22 @@ from bus_schemas.plans import Artifact, canonical_artifact_bytes
 from bus_schemas.registry import ARTIFACTS, CHECK_QUOTA, OAUTH_MINT_SERVICE_TOKEN, ROUTES, SERVER_EVENTS
 from bus_schemas.servers import ServerChanged, ServerRoute, ServerState
 from bus_schemas.usage import CheckQuota
+from runner_template.settings import RunnerSettings
 
 
-def runner_env(state: DeployerState, server: storage.Server, secrets: Mapping[str, str] | None = None
-               ) -> dict[str, str]:
-    """A runner's settings (see runner_template.app): who it is, who signs its tokens, where the bus is,
-    and `BMMS_SECRET_<NAME>` for each of `secrets` (the stored ones its artifact declares)."""
+def runner_settings(state: DeployerState, server: storage.Server) -> RunnerSettings:
+    """A runner's settings: who it is, who signs its tokens and where the bus is (the backend places the
+    artifact, the listen address and the worker)."""
     settings = state.settings
-    origins = [o.strip() for o in settings.runner_allowed_origins.split(",") if o.strip()]
-    env = {
-        "BMMS_RUNNER_RESOURCE": server.url,
-        "BMMS_RUNNER_ISSUER": state.issuer,
-        "BMMS_RUNNER_SERVER_ID": server.server_id,
-        "BMMS_RUNNER_ORG_ID": server.org_id,
-        "BMMS_RUNNER_NAME": server.name,
-        "BMMS_RUNNER_ALLOWED_ORIGINS": ",".join(origins),
-    }
-    if settings.runner_allow_private_upstreams:
-        env["BMMS_RUNNER_ALLOW_PRIVATE_UPSTREAMS"] = "1"
-    if settings.runner_nats_password:
-        env |= {
-            "BMMS_RUNNER_NATS_URL": settings.runner_nats_url or settings.nats_url,
-            "BMMS_RUNNER_NATS_USER": "runner",
-            "BMMS_RUNNER_NATS_PASSWORD": settings.runner_nats_password,
-        }
-    return env | server_secrets.runner_secret_env(secrets or {})
+    password = settings.runner_nats_password or ""
+    return RunnerSettings(
+        artifact="", resource=server.url, issuer=state.issuer, server_id=server.server_id, org_id=server.org_id,
+        name=server.name, allowed_origins=tuple(o.strip() for o in settings.runner_allowed_origins.split(",")
+                                                if o.strip()),
+        allow_private_upstreams=settings.runner_allow_private_upstreams,
+        nats_url=(settings.runner_nats_url or settings.nats_url) if password else None,
+        nats_user="runner", nats_password=password,
+    )
 
 
 async def load_artifact(ctx: Context, artifact_hash: str) -> Artifact:
@@ -73,7 +63,7 @@ async def spec_for(ctx: Context, state: DeployerState, server: storage.Server, v
     return RunnerSpec(
         server_id=server.server_id, org_id=server.org_id, version=version.version,
         artifact_hash=version.artifact_hash, artifact_json=canonical_artifact_bytes(artifact),
-        env=runner_env(state, server, secrets),
+        settings=runner_settings(state, server), secrets=secrets,
     )
 
 

@@ -26,8 +26,6 @@ from bus_schemas.plans import Artifact, canonical_artifact_bytes
 from bus_schemas.registry import ARTIFACTS
 from bus_schemas.servers import MAX_SECRET_BYTES
 
-RUNNER_SECRET_PREFIX = "BMMS_SECRET_"  # noqa: S105 (a variable-name prefix, not a secret)
-"""A runner reads secret NAME from `BMMS_SECRET_<NAME>` (runner_template.upstream.SECRET_ENV_PREFIX)."""
 STAGED_FOR = dt.timedelta(days=7)
 """Secrets staged for a build that never deployed are forgotten after this long."""
 
@@ -108,11 +106,6 @@ async def values_for(
         return {}
     sealed = await storage.sealed_secrets(conn, server_id, wanted)
     return {name: box.open_for_server(server_id, name, value) for name, value in sealed}
-
-
-def runner_secret_env(values: Mapping[str, str]) -> dict[str, str]:
-    """The runner environment variables that carry `values`."""
-    return {RUNNER_SECRET_PREFIX + name: value for name, value in values.items()}
 
 
 async def stage_or_put(

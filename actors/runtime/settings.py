@@ -35,6 +35,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """The gateway's public base URL, when it differs from http://host:port."""
     rpc_timeout: float = 5.0
     """Seconds the gateway waits for an RPC answer before answering 503."""
+    gateway_fast_path: bool = True
+    """The gateway's measured fast path: RPCs over its own request connection (`gateway.requester`) and event
+    frames written straight to uvicorn's sans-I/O WebSocket protocol (`gateway.feeds`). `BMMS_GATEWAY_FAST_PATH=0`
+    falls back to nats-py requests and Litestar's own WebSocket sends (if a library update breaks the fast path,
+    or to tell it apart from a bug)."""
     drain_timeout: float = 20.0
     """Seconds a stopping actor waits for in-flight work before leaving it to redelivery."""
     db_pool_max: int = 10

@@ -59,6 +59,7 @@ from bus_schemas.registry import (
 )
 from bus_schemas.servers import GetServer, ServerReply, ServerRoute
 from bus_schemas.usage import CheckQuota
+from runner_template.settings import RunnerSettings
 from tests.actors.codegen_samples import sample_plan
 from tests.actors.oauth_helpers import SECRET_KEY
 from tests.actors.test_codegen import history as history_of
@@ -275,7 +276,7 @@ async def test_a_restarted_deployer_restarts_missing_runners_and_removes_orphans
         data = (await (await admin_nc.jetstream().object_store(ARTIFACTS.name)).get(runner.artifact_hash)).data
         orphan = await backend.run(RunnerSpec(
             server_id="sorphan", org_id="pipe6", version=1, artifact_hash=runner.artifact_hash,
-            artifact_json=data or b"", env={"BMMS_RUNNER_INSECURE_NO_AUTH": "1"},
+            artifact_json=data or b"", settings=RunnerSettings(artifact="", insecure_no_auth=True),
         ))
         assert {r.server_id for r in await backend.running()} == {"sorphan"}
         async with running(create_deployer(backend), deployer_settings(stack)):

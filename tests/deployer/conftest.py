@@ -11,6 +11,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiodocker
 import msgspec
@@ -26,9 +27,7 @@ from actors.runtime.runner_images import RunnerImageError, RunnerImages, RunnerI
 from bus_schemas.builds import FunctionBody, ToolParameter, ToolSpec, ToolSpecSource
 from bus_schemas.plans import Artifact, canonical_artifact_bytes
 from ops.infra import NATS_ROLES, NatsServer, free_port, new_nats_password, start_nats
-
-NO_AUTH = {"BMMS_RUNNER_INSECURE_NO_AUTH": "1"}
-"""Runners in these tests serve without tokens: the subject is the container, not the Resource Server."""
+from runner_template.settings import RunnerSettings
 
 
 def no_docker(reason: str) -> None:
@@ -95,11 +94,14 @@ def render(*tools: ToolSpec, server_name: str = "calc", module_suffix: str = "")
 CALCULATOR = render(tool("add", "return a + b", "a", "b", description="Add two integers."))
 
 
-def spec_for(server_id: str, rendered: Rendered, *, version: int = 1, env: dict[str, str] | None = None,
-             limits: Limits | None = None) -> RunnerSpec:
+def spec_for(server_id: str, rendered: Rendered, *, version: int = 1, secrets: dict[str, str] | None = None,
+             limits: Limits | None = None, **settings: Any) -> RunnerSpec:
+    """A spec of `rendered` with these runner `settings`; the runner serves without tokens (the subject of these
+    tests is the backend, not the Resource Server)."""
     return RunnerSpec(
         server_id=server_id, org_id="org-test", version=version, artifact_hash=rendered.artifact_hash,
-        artifact_json=rendered.artifact_json, env={**NO_AUTH, **(env or {})}, limits=limits or Limits(),
+        artifact_json=rendered.artifact_json, settings=RunnerSettings(artifact="", insecure_no_auth=True, **settings),
+        secrets=secrets or {}, limits=limits or Limits(),
     )
 
 
@@ -150,5 +152,5 @@ async def swarm(docker: aiodocker.Docker) -> AsyncIterator[None]:
 
 
 
-__all__ = ["CALCULATOR", "NO_AUTH", "RUNNER_PORT", "Rendered", "exec_in", "new_server_id", "render", "spec_for",
+__all__ = ["CALCULATOR", "RUNNER_PORT", "Rendered", "exec_in", "new_server_id", "render", "spec_for",
            "swarm", "tool"]

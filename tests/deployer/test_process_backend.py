@@ -32,7 +32,7 @@ async def healthz(upstream: str) -> dict[str, object]:
 
 
 async def test_a_runner_is_limited_and_its_secrets_are_not_in_proc(backend: ProcessBackend, server_id: str) -> None:
-    spec = spec_for(server_id, CALCULATOR, env={"BMMS_SECRET_API_KEY": "s3cr3t-value"})
+    spec = spec_for(server_id, CALCULATOR, secrets={"API_KEY": "s3cr3t-value"})
     runner = await backend.run(spec)
     assert (await healthz(runner.upstream))["tools"] == ["add"]
     pid = int(runner.ref)
@@ -76,10 +76,10 @@ async def test_a_runner_that_cannot_start_is_reported_and_the_old_one_keeps_serv
 
 async def test_the_same_version_with_another_environment_is_replaced(backend: ProcessBackend, server_id: str) -> None:
     """A changed secret is a changed environment: the runner restarts with it, an unchanged one does not."""
-    first = await backend.run(spec_for(server_id, CALCULATOR, env={"BMMS_SECRET_API_KEY": "one"}))
-    same = await backend.run(spec_for(server_id, CALCULATOR, env={"BMMS_SECRET_API_KEY": "one"}))
+    first = await backend.run(spec_for(server_id, CALCULATOR, secrets={"API_KEY": "one"}))
+    same = await backend.run(spec_for(server_id, CALCULATOR, secrets={"API_KEY": "one"}))
     assert same.ref == first.ref
-    rotated = await backend.run(spec_for(server_id, CALCULATOR, env={"BMMS_SECRET_API_KEY": "two"}))
+    rotated = await backend.run(spec_for(server_id, CALCULATOR, secrets={"API_KEY": "two"}))
     assert rotated.ref != first.ref and (await healthz(rotated.upstream))["tools"] == ["add"]
     with pytest.raises(ProcessLookupError):
         os.kill(int(first.ref), 0)

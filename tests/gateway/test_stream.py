@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import pytest
 import websockets
 from nats.aio.client import Client
 from websockets.asyncio.client import ClientConnection
@@ -17,10 +19,22 @@ from actors.runtime.logs import new_trace_id
 from bus_schemas.builds import LogLine
 from bus_schemas.identity import ApiKeyCreated
 from bus_schemas.registry import BUILD_EVENTS, BUILDS, build_subject
-from tests.conftest import eventually
-from tests.gateway.conftest import Gateway, bearer
+from gateway.config import GatewayConfig
+from tests.conftest import Stack, eventually
+from tests.gateway.conftest import Gateway, bearer, gateway_settings, serving
 
 PLAIN = {"name": "streamed", "source": {"kind": "plain_words", "text": "a server to stream"}}
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["fast path", "plain Litestar and nats-py"])
+async def gateway(request: pytest.FixtureRequest, stack: Stack, auth_actor: None, planner_actor: None
+                  ) -> AsyncIterator[Gateway]:
+    """Every test here on both of the gateway's paths: its fast path (raw frames, its own requester) and the
+    plain one it falls back to with BMMS_GATEWAY_FAST_PATH=0. A short grace period so the tests can watch an
+    idle build's consumer go away."""
+    settings = gateway_settings(stack, gateway_fast_path=request.param)
+    async with serving(settings, GatewayConfig(feed_grace_seconds=0.3)) as gw:
+        yield gw
 
 
 async def failed_build(http: httpx.AsyncClient, key: ApiKeyCreated) -> str:
@@ -131,6 +145,9 @@ async def test_sockets_of_one_build_share_one_consumer_which_goes_after_the_last
         assert await take(one, size) == await take(two, size)
         feed = gateway.services.feeds.get(key.org_id, build_id)
         assert feed is not None and len(feed.watchers) == 2
+        # frames go straight to uvicorn's protocol on the fast path only
+        fast = gateway.services.settings.gateway_fast_path
+        assert all((watcher.direct is not None) == fast for watcher in feed.watchers)
         assert await build_consumers(module_admin, key.org_id, build_id) == 1
         seq = await publish_log(module_admin, key, build_id, "to both")
         assert await take(one, 1) == await take(two, 1)

@@ -3,8 +3,10 @@ and a bad variable is named when the runner (or any platform process) starts."""
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
+from actors.deployer.backends.base import RunnerSpec
 from actors.runtime.settings import load_settings
 from runner_template.app import RunnerSettings
 
@@ -39,3 +41,19 @@ def test_platform_settings_are_read_by_the_same_code() -> None:
     assert settings.http_port == 9000 and settings.log_json is False and settings.anthropic_api_key == "k"
     with pytest.raises(ValueError, match="BMMS_RPC_TIMEOUT"):
         load_settings({"BMMS_RPC_TIMEOUT": "soon"})
+
+
+def test_a_runner_spec_environment_is_its_settings_with_what_the_backend_placed_and_its_secrets() -> None:
+    settings = RunnerSettings(artifact="", resource=f"{ISSUER}/servers/s1/mcp", issuer=ISSUER, server_id="s1",
+                              org_id="o1", nats_url="nats://127.0.0.1:4222", nats_password="bus-secret",
+                              allow_private_upstreams=True)
+    spec = RunnerSpec(server_id="s1", org_id="o1", version=1, artifact_hash="h", artifact_json=b"{}",
+                      settings=settings, secrets={"API_KEY": "k-1"})
+    env = spec.environment(artifact="/srv/a.json", host="0.0.0.0", port=7000, worker="unix:/w.sock",
+                           nats_url="nats://host.docker.internal:4222")
+    assert env.pop("BMMS_SECRET_API_KEY") == "k-1" and "k-1" not in repr(spec)
+    assert env["BMMS_RUNNER_ALLOW_PRIVATE_UPSTREAMS"] == "1"  # what egress reads
+    assert RunnerSettings.from_environment(env) == msgspec.structs.replace(
+        settings, artifact="/srv/a.json", host="0.0.0.0", port=7000, worker="unix:/w.sock",
+        nats_url="nats://host.docker.internal:4222",
+    )

@@ -281,10 +281,9 @@ def backend(request: pytest.FixtureRequest) -> Backend:
 def hostile_spec(stack: Stack, server_id: str, upstream_hosts: tuple[str, ...] = ()) -> RunnerSpec:
     """The hostile module as the deployer would start it: the real bus and the runner's real password, a
     secret, no private upstreams, short tool calls."""
-    env = {"BMMS_RUNNER_NATS_URL": stack.nats.url, "BMMS_RUNNER_SERVER_ID": server_id,
-           "BMMS_RUNNER_ORG_ID": "org-hostile", "BMMS_RUNNER_NATS_PASSWORD": stack.nats.passwords["runner"],
-           "BMMS_SECRET_TOKEN": SECRET_VALUE, "BMMS_RUNNER_TOOL_TIMEOUT_SECONDS": "4"}
-    return spec_for(server_id, hostile_artifact(upstream_hosts), env=env)
+    return spec_for(server_id, hostile_artifact(upstream_hosts), secrets={"TOKEN": SECRET_VALUE},
+                    nats_url=stack.nats.url, server_id=server_id, org_id="org-hostile",
+                    nats_password=stack.nats.passwords["runner"], tool_timeout_seconds=4)
 
 
 async def call(upstream: str, name: str, arguments: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
+
+import msgspec
 
 from actors.runtime.runner_images import LABEL_ARTIFACT as LABEL_ARTIFACT  # re-exported for the backends
 from actors.runtime.runner_images import LABEL_PREFIX as LABEL_PREFIX
 from actors.runtime.runner_images import RUNNER_PORT as RUNNER_PORT
 from bus_schemas.servers import BackendName, Isolation
+from runner_template.egress import SECRET_ENV_PREFIX
+from runner_template.settings import RunnerSettings
 
 LABEL_SERVER = LABEL_PREFIX + "server"
 LABEL_ORG = LABEL_PREFIX + "org"
@@ -41,10 +45,18 @@ class RunnerSpec:
     artifact_hash: str
     artifact_json: bytes
     """The Artifact (msgspec JSON) to serve; its SHA-256 is `artifact_hash`."""
-    env: Mapping[str, str]
-    """The runner's environment (`BMMS_RUNNER_*` settings and `BMMS_SECRET_<NAME>` values), minus the
-    artifact path and listen address, which the backend sets."""
+    settings: RunnerSettings
+    """Who the runner is, who signs its tokens, where the bus is; the backend adds where it put the artifact,
+    where the runner listens and where its worker runs (`environment`)."""
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+    """Name -> value of the stored secrets its artifact declares."""
     limits: Limits = field(default_factory=Limits)
+
+    def environment(self, **placed: Any) -> dict[str, str]:
+        """The runner's environment: `BMMS_RUNNER_*` from its settings with what the backend `placed` (artifact,
+        host, port, worker, a reachable nats_url), and `BMMS_SECRET_<NAME>` for each secret."""
+        settings = msgspec.structs.replace(self.settings, **placed)
+        return settings.to_environment() | {SECRET_ENV_PREFIX + name: value for name, value in self.secrets.items()}
 
 
 @dataclass(frozen=True)

@@ -79,7 +79,6 @@ NETWORK = "bmms-runners"
 ICC_OPTION = "com.docker.network.bridge.enable_icc"
 HOST_ALIAS = "host.docker.internal"
 """The name a runner reaches this host (and its NATS bus) by."""
-NATS_URL_ENV = "BMMS_RUNNER_NATS_URL"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 LABEL_BACKEND = LABEL_PREFIX + "backend"
@@ -159,15 +158,13 @@ def channel_mount(volume: str) -> dict[str, Any]:
     return {"Type": "volume", "Source": volume, "Target": CHANNEL_DIR, "ReadOnly": False}
 
 
-def bus_reachable_env(env: Mapping[str, str]) -> tuple[dict[str, str], bool]:
-    """The runner's env with a loopback NATS host replaced by `host.docker.internal`; whether it was."""
-    out = dict(env)
-    raw = out.get(NATS_URL_ENV)
-    if not raw:
-        return out, False
+def bus_reachable(nats_url: str | None) -> tuple[str | None, bool]:
+    """The runner's NATS URL(s) with a loopback host replaced by `host.docker.internal`; whether it was."""
+    if not nats_url:
+        return nats_url, False
     rewritten = False
     urls = []
-    for url in raw.split(","):
+    for url in nats_url.split(","):
         parts = urlsplit(url.strip())
         if parts.hostname in LOOPBACK_HOSTS:
             netloc = HOST_ALIAS if parts.port is None else f"{HOST_ALIAS}:{parts.port}"
@@ -176,20 +173,17 @@ def bus_reachable_env(env: Mapping[str, str]) -> tuple[dict[str, str], bool]:
             url = urlunsplit(parts._replace(netloc=netloc))
             rewritten = True
         urls.append(url.strip())
-    out[NATS_URL_ENV] = ",".join(urls)
-    return out, rewritten
+    return ",".join(urls), rewritten
 
 
 def runner_env(spec: RunnerSpec, worker: str = f"unix:{WORKER_SOCKET}") -> tuple[dict[str, str], bool]:
     """The front's environment: the spec's, bus-reachable, plus what the backend sets (`worker`: where its
-    worker listens)."""
-    env, rewritten = bus_reachable_env(spec.env)
-    env.update({
-        "BMMS_RUNNER_ARTIFACT": ARTIFACT_PATH,
-        "BMMS_RUNNER_HOST": "0.0.0.0",  # noqa: S104 - inside the container's own network namespace
-        "BMMS_RUNNER_PORT": str(RUNNER_PORT),
-        "BMMS_RUNNER_WORKER": worker,
-    })
+    worker listens); whether the bus URL was rewritten."""
+    nats_url, rewritten = bus_reachable(spec.settings.nats_url)
+    env = spec.environment(
+        artifact=ARTIFACT_PATH, host="0.0.0.0",  # noqa: S104 - inside the container's own network namespace
+        port=RUNNER_PORT, worker=worker, nats_url=nats_url,
+    )
     return env, rewritten
 
 

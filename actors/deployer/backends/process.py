@@ -101,7 +101,7 @@ class ProcessBackend(Backend):
         async with self._lock(spec.server_id):
             current = self._runner_of(spec.server_id)
             if (current is not None and current.artifact_hash == spec.artifact_hash and current.version == spec.version
-                    and self._env_digest(spec.server_id) == env_digest(spec.env)):
+                    and self._env_digest(spec.server_id) == env_digest(spec.environment())):
                 return current
             if not self.unsandboxed and bwrap_path() is None:
                 raise BackendError(INSTALL_HINT)
@@ -117,12 +117,8 @@ class ProcessBackend(Backend):
                 "PATH": "/usr/bin:/bin",
                 "HOME": str(directory),
                 "PYTHONDONTWRITEBYTECODE": "1",
-                **spec.env,
-                "BMMS_RUNNER_ARTIFACT": str(artifact),
-                "BMMS_RUNNER_HOST": "127.0.0.1",
-                "BMMS_RUNNER_PORT": str(port),
-                "BMMS_RUNNER_SERVER_ID": spec.server_id,
-                "BMMS_RUNNER_WORKER": "unsandboxed" if self.unsandboxed else "bwrap",
+                **spec.environment(artifact=str(artifact), host="127.0.0.1", port=port, server_id=spec.server_id,
+                                   worker="unsandboxed" if self.unsandboxed else "bwrap"),
             }
             try:
                 pid, started = await self._forks.spawn(env=env, cwd=directory, log=directory / _LOG, limits=limits)
@@ -138,7 +134,7 @@ class ProcessBackend(Backend):
                 "pid": pid, "start_time": started, "port": port, "version": spec.version,
                 "artifact_hash": spec.artifact_hash, "org_id": spec.org_id,
             }))
-            (directory / _ENV_DIGEST).write_text(env_digest(spec.env))
+            (directory / _ENV_DIGEST).write_text(env_digest(spec.environment()))
             if current is not None:
                 await self._terminate(int(current.ref))
             for old in directory.glob("*.json"):
