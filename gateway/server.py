@@ -76,7 +76,7 @@ async def serve_gateway(
         http="httptools",
         # The sans-I/O websockets protocol writes a frame straight to the transport without awaiting,
         # so fanning an event out to many sockets costs no extra event-loop round trips.
-        ws="websockets-sansio" if fast else "websockets",
+        ws="websockets-sansio" if fast else "auto",
         # Compression would be per socket: it would undo the encode-once fan-out.
         ws_per_message_deflate=False,
         lifespan="on",

@@ -100,7 +100,8 @@ def spec_for(server_id: str, rendered: Rendered, *, version: int = 1, secrets: d
     tests is the backend, not the Resource Server)."""
     return RunnerSpec(
         server_id=server_id, org_id="org-test", version=version, artifact_hash=rendered.artifact_hash,
-        artifact_json=rendered.artifact_json, settings=RunnerSettings(artifact="", insecure_no_auth=True, **settings),
+        artifact_json=rendered.artifact_json,
+        settings=RunnerSettings(**{"artifact": "", "insecure_no_auth": True, "server_id": server_id, **settings}),
         secrets=secrets or {}, limits=limits or Limits(),
     )
 

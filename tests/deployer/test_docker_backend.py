@@ -263,7 +263,7 @@ async def test_fresh_backend_finds_the_running_runner(backend: DockerBackend, ru
 async def test_runner_reaches_the_bus_on_the_host(backend: DockerBackend, docker: aiodocker.Docker,
                                                   host_bus: NatsServer, server_id: str) -> None:
     runner = await backend.run(spec_for(server_id, CALCULATOR, nats_url=f"nats://127.0.0.1:{host_bus.port}",
-                                        server_id=server_id, org_id="org-test",
+                                        org_id="org-test",
                                         nats_password=host_bus.passwords["runner"]))
     info = await docker.containers.container(runner.ref).show()
     assert f"BMMS_RUNNER_NATS_URL=nats://{HOST_ALIAS}:{host_bus.port}" in info["Config"]["Env"]

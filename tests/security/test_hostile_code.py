@@ -282,7 +282,7 @@ def hostile_spec(stack: Stack, server_id: str, upstream_hosts: tuple[str, ...] =
     """The hostile module as the deployer would start it: the real bus and the runner's real password, a
     secret, no private upstreams, short tool calls."""
     return spec_for(server_id, hostile_artifact(upstream_hosts), secrets={"TOKEN": SECRET_VALUE},
-                    nats_url=stack.nats.url, server_id=server_id, org_id="org-hostile",
+                    nats_url=stack.nats.url, org_id="org-hostile",
                     nats_password=stack.nats.passwords["runner"], tool_timeout_seconds=4)
 
 
