@@ -20,6 +20,7 @@ from actors.runtime.bus import connect, provision
 from actors.runtime.settings import Settings
 from bus_schemas.registry import BUILDS
 from ops.infra import NATS_ROLES, NatsServer, new_nats_password, start_nats, start_postgres
+from tests.support.mailbox import Mailbox, local_smtp
 
 T = TypeVar("T")
 
@@ -112,6 +113,13 @@ async def stack(nats_server: NatsServer, database_url: str, stack_root: Path) ->
     await provision(nc.jetstream())
     await nc.close()
     return s
+
+
+@pytest.fixture(scope="module")
+async def mailbox() -> AsyncIterator[Mailbox]:
+    """A real SMTP server whose mail the test reads (sign-in links, invitations)."""
+    async with local_smtp() as box:
+        yield box
 
 
 @pytest.fixture

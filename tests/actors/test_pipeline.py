@@ -7,7 +7,6 @@ import os
 import secrets
 import signal
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -47,8 +46,6 @@ from bus_schemas.builds import (
 from bus_schemas.oauth import MintServiceToken, TokenIssued
 from bus_schemas.registry import (
     ARTIFACTS,
-    BUILD_EVENTS,
-    BUILDS,
     CHECK_QUOTA,
     GET_BUILD,
     GET_SERVER,
@@ -60,11 +57,11 @@ from bus_schemas.registry import (
 from bus_schemas.servers import GetServer, ServerReply, ServerRoute
 from bus_schemas.usage import CheckQuota
 from runner_template.settings import RunnerSettings
-from tests.actors.codegen_samples import sample_plan
-from tests.actors.oauth_helpers import SECRET_KEY
-from tests.actors.test_codegen import history as history_of
-from tests.actors.test_codegen import put_plan
 from tests.conftest import Stack, eventually, running
+from tests.support.builds import build_events, put_plan
+from tests.support.codegen_samples import sample_plan
+from tests.support.oauth_helpers import SECRET_KEY
+from tests.support.planning_helpers import FIXTURES
 
 CALCULATOR = ToolSpecSource(tools=(
     ToolSpec(
@@ -109,20 +106,6 @@ async def pipeline(stack: Stack, *, deployer: bool = True) -> AsyncIterator[Proc
                 await backend.remove(runner.server_id, ())
 
 
-async def build_history(nc: Client, org: str, build: str, last_seq: int) -> list[AnyBuildEvent]:
-    """The build's events up to and including stream sequence `last_seq`."""
-    js = nc.jetstream()
-    sub = await js.subscribe(BUILD_EVENTS.wildcard(org=org, build=build), stream=BUILDS.name, ordered_consumer=True)
-    events: list[AnyBuildEvent] = []
-    seq = 0
-    while seq < last_seq:
-        msg = await sub.next_msg(timeout=10)
-        seq = msg.metadata.sequence.stream
-        events.append(decode(AnyBuildEvent, msg.data))
-    await sub.unsubscribe()
-    return events
-
-
 async def submit_and_settle(
     nc: Client, org: str, name: str, source: BuildSource = CALCULATOR
 ) -> list[AnyBuildEvent]:
@@ -135,7 +118,7 @@ async def submit_and_settle(
         return summary if summary.status in ("failed", "deployed") else None
 
     summary = await eventually(settled, timeout=90)
-    return await build_history(nc, org, accepted.build_id, summary.last_seq)
+    return [e for _, e, _ in await build_events(nc.jetstream(), org, accepted.build_id, last_seq=summary.last_seq)]
 
 
 async def test_tool_spec_build_is_planned_generated_checked_and_deployed_at_its_stable_url(
@@ -172,7 +155,7 @@ async def test_each_step_needs_only_the_event_before_it(stack: Stack, admin_nc: 
         await publish_event(admin_nc.jetstream(), build_subject(org, build, "planned"), planned, f"{build}:planned")
 
         async def settled() -> Any:
-            events = [e for _, e, _ in await history_of(admin_nc.jetstream(), org, build)]
+            events = [e for _, e, _ in await build_events(admin_nc.jetstream(), org, build)]
             return events if any(isinstance(e, BuildDeployed | BuildFailed) for e in events) else None
 
         events = await eventually(settled, timeout=90)
@@ -204,7 +187,7 @@ async def test_same_input_built_twice_gives_the_same_artifact_hash(stack: Stack,
 async def test_openapi_document_with_circular_refs_builds_to_a_checked_artifact(
     stack: Stack, admin_nc: Client
 ) -> None:
-    document = (Path(__file__).parent.parent / "fixtures" / "issue_tracker.yaml").read_text()
+    document = (FIXTURES / "issue_tracker.yaml").read_text()
     source = OpenApiSource(document=document, base_url="https://tracker.example.com/api")
     async with pipeline(stack):
         history = await submit_and_settle(admin_nc, "pipe3", "tracker", source)

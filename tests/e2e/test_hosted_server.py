@@ -34,16 +34,17 @@ from actors.deployer.backends.process import ProcessBackend
 from actors.deployer.backends.swarm import SwarmBackend
 from actors.runtime.codec import decode
 from actors.runtime.runner_images import RunnerImages, server_image_ref
-from bus_schemas.builds import AnyBuildEvent, BuildDeployed, BuildFailed
-from bus_schemas.registry import BUILD_EVENTS, BUILDS, TOOL_USAGE, USAGE
+from bus_schemas.builds import BuildDeployed
+from bus_schemas.registry import TOOL_USAGE, USAGE
 from bus_schemas.usage import ToolCalled
 from gateway.config import GatewayConfig
-from tests.actors.oauth_helpers import SECRET_KEY
 from tests.conftest import Stack, eventually, running
 from tests.gateway.conftest import gateway_settings, serving
-from tests.gateway.test_identity_http import me, sign_in
-from tests.mailbox import Mailbox, local_smtp
-from tests.oauth_browser import Browser, MemoryStorage
+from tests.support.builds import build_events
+from tests.support.mailbox import Mailbox, local_smtp
+from tests.support.oauth_browser import Browser, MemoryStorage
+from tests.support.oauth_helpers import SECRET_KEY
+from tests.support.sign_in import me, sign_in
 
 REDIRECT = "http://127.0.0.1:33419/callback"
 
@@ -201,14 +202,8 @@ async def build(platform: Platform, document: str, server_id: str | None = None)
 
     summary = await eventually(settled, timeout=240, interval=0.2)
     assert isinstance(summary, dict)
-    js = platform.admin.jetstream()
-    sub = await js.subscribe(BUILD_EVENTS.wildcard(org=platform.org_id, build=build_id), stream=BUILDS.name,
-                             ordered_consumer=True)
-    history: list[AnyBuildEvent] = []
-    while not history or history[-1].build_id != build_id or not isinstance(history[-1], BuildDeployed | BuildFailed):
-        msg = await sub.next_msg(timeout=10)
-        history.append(decode(AnyBuildEvent, msg.data))
-    await sub.unsubscribe()
+    history = [r.event for r in await build_events(platform.admin.jetstream(), platform.org_id, build_id,
+                                                   until=BuildDeployed, timeout=10)]
     last = history[-1]
     assert isinstance(last, BuildDeployed), [getattr(e, "message", getattr(e, "detail", "")) for e in history][-5:]
     return last

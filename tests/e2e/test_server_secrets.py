@@ -22,12 +22,13 @@ from aiohttp import web
 from nats.aio.client import Client as Nats
 
 from actors.runtime.codec import decode
-from bus_schemas.builds import AnyBuildEvent, BuildDeployed, BuildFailed, LogLine
+from bus_schemas.builds import AnyBuildEvent, BuildDeployed, LogLine
 from bus_schemas.registry import BUILD_EVENTS, BUILDS, SERVER_EVENTS, SERVERS
 from tests.conftest import Stack, eventually
 from tests.e2e.test_hosted_server import Platform, mcp_client, platform_on, process_case
 from tests.gateway.conftest import new_api_key
-from tests.oauth_browser import MemoryStorage
+from tests.support.builds import build_events
+from tests.support.oauth_browser import MemoryStorage
 
 KEY_HEADER = "X-Api-Key"
 SECRET = "NOTES_KEY"
@@ -98,16 +99,10 @@ async def deploy(platform: Platform, body: dict[str, Any]) -> tuple[BuildDeploye
     accepted = await platform.http.post("/v1/builds", json=body, headers=bearer(platform))
     assert accepted.status_code == 202, accepted.text
     build_id = accepted.json()["build_id"]
-    js = platform.admin.jetstream()
-    sub = await js.subscribe(BUILD_EVENTS.wildcard(org=platform.org_id, build=build_id), stream=BUILDS.name,
-                             ordered_consumer=True)
-    raw: list[bytes] = []
-    events: list[AnyBuildEvent] = []
-    while not events or not isinstance(events[-1], BuildDeployed | BuildFailed):
-        msg = await sub.next_msg(timeout=240)
-        raw.append(msg.data)
-        events.append(decode(AnyBuildEvent, msg.data))
-    await sub.unsubscribe()
+    recorded = await build_events(platform.admin.jetstream(), platform.org_id, build_id, until=BuildDeployed,
+                                  timeout=240)
+    raw = [r.data for r in recorded]
+    events = [r.event for r in recorded]
     last = events[-1]
     assert isinstance(last, BuildDeployed), [getattr(e, "message", getattr(e, "detail", "")) for e in events][-5:]
     return last, raw

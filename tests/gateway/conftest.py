@@ -25,7 +25,7 @@ from gateway.config import GatewayConfig
 from gateway.server import serve_gateway
 from gateway.services import EdgeServices
 from tests.conftest import Stack, running
-from tests.mailbox import Mailbox, local_smtp
+from tests.support.mailbox import Mailbox
 
 
 @dataclass
@@ -136,12 +136,6 @@ def bearer(created: ApiKeyCreated) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-async def mailbox() -> AsyncIterator[Mailbox]:
-    async with local_smtp() as box:
-        yield box
-
-
-@pytest.fixture(scope="module")
 async def org_gateway(stack: Stack, mailbox: Mailbox) -> AsyncIterator[Gateway]:
     """A gateway whose people sign in by mail (a real SMTP server), with its own auth actor."""
     async with (
@@ -150,3 +144,16 @@ async def org_gateway(stack: Stack, mailbox: Mailbox) -> AsyncIterator[Gateway]:
         serving(gateway_settings(stack), GatewayConfig(auth_cache_seconds=300)) as gw,
     ):
         yield gw
+
+
+PLAIN = {"name": "weather", "source": {"kind": "plain_words", "text": "tell me the weather in a city"}}
+
+
+def assert_problem(response: httpx.Response, status: int) -> dict[str, object]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body: dict[str, object] = response.json()
+    assert body["status"] == status
+    assert {"type", "title", "detail", "trace_id"} <= body.keys()
+    assert body["trace_id"] == response.headers["x-trace-id"]
+    return body

@@ -6,8 +6,7 @@ from __future__ import annotations
 import httpx
 
 from bus_schemas.identity import ApiKeyCreated
-from tests.gateway.conftest import bearer
-from tests.gateway.test_builds_http import PLAIN, assert_problem
+from tests.gateway.conftest import PLAIN, assert_problem, bearer
 
 JSON = {"Content-Type": "application/json"}
 

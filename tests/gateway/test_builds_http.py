@@ -7,19 +7,7 @@ import httpx
 from actors.runtime.logs import new_trace_id
 from bus_schemas.identity import ApiKeyCreated
 from tests.conftest import eventually
-from tests.gateway.conftest import Gateway, bearer
-
-PLAIN = {"name": "weather", "source": {"kind": "plain_words", "text": "tell me the weather in a city"}}
-
-
-def assert_problem(response: httpx.Response, status: int) -> dict[str, object]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body: dict[str, object] = response.json()
-    assert body["status"] == status
-    assert {"type", "title", "detail", "trace_id"} <= body.keys()
-    assert body["trace_id"] == response.headers["x-trace-id"]
-    return body
+from tests.gateway.conftest import PLAIN, Gateway, assert_problem, bearer
 
 
 async def test_submitted_build_is_accepted_and_readable_by_its_organisation_only(

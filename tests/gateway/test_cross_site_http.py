@@ -14,10 +14,9 @@ from litestar import Litestar, Response, get
 from litestar.testing import AsyncTestClient
 
 from gateway.browser import HTML_HEADERS, page_headers_middleware
-from tests.gateway.conftest import Gateway
-from tests.gateway.test_builds_http import assert_problem
-from tests.gateway.test_identity_http import fresh_email, sign_in, with_session
-from tests.mailbox import Mailbox
+from tests.gateway.conftest import Gateway, assert_problem
+from tests.support.mailbox import Mailbox
+from tests.support.sign_in import fresh_email, sign_in, with_session
 
 
 @pytest.fixture(scope="module")

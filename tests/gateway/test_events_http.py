@@ -22,8 +22,7 @@ from bus_schemas.identity import ApiKeyCreated
 from bus_schemas.registry import BUILDS, build_subject
 from ops.events import sse_messages, tail_events_http
 from tests.conftest import eventually
-from tests.gateway.conftest import Gateway, bearer
-from tests.gateway.test_builds_http import assert_problem
+from tests.gateway.conftest import Gateway, assert_problem, bearer
 
 
 def build_id() -> str:

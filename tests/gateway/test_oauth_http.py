@@ -28,13 +28,13 @@ from actors.oauth.actor import create_actor as create_oauth_actor
 from actors.oauth.state import OAuthConfig
 from gateway.config import GatewayConfig
 from runner_template.auth import AccessTokenVerifier
-from tests.actors.oauth_helpers import SECRET_KEY, bound_socket, pkce_pair, query_of, serve_asgi
 from tests.conftest import Stack, running
 from tests.gateway.conftest import Gateway, gateway_settings, serving
-from tests.gateway.test_identity_http import fresh_email, me, sign_in
-from tests.mailbox import Mailbox, local_smtp
-from tests.oauth_browser import Browser, MemoryStorage, consent_form, sign_in_from_authorize
-from tests.server_registry import server_registry
+from tests.support.mailbox import Mailbox
+from tests.support.oauth_browser import Browser, MemoryStorage, consent_form, sign_in_from_authorize
+from tests.support.oauth_helpers import SECRET_KEY, bound_socket, pkce_pair, query_of, serve_asgi
+from tests.support.server_registry import server_registry
+from tests.support.sign_in import fresh_email, me, sign_in
 
 REDIRECT = "http://127.0.0.1:33418/callback"
 SERVER_ID = "weather"
@@ -59,12 +59,6 @@ class Platform:
     @property
     def resource(self) -> str:
         return f"{self.servers_url}/{SERVER_ID}/mcp"
-
-
-@pytest.fixture(scope="module")
-async def mailbox() -> AsyncIterator[Mailbox]:
-    async with local_smtp() as box:
-        yield box
 
 
 @pytest.fixture(scope="module")

@@ -27,15 +27,14 @@ from actors.oauth.state import OAuthConfig
 from actors.runtime.bus import connect
 from bus_schemas.oauth import ConsentRequired, DecideConsent, OAuthError, Signer, TokenIssued
 from bus_schemas.registry import OAUTH_DECIDE_CONSENT
-from tests.actors.oauth_helpers import SECRET_KEY, pkce_pair, query_of
-from tests.actors.test_oauth import ask, authorize, exchange, register
 from tests.conftest import Stack, eventually, running
 from tests.gateway.conftest import Gateway, gateway_settings, serving
 from tests.gateway.test_org_members_http import Team, team
-from tests.mailbox import Mailbox, local_smtp
 from tests.runner_template.conftest import STRANGER, RunningRunner, resource_for, runner, settings_for
 from tests.runner_template.test_revocation import accepted, answer
-from tests.server_registry import server_registry
+from tests.support.mailbox import Mailbox
+from tests.support.oauth_helpers import SECRET_KEY, ask, authorize, exchange, pkce_pair, query_of, register
+from tests.support.server_registry import server_registry
 
 SERVERS_URL = "https://mcp.example.test/servers"
 RESOURCE = resource_for("weather")
@@ -54,12 +53,6 @@ class Platform:
     @property
     def issuer(self) -> str:
         return self.gateway.base_url
-
-
-@pytest.fixture(scope="module")
-async def mailbox() -> AsyncIterator[Mailbox]:
-    async with local_smtp() as box:
-        yield box
 
 
 @pytest.fixture(scope="module")

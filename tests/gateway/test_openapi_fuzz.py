@@ -46,12 +46,12 @@ from actors.deployer.backends.process import ProcessBackend
 from actors.runtime.bus import connect
 from bus_schemas.registry import ARTIFACTS
 from gateway.config import GatewayConfig
-from tests.actors.codegen_samples import SECRET_NAME, plan_hash, sample_plan
-from tests.actors.oauth_helpers import SECRET_KEY
 from tests.conftest import Stack, running
 from tests.gateway.conftest import gateway_settings, new_api_key, serving
-from tests.gateway.test_identity_http import me, sign_in
-from tests.mailbox import Mailbox
+from tests.support.codegen_samples import SECRET_NAME, plan_hash, sample_plan
+from tests.support.mailbox import Mailbox
+from tests.support.oauth_helpers import SECRET_KEY
+from tests.support.sign_in import me, sign_in
 
 OAUTH_PREFIXES = ("/oauth/", "/.well-known/")
 """Where errors are RFC 6749 JSON, not problem documents."""

@@ -13,18 +13,9 @@ from nats.aio.client import Client
 
 from actors.runtime.bus import connect
 from tests.conftest import Stack, eventually
-from tests.gateway.conftest import Gateway, bearer, gateway_settings, new_api_key, serving
-from tests.gateway.test_builds_http import assert_problem
-from tests.gateway.test_identity_http import (
-    COOKIE,
-    follow,
-    fresh_email,
-    me,
-    session_of,
-    sign_in,
-    with_session,
-)
-from tests.mailbox import Mailbox
+from tests.gateway.conftest import Gateway, assert_problem, bearer, gateway_settings, new_api_key, serving
+from tests.support.mailbox import Mailbox
+from tests.support.sign_in import COOKIE, follow, fresh_email, me, session_of, sign_in, with_session
 
 
 @pytest.fixture(scope="module")

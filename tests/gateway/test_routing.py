@@ -29,8 +29,7 @@ from bus_schemas.registry import ROUTES
 from bus_schemas.servers import ServerRoute
 from ops.infra import free_port
 from tests.conftest import Stack, eventually
-from tests.gateway.conftest import Gateway, gateway_settings, serving
-from tests.gateway.test_builds_http import assert_problem
+from tests.gateway.conftest import Gateway, assert_problem, gateway_settings, serving
 from tests.runner_template.conftest import serving as serving_upstream
 from tests.runner_template.test_server import artifact_for
 from tests.runner_template.test_server import runner as sandboxed_runner

@@ -36,8 +36,7 @@ from bus_schemas.servers import (
 )
 from runner_template.rpc import subscriptions_live
 from tests.conftest import Stack, eventually
-from tests.gateway.conftest import Gateway, bearer, gateway_settings, new_api_key, serving
-from tests.gateway.test_builds_http import assert_problem
+from tests.gateway.conftest import Gateway, assert_problem, bearer, gateway_settings, new_api_key, serving
 
 PLAIN = {"name": "weather", "source": {"kind": "plain_words", "text": "tell me the weather in a city"}}
 

@@ -7,9 +7,9 @@ import uuid
 
 from actors.oauth.actor import create_actor as create_oauth_actor
 from actors.oauth.state import OAuthConfig
-from tests.actors.oauth_helpers import SECRET_KEY
 from tests.conftest import Stack, running
 from tests.ops.test_operator_commands import bmms_async, operator_env
+from tests.support.oauth_helpers import SECRET_KEY
 
 
 async def test_oauth_client_create_prints_the_client_and_its_secret_once(stack: Stack) -> None:

@@ -32,8 +32,8 @@ from bus_schemas.registry import OAUTH_GET_JWKS
 from runner_template import egress
 from runner_template.app import MCP_PATH, RunnerSettings, Runtime, bind, runner_app, serve, start_tools
 from runner_template.rpc import subscriptions_live
-from tests.actors.codegen_samples import SECRET_NAME, plan_hash, sample_plan
 from tests.conftest import Stack
+from tests.support.codegen_samples import SECRET_NAME, plan_hash, sample_plan
 
 ISSUER = "https://bmms.example"
 PUBLIC_HOST = "mcp.example.test"

@@ -23,7 +23,7 @@ from runner_template.auth import (
     may_call_tool,
     scopes_for_tool,
 )
-from tests.actors.oauth_helpers import document_server, serve_asgi
+from tests.support.oauth_helpers import document_server, serve_asgi
 
 ISSUER = "https://bmms.example"
 RESOURCE = "https://bmms.example/servers/weather/mcp"

@@ -17,7 +17,6 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from runner_template.app import MCP_PATH, bind
-from tests.actors.oauth_helpers import document_server, serve_asgi
 from tests.runner_template.conftest import (
     ISSUER,
     KEY,
@@ -34,6 +33,7 @@ from tests.runner_template.conftest import (
     settings_for,
     token,
 )
+from tests.support.oauth_helpers import document_server, serve_asgi
 
 LEGACY = "2025-11-25"
 

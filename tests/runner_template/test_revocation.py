@@ -23,11 +23,21 @@ from actors.runtime.bus import connect
 from bus_schemas.oauth import GrantRevoked, OAuthError, RevokeToken, TokenIssued, TokenRevoked
 from bus_schemas.registry import OAUTH_REVOKE_TOKEN, REVOKED, revocation_key
 from runner_template.auth import RevokedGrants
-from tests.actors.oauth_helpers import SECRET_KEY, pkce_pair
-from tests.actors.test_oauth import FOREIGN, ISSUER, RESOURCE, ask, code_for, exchange, refresh, register
 from tests.conftest import Stack, eventually, running
 from tests.runner_template.conftest import RunningRunner, runner, settings_for
-from tests.server_registry import server_registry
+from tests.support.oauth_helpers import (
+    FOREIGN,
+    ISSUER,
+    RESOURCE,
+    SECRET_KEY,
+    ask,
+    code_for,
+    exchange,
+    pkce_pair,
+    refresh,
+    register,
+)
+from tests.support.server_registry import server_registry
 
 ORG = "oorg1"
 """The organisation owning the `weather` server the tokens are for."""

@@ -25,8 +25,8 @@ from runner_template import egress
 from runner_template.app import MCP_PATH, RunnerSettings, create_app, start_tools
 from runner_template.channel import Egress, EgressAuth
 from runner_template.tools import SandboxedServer
-from tests.actors.codegen_samples import SECRET_NAME, plan_hash, sample_plan
 from tests.runner_template.conftest import serving
+from tests.support.codegen_samples import SECRET_NAME, plan_hash, sample_plan
 
 SECRET_VALUE = "s3cr3t-value-never-in-code"
 

@@ -42,9 +42,8 @@ from bus_schemas.plans import Artifact
 from runner_template.limits import WorkerLimits
 from runner_template.sandbox import Bubblewrap, Launcher
 from runner_template.tools import SandboxedTools, load_for
+from tests.actors.deployer.conftest import CALCULATOR, Rendered, call_tool, new_server_id, render, spec_for, tool
 from tests.conftest import Stack
-from tests.deployer.conftest import CALCULATOR, Rendered, new_server_id, render, spec_for, tool
-from tests.deployer.test_docker_backend import call_tool
 
 SECRET_VALUE = "upstream-secret-only-the-front-holds-3f9c"
 BRIDGE_GATEWAY = "172.17.0.1"

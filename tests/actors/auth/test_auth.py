@@ -28,15 +28,9 @@ from bus_schemas.identity import (
 )
 from bus_schemas.registry import AUTHENTICATE, CREATE_API_KEY, REDEEM_MAGIC_LINK, REQUEST_MAGIC_LINK, REVOKE_API_KEY
 from tests.conftest import Stack, running
-from tests.mailbox import Mailbox, local_smtp
+from tests.support.mailbox import Mailbox
 
 LINK_BASE = "http://gateway.test/v1/auth/magic-link/callback"
-
-
-@pytest.fixture(scope="module")
-async def mailbox() -> AsyncIterator[Mailbox]:
-    async with local_smtp() as box:
-        yield box
 
 
 @pytest.fixture

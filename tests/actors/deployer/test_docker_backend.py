@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiodocker
-import httpx
 import pytest
 from aiodocker.exceptions import DockerError
 
@@ -25,7 +24,7 @@ from actors.deployer.backends.docker import (
 )
 from actors.runtime.runner_images import RunnerImages, server_image_ref
 from ops.infra import NatsServer
-from tests.deployer.conftest import CALCULATOR, exec_in, render, spec_for, tool
+from tests.actors.deployer.conftest import BROKEN, CALCULATOR, MULTIPLY, call_tool, exec_in, render, spec_for, tool
 
 PROBE = '''
 
@@ -71,12 +70,6 @@ _bmms_probe()
 '''
 
 HOSTILE = render(tool("add", "return a + b", "a", "b"), server_name="hostile", module_suffix=PROBE)
-BROKEN = render(tool("add", "return a + b", "a", "b"), server_name="broken",
-                module_suffix="\nraise RuntimeError('broken on purpose')\n")
-MULTIPLY = render(tool("multiply", "return a * b", "a", "b", description="Multiply two integers."),
-                  server_name="calc2")
-
-
 @pytest.fixture
 async def backend(runner_images: RunnerImages) -> AsyncIterator[DockerBackend]:
     """A backend whose servers are removed (containers and images) after the test."""
@@ -86,17 +79,6 @@ async def backend(runner_images: RunnerImages) -> AsyncIterator[DockerBackend]:
         if runner.server_id.startswith("t"):
             await backend.remove(runner.server_id, ())
     await backend.close()
-
-
-async def call_tool(upstream: str, name: str, arguments: dict[str, object]) -> dict[str, Any]:
-    """A `tools/call` on the runner's MCP endpoint (stateless Streamable HTTP, JSON responses)."""
-    request = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name, "arguments": arguments}}
-    async with httpx.AsyncClient(timeout=60) as client:
-        response = await client.post(f"{upstream}/mcp", json=request,
-                                     headers={"accept": "application/json, text/event-stream"})
-    response.raise_for_status()
-    result: dict[str, Any] = response.json()["result"]
-    return result
 
 
 async def containers_of(docker: aiodocker.Docker, server_id: str, role: str = "front") -> list[dict[str, object]]:

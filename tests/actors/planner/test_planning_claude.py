@@ -14,8 +14,8 @@ from actors.catalog import create_actor
 from actors.planner.claude import TOOL_NAME
 from bus_schemas.builds import LogLine, PlainWords
 from bus_schemas.plans import HttpCall, PureFunction
-from tests.actors.planning_helpers import failure, planned
 from tests.conftest import Stack, running
+from tests.support.planning_helpers import failure, planned
 
 GOOD_PLAN: dict[str, Any] = {
     "tools": [
@@ -120,7 +120,7 @@ async def test_plain_words_are_planned_by_claude_with_an_invalid_answer_retried(
     feedback = second["body"]["messages"][-1]["content"][0]
     assert feedback["type"] == "tool_result" and feedback["is_error"] is True
     assert feedback["tool_use_id"] == "toolu_1" and "$.tools[0].name" in feedback["content"]
-    lines = [e.message for _, e in events if isinstance(e, LogLine)]
+    lines = [e.message for _, e, _ in events if isinstance(e, LogLine)]
     assert any("answer 1 of at most 3 was not a valid plan" in line for line in lines)
     assert any("used 2,003 input and 400 output tokens over 2 request(s)" in line for line in lines)
     assert any(line.startswith("planned from plain words by Claude (claude-test-model)") for line in lines)
@@ -134,7 +134,7 @@ async def test_three_invalid_answers_fail_the_build_at_plan(claude_planner: Mess
     assert len(api.requests) == 3
     assert failed.step == "plan" and failed.detail.startswith("Claude's plan was invalid 3 times; last problem: ")
     assert "$.tools" in failed.detail
-    assert any(isinstance(e, LogLine) and "over 3 request(s)" in e.message for _, e in events)
+    assert any(isinstance(e, LogLine) and "over 3 request(s)" in e.message for _, e, _ in events)
 
 
 async def test_injection_markers_in_the_request_are_flagged(claude_planner: MessagesApi, admin_nc) -> None:
@@ -143,7 +143,8 @@ async def test_injection_markers_in_the_request_are_flagged(claude_planner: Mess
     plan, events = await planned(admin_nc, PlainWords(text=text))
     flags = [f.detail for f in plan.flags if f.kind == "prompt_injection"]
     assert any("asks to ignore earlier instructions" in f for f in flags)
-    assert any(isinstance(e, LogLine) and e.level == "warning" and "prompt injection" in e.message for _, e in events)
+    assert any(isinstance(e, LogLine) and e.level == "warning" and "prompt injection" in e.message
+               for _, e, _ in events)
 
 
 async def test_plain_words_build_goes_through_codegen_and_the_checker_which_holds_claudes_code_to_account(

@@ -6,14 +6,14 @@ import hashlib
 import secrets
 from pathlib import Path
 
-import nats
 from nats.aio.client import Client
 
 from actors.runtime.bus import call
 from actors.runtime.codec import decode
-from bus_schemas.builds import AnyBuildEvent, BuildAccepted, BuildFailed, BuildPlanned, BuildSource, SubmitBuild
+from bus_schemas.builds import BuildAccepted, BuildFailed, BuildPlanned, BuildSource, SubmitBuild
 from bus_schemas.plans import ToolPlan
-from bus_schemas.registry import BUILD_EVENTS, PLANS, SUBMIT_BUILD
+from bus_schemas.registry import PLANS, SUBMIT_BUILD
+from tests.support.builds import Recorded, build_events
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 
@@ -31,31 +31,12 @@ async def submit(nc: Client, source: BuildSource, org: str | None = None, name: 
     return org, accepted.build_id
 
 
-async def build_events(nc: Client, org: str, build: str, timeout: float = 30.0) -> list[tuple[str, AnyBuildEvent]]:
-    """(kind, event) of the build in stream order, up to and including its `planned` or `failed` event."""
-    js = nc.jetstream()
-    sub = await js.subscribe(BUILD_EVENTS.wildcard(org=org, build=build), ordered_consumer=True)
-    events: list[tuple[str, AnyBuildEvent]] = []
-    try:
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=timeout)
-            except nats.errors.TimeoutError:
-                raise AssertionError(f"build {build} did not finish planning; events so far: {events}") from None
-            event = decode(AnyBuildEvent, msg.data)
-            events.append((msg.subject.rsplit(".", 1)[-1], event))
-            if isinstance(event, BuildPlanned | BuildFailed):
-                return events
-    finally:
-        await sub.unsubscribe()
-
-
 async def planned(
     nc: Client, source: BuildSource, name: str = "tracker"
-) -> tuple[ToolPlan, list[tuple[str, AnyBuildEvent]]]:
+) -> tuple[ToolPlan, list[Recorded]]:
     """Plan a source through the actor; the plan as stored in PLANS and the build's events."""
     org, build = await submit(nc, source, name=name)
-    events = await build_events(nc, org, build)
+    events = await build_events(nc.jetstream(), org, build, until=BuildPlanned)
     last = events[-1][1]
     assert isinstance(last, BuildPlanned), events
     return await read_plan(nc, last.plan_hash), events
@@ -71,10 +52,10 @@ async def read_plan(nc: Client, plan_hash: str) -> ToolPlan:
     return plan
 
 
-async def failure(nc: Client, source: BuildSource) -> tuple[BuildFailed, list[tuple[str, AnyBuildEvent]]]:
+async def failure(nc: Client, source: BuildSource) -> tuple[BuildFailed, list[Recorded]]:
     """Plan a source that must fail; its `failed` event and the build's events."""
     org, build = await submit(nc, source)
-    events = await build_events(nc, org, build)
+    events = await build_events(nc.jetstream(), org, build, until=BuildPlanned)
     last = events[-1][1]
     assert isinstance(last, BuildFailed), events
     return last, events

@@ -25,8 +25,8 @@ from bus_schemas.base import Failed
 from bus_schemas.builds import AnyBuildEvent, BuildAccepted, BuildRequested, GetBuild, PlainWords, SubmitBuild
 from bus_schemas.ops import DeadLetter
 from bus_schemas.registry import BUILD_EVENTS, DEAD_LETTERS, GET_BUILD, SUBMIT_BUILD, TRACE_HEADER
-from tests.actors.worker_actor import JOBS, SCHEMA, WORKER, Job
 from tests.conftest import Stack, eventually, running
+from tests.support.worker_actor import JOBS, SCHEMA, WORKER, Job
 
 # --- request/reply ---
 
@@ -110,7 +110,7 @@ class Worker:
     def __init__(self, stack: Stack) -> None:
         env = stack.env("admin")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.actors.worker_actor"], env=env, stdout=subprocess.PIPE, text=True
+            [sys.executable, "-m", "tests.support.worker_actor"], env=env, stdout=subprocess.PIPE, text=True
         )
 
     async def ready(self) -> None:

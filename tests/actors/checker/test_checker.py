@@ -22,9 +22,9 @@ from bus_schemas.builds import BuildChecked, BuildFailed, BuildGenerated, LogLin
 from bus_schemas.plans import Artifact, PlannedTool, PureFunction, ToolPlan, canonical_artifact_bytes
 from bus_schemas.registry import ARTIFACTS, build_subject
 from runner_template.sandbox import Bubblewrap
-from tests.actors.codegen_samples import plan_hash, sample_plan
-from tests.actors.test_codegen import history, last_event, put_plan
 from tests.conftest import Stack, eventually, running
+from tests.support.builds import build_events, last_event, put_plan
+from tests.support.codegen_samples import plan_hash, sample_plan
 
 CLEAN = '''"""Tools."""
 
@@ -127,7 +127,7 @@ async def test_clean_artifact_is_checked(stack: Stack, admin_nc) -> None:
         event = await eventually(lambda: outcome(js, org, build), timeout=60)
         assert isinstance(event, BuildChecked) and event.artifact_hash == digest
         # a redelivered `generated` (published again under another id) adds nothing to the history
-        before = [(k, e) for k, e, _ in await history(js, org, build)]
+        before = [(k, e) for k, e, _ in await build_events(js, org, build)]
         await publish_generated(js, org, build, digest, f"{build}:generated-again")
 
         async def caught_up() -> bool:
@@ -135,7 +135,7 @@ async def test_clean_artifact_is_checked(stack: Stack, admin_nc) -> None:
             return info.num_ack_pending == 0 and info.num_pending == 0
 
         await eventually(caught_up, timeout=60)
-        after = [(k, e) for k, e, _ in await history(js, org, build)]
+        after = [(k, e) for k, e, _ in await build_events(js, org, build)]
     assert len(after) == len(before) + 1  # only the second `generated` itself
     kinds = [k for k, _ in after]
     assert kinds.count("checked") == 1 and "failed" not in kinds
@@ -156,7 +156,7 @@ async def test_artifact_whose_tools_differ_from_the_plan_fails_the_dynamic_check
         event = await eventually(lambda: outcome(js, org, build), timeout=60)
     assert isinstance(event, BuildFailed) and event.step == "check"
     assert event.detail.startswith("generated.py:11:1 dynamic-schema: parameter 'a' of 'hypot' is ['number'], the plan")
-    logs = [e.message for k, e, _ in await history(js, org, build) if isinstance(e, LogLine)]
+    logs = [e.message for k, e, _ in await build_events(js, org, build) if isinstance(e, LogLine)]
     expected = "check: generated.py:11:1 dynamic-schema: tool 'hypot' lists parameters ['a', 'b'], the plan has ['a']"
     assert expected in logs
 
@@ -247,7 +247,7 @@ async def test_bad_artifact_fails_at_check_with_the_first_finding(stack: Stack, 
     assert isinstance(event, BuildFailed)
     assert event.step == "check" and event.code == "check_failed"
     assert event.detail.startswith("generated.py:14:18 banned-call: eval() is not allowed")
-    logs = [e.message for k, e, _ in await history(js, org, build) if isinstance(e, LogLine)]
+    logs = [e.message for k, e, _ in await build_events(js, org, build) if isinstance(e, LogLine)]
     assert "check: generated.py:14:18 banned-call: eval() is not allowed" in logs
 
 

@@ -7,53 +7,22 @@ import os
 import secrets
 
 import msgspec
-import nats.errors
-import nats.js.errors
 
 from actors.catalog import create_actor
 from actors.codegen.artifacts import build_artifact
 from actors.runtime.actor import utc_now
 from actors.runtime.bus import connect, publish_event
 from bus_schemas.builds import AnyBuildEvent, BuildFailed, BuildGenerated, BuildPlanned
-from bus_schemas.plans import Artifact, ToolPlan, canonical_artifact_bytes, canonical_plan_bytes
-from bus_schemas.registry import ARTIFACTS, PLANS, build_subject
-from tests.actors.codegen_samples import SECRET_NAME, plan_hash, sample_plan
+from bus_schemas.plans import Artifact, canonical_artifact_bytes
+from bus_schemas.registry import ARTIFACTS, build_subject
 from tests.conftest import Stack, eventually, running
-
-
-async def put_plan(js, plan: ToolPlan) -> str:
-    digest = plan_hash(plan)
-    store = await js.object_store(PLANS.name)
-    await store.put(digest, canonical_plan_bytes(plan))
-    return digest
+from tests.support.builds import build_events, last_event, put_plan
+from tests.support.codegen_samples import SECRET_NAME, plan_hash, sample_plan
 
 
 async def publish_planned(js, org: str, build: str, digest: str, msg_id: str) -> None:
     event = BuildPlanned(build_id=build, org_id=org, at=utc_now(), name="codegen-test", plan_hash=digest, tool_count=4)
     await publish_event(js, build_subject(org, build, "planned"), event, msg_id)
-
-
-async def history(js, org: str, build: str) -> list[tuple[str, AnyBuildEvent, bytes]]:
-    """Every event of one build, in order."""
-    sub = await js.subscribe(f"builds.{org}.{build}.>", ordered_consumer=True)
-    events = []
-    try:
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=0.5)
-            except (TimeoutError, nats.errors.TimeoutError):
-                return events
-            events.append((msg.subject.rsplit(".", 1)[1], msgspec.json.decode(msg.data, type=AnyBuildEvent), msg.data))
-    finally:
-        await sub.unsubscribe()
-
-
-async def last_event(js, org: str, build: str, kind: str) -> AnyBuildEvent | None:
-    try:
-        msg = await js.get_last_msg("BUILDS", build_subject(org, build, kind))
-    except nats.js.errors.NotFoundError:
-        return None
-    return msgspec.json.decode(msg.data, type=AnyBuildEvent)
 
 
 async def test_planned_build_gets_a_stored_artifact_and_a_generated_event(stack: Stack, admin_nc) -> None:
@@ -86,7 +55,7 @@ async def test_planned_build_gets_a_stored_artifact_and_a_generated_event(stack:
         artifact = msgspec.json.decode(data, type=Artifact)
         assert canonical_artifact_bytes(artifact) == data
         assert artifact == build_artifact(plan, digest)
-        events = await history(js, org, build)
+        events = await build_events(js, org, build)
         kinds = [k for k, _, _ in events]
         assert kinds.count("generated") == 1 and kinds.count("planned") == 2
         assert [e.state for k, e, _ in events if k == "step"] == ["started", "finished"]

@@ -25,7 +25,6 @@ from actors.runtime.bus import call, publish_event
 from actors.runtime.codec import decode
 from bus_schemas.base import Failed
 from bus_schemas.builds import (
-    AnyBuildEvent,
     BuildAccepted,
     BuildFailed,
     BuildPlanned,
@@ -40,7 +39,6 @@ from bus_schemas.builds import (
 )
 from bus_schemas.ops import DeadLetter
 from bus_schemas.registry import (
-    BUILD_EVENTS,
     CHECK_QUOTA,
     DEAD_LETTERS,
     GET_QUOTA,
@@ -51,8 +49,7 @@ from bus_schemas.registry import (
     build_subject,
 )
 from bus_schemas.usage import CheckQuota, GetQuota, GetUsage, QuotaAllowed, QuotaState, QuotaStatus, UsageReport
-from tests.conftest import Stack, eventually, running
-from tests.metering.conftest import (
+from tests.actors.metering.conftest import (
     counted_calls,
     new_id,
     publish_calls,
@@ -61,6 +58,8 @@ from tests.metering.conftest import (
     usage_drained,
     wait_for_metering,
 )
+from tests.conftest import Stack, eventually, running
+from tests.support.builds import build_events
 
 
 def this_period() -> str:
@@ -321,18 +320,6 @@ def _tool_spec_build(org: str, name: str) -> SubmitBuild:
     return SubmitBuild(org_id=org, requested_by="test", name=name, source=ToolSpecSource(tools=(tool,)))
 
 
-async def _build_events(nc: Client, org: str, build_id: str, until: type) -> list[AnyBuildEvent]:
-    js = nc.jetstream()
-    sub = await js.subscribe(BUILD_EVENTS.wildcard(org=org, build=build_id), ordered_consumer=True)
-    events: list[AnyBuildEvent] = []
-    try:
-        while not events or not isinstance(events[-1], until | BuildFailed):
-            events.append(decode(AnyBuildEvent, (await sub.next_msg(timeout=20)).data))
-    finally:
-        await sub.unsubscribe()
-    return events
-
-
 async def test_the_planner_refuses_a_build_over_the_build_quota_at_the_plan_step(
     stack: Stack, admin_nc: Client, pool: asyncpg.Pool, quotas: QuotaPublisher
 ) -> None:
@@ -347,7 +334,7 @@ async def test_the_planner_refuses_a_build_over_the_build_quota_at_the_plan_step
             reply = await call(admin_nc, SUBMIT_BUILD, _tool_spec_build(org, f"b{n}"), timeout=10)
             assert isinstance(reply, BuildAccepted), reply
             accepted.append(reply.build_id)
-        outcomes = [(await _build_events(admin_nc, org, b, BuildPlanned))[-1] for b in accepted]
+        outcomes = [(await build_events(admin_nc.jetstream(), org, b, until=BuildPlanned))[-1].event for b in accepted]
         assert [type(o) for o in outcomes] == [BuildPlanned, BuildPlanned, BuildFailed]
         refusal = outcomes[2]
         assert isinstance(refusal, BuildFailed) and refusal.step == "plan" and refusal.code == "quota_exceeded"
@@ -371,7 +358,7 @@ async def test_without_a_metering_actor_a_build_goes_ahead_with_a_warning(stack:
     async with running(create_actor("planner"), stack.settings("planner")):
         reply = await call(admin_nc, SUBMIT_BUILD, _tool_spec_build(org, "alone"), timeout=10)
         assert isinstance(reply, BuildAccepted), reply
-        events = await _build_events(admin_nc, org, reply.build_id, BuildPlanned)
+        events = [e for _, e, _ in await build_events(admin_nc.jetstream(), org, reply.build_id, until=BuildPlanned)]
     warnings = [e.message for e in events if isinstance(e, LogLine) and e.level == "warning"]
     assert any("build quota was not checked" in w for w in warnings), warnings
     assert isinstance(events[-1], BuildPlanned)

@@ -8,9 +8,9 @@ from nats.aio.client import Client
 
 from actors.catalog import create_actor
 from actors.runtime.actor import utc_now
+from tests.actors.metering.conftest import counted_calls, new_id, publish_calls, server_changed, tool_call
 from tests.conftest import Stack, eventually, running
 from tests.gateway.conftest import bearer, gateway_settings, new_api_key, serving
-from tests.metering.conftest import counted_calls, new_id, publish_calls, server_changed, tool_call
 
 
 async def test_usage_and_quota_over_http_show_only_the_callers_organisation(

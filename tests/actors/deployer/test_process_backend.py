@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from actors.deployer.backends.process import ProcessBackend
-from tests.deployer.conftest import CALCULATOR, render, spec_for, tool
+from tests.actors.deployer.conftest import CALCULATOR, render, spec_for, tool
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,7 +21,7 @@ from actors.oauth.clients import MetadataDocuments, MetadataError
 from actors.oauth.keys import signing_key_encryption
 from actors.oauth.state import OAuthConfig
 from actors.oauth.tokens import digest
-from actors.runtime.bus import call, connect
+from actors.runtime.bus import connect
 from bus_schemas.oauth import (
     AuthorizationRedirect,
     ClientMetadata,
@@ -37,7 +36,6 @@ from bus_schemas.oauth import (
     RegisterClient,
     RevokeToken,
     SignInRequired,
-    StartAuthorization,
     TokenIssued,
     TokenRevoked,
 )
@@ -48,24 +46,30 @@ from bus_schemas.registry import (
     OAUTH_GET_JWKS,
     OAUTH_REGISTER_CLIENT,
     OAUTH_REVOKE_TOKEN,
-    OAUTH_START_AUTHORIZATION,
 )
-from tests.actors.oauth_helpers import (
+from tests.conftest import Stack, running
+from tests.support.oauth_helpers import (
+    FOREIGN,
+    ISSUER,
+    REDIRECT,
+    RESOURCE,
     SECRET_KEY,
     MovableClock,
+    ask,
+    authorize,
+    code_for,
     document_server,
+    exchange,
     person,
     pkce_pair,
     query_of,
+    refresh,
+    register,
     serve_asgi,
+    tokens,
 )
-from tests.conftest import Stack, running
-from tests.server_registry import server_registry
+from tests.support.server_registry import server_registry
 
-ISSUER = "https://bmms.example"
-RESOURCE = f"{ISSUER}/servers/weather/mcp"
-FOREIGN = f"{ISSUER}/servers/elsewhere/mcp"
-REDIRECT = "http://127.0.0.1:33418/callback"
 CLOCK = MovableClock()
 REGISTRATIONS_PER_HOUR = 20
 
@@ -84,69 +88,6 @@ async def nc(stack: Stack, oauth_actor: None) -> AsyncIterator[Client]:
     client = await connect(stack.settings("admin"), "test-oauth")
     yield client
     await client.close()
-
-
-async def ask(nc: Client, rpc: Any, message: object) -> Any:
-    return await call(nc, rpc, message, timeout=10)
-
-
-async def register(nc: Client, *, name: str = "Test client", method: str | None = "none",
-                   ip: str | None = None, redirect: str = REDIRECT) -> ClientRegistered:
-    ip = ip or f"198.18.{secrets.randbelow(256)}.{secrets.randbelow(256)}"  # a fresh rate-limit bucket
-    metadata = ClientMetadata(redirect_uris=(redirect,), client_name=name, token_endpoint_auth_method=method,
-                              grant_types=("authorization_code", "refresh_token"))
-    reply = await ask(nc, OAUTH_REGISTER_CLIENT, RegisterClient(metadata=metadata, client_ip=ip))
-    assert isinstance(reply, ClientRegistered), reply
-    return reply
-
-
-async def authorize(nc: Client, client_id: str, challenge: str, **changes: Any) -> Any:
-    values: dict[str, Any] = {
-        "issuer": ISSUER, "client_id": client_id, "redirect_uri": REDIRECT, "response_type": "code",
-        "state": "st-1", "scope": "mcp:tools:read mcp:tools:write", "code_challenge": challenge,
-        "code_challenge_method": "S256", "resources": (RESOURCE,), "signer": person(),
-    }
-    values.update(changes)
-    return await ask(nc, OAUTH_START_AUTHORIZATION, StartAuthorization(**values))
-
-
-async def code_for(
-    nc: Client, client_id: str, challenge: str, *, granted: tuple[str, ...] = ("mcp:tools:write",)
-) -> str:
-    consent = await authorize(nc, client_id, challenge)
-    assert isinstance(consent, ConsentRequired), consent
-    decided = await ask(nc, OAUTH_DECIDE_CONSENT, DecideConsent(
-        issuer=ISSUER, consent_id=consent.consent_id, csrf_token=consent.csrf_token, subject=person().subject,
-        approve=True, granted_optional=granted,
-    ))
-    assert isinstance(decided, AuthorizationRedirect), decided
-    params = query_of(decided.location)
-    assert params["state"] == "st-1" and params["iss"] == ISSUER
-    return params["code"]
-
-
-async def exchange(nc: Client, client_id: str, code: str, verifier: str, **changes: Any) -> Any:
-    values: dict[str, Any] = {
-        "issuer": ISSUER, "grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT,
-        "code_verifier": verifier, "resources": (RESOURCE,), "client_id": client_id,
-    }
-    values.update(changes)
-    return await ask(nc, OAUTH_EXCHANGE_TOKEN, ExchangeToken(**values))
-
-
-async def refresh(nc: Client, client_id: str, token: str) -> Any:
-    return await ask(nc, OAUTH_EXCHANGE_TOKEN, ExchangeToken(
-        issuer=ISSUER, grant_type="refresh_token", refresh_token=token, resources=(RESOURCE,), client_id=client_id,
-    ))
-
-
-async def tokens(nc: Client) -> tuple[ClientRegistered, TokenIssued]:
-    client = await register(nc)
-    verifier, challenge = pkce_pair()
-    code = await code_for(nc, client.client_id, challenge)
-    issued = await exchange(nc, client.client_id, code, verifier)
-    assert isinstance(issued, TokenIssued), issued
-    return client, issued
 
 
 # --- registration ---

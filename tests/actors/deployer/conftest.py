@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiodocker
+import httpx
 import msgspec
 import pytest
 from aiodocker.exceptions import DockerError
@@ -106,6 +107,23 @@ def spec_for(server_id: str, rendered: Rendered, *, version: int = 1, secrets: d
     )
 
 
+BROKEN = render(tool("add", "return a + b", "a", "b"), server_name="broken",
+                module_suffix="\nraise RuntimeError('broken on purpose')\n")
+MULTIPLY = render(tool("multiply", "return a * b", "a", "b", description="Multiply two integers."),
+                  server_name="calc2")
+
+
+async def call_tool(upstream: str, name: str, arguments: dict[str, object]) -> dict[str, Any]:
+    """A `tools/call` on the runner's MCP endpoint (stateless Streamable HTTP, JSON responses)."""
+    request = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name, "arguments": arguments}}
+    async with httpx.AsyncClient(timeout=60) as client:
+        response = await client.post(f"{upstream}/mcp", json=request,
+                                     headers={"accept": "application/json, text/event-stream"})
+    response.raise_for_status()
+    result: dict[str, Any] = response.json()["result"]
+    return result
+
+
 def new_server_id() -> str:
     return "t" + uuid.uuid4().hex[:12]
 
@@ -153,5 +171,5 @@ async def swarm(docker: aiodocker.Docker) -> AsyncIterator[None]:
 
 
 
-__all__ = ["CALCULATOR", "RUNNER_PORT", "Rendered", "exec_in", "new_server_id", "render", "spec_for",
-           "swarm", "tool"]
+__all__ = ["BROKEN", "CALCULATOR", "MULTIPLY", "RUNNER_PORT", "Rendered", "call_tool", "exec_in", "new_server_id",
+           "render", "spec_for", "swarm", "tool"]

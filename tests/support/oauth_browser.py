@@ -10,9 +10,9 @@ import re
 import httpx
 from mcp.shared.auth import AuthorizationCodeResult, OAuthClientInformationFull, OAuthToken
 
-from tests.actors.oauth_helpers import query_of
-from tests.gateway.test_identity_http import form_fields, fresh_ip, open_link
-from tests.mailbox import Mailbox
+from tests.support.mailbox import Mailbox
+from tests.support.oauth_helpers import query_of
+from tests.support.sign_in import form_fields, fresh_ip, open_link
 
 
 class MemoryStorage:

@@ -6,7 +6,7 @@ from actors.checker.locate import deduplicate_findings, locate_findings
 from actors.checker.rules import Finding, check_source, errors
 from actors.codegen.artifacts import build_artifact
 from bus_schemas.plans import Artifact, ToolPlan
-from tests.actors.codegen_samples import plan_hash, sample_plan
+from tests.support.codegen_samples import plan_hash, sample_plan
 
 
 def rendered(add_body: str) -> tuple[ToolPlan, Artifact]:

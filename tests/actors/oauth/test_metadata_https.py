@@ -26,10 +26,20 @@ from actors.oauth.clients import MetadataDocuments, MetadataError, trusting
 from actors.oauth.state import OAuthConfig
 from actors.runtime.bus import connect
 from bus_schemas.oauth import OAuthError, TokenIssued
-from tests.actors.oauth_helpers import SECRET_KEY, document_server, pkce_pair, serve_asgi
-from tests.actors.test_oauth import FOREIGN, REDIRECT, RESOURCE, authorize, code_for, exchange
 from tests.conftest import Stack, running
-from tests.server_registry import server_registry
+from tests.support.oauth_helpers import (
+    FOREIGN,
+    REDIRECT,
+    RESOURCE,
+    SECRET_KEY,
+    authorize,
+    code_for,
+    document_server,
+    exchange,
+    pkce_pair,
+    serve_asgi,
+)
+from tests.support.server_registry import server_registry
 
 
 @dataclass(frozen=True)

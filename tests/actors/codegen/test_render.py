@@ -12,7 +12,7 @@ from actors.codegen.render import RenderRefused, render_module
 from bus_schemas.plans import HttpCall, PureFunction, ToolPlan, canonical_artifact_bytes, canonical_plan_bytes
 from runner_template.sdk import tools_of
 from runner_template.server import load_module
-from tests.actors.codegen_samples import plan_hash, sample_plan
+from tests.support.codegen_samples import plan_hash, sample_plan
 
 
 def with_tool(plan: ToolPlan, index: int, **changes: object) -> ToolPlan:

@@ -14,8 +14,7 @@ from aiodocker.exceptions import DockerError
 from actors.deployer.backends.base import LABEL_ARTIFACT, LABEL_SERVER, LABEL_VERSION, BackendError, Limits
 from actors.deployer.backends.swarm import SwarmBackend
 from actors.runtime.runner_images import RunnerImages, server_image_ref
-from tests.deployer.conftest import CALCULATOR, exec_in, render, spec_for, tool
-from tests.deployer.test_docker_backend import BROKEN, MULTIPLY, call_tool
+from tests.actors.deployer.conftest import BROKEN, CALCULATOR, MULTIPLY, call_tool, exec_in, render, spec_for, tool
 
 
 @pytest.fixture

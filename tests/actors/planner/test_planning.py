@@ -30,8 +30,8 @@ from bus_schemas.builds import (
 )
 from bus_schemas.plans import HttpCall, PureFunction
 from bus_schemas.registry import PLANNER_REQUESTED, build_subject
-from tests.actors.planning_helpers import FIXTURES, build_events, failure, planned, read_plan, submit
 from tests.conftest import Stack, eventually, running
+from tests.support.planning_helpers import FIXTURES, build_events, failure, planned, read_plan, submit
 
 TRACKER = (FIXTURES / "issue_tracker.yaml").read_text()
 
@@ -99,13 +99,13 @@ async def test_openapi_document_plans_one_tool_per_operation_with_refs_resolved_
 
 async def test_the_build_stream_tells_the_whole_plan_step_in_order(planner: None, admin_nc) -> None:
     plan, events = await planned(admin_nc, OpenApiSource(document=TRACKER))
-    kinds = [kind for kind, _ in events]
+    kinds = [kind for kind, _, _ in events]
     assert kinds[0] == "requested" and isinstance(events[0][1], BuildRequested)
     assert kinds[1] == "step" and isinstance(events[1][1], StepChanged) and events[1][1].state == "started"
     assert kinds[-2:] == ["step", "planned"]
     finished = events[-2][1]
     assert isinstance(finished, StepChanged) and finished.state == "finished"
-    lines = [e.message for _, e in events if isinstance(e, LogLine)]
+    lines = [e.message for _, e, _ in events if isinstance(e, LogLine)]
     assert set(kinds[2:-2]) == {"log"}
     text = "\n".join(lines)
     assert "found 27 operations" in text
@@ -133,7 +133,7 @@ async def test_choosing_operations_and_tags_narrows_the_plan(planner: None, admi
     plan, events = await planned(admin_nc, source)
     assert [t.name for t in plan.tools] == ["get_issue", "delete_comment", "set_issue_labels", "list_labels",
                                             "create_label"]
-    assert any(isinstance(e, LogLine) and "selected 5 of 27 operations" in e.message for _, e in events)
+    assert any(isinstance(e, LogLine) and "selected 5 of 27 operations" in e.message for _, e, _ in events)
 
 
 async def test_a_choice_that_matches_nothing_fails_naming_it(planner: None, admin_nc) -> None:
@@ -172,14 +172,14 @@ async def test_a_malformed_document_fails_at_plan_saying_where(
     failed, events = await failure(admin_nc, OpenApiSource(document=document))
     assert failed.step == "plan" and failed.code == "invalid"
     assert expected in failed.detail, failed.detail
-    errors = [e for _, e in events if isinstance(e, LogLine) and e.level == "error"]
+    errors = [e for _, e, _ in events if isinstance(e, LogLine) and e.level == "error"]
     assert [e.message for e in errors] == [failed.detail]
 
 
 async def test_a_document_by_url_is_fetched_and_planned(planner: None, admin_nc, document_server: str) -> None:
     plan, events = await planned(admin_nc, OpenApiSource(url=document_server))
     assert len(plan.tools) == 25
-    assert any(isinstance(e, LogLine) and e.message.startswith("fetched the OpenAPI document") for _, e in events)
+    assert any(isinstance(e, LogLine) and e.message.startswith("fetched the OpenAPI document") for _, e, _ in events)
 
 
 async def test_fetching_refuses_loopback_and_http_without_the_dev_setting(document_server: str) -> None:
@@ -259,7 +259,7 @@ async def test_prompt_injection_markers_are_flagged_and_the_plan_proceeds(planne
     assert any("mentions the system prompt" in f for f in flags)
     assert any("input_schema.properties.word.description: contains 2 hidden Unicode" in f for f in flags)
     assert not any("tool clean" in f for f in flags)
-    warnings = [e.message for _, e in events if isinstance(e, LogLine) and e.level == "warning"]
+    warnings = [e.message for _, e, _ in events if isinstance(e, LogLine) and e.level == "warning"]
     assert len([w for w in warnings if w.startswith("possible prompt injection")]) == len(flags)
 
 
@@ -272,7 +272,7 @@ async def test_plain_words_without_a_claude_key_fail_clearly(planner: None, admi
 
 async def test_a_redelivered_request_reuses_the_recorded_plan(planner: None, admin_nc, db) -> None:
     org, build = await submit(admin_nc, OpenApiSource(document=TRACKER))
-    events = await build_events(admin_nc, org, build)
+    events = await build_events(admin_nc.jetstream(), org, build, until=BuildPlanned)
     requested, last = events[0][1], events[-1][1]
     assert isinstance(last, BuildPlanned)
     js = admin_nc.jetstream()
@@ -284,8 +284,8 @@ async def test_a_redelivered_request_reuses_the_recorded_plan(planner: None, adm
         return info.num_pending == 0 and info.num_ack_pending == 0
 
     await eventually(drained)
-    again = await build_events(admin_nc, org, build)
-    assert [k for k, _ in again].count("planned") == 1
+    again = await build_events(admin_nc.jetstream(), org, build, until=BuildPlanned)
+    assert [k for k, _, _ in again].count("planned") == 1
     assert await db.fetchval("SELECT count(*) FROM build_plans WHERE build_id = $1", build) == 1
 
 

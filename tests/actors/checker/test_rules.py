@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from actors.checker.rules import check_source, errors
@@ -11,7 +9,8 @@ from actors.codegen.artifacts import build_artifact
 from actors.planner.openapi import plan_openapi
 from actors.planner.problems import PlanNotes
 from bus_schemas.builds import OpenApiSource
-from tests.actors.codegen_samples import plan_hash, sample_plan
+from tests.support.codegen_samples import plan_hash, sample_plan
+from tests.support.planning_helpers import FIXTURES
 
 HEADER = '"""Tools."""\n\nimport math\n\n'
 """Four lines, so each case's offending line below is line 5 + its offset."""
@@ -155,7 +154,7 @@ def test_codegen_output_passes_the_static_rules() -> None:
 
 
 def test_codegen_output_of_the_openapi_fixture_passes_the_static_rules() -> None:
-    document = (Path(__file__).parent.parent / "fixtures" / "issue_tracker.yaml").read_text()
+    document = (FIXTURES / "issue_tracker.yaml").read_text()
     source = OpenApiSource(document=document, base_url="https://tracker.example.com/api")
     plan = plan_openapi(document, source, "tracker", PlanNotes())
     artifact = build_artifact(plan, plan_hash(plan))

@@ -14,10 +14,33 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import uvicorn
+from nats.aio.client import Client
 
-from bus_schemas.oauth import Signer
+from actors.runtime.bus import call
+from bus_schemas.oauth import (
+    AuthorizationRedirect,
+    ClientMetadata,
+    ClientRegistered,
+    ConsentRequired,
+    DecideConsent,
+    ExchangeToken,
+    RegisterClient,
+    Signer,
+    StartAuthorization,
+    TokenIssued,
+)
+from bus_schemas.registry import (
+    OAUTH_DECIDE_CONSENT,
+    OAUTH_EXCHANGE_TOKEN,
+    OAUTH_REGISTER_CLIENT,
+    OAUTH_START_AUTHORIZATION,
+)
 
 SECRET_KEY = "test-key-encryption-key-0123456789abcdef"
+ISSUER = "https://bmms.example"
+RESOURCE = f"{ISSUER}/servers/weather/mcp"
+FOREIGN = f"{ISSUER}/servers/elsewhere/mcp"
+REDIRECT = "http://127.0.0.1:33418/callback"
 
 
 class MovableClock:
@@ -110,3 +133,66 @@ def document_server(documents: dict[str, tuple[bytes, dict[str, str]]]) -> Any:
 
     app.hits = hits  # type: ignore[attr-defined]
     return app
+
+
+async def ask(nc: Client, rpc: Any, message: object) -> Any:
+    return await call(nc, rpc, message, timeout=10)
+
+
+async def register(nc: Client, *, name: str = "Test client", method: str | None = "none",
+                   ip: str | None = None, redirect: str = REDIRECT) -> ClientRegistered:
+    ip = ip or f"198.18.{secrets.randbelow(256)}.{secrets.randbelow(256)}"  # a fresh rate-limit bucket
+    metadata = ClientMetadata(redirect_uris=(redirect,), client_name=name, token_endpoint_auth_method=method,
+                              grant_types=("authorization_code", "refresh_token"))
+    reply = await ask(nc, OAUTH_REGISTER_CLIENT, RegisterClient(metadata=metadata, client_ip=ip))
+    assert isinstance(reply, ClientRegistered), reply
+    return reply
+
+
+async def authorize(nc: Client, client_id: str, challenge: str, **changes: Any) -> Any:
+    values: dict[str, Any] = {
+        "issuer": ISSUER, "client_id": client_id, "redirect_uri": REDIRECT, "response_type": "code",
+        "state": "st-1", "scope": "mcp:tools:read mcp:tools:write", "code_challenge": challenge,
+        "code_challenge_method": "S256", "resources": (RESOURCE,), "signer": person(),
+    }
+    values.update(changes)
+    return await ask(nc, OAUTH_START_AUTHORIZATION, StartAuthorization(**values))
+
+
+async def code_for(
+    nc: Client, client_id: str, challenge: str, *, granted: tuple[str, ...] = ("mcp:tools:write",)
+) -> str:
+    consent = await authorize(nc, client_id, challenge)
+    assert isinstance(consent, ConsentRequired), consent
+    decided = await ask(nc, OAUTH_DECIDE_CONSENT, DecideConsent(
+        issuer=ISSUER, consent_id=consent.consent_id, csrf_token=consent.csrf_token, subject=person().subject,
+        approve=True, granted_optional=granted,
+    ))
+    assert isinstance(decided, AuthorizationRedirect), decided
+    params = query_of(decided.location)
+    assert params["state"] == "st-1" and params["iss"] == ISSUER
+    return params["code"]
+
+
+async def exchange(nc: Client, client_id: str, code: str, verifier: str, **changes: Any) -> Any:
+    values: dict[str, Any] = {
+        "issuer": ISSUER, "grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT,
+        "code_verifier": verifier, "resources": (RESOURCE,), "client_id": client_id,
+    }
+    values.update(changes)
+    return await ask(nc, OAUTH_EXCHANGE_TOKEN, ExchangeToken(**values))
+
+
+async def refresh(nc: Client, client_id: str, token: str) -> Any:
+    return await ask(nc, OAUTH_EXCHANGE_TOKEN, ExchangeToken(
+        issuer=ISSUER, grant_type="refresh_token", refresh_token=token, resources=(RESOURCE,), client_id=client_id,
+    ))
+
+
+async def tokens(nc: Client) -> tuple[ClientRegistered, TokenIssued]:
+    client = await register(nc)
+    verifier, challenge = pkce_pair()
+    code = await code_for(nc, client.client_id, challenge)
+    issued = await exchange(nc, client.client_id, code, verifier)
+    assert isinstance(issued, TokenIssued), issued
+    return client, issued
