@@ -54,7 +54,7 @@ def with_raw_websocket_send(app: ASGIApp) -> ASGIApp:
 
     async def asgi(scope: Scope, receive: Receive, send: ASGISend) -> None:
         if scope["type"] == ScopeType.WEBSOCKET:
-            scope[RAW_SEND] = send  # type: ignore[literal-required]
+            scope[RAW_SEND] = send  # type: ignore[literal-required]  # Litestar's Scope TypedDict has no extra keys
         await app(scope, receive, send)
 
     return asgi

@@ -189,7 +189,7 @@ async def _read_body(receive: Receive) -> bytes:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise asyncio.CancelledError  # nobody is waiting for an answer
-        chunk: bytes = message.get("body", b"")  # type: ignore[assignment]
+        chunk: bytes = message.get("body", b"")  # type: ignore[assignment]  # ASGI's receive union has no body type
         size += len(chunk)
         if size > MAX_REQUEST_BODY:
             raise Problem(413, f"the request body is larger than {MAX_REQUEST_BODY} bytes",

@@ -46,7 +46,7 @@ def scope_trace_id(scope: Scope | dict[str, Any]) -> str:
     if isinstance(found, str):
         return found
     trace_id = trace_id_from_traceparent(request_header(scope, b"traceparent")) or new_trace_id()
-    scope[_SCOPE_KEY] = trace_id  # type: ignore[literal-required]
+    scope[_SCOPE_KEY] = trace_id  # type: ignore[literal-required]  # Litestar's Scope TypedDict has no extra keys
     return trace_id
 
 

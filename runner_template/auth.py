@@ -276,7 +276,7 @@ class AccessTokenVerifier:
     async def _fetch(self) -> None:
         self._attempted_at = time.monotonic()
         try:
-            key_set = KeySet.import_key_set(dict(await self._key_source()))  # type: ignore[arg-type]
+            key_set = KeySet.import_key_set(dict(await self._key_source()))  # type: ignore[arg-type]  # joserfc wants its KeySetSerialization TypedDict
         except (KeySourceUnavailable, ValueError, TypeError, KeyError, JoseError) as exc:
             log.warning("cannot fetch the JWKS for %s: %r", self.resource, exc)
             return  # keep the keys we have; the next unknown kid tries again

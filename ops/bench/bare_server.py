@@ -21,7 +21,7 @@ def create_app() -> object:
 
 
 def main() -> None:
-    uvicorn.run(create_app(), host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")  # type: ignore[arg-type]
+    uvicorn.run(create_app(), host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")  # type: ignore[arg-type]  # uvicorn's ASGI type vs Starlette's
 
 
 if __name__ == "__main__":

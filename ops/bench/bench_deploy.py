@@ -124,7 +124,8 @@ async def one_build(stack: Stack, nc: Nats, n: int) -> tuple[float, str]:
             break
         await asyncio.sleep(0.02)
     servers = await asyncio.to_thread(http_json, "GET", f"{stack.url}/v1/servers", stack.key)
-    listed: list[dict[str, object]] = servers["servers"]  # type: ignore[assignment]
+    listed = servers["servers"]
+    assert isinstance(listed, list), servers
     url = next(str(s["url"]) for s in listed if str(s["server_id"]).endswith(build_id))
     token = await token_for(nc, stack, url)
     while True:
@@ -258,7 +259,7 @@ async def bench_sandbox(backends: list[str], calls: int, lines: list[str]) -> No
     local: list[float] = []
     for _ in range(calls):
         t = time.perf_counter()
-        await in_process._handle_call_tool(None, params)  # type: ignore[arg-type]
+        await in_process._handle_call_tool(None, params)  # type: ignore[arg-type]  # the SDK's handler, no request context
         local.append(time.perf_counter() - t)
     docker = aiodocker.Docker() if "docker" in backends or "swarm" in backends else None
     images = RunnerImages()

@@ -45,6 +45,7 @@ from actors.runtime.actor import utc_now
 from actors.runtime.codec import encode
 from bus_schemas.builds import LogLine
 from bus_schemas.registry import build_subject
+from ops.bench.wrk import run_wrk
 
 TARGET_HTTP_RATIO = 0.6
 TARGET_WS_P99_MS = 10.0
@@ -62,7 +63,9 @@ class Stack:
     def pid(self, child: str) -> int:
         """Process id of one of the stack's children (from the record `bmms dev` writes)."""
         record: dict[str, object] = json.loads((self.data_dir / "run" / "stack.json").read_text())
-        return int(record["pids"][child])  # type: ignore[index]
+        pids = record["pids"]
+        assert isinstance(pids, dict), record
+        return int(pids[child])
 
     def admin_password(self) -> str:
         passwords: dict[str, str] = json.loads((self.data_dir / "secrets" / "nats-passwords.json").read_text())
@@ -137,28 +140,14 @@ def machine_times() -> tuple[int, int]:
     return fields[7], sum(fields[:8])
 
 
-def _ms(value: str) -> float:
-    m = re.match(r"([\d.]+)(us|ms|s)", value)
-    assert m, value
-    return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
-
-
 def wrk(url: str, connections: int, seconds: int, headers: dict[str, str], gateway_pid: int | None = None) -> WrkResult:
-    args = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
-    for k, v in headers.items():
-        args += ["-H", f"{k}: {v}"]
     cpu_before = process_cpu_seconds(gateway_pid) if gateway_pid else 0.0
     steal_before, total_before = machine_times()
-    out = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout
+    run = run_wrk(url, connections, seconds, headers=headers)
     steal_after, total_after = machine_times()
     cpu = (process_cpu_seconds(gateway_pid) - cpu_before) if gateway_pid else 0.0
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: .*", out)
-    return WrkResult(rps, p50, p99, errors.group(0) if errors else "", requests,
-                     cpu_us=cpu * 1e6 / max(requests, 1),
+    return WrkResult(run.rps, run.p50_ms, run.p99_ms, run.errors, run.requests,
+                     cpu_us=cpu * 1e6 / max(run.requests, 1),
                      steal=(steal_after - steal_before) / max(total_after - total_before, 1))
 
 
@@ -246,6 +235,7 @@ class _Socket(asyncio.Protocol):
         self.finished: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
@@ -283,7 +273,7 @@ class _Socket(asyncio.Protocol):
                     self.latencies.append((now - stamp) / 1e6)
                     self.received += 1
             elif opcode == 0x9:  # the server's keepalive ping: unanswered, it closes the socket after 20 s
-                self.transport.write(_masked_pong(bytes(buf[pos + head : pos + head + length])))  # type: ignore[attr-defined]
+                self.transport.write(_masked_pong(bytes(buf[pos + head : pos + head + length])))
             elif opcode == 0x8 and not self.finished.done():
                 self.finished.set_result(self.received)
             pos += head + length
@@ -307,7 +297,7 @@ async def _open_socket(url: str, key: str, after: int, expected: int, latencies:
         f"Connection: Upgrade\r\nSec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\n"
         f"Sec-WebSocket-Version: 13\r\nAuthorization: Bearer {key}\r\n\r\n"
     )
-    protocol.transport.write(request.encode())  # type: ignore[attr-defined]
+    protocol.transport.write(request.encode())
     await asyncio.wait_for(protocol.connected, 30)
     return protocol
 
@@ -414,7 +404,7 @@ async def bench_ws_case(stack: Stack, org: str, build_id: str, sockets: int, rat
     steal_after, total_after = machine_times()
     counts = [s.received for s in opened]
     for s in opened:
-        s.transport.close()  # type: ignore[attr-defined]
+        s.transport.close()
     await nc.close()
     bus_latencies: list[float] = await asyncio.to_thread(results.recv)
     reference.join(10)
@@ -541,11 +531,11 @@ def main() -> int:
             if not args.skip_http:
                 print("\n".join(bench_http(stack, build_id, args.seconds, args.rounds)))
             if not args.skip_ws:
-                cases = tuple(tuple(int(n) for n in c.split("x")) for c in args.ws_case) or WS_CASES
+                cases = tuple((int(c.split("x")[0]), int(c.split("x")[1])) for c in args.ws_case) or WS_CASES
                 # The measuring client runs on uvloop too: it parses every frame of every socket on the same two
                 # cores as the stack, and the default loop's extra CPU showed up as gateway latency.
                 modes = {"as-they-are": (False,), "awake": (True,), "both": (False, True)}[args.vcpus]
-                lines = uvloop.run(bench_ws(stack, org, build_id, float(args.ws_seconds), cases,  # type: ignore[arg-type]
+                lines = uvloop.run(bench_ws(stack, org, build_id, float(args.ws_seconds), cases,
                                             modes))
                 print("\n".join(lines))
         finally:

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,9 +95,9 @@ class MeteringProcess:
             self.process.wait(60)
 
 
-async def until(check: object, timeout: float, interval: float = 0.05) -> None:
+async def until(check: Callable[[], Awaitable[object]], timeout: float, interval: float = 0.05) -> None:
     deadline = time.monotonic() + timeout
-    while not await check():  # type: ignore[operator]
+    while not await check():
         if time.monotonic() > deadline:
             raise TimeoutError(f"not reached within {timeout} s")
         await asyncio.sleep(interval)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -35,6 +34,7 @@ from actors.runtime.bus import provision
 from actors.runtime.codec import encode
 from bus_schemas.registry import ROUTES
 from bus_schemas.servers import ServerRoute
+from ops.bench.wrk import run_wrk
 from ops.infra import NATS_ROLES, new_nats_password, start_nats
 
 SERVER_ID = "bench"
@@ -91,28 +91,10 @@ class WrkResult:
     errors: str
 
 
-def _ms(value: str) -> float:
-    m = re.match(r"([\d.]+)(us|ms|s)", value)
-    assert m, value
-    return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
-
-
 def wrk_post(url: str, connections: int, seconds: int, script: Path | None) -> WrkResult:
     """wrk against `url`: the POST of `script`, or a plain GET without one."""
-    post = ["-s", str(script)] if script else []
-    args = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *post, url]
-    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
-    errors = ""
-    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    socket_errors = re.search(r"Socket errors:.*", out)
-    if non2xx:
-        errors += f" non-2xx={non2xx.group(1)}"
-    if socket_errors:
-        errors += f" {socket_errors.group(0)}"
-    return WrkResult(rps, p50, p99, errors.strip())
+    run = run_wrk(url, connections, seconds, script=script)
+    return WrkResult(run.rps, run.p50_ms, run.p99_ms, run.errors)
 
 
 def wait_for_file(path: Path, process: subprocess.Popen[bytes], what: str, timeout: float = 30.0) -> str:
