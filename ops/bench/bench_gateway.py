@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
+from typing import cast
 
 import nats
 import uvloop
@@ -235,8 +236,7 @@ class _Socket(asyncio.Protocol):
         self.finished: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's TCPTransport, which is not a subclass
 
     def data_received(self, data: bytes) -> None:
         now = time.time_ns()
