@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-from litestar import Request, Response
+from litestar import MediaType, Request, Response
 from litestar.datastructures import Cookie
 
 from gateway.auth import origin_allowed
@@ -64,7 +64,7 @@ def render(template: str, status: int = 200, *, headers: Mapping[str, str] | Non
            cookies: list[Cookie] | None = None, **context: Any) -> Response[str]:
     """An HTML page from `templates/<template>`; every value in `context` is escaped where it is shown."""
     document = _TEMPLATES.get_template(template).render(**context)
-    return Response(document, status_code=status, media_type="text/html; charset=utf-8",
+    return Response(document, status_code=status, media_type=MediaType.HTML,
                     headers={**PAGE_HEADERS, **(headers or {})}, cookies=cookies or [])
 
 

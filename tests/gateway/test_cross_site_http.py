@@ -110,7 +110,7 @@ async def test_every_html_page_has_a_content_security_policy_and_no_third_party_
         await http.get("/oauth/authorize"),
     ]
     for page in pages:
-        assert page.headers["content-type"].startswith("text/html"), page.request.url
+        assert page.headers["content-type"] == "text/html; charset=utf-8", (page.request.url, page.headers)
         policy = page.headers.get("content-security-policy", "")
         assert "default-src 'none'" in policy and "frame-ancestors 'none'" in policy, (page.request.url, policy)
         assert "'unsafe-inline'" not in policy and "<script" not in page.text and "cdn." not in page.text
