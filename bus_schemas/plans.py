@@ -117,6 +117,9 @@ class Artifact(Message, frozen=True, kw_only=True, tag="artifact.v1"):
     secrets: tuple[str, ...] = ()
     """Secret names the module reads through the runner (values come from the deployer)."""
     upstream_hosts: tuple[str, ...] = ()
+    input_schemas: dict[str, dict[str, Any]] = {}
+    """Tool name -> the plan's input schema: what the runner serves in `tools/list` and checks every call's
+    arguments against (the schema the worker derives from the generated signature says less)."""
 
 
 def canonical_artifact_bytes(artifact: Artifact) -> bytes:

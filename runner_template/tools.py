@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pydantic
@@ -31,6 +31,7 @@ from mcp_types import CallToolResult, TextContent, Tool
 
 from bus_schemas.plans import Artifact
 from runner_template import RUNNER_TEMPLATE_VERSION, egress
+from runner_template.arguments import checkers_for
 from runner_template.channel import (
     FRAME_SLACK,
     Attach,
@@ -76,9 +77,16 @@ class SandboxedTools:
     """One server's tools, run by a worker in a sandbox (see the module doc)."""
 
     def __init__(self, launcher: Launcher, load: Load, policy: egress.UpstreamPolicy | None, *,
-                 call_timeout: float = 60.0, start_timeout: float = 60.0, max_egress: int = 16) -> None:
+                 call_timeout: float = 60.0, start_timeout: float = 60.0, max_egress: int = 16,
+                 input_schemas: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         self.launcher = launcher
         self.load = load
+        self.input_schemas = {name: dict(schema) for name, schema in (input_schemas or {}).items()}
+        """Tool name -> the input schema served and checked (the plan's); a tool without one keeps the worker's."""
+        try:
+            self._checkers = checkers_for(self.input_schemas)
+        except ValueError as exc:
+            raise ToolsUnavailable(str(exc)) from None
         self.policy = policy
         self.call_timeout = call_timeout
         self.start_timeout = start_timeout
@@ -100,6 +108,11 @@ class SandboxedTools:
     def input_schema(self, name: str) -> dict[str, Any] | None:
         """The input schema of tool `name`, or None."""
         return next((t.input_schema for t in self.tools if t.name == name), None)
+
+    def argument_problem(self, name: str, arguments: Mapping[str, Any]) -> str | None:
+        """What is wrong with a call's arguments against the tool's served schema, or None."""
+        checker = self._checkers.get(name)
+        return checker.problem(arguments) if checker is not None else None
 
     def read_only(self) -> dict[str, bool]:
         """Tool name -> whether it is read-only (decides the scope a caller needs)."""
@@ -160,12 +173,17 @@ class SandboxedTools:
         except BaseException:
             writer.close()
             raise
-        self.tools = self.tools or tools
+        self.tools = self.tools or [self._served(t) for t in tools]
         self._data = writer
         task = asyncio.create_task(self._read(reader, writer), name="tool-process-reader")
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         self._ready.set()
+
+    def _served(self, tool: Tool) -> Tool:
+        """The tool as clients see it: with the plan's input schema where the artifact carries one."""
+        schema = self.input_schemas.get(tool.name)
+        return tool if schema is None else tool.model_copy(update={"input_schema": schema})
 
     async def call(self, name: str, arguments: dict[str, Any]) -> CallToolResult:
         """Call tool `name`; its result, or a tool error saying why there is none."""
@@ -322,4 +340,7 @@ class SandboxedServer(MCPServer):
             raise ToolError(refusal)
         if self.sandboxed.input_schema(name) is None:
             raise ToolError(f"Unknown tool: {name}")
+        # Before the worker or any upstream sees it: a wrong argument is the model's to fix, named.
+        if problem := self.sandboxed.argument_problem(name, arguments):
+            raise ToolError(f"invalid arguments for {name}: {problem}")
         return await self.sandboxed.call(name, arguments)

@@ -38,6 +38,7 @@ def build_artifact(plan: ToolPlan, plan_hash: str) -> Artifact:
         tools=tuple(t.name for t in plan.tools),
         secrets=tuple(secrets),
         upstream_hosts=tuple(sorted({h.lower() for h in plan.upstream_hosts})),
+        input_schemas={t.name: t.input_schema for t in plan.tools},
     )
 
 

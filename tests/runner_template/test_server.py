@@ -24,7 +24,8 @@ from bus_schemas.plans import Artifact
 from runner_template import egress
 from runner_template.app import MCP_PATH, RunnerSettings, create_app, start_tools
 from runner_template.channel import Egress, EgressAuth
-from runner_template.tools import SandboxedServer
+from runner_template.sandbox import launcher_for
+from runner_template.tools import SandboxedServer, SandboxedTools, ToolsUnavailable, load_for
 from tests.runner_template.conftest import serving
 from tests.support.codegen_samples import SECRET_NAME, plan_hash, sample_plan
 
@@ -101,17 +102,63 @@ async def test_generated_tools_list_over_mcp_with_the_plans_names_and_schemas(up
         assert tool.title == planned.title
         assert tool.description == planned.description
         assert tool.annotations is not None and tool.annotations.read_only_hint is planned.read_only
-        props = tool.input_schema["properties"]
-        assert set(props) == set(planned.input_schema["properties"])
-        assert sorted(tool.input_schema.get("required", [])) == sorted(planned.input_schema["required"])
-        for wire, schema in planned.input_schema["properties"].items():
-            if "description" in schema:
-                assert props[wire]["description"] == schema["description"]
-    by_name = {t.name: t.input_schema["properties"] for t in listed}
-    assert by_name["get_user"]["user-id"]["type"] == "string"
-    assert {"type": "integer"} in by_name["get_user"]["from"]["anyOf"]
-    assert by_name["add"]["a"]["type"] == "integer" and by_name["add"]["b"]["type"] == "number"
-    assert {"enum": ["text", "todo"], "type": "string"} in by_name["create_note"]["kind"]["anyOf"]
+        # what a model receives is the plan's schema itself, not the generated signature's weaker one
+        assert tool.input_schema == planned.input_schema
+
+
+NOTE_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "note": {
+            "type": "object", "description": "The note",
+            "properties": {
+                "text": {"type": "string", "minLength": 1},
+                "status": {"type": "string", "enum": ["open", "done"]},
+                "photoUrls": {"type": "array", "items": {"type": "string"}},
+            },
+            "required": ["text", "photoUrls"],
+        },
+        "kind": {"type": "string", "enum": ["text", "todo"]},
+    },
+    "required": ["note"],
+}
+
+
+def artifact_with_note_schema(url: str) -> Artifact:
+    """The sample plan with `create_note`'s body described field by field, as an OpenAPI body would be."""
+    plan = sample_plan(url)
+    tools = tuple(msgspec.structs.replace(t, input_schema=NOTE_SCHEMA) if t.name == "create_note" else t
+                  for t in plan.tools)
+    plan = msgspec.structs.replace(plan, tools=tools)
+    return build_artifact(plan, plan_hash(plan))
+
+
+async def test_a_nested_body_schema_is_served_whole_and_wrong_arguments_never_reach_the_upstream(
+    upstream_api: tuple[Upstream, str],
+) -> None:
+    api, url = upstream_api
+    async with runner(artifact_with_note_schema(url)) as mcp_url, Client(mcp_url) as client:
+        listed = {t.name: t for t in (await client.list_tools()).tools}
+        assert listed["create_note"].input_schema == NOTE_SCHEMA
+        wrong = {
+            "a nested required field missing": ({"note": {"text": "hi"}}, "note: 'photoUrls' is a required property"),
+            "a value outside the enum": ({"note": {"text": "hi", "photoUrls": [], "status": "lost"}},
+                                         "note/status: 'lost' is not one of ['open', 'done']"),
+            "a wrong type deep down": ({"note": {"text": "hi", "photoUrls": [3]}},
+                                       "note/photoUrls/0: 3 is not of type"),
+            "an argument the tool does not take": ({"note": {"text": "hi", "photoUrls": []}, "notes": "x"},
+                                                   "'notes' was unexpected"),
+        }
+        for case, (arguments, expected) in wrong.items():
+            refused = await client.call_tool("create_note", arguments)
+            assert refused.is_error, case
+            text = refused.content[0].text  # type: ignore[union-attr]
+            assert text.startswith("invalid arguments for create_note: ") and expected in text, (case, text)
+        assert api.requests == []  # none of them reached the upstream
+        created = await client.call_tool("create_note", {"note": {"text": "hi", "photoUrls": ["u"], "status": "open"},
+                                                         "kind": "todo"})
+    assert not created.is_error, created
+    assert api.requests[-1]["body"] == {"text": "hi", "photoUrls": ["u"], "status": "open"}
 
 
 async def test_pure_tools_are_callable_and_return_their_value(upstream_api) -> None:
@@ -212,3 +259,11 @@ async def test_upstream_hosts_on_private_addresses_are_refused_unless_allowed(up
     allowed = egress.UpstreamPolicy.from_environment((host,), (), {egress.ALLOW_PRIVATE_ENV: "1"})
     with contextlib.suppress(egress.UpstreamError):  # reached (whether it knows the path or not)
         await egress.perform(allowed, egress_call("GET", f"http://{host}/items/{{id}}", path={"id": "1"}))
+
+
+def test_a_tool_whose_planned_schema_is_not_a_json_schema_stops_the_runner_naming_it() -> None:
+    artifact = artifact_with_note_schema("http://127.0.0.1:9")
+    broken = msgspec.structs.replace(artifact, input_schemas={**artifact.input_schemas,
+                                                              "create_note": {"type": "nothing"}})
+    with pytest.raises(ToolsUnavailable, match="tool 'create_note': its input schema is not a valid JSON Schema"):
+        SandboxedTools(launcher_for("unsandboxed", "t"), load_for(broken), None, input_schemas=broken.input_schemas)
