@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import sys
 import types
 from collections.abc import Callable
 from typing import Any, get_origin
 
 from mcp.server import MCPServer
-from mcp_types import ToolAnnotations
+from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from pydantic.fields import FieldInfo
 
 from runner_template import RUNNER_TEMPLATE_VERSION
@@ -65,7 +66,7 @@ def _registered_callable(fn: Callable[..., Any], aliases: dict[str, str]) -> Cal
     if inspect.iscoroutinefunction(fn):
 
         async def wrapper(**kwargs: Any) -> Any:
-            return await fn(**python_kwargs(kwargs))
+            return tool_result(await fn(**python_kwargs(kwargs)))
 
     else:
 
@@ -73,11 +74,26 @@ def _registered_callable(fn: Callable[..., Any], aliases: dict[str, str]) -> Cal
             # Run here, in the tool process's loop, not in a thread the SDK would hand it to: no thread hop per
             # call. A slow pure function holds up only its own server's other calls, and the front's time
             # limit ends it.
-            return fn(**python_kwargs(kwargs))
+            return tool_result(fn(**python_kwargs(kwargs)))
 
     functools.update_wrapper(wrapper, fn)
     setattr(wrapper, "__signature__", inspect.signature(fn, eval_str=True))  # noqa: B010 (what the SDK inspects)
     return wrapper
+
+
+def tool_result(value: Any) -> Any:
+    """What a tool returned, as the client gets it. A JSON value (an object, an array, a number, true/false or
+    null) is one result: one text block holding its JSON, and the same value as `structuredContent` (under
+    `result` when it is not an object, as MCP wants an object there), so an array is neither split into a
+    block per element nor, when empty, no content at all. Text and anything else go as the SDK converts them."""
+    if value is None or isinstance(value, dict | list | tuple | bool | int | float):
+        try:
+            text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError):
+            return value  # not JSON (a set inside, NaN...): the SDK's own conversion
+        structured = value if isinstance(value, dict) else {"result": value}
+        return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=structured)
+    return value
 
 
 def tool_annotations(info: ToolInfo) -> ToolAnnotations:

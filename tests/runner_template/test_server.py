@@ -161,6 +161,25 @@ async def test_a_nested_body_schema_is_served_whole_and_wrong_arguments_never_re
     assert api.requests[-1]["body"] == {"text": "hi", "photoUrls": ["u"], "status": "open"}
 
 
+@pytest.mark.parametrize(("body", "value"), [
+    ("return [{'a': a}, {'b': b}]", [{"a": 2}, {"b": 3}]),
+    ("return []", []),
+    ("return a + b", 5),
+    ("return {'sum': a + b, 'parts': [a, b]}", {"sum": 5, "parts": [2, 3]}),
+])
+async def test_a_json_result_is_one_text_block_and_the_same_structured_content(
+    upstream_api: tuple[Upstream, str], body: str, value: object,
+) -> None:
+    _, url = upstream_api
+    plan = sample_plan(url, add_body=body)
+    async with runner(build_artifact(plan, plan_hash(plan))) as mcp_url, Client(mcp_url) as client:
+        result = await client.call_tool("add", {"a": 2, "b": 3})
+    assert not result.is_error, result
+    (block,) = result.content  # an array is one result, not a block per element; an empty one is not nothing
+    assert json.loads(block.text) == value  # type: ignore[union-attr]
+    assert result.structured_content == (value if isinstance(value, dict) else {"result": value})
+
+
 async def test_pure_tools_are_callable_and_return_their_value(upstream_api) -> None:
     _, url = upstream_api
     async with runner(artifact_for(url)) as mcp_url, Client(mcp_url) as client:
