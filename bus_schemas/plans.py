@@ -31,7 +31,9 @@ class HttpCall(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag=
     query_params: tuple[str, ...] = ()
     header_params: tuple[str, ...] = ()
     body_param: str | None = None
-    """The parameter sent as the JSON body, if any."""
+    """The parameter sent as the request body, if any."""
+    body_encoding: Literal["json", "form"] = "json"
+    """How the body is sent: JSON, or `application/x-www-form-urlencoded` (an object's fields as form fields)."""
     auth: Literal["none", "bearer", "header", "query", "basic"] = "none"
     auth_secret: SecretName | None = None
     """Which secret holds the credential for `auth`."""

@@ -120,6 +120,8 @@ class Egress(_Frame, frozen=True, kw_only=True, tag="egress"):
     query: dict[str, Any] | None = None
     headers: dict[str, Any] | None = None
     json: Any = None
+    form: dict[str, Any] | None = None
+    """Fields of an `application/x-www-form-urlencoded` body (instead of `json`)."""
     auth: EgressAuth | None = None
 
 

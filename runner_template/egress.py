@@ -115,6 +115,18 @@ def _query(values: Mapping[str, Any] | None) -> list[tuple[str, str | int | floa
     return pairs
 
 
+def _form(fields: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Form fields as sent: an array repeats its field (OpenAPI's form default, `explode: true`), an object or
+    anything else not a scalar goes as its JSON, None is left out."""
+    out: dict[str, list[str]] = {}
+    for name, value in fields.items():
+        for item in value if isinstance(value, list | tuple) else [value]:
+            if item is not None:
+                text = _text(item) if isinstance(item, str | int | float | bool) else jsonlib.dumps(item)
+                out.setdefault(name, []).append(text)
+    return out
+
+
 async def perform(policy: UpstreamPolicy, call: Egress) -> Any:
     """Make the upstream request a tool asked for, under `policy`; the JSON body, else the text (or the status
     when empty). UpstreamRefused when the policy says no, UpstreamError when the call fails.
@@ -153,6 +165,7 @@ async def perform(policy: UpstreamPolicy, call: Egress) -> Any:
         async with (
             httpx2.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False) as client,
             client.stream(method, target, params=query_pairs, headers=header_values, json=json,
+                          data=_form(call.form) if call.form is not None else None,
                           extensions=extensions) as response,
         ):
             body = await _read_capped(response, policy.max_response_bytes, what)

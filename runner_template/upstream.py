@@ -57,6 +57,7 @@ async def request(
     query: Mapping[str, Any] | None = None,
     headers: Mapping[str, Any] | None = None,
     json: Any = None,
+    form: Mapping[str, Any] | None = None,
     auth: Auth | None = None,
 ) -> Any:
     """Ask the front to call upstream; the JSON body, else the text (or the status when empty).
@@ -71,6 +72,7 @@ async def request(
         id=0, call_id=call_id, method=method, url_template=url_template,
         path=dict(path) if path is not None else None, query=dict(query) if query is not None else None,
         headers=dict(headers) if headers is not None else None, json=json,
+        form=dict(form) if form is not None else None,
         auth=EgressAuth(kind=auth.kind, secret=auth.secret, name=auth.name) if auth is not None else None,
     ))
     if answer.error is not None:

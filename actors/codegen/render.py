@@ -240,7 +240,7 @@ def _http_body(tool: PlannedTool, call: HttpCall, params: list[Parameter], plan:
             pairs = ", ".join(f"{w!r}: {ref(kind, w)}" for w in names)
             args.append(f"{kind}={{{pairs}}}")
     if call.body_param is not None:
-        args.append(f"json={ref('body', call.body_param)}")
+        args.append(f"{'form' if call.body_encoding == 'form' else 'json'}={ref('body', call.body_param)}")
     if call.auth != "none":
         declared = {s.name for s in plan.secrets}
         if call.auth_secret is None or call.auth_secret not in declared:

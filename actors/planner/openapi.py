@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import unquote, urljoin, urlsplit
@@ -37,7 +38,14 @@ _DROPPED_HEADERS = frozenset({"authorization", "accept", "content-type", "conten
 _SCHEMA_CHILD = ("not", "additionalProperties", "items", "contains", "propertyNames", "if", "then", "else")
 _SCHEMA_LIST = ("allOf", "anyOf", "oneOf", "prefixItems")
 _SCHEMA_MAP = ("properties", "patternProperties", "dependentSchemas")
-_SCHEMA_DROPPED = frozenset({"xml", "externalDocs", "discriminator", "$defs", "definitions", "$id", "$schema"})
+_SCHEMA_DROPPED = frozenset({
+    "xml", "externalDocs", "discriminator", "$defs", "definitions", "$id", "$schema",
+    # identifiers and dynamic references mean nothing once every `$ref` is inlined (and draft 2019-09's
+    # `$recursiveAnchor: true`, found in real 3.1 documents, is not even valid JSON Schema 2020-12)
+    "$anchor", "$dynamicAnchor", "$dynamicRef", "$recursiveAnchor", "$recursiveRef", "$comment",
+})
+"""Schema keywords a tool's input schema leaves out: OpenAPI's own annotations and references resolved away.
+What is left is a self-contained JSON Schema (2020-12) that the runner serves and checks arguments against."""
 
 Auth = tuple[Literal["none", "bearer", "header", "query", "basic"], str | None, str | None]
 """(HttpCall.auth, auth_secret, auth_name)."""
@@ -158,6 +166,7 @@ class _Inputs:
     required: list[str] = field(default_factory=list)
     located: dict[str, list[str]] = field(default_factory=lambda: {"path": [], "query": [], "header": []})
     body_param: str | None = None
+    body_encoding: Literal["json", "form"] = "json"
 
 
 @dataclass
@@ -413,6 +422,7 @@ class _Planner:
                 query_params=tuple(inputs.located["query"]),
                 header_params=tuple(inputs.located["header"]),
                 body_param=inputs.body_param,
+                body_encoding=inputs.body_encoding,
                 auth=auth[0],
                 auth_secret=auth[1],
                 auth_name=auth[2],
@@ -475,12 +485,16 @@ class _Planner:
         content = body.get("content") if isinstance(body, dict) else None
         if not isinstance(content, dict) or not content:
             raise PlanProblem(f"{_where(where + '.requestBody')}: needs `content`")
-        media_type = next((m for m in content if m.split(";")[0].strip() == "application/json"), None) or next(
-            (m for m in content if m.split(";")[0].strip().endswith("+json")), None
-        )
+        media_type = _media_type(content, lambda m: m == "application/json" or m.endswith("+json"))
+        if media_type is None and (form := _media_type(content, lambda m: m == FORM_MEDIA_TYPE)) is not None:
+            media_type, inputs.body_encoding = form, "form"
         if media_type is None:
+            why = f"sends its request body only as {', '.join(content)}; tools send JSON or form fields"
             if body.get("required"):
-                return f"sends its request body only as {', '.join(content)}; tools send JSON"
+                return why
+            # Planned without its optional body, and said so: nothing is dropped silently.
+            self.notes.flag(PlanFlag(kind="note", detail=f"{operation.method.upper()} {operation.path}: planned "
+                                                         f"without its optional request body: it {why}"))
             return None
         inputs.body_param = unique_name("body", set(inputs.properties))
         media = content[media_type] or {}
@@ -491,6 +505,14 @@ class _Planner:
         if body.get("required"):
             inputs.required.append(inputs.body_param)
         return None
+
+
+FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
+
+
+def _media_type(content: dict[str, Any], wanted: Callable[[str], bool]) -> str | None:
+    """The first media type of a `content` map that `wanted` accepts (compared without parameters)."""
+    return next((m for m in content if wanted(m.split(";")[0].strip().lower())), None)
 
 
 def _title_and_description(operation: _Operation) -> tuple[str, str]:

@@ -10,6 +10,7 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import msgspec
 import pytest
@@ -20,7 +21,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from actors.codegen.artifacts import build_artifact
-from bus_schemas.plans import Artifact
+from bus_schemas.plans import Artifact, HttpCall, PlannedTool
 from runner_template import egress
 from runner_template.app import MCP_PATH, RunnerSettings, create_app, start_tools
 from runner_template.channel import Egress, EgressAuth
@@ -52,12 +53,19 @@ class Upstream:
                               "authorization": request.headers.get("authorization")})
         return JSONResponse({"stored": body}, status_code=201)
 
+    async def messages(self, request: Request) -> Response:
+        raw = (await request.body()).decode()
+        self.requests.append({"path": request.url.path, "content_type": request.headers.get("content-type"),
+                              "form": parse_qsl(raw, keep_blank_values=True), "raw": raw})
+        return JSONResponse({"sid": "SM1"}, status_code=201)
+
     async def big(self, request: Request) -> Response:
         return PlainTextResponse("x" * 5000)
 
     def app(self) -> Starlette:
         return Starlette(routes=[
             Route("/users/{user_id:path}", self.user), Route("/notes", self.notes, methods=["POST"]),
+            Route("/messages", self.messages, methods=["POST"]),
             Route("/big", self.big),
         ])
 
@@ -178,6 +186,43 @@ async def test_a_json_result_is_one_text_block_and_the_same_structured_content(
     (block,) = result.content  # an array is one result, not a block per element; an empty one is not nothing
     assert json.loads(block.text) == value  # type: ignore[union-attr]
     assert result.structured_content == (value if isinstance(value, dict) else {"result": value})
+
+
+MESSAGE_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "body": {
+            "type": "object",
+            "properties": {"To": {"type": "string"}, "Body": {"type": "string"},
+                           "MediaUrl": {"type": "array", "items": {"type": "string"}},
+                           "Attempt": {"type": "integer"}},
+            "required": ["To", "Body"],
+        },
+    },
+    "required": ["body"],
+}
+
+
+async def test_a_form_encoded_body_reaches_the_upstream_as_form_fields(upstream_api: tuple[Upstream, str]) -> None:
+    api, url = upstream_api
+    plan = sample_plan(url)
+    send = PlannedTool(
+        name="send_message", title="Send a message", description="Send an SMS.", read_only=False,
+        input_schema=MESSAGE_SCHEMA,
+        implementation=HttpCall(method="POST", base_url=url, path="/messages", body_param="body",
+                                body_encoding="form"),
+    )
+    plan = msgspec.structs.replace(plan, tools=(*plan.tools, send))
+    async with runner(build_artifact(plan, plan_hash(plan))) as mcp_url, Client(mcp_url) as client:
+        sent = await client.call_tool("send_message", {"body": {"To": "+15550100", "Body": "hi & bye",
+                                                                "MediaUrl": ["https://a/1", "https://a/2"],
+                                                                "Attempt": 2}})
+    assert not sent.is_error, sent
+    (request,) = api.requests
+    assert request["content_type"] == "application/x-www-form-urlencoded"
+    assert request["form"] == [("To", "+15550100"), ("Body", "hi & bye"), ("MediaUrl", "https://a/1"),
+                               ("MediaUrl", "https://a/2"), ("Attempt", "2")]
+    assert sent.structured_content == {"sid": "SM1"}
 
 
 async def test_pure_tools_are_callable_and_return_their_value(upstream_api) -> None:

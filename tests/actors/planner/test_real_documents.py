@@ -1,0 +1,126 @@
+"""Real public OpenAPI documents (tests/fixtures/openapi, sources and licences in SOURCES.md) go all the way:
+planned, generated, checked, and served by a worker with the plan's schemas; no operation, parameter or body of
+theirs is lost without a flag saying so."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from actors.checker.handlers import check_artifact
+from actors.checker.rules import errors
+from actors.checker.toolchain import Toolchain
+from actors.codegen.artifacts import build_artifact
+from actors.planner.openapi import _DROPPED_HEADERS, plan_openapi
+from actors.planner.planning import finish_plan, plan_hash
+from actors.planner.problems import PlanNotes, PlanProblem
+from bus_schemas.builds import OpenApiSource
+from bus_schemas.plans import HttpCall, ToolPlan
+from runner_template.app import RunnerSettings, start_tools
+from tests.support.planning_helpers import FIXTURES
+
+DOCUMENTS = FIXTURES / "openapi"
+PLANNED = ["oai_petstore_expanded", "oai_uspto", "swagger_petstore", "spotify_web_api", "twilio_api_v2010", "openai"]
+METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
+
+
+def text_of(name: str) -> str:
+    return (DOCUMENTS / f"{name}.yaml").read_text()
+
+
+def plan_of(name: str) -> ToolPlan:
+    text = text_of(name)
+    notes = PlanNotes()
+    return finish_plan(plan_openapi(text, OpenApiSource(document=text), name, notes), notes)
+
+
+@pytest.fixture(scope="module")
+def toolchain() -> Toolchain:
+    return Toolchain(cache_dir=Path(tempfile.mkdtemp(prefix="bmms-test-mypy-")))
+
+
+@pytest.mark.parametrize("name", PLANNED)
+async def test_a_real_document_is_planned_generated_checked_and_served_with_the_plans_schemas(
+    name: str, toolchain: Toolchain
+) -> None:
+    plan = plan_of(name)
+    artifact = build_artifact(plan, plan_hash(plan))
+    findings = await check_artifact(artifact, toolchain)
+    assert not errors(findings), [f.render() for f in errors(findings)][:5]
+    tools = await start_tools(RunnerSettings(artifact="-", insecure_no_auth=True), artifact, None)
+    try:
+        served = {t.name: t.input_schema for t in tools.tools}
+    finally:
+        await tools.close()
+    assert list(served) == [t.name for t in plan.tools]
+    for planned in plan.tools:
+        assert served[planned.name] == planned.input_schema, planned.name
+
+
+def _resolved(doc: dict[str, Any], node: Any) -> Any:
+    while isinstance(node, dict) and "$ref" in node:
+        target: Any = doc
+        for part in node["$ref"].removeprefix("#/").split("/"):
+            target = target[part.replace("~1", "/").replace("~0", "~")]
+        node = target
+    return node
+
+
+def lost_without_a_flag(doc: dict[str, Any], plan: ToolPlan) -> list[str]:
+    """Every operation, parameter and request body of `doc` that `plan` neither carries nor flags."""
+    flagged = " ".join(flag.detail for flag in plan.flags)
+    cut = any(flag.kind == "truncated" and "tools cut" in flag.detail for flag in plan.flags)
+    calls = {(t.implementation.method, t.implementation.path): t.implementation
+             for t in plan.tools if isinstance(t.implementation, HttpCall)}
+    lost = []
+    for path, item in (doc.get("paths") or {}).items():
+        item = _resolved(doc, item)
+        for method in (m for m in METHODS if m in item):
+            operation, label = item[method], f"{method.upper()} {path}"
+            call = calls.get((method.upper(), path))
+            if label in flagged or (call is None and cut):
+                continue
+            if call is None:
+                lost.append(f"{label}: the operation")
+                continue
+            placed = {*call.path_params, *call.query_params, *call.header_params}
+            declared = [*item.get("parameters", []), *operation.get("parameters", [])]
+            for parameter in (_resolved(doc, p) for p in declared):
+                if parameter.get("in") == "header" and parameter["name"].lower() in _DROPPED_HEADERS:
+                    continue  # set by the runner itself (auth, content negotiation)
+                if parameter["name"] not in placed:
+                    lost.append(f"{label}: {parameter.get('in')} parameter {parameter['name']}")
+            if "requestBody" in operation and call.body_param is None:
+                lost.append(f"{label}: its request body")
+    return lost
+
+
+@pytest.mark.parametrize("name", PLANNED)
+def test_no_operation_parameter_or_body_of_a_real_document_is_lost_without_a_flag(name: str) -> None:
+    doc = yaml.safe_load(text_of(name))
+    assert lost_without_a_flag(doc, plan_of(name)) == []
+
+
+def test_form_encoded_bodies_are_planned_as_form_fields() -> None:
+    plan = plan_of("twilio_api_v2010")
+    create_message = next(t for t in plan.tools if t.name == "create_message")
+    assert isinstance(create_message.implementation, HttpCall)
+    assert create_message.implementation.body_encoding == "form"
+    body = create_message.input_schema["properties"][create_message.implementation.body_param or ""]
+    assert {"To", "Body", "From"} <= set(body["properties"]) and "To" in body["required"]
+    form_tools = [t.name for t in plan.tools
+                  if isinstance(t.implementation, HttpCall) and t.implementation.body_encoding == "form"]
+    assert len(form_tools) == 62  # every form-bodied operation of the document
+
+
+@pytest.mark.parametrize(("name", "why"), [
+    ("oai_link_example", "no server URL in the document; send base_url"),
+    ("oai_webhook_example_v31", "an API without paths has no operations"),
+])
+def test_a_real_document_that_cannot_be_planned_says_why(name: str, why: str) -> None:
+    with pytest.raises(PlanProblem, match=why):
+        plan_of(name)
