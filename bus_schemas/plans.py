@@ -19,6 +19,12 @@ SecretName = Annotated[str, msgspec.Meta(pattern=r"^[A-Z][A-Z0-9_]{0,63}$")]
 """The name an upstream credential is referenced by; its value never appears in a plan, code or event."""
 
 
+QueryStyle = Literal["form", "form_joined", "space_delimited", "pipe_delimited", "deep_object"]
+"""How a query parameter's value is written (OpenAPI `style` + `explode`): `form` repeats an array's name per item
+and spreads an object's fields (the default), `form_joined` joins with commas (`explode: false`), `space_delimited`
+and `pipe_delimited` join an array with spaces or pipes, `deep_object` writes `name[field]=value`."""
+
+
 class HttpCall(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="http"):
     """A tool that makes one HTTP request upstream."""
 
@@ -30,6 +36,8 @@ class HttpCall(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag=
     path_params: tuple[str, ...] = ()
     query_params: tuple[str, ...] = ()
     header_params: tuple[str, ...] = ()
+    query_styles: dict[str, QueryStyle] = {}
+    """Query parameters not written the default way (`form`, exploded), by wire name."""
     body_param: str | None = None
     """The parameter sent as the request body, if any."""
     body_encoding: Literal["json", "form"] = "json"

@@ -118,6 +118,8 @@ class Egress(_Frame, frozen=True, kw_only=True, tag="egress"):
     url_template: str
     path: dict[str, Any] | None = None
     query: dict[str, Any] | None = None
+    query_styles: dict[str, str] | None = None
+    """How query parameters not written the default way are written (`bus_schemas.plans.QueryStyle`)."""
     headers: dict[str, Any] | None = None
     json: Any = None
     form: dict[str, Any] | None = None

@@ -105,13 +105,33 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def _query(values: Mapping[str, Any] | None) -> list[tuple[str, str | int | float | bool | None]]:
-    pairs: list[tuple[str, str | int | float | bool | None]] = []
+_JOINERS = {"form_joined": ",", "space_delimited": " ", "pipe_delimited": "|"}
+QUERY_STYLES = frozenset({"form", "deep_object", *_JOINERS})
+
+
+def _query(values: Mapping[str, Any] | None, styles: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
+    """Query pairs, each parameter written in its OpenAPI style (see `bus_schemas.plans.QueryStyle`); None is
+    left out."""
+    pairs: list[tuple[str, str]] = []
     for name, value in (values or {}).items():
         if value is None:
             continue
-        items = value if isinstance(value, list | tuple) else [value]
-        pairs.extend((name, _text(item)) for item in items)
+        style = (styles or {}).get(name, "form")
+        if isinstance(value, dict):
+            fields = [(k, v) for k, v in value.items() if v is not None]
+            if style == "deep_object":
+                pairs.extend((f"{name}[{k}]", _text(v)) for k, v in fields)
+            elif style in _JOINERS:
+                pairs.append((name, _JOINERS[style].join(_text(part) for kv in fields for part in kv)))
+            else:
+                pairs.extend((k, _text(v)) for k, v in fields)
+        elif isinstance(value, list | tuple):
+            if style in _JOINERS:
+                pairs.append((name, _JOINERS[style].join(_text(item) for item in value)))
+            else:
+                pairs.extend((name, _text(item)) for item in value)
+        else:
+            pairs.append((name, _text(value)))
     return pairs
 
 
@@ -141,7 +161,10 @@ async def perform(policy: UpstreamPolicy, call: Egress) -> Any:
     url = fill_path(url_template, path or {})
     if not policy.allows(url):
         raise UpstreamRefused(f"{what}: host {urlsplit(url).netloc!r} is not one of this server's upstream hosts")
-    query_pairs = _query(query)
+    unknown = sorted(set((call.query_styles or {}).values()) - QUERY_STYLES)
+    if unknown:
+        raise UpstreamRefused(f"{what}: unknown query style(s) {unknown}")
+    query_pairs = _query(query, call.query_styles)
     header_values = {name: _text(value) for name, value in (headers or {}).items() if value is not None}
     if auth is not None:
         secret = policy.secrets.get(auth.secret)
@@ -164,7 +187,7 @@ async def perform(policy: UpstreamPolicy, call: Egress) -> Any:
     try:
         async with (
             httpx2.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False) as client,
-            client.stream(method, target, params=query_pairs, headers=header_values, json=json,
+            client.stream(method, target, params=tuple(query_pairs), headers=header_values, json=json,
                           data=_form(call.form) if call.form is not None else None,
                           extensions=extensions) as response,
         ):

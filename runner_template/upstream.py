@@ -55,6 +55,7 @@ async def request(
     *,
     path: Mapping[str, Any] | None = None,
     query: Mapping[str, Any] | None = None,
+    query_styles: Mapping[str, str] | None = None,
     headers: Mapping[str, Any] | None = None,
     json: Any = None,
     form: Mapping[str, Any] | None = None,
@@ -71,6 +72,7 @@ async def request(
     answer = await send(Egress(
         id=0, call_id=call_id, method=method, url_template=url_template,
         path=dict(path) if path is not None else None, query=dict(query) if query is not None else None,
+        query_styles=dict(query_styles) if query_styles else None,
         headers=dict(headers) if headers is not None else None, json=json,
         form=dict(form) if form is not None else None,
         auth=EgressAuth(kind=auth.kind, secret=auth.secret, name=auth.name) if auth is not None else None,

@@ -239,6 +239,8 @@ def _http_body(tool: PlannedTool, call: HttpCall, params: list[Parameter], plan:
         if names:
             pairs = ", ".join(f"{w!r}: {ref(kind, w)}" for w in names)
             args.append(f"{kind}={{{pairs}}}")
+    if call.query_styles:
+        args.append(f"query_styles={dict(sorted(call.query_styles.items()))!r}")
     if call.body_param is not None:
         args.append(f"{'form' if call.body_encoding == 'form' else 'json'}={ref('body', call.body_param)}")
     if call.auth != "none":

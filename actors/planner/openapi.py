@@ -18,7 +18,7 @@ import yaml
 
 from actors.planner.problems import PlanNotes, PlanProblem
 from bus_schemas.builds import OpenApiSource, UpstreamCredentials
-from bus_schemas.plans import HttpCall, PlanFlag, PlannedTool, SecretRequirement, ToolPlan
+from bus_schemas.plans import HttpCall, PlanFlag, PlannedTool, QueryStyle, SecretRequirement, ToolPlan
 
 METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
 """Operation keys of a path item, in the order OpenAPI lists them."""
@@ -167,6 +167,7 @@ class _Inputs:
     located: dict[str, list[str]] = field(default_factory=lambda: {"path": [], "query": [], "header": []})
     body_param: str | None = None
     body_encoding: Literal["json", "form"] = "json"
+    query_styles: dict[str, QueryStyle] = field(default_factory=dict)
 
 
 @dataclass
@@ -421,6 +422,7 @@ class _Planner:
                 path_params=tuple(inputs.located["path"]),
                 query_params=tuple(inputs.located["query"]),
                 header_params=tuple(inputs.located["header"]),
+                query_styles=inputs.query_styles,
                 body_param=inputs.body_param,
                 body_encoding=inputs.body_encoding,
                 auth=auth[0],
@@ -448,6 +450,8 @@ class _Planner:
             if location == "cookie":
                 if param.get("required"):
                     return f"needs cookie parameter {pname!r}, which tools cannot send"
+                self.notes.flag(PlanFlag(kind="note", detail=f"{operation.method.upper()} {operation.path}: planned "
+                                                             f"without its optional cookie parameter {pname!r}"))
                 continue
             if location == "header" and pname.lower() in _DROPPED_HEADERS:
                 continue
@@ -466,6 +470,8 @@ class _Planner:
                 schema = {**schema, "description": param["description"].strip()}
             properties[pname] = schema
             located[location].append(pname)
+            if location == "query" and (style := query_style(param)) != "form":
+                inputs.query_styles[pname] = style
             if location == "path" or param.get("required"):
                 required.append(pname)
         for placeholder in re.findall(r"\{([^}]+)\}", operation.path):
@@ -508,6 +514,18 @@ class _Planner:
 
 
 FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
+
+
+def query_style(param: dict[str, Any]) -> QueryStyle:
+    """How a query parameter is written, from its OpenAPI `style` (default form) and `explode` (default true
+    for form, false for the delimited styles)."""
+    style = param.get("style", "form")
+    explode = param.get("explode", style == "form")
+    if style == "deepObject":
+        return "deep_object"
+    if style in ("spaceDelimited", "pipeDelimited") and not explode:
+        return "space_delimited" if style == "spaceDelimited" else "pipe_delimited"
+    return "form" if explode else "form_joined"
 
 
 def _media_type(content: dict[str, Any], wanted: Callable[[str], bool]) -> str | None:

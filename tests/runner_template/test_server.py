@@ -43,7 +43,7 @@ class Upstream:
         self.requests.append({
             "path": request.url.path, "raw_path": request.scope["raw_path"].decode(),
             "query": dict(request.query_params), "authorization": request.headers.get("authorization"),
-            "trace": request.headers.get("x-trace"),
+            "trace": request.headers.get("x-trace"), "raw_query": request.url.query,
         })
         return JSONResponse({"id": request.path_params["user_id"], "name": "Ada"})
 
@@ -223,6 +223,37 @@ async def test_a_form_encoded_body_reaches_the_upstream_as_form_fields(upstream_
     assert request["form"] == [("To", "+15550100"), ("Body", "hi & bye"), ("MediaUrl", "https://a/1"),
                                ("MediaUrl", "https://a/2"), ("Attempt", "2")]
     assert sent.structured_content == {"sid": "SM1"}
+
+
+async def test_query_parameters_are_written_in_their_openapi_style(upstream_api: tuple[Upstream, str]) -> None:
+    api, url = upstream_api
+    plan = sample_plan(url)
+    schema = {"type": "object", "properties": {
+        "user-id": {"type": "string"},
+        "type": {"type": "array", "items": {"type": "string"}},
+        "ids": {"type": "array", "items": {"type": "integer"}},
+        "tags": {"type": "array", "items": {"type": "string"}},
+        "filter": {"type": "object"},
+        "plain": {"type": "array", "items": {"type": "string"}},
+    }, "required": ["user-id"]}
+    styled = PlannedTool(
+        name="styled", title="Styled", description="Query styles.", read_only=True, input_schema=schema,
+        implementation=HttpCall(method="GET", base_url=url, path="/users/{user-id}", path_params=("user-id",),
+                                query_params=("type", "ids", "tags", "filter", "plain"),
+                                query_styles={"type": "form_joined", "ids": "pipe_delimited",
+                                              "tags": "space_delimited", "filter": "deep_object"}),
+    )
+    plan = msgspec.structs.replace(plan, tools=(*plan.tools, styled))
+    async with runner(build_artifact(plan, plan_hash(plan))) as mcp_url, Client(mcp_url) as client:
+        answer = await client.call_tool("styled", {"user-id": "u1", "type": ["album", "track"], "ids": [1, 2],
+                                                   "tags": ["a", "b"], "filter": {"state": "open", "n": 3},
+                                                   "plain": ["x", "y"]})
+    assert not answer.is_error, answer
+    (request,) = api.requests
+    assert parse_qsl(request["raw_query"]) == [
+        ("type", "album,track"), ("ids", "1|2"), ("tags", "a b"), ("filter[state]", "open"), ("filter[n]", "3"),
+        ("plain", "x"), ("plain", "y"),
+    ]
 
 
 async def test_pure_tools_are_callable_and_return_their_value(upstream_api) -> None:

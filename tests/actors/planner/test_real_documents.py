@@ -124,3 +124,17 @@ def test_form_encoded_bodies_are_planned_as_form_fields() -> None:
 def test_a_real_document_that_cannot_be_planned_says_why(name: str, why: str) -> None:
     with pytest.raises(PlanProblem, match=why):
         plan_of(name)
+
+
+def test_query_styles_are_planned_as_the_document_says() -> None:
+    plan = plan_of("spotify_web_api")
+    search = next(t for t in plan.tools
+                  if isinstance(t.implementation, HttpCall) and t.implementation.path == "/search")
+    assert isinstance(search.implementation, HttpCall)
+    assert search.implementation.query_styles == {"type": "form_joined"}  # style: form, explode: false
+    assert all(style in ("form_joined", "space_delimited", "pipe_delimited", "deep_object")
+               for t in plan.tools if isinstance(t.implementation, HttpCall)
+               for style in t.implementation.query_styles.values())
+    openai = plan_of("openai")
+    assert any("deep_object" in t.implementation.query_styles.values()
+               for t in openai.tools if isinstance(t.implementation, HttpCall))
