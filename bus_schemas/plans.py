@@ -34,10 +34,14 @@ class HttpCall(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag=
     path: str
     """Path template with `{param}` placeholders filled from path parameters."""
     path_params: tuple[str, ...] = ()
+    """Input schema properties sent in the path (by their wire name, `wire_names`); likewise query and header."""
     query_params: tuple[str, ...] = ()
     header_params: tuple[str, ...] = ()
     query_styles: dict[str, QueryStyle] = {}
     """Query parameters not written the default way (`form`, exploded), by wire name."""
+    wire_names: dict[str, str] = {}
+    """Parameter (input schema property) -> the name it is sent by, where they differ: a wire name a model API
+    would refuse as a property name (`DateSent<`, `project_ids[]`) is served as one it accepts."""
     body_param: str | None = None
     """The parameter sent as the request body, if any."""
     body_encoding: Literal["json", "form"] = "json"

@@ -229,7 +229,7 @@ def _http_body(tool: PlannedTool, call: HttpCall, params: list[Parameter], plan:
     if not _host_allowed(url, {h.lower() for h in plan.upstream_hosts}):
         raise RenderRefused(f"tool {tool.name!r}: host of {call.base_url!r} is not in the plan's upstream hosts")
     placeholders = set(re.findall(r"\{([^{}]+)\}", call.path))
-    unfilled = sorted(placeholders - set(call.path_params))
+    unfilled = sorted(placeholders - {call.wire_names.get(p, p) for p in call.path_params})
     if unfilled:
         raise RenderRefused(
             f"tool {tool.name!r}: path {call.path!r} has placeholder(s) {unfilled} without a path parameter"
@@ -237,7 +237,7 @@ def _http_body(tool: PlannedTool, call: HttpCall, params: list[Parameter], plan:
     args = [repr(call.method), repr(url)]
     for kind, names in (("path", call.path_params), ("query", call.query_params), ("headers", call.header_params)):
         if names:
-            pairs = ", ".join(f"{w!r}: {ref(kind, w)}" for w in names)
+            pairs = ", ".join(f"{call.wire_names.get(w, w)!r}: {ref(kind, w)}" for w in names)
             args.append(f"{kind}={{{pairs}}}")
     if call.query_styles:
         args.append(f"query_styles={dict(sorted(call.query_styles.items()))!r}")

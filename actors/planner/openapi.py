@@ -168,6 +168,7 @@ class _Inputs:
     body_param: str | None = None
     body_encoding: Literal["json", "form"] = "json"
     query_styles: dict[str, QueryStyle] = field(default_factory=dict)
+    wire_names: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -423,6 +424,7 @@ class _Planner:
                 query_params=tuple(inputs.located["query"]),
                 header_params=tuple(inputs.located["header"]),
                 query_styles=inputs.query_styles,
+                wire_names=inputs.wire_names,
                 body_param=inputs.body_param,
                 body_encoding=inputs.body_encoding,
                 auth=auth[0],
@@ -457,7 +459,7 @@ class _Planner:
                 continue
             if location not in located:
                 raise PlanProblem(f"{_where(at)}: `in` must be path, query, header or cookie, not {location!r}")
-            if pname in properties:
+            if pname in properties or pname in inputs.wire_names.values():
                 return f"parameter name {pname!r} is used twice (path/query/header)"
             if "schema" in param:
                 schema = self.schema(param["schema"], f"{at}.schema")
@@ -468,12 +470,17 @@ class _Planner:
                 schema = {"type": "string"}
             if isinstance(param.get("description"), str) and param["description"].strip():
                 schema = {**schema, "description": param["description"].strip()}
-            properties[pname] = schema
-            located[location].append(pname)
+            prop = model_safe_name(pname, set(properties))
+            if prop != pname:
+                inputs.wire_names[prop] = pname
+                said = schema.get("description", "")
+                schema = {**schema, "description": f"{said} (sent as {pname!r})".strip()}
+            properties[prop] = schema
+            located[location].append(prop)
             if location == "query" and (style := query_style(param)) != "form":
                 inputs.query_styles[pname] = style
             if location == "path" or param.get("required"):
-                required.append(pname)
+                required.append(prop)
         for placeholder in re.findall(r"\{([^}]+)\}", operation.path):
             if placeholder not in located["path"]:
                 self.notes.warn(f"{where}: path placeholder {{{placeholder}}} has no parameter; planned as a string")
@@ -514,6 +521,23 @@ class _Planner:
 
 
 FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
+
+
+MODEL_SAFE_NAME = re.compile(r"^[a-zA-Z0-9_.-]{1,64}$")
+"""A property name every major model API accepts."""
+
+
+def model_safe_name(wire: str, taken: set[str]) -> str:
+    """`wire` when a model API accepts it as a property name, else one it accepts that says the same:
+    `DateSent<` -> `DateSent_before`, `DateSent>` -> `DateSent_after`, `project_ids[]` -> `project_ids`."""
+    if MODEL_SAFE_NAME.match(wire) and wire not in taken:
+        return wire
+    name = wire.removesuffix("[]").replace("<", "_before").replace(">", "_after")
+    name = re.sub(r"[^a-zA-Z0-9_.-]+", "_", name).strip("_")[:60] or "param"
+    candidate, n = name, 2
+    while candidate in taken:
+        candidate, n = f"{name}_{n}", n + 1
+    return candidate
 
 
 def query_style(param: dict[str, Any]) -> QueryStyle:

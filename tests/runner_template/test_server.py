@@ -235,24 +235,26 @@ async def test_query_parameters_are_written_in_their_openapi_style(upstream_api:
         "tags": {"type": "array", "items": {"type": "string"}},
         "filter": {"type": "object"},
         "plain": {"type": "array", "items": {"type": "string"}},
+        "DateSent_before": {"type": "string"},
     }, "required": ["user-id"]}
     styled = PlannedTool(
         name="styled", title="Styled", description="Query styles.", read_only=True, input_schema=schema,
         implementation=HttpCall(method="GET", base_url=url, path="/users/{user-id}", path_params=("user-id",),
-                                query_params=("type", "ids", "tags", "filter", "plain"),
+                                query_params=("type", "ids", "tags", "filter", "plain", "DateSent_before"),
                                 query_styles={"type": "form_joined", "ids": "pipe_delimited",
-                                              "tags": "space_delimited", "filter": "deep_object"}),
+                                              "tags": "space_delimited", "filter": "deep_object"},
+                                wire_names={"DateSent_before": "DateSent<"}),
     )
     plan = msgspec.structs.replace(plan, tools=(*plan.tools, styled))
     async with runner(build_artifact(plan, plan_hash(plan))) as mcp_url, Client(mcp_url) as client:
         answer = await client.call_tool("styled", {"user-id": "u1", "type": ["album", "track"], "ids": [1, 2],
                                                    "tags": ["a", "b"], "filter": {"state": "open", "n": 3},
-                                                   "plain": ["x", "y"]})
+                                                   "plain": ["x", "y"], "DateSent_before": "2026-12-01"})
     assert not answer.is_error, answer
     (request,) = api.requests
     assert parse_qsl(request["raw_query"]) == [
         ("type", "album,track"), ("ids", "1|2"), ("tags", "a b"), ("filter[state]", "open"), ("filter[n]", "3"),
-        ("plain", "x"), ("plain", "y"),
+        ("plain", "x"), ("plain", "y"), ("DateSent<", "2026-12-01"),
     ]
 
 

@@ -15,7 +15,7 @@ from actors.checker.handlers import check_artifact
 from actors.checker.rules import errors
 from actors.checker.toolchain import Toolchain
 from actors.codegen.artifacts import build_artifact
-from actors.planner.openapi import _DROPPED_HEADERS, plan_openapi
+from actors.planner.openapi import _DROPPED_HEADERS, MODEL_SAFE_NAME, plan_openapi
 from actors.planner.planning import finish_plan, plan_hash
 from actors.planner.problems import PlanNotes, PlanProblem
 from bus_schemas.builds import OpenApiSource
@@ -87,7 +87,7 @@ def lost_without_a_flag(doc: dict[str, Any], plan: ToolPlan) -> list[str]:
             if call is None:
                 lost.append(f"{label}: the operation")
                 continue
-            placed = {*call.path_params, *call.query_params, *call.header_params}
+            placed = {call.wire_names.get(p, p) for p in (*call.path_params, *call.query_params, *call.header_params)}
             declared = [*item.get("parameters", []), *operation.get("parameters", [])]
             for parameter in (_resolved(doc, p) for p in declared):
                 if parameter.get("in") == "header" and parameter["name"].lower() in _DROPPED_HEADERS:
@@ -138,3 +138,21 @@ def test_query_styles_are_planned_as_the_document_says() -> None:
     openai = plan_of("openai")
     assert any("deep_object" in t.implementation.query_styles.values()
                for t in openai.tools if isinstance(t.implementation, HttpCall))
+
+
+@pytest.mark.parametrize("name", PLANNED)
+def test_every_tool_and_property_name_of_a_real_document_is_one_every_model_api_accepts(name: str) -> None:
+    plan = plan_of(name)
+    names = [t.name for t in plan.tools]
+    assert len(set(names)) == len(names) and all(MODEL_SAFE_NAME.match(n) for n in names)
+    for tool in plan.tools:
+        assert all(MODEL_SAFE_NAME.match(p) for p in tool.input_schema.get("properties", {})), tool.name
+
+
+def test_a_wire_name_a_model_would_refuse_is_served_as_one_it_accepts_and_sent_by_its_own_name() -> None:
+    plan = plan_of("twilio_api_v2010")
+    listing = next(t for t in plan.tools if t.name == "list_message")
+    assert isinstance(listing.implementation, HttpCall)
+    assert listing.implementation.wire_names["DateSent_before"] == "DateSent<"
+    assert listing.implementation.wire_names["DateSent_after"] == "DateSent>"
+    assert "(sent as 'DateSent<')" in listing.input_schema["properties"]["DateSent_before"]["description"]
