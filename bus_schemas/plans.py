@@ -86,7 +86,7 @@ class SecretRequirement(msgspec.Struct, frozen=True, kw_only=True):
 class PlanFlag(msgspec.Struct, frozen=True, kw_only=True):
     """Something a person should know about the plan (a prompt-injection marker, a skipped operation...)."""
 
-    kind: Literal["prompt_injection", "skipped_operation", "truncated", "offline_demo", "note"]
+    kind: Literal["prompt_injection", "skipped_operation", "truncated", "offline_demo", "note", "token_budget"]
     detail: str
 
 

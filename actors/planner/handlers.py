@@ -77,7 +77,7 @@ async def plan_and_record(
     except PlanProblem as problem:
         await emit_notes(run, notes)
         raise StepFailed(FailureCode.INVALID, str(problem)) from None
-    plan = finish_plan(plan, notes)
+    plan = finish_plan(plan, notes, settings.planner_token_budget)
     flags = len(plan.flags)
     notes.info(
         f"planned {len(plan.tools)} tool(s); tool list ~{plan.tool_list_tokens:,} tokens "

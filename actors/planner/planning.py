@@ -78,8 +78,29 @@ def estimate_tokens(plan: ToolPlan) -> int:
     return -(-len(_json.encode(tool_list(plan))) // 4)
 
 
-def finish_plan(plan: ToolPlan, notes: PlanNotes) -> ToolPlan:
-    """The plan with its prompt-injection flags, every note's flag and its tool list size."""
+TOKEN_BUDGET = 10_000
+"""Default size (estimated model tokens) above which a plan's tool list is flagged (`planner_token_budget`)."""
+
+
+def tool_tokens(tool: dict[str, Any]) -> int:
+    """One entry of the tool list, in estimated model tokens (JSON length / 4)."""
+    return -(-len(_json.encode(tool)) // 4)
+
+
+def flag_size(plan: ToolPlan, tokens: int, budget: int, notes: PlanNotes) -> None:
+    """Say so when the served tool list is over `budget`: its size, its heaviest tools, and how to choose."""
+    if tokens <= budget:
+        return
+    heaviest = sorted(tool_list(plan), key=tool_tokens, reverse=True)[:5]
+    named = ", ".join(f"{t['name']} (~{tool_tokens(t):,})" for t in heaviest)
+    detail = (f"the tool list is ~{tokens:,} tokens, over the {budget:,} budget: a model reads all of it on every "
+              f"request. Heaviest: {named}. Choose a subset with `operations` or `tags` (OpenAPI), or fewer tools")
+    notes.flag(PlanFlag(kind="token_budget", detail=detail))
+    notes.warn(detail)
+
+
+def finish_plan(plan: ToolPlan, notes: PlanNotes, token_budget: int = TOKEN_BUDGET) -> ToolPlan:
+    """The plan with its prompt-injection flags, its size flag, every note's flag and its tool list size."""
     hits: list[tuple[str, str]] = []
     for tool in plan.tools:
         fields: dict[str, Any] = {
@@ -95,7 +116,9 @@ def finish_plan(plan: ToolPlan, notes: PlanNotes) -> ToolPlan:
         extra = len(hits) - MAX_INJECTION_FLAGS
         notes.flag(PlanFlag(kind="prompt_injection", detail=f"{extra} more marker(s) not listed"))
         notes.warn(f"{extra} more possible prompt-injection marker(s) not listed")
-    return msgspec.structs.replace(plan, flags=tuple(notes.flags), tool_list_tokens=estimate_tokens(plan))
+    tokens = estimate_tokens(plan)
+    flag_size(plan, tokens, token_budget, notes)
+    return msgspec.structs.replace(plan, flags=tuple(notes.flags), tool_list_tokens=tokens)
 
 
 def plan_hash(plan: ToolPlan) -> str:

@@ -78,6 +78,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """The Claude model id the planner asks."""
     anthropic_base_url: str | None = None
     """Where the Messages API answers, when not api.anthropic.com (a proxy, or a local server in tests)."""
+    planner_token_budget: int = 10_000
+    """A plan whose served tool list is estimated above this many tokens is flagged, naming its heaviest tools
+    (a model reads the whole list on every request)."""
     planner_allow_private_fetch: bool = False
     """Dev/test only: let the planner fetch OpenAPI documents over http from private or loopback
     addresses (production requires https to public addresses)."""

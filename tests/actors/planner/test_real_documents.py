@@ -156,3 +156,11 @@ def test_a_wire_name_a_model_would_refuse_is_served_as_one_it_accepts_and_sent_b
     assert listing.implementation.wire_names["DateSent_before"] == "DateSent<"
     assert listing.implementation.wire_names["DateSent_after"] == "DateSent>"
     assert "(sent as 'DateSent<')" in listing.input_schema["properties"]["DateSent_before"]["description"]
+
+
+def test_a_tool_list_over_the_token_budget_is_flagged_naming_its_heaviest_tools() -> None:
+    plan = plan_of("twilio_api_v2010")
+    (flag,) = [f for f in plan.flags if f.kind == "token_budget"]
+    assert f"~{plan.tool_list_tokens:,} tokens, over the 10,000 budget" in flag.detail
+    assert "Heaviest: " in flag.detail and "`operations` or `tags`" in flag.detail
+    assert not [f for f in plan_of("swagger_petstore").flags if f.kind == "token_budget"]  # ~2,300 tokens
