@@ -20,7 +20,6 @@ import keyword
 from collections.abc import Awaitable, Callable
 from typing import Final
 
-import nats.js.errors
 from nats.js.object_store import ObjectStore
 
 from actors.checker.dynamic import run_dynamic_check
@@ -28,7 +27,6 @@ from actors.checker.locate import deduplicate_findings, locate_findings
 from actors.checker.rules import Finding, check_source, errors
 from actors.checker.state import CheckerState
 from actors.checker.toolchain import Toolchain, check_with_tools
-from actors.runtime.actor import TransientError
 from actors.runtime.build_events import StepFailed, StepRun, pipeline_step
 from actors.runtime.objects import ObjectUnusable, load_verified
 from bus_schemas.base import FailureCode
@@ -51,11 +49,7 @@ ArtifactUnusable = ObjectUnusable
 async def check_build(event: BuildGenerated, run: StepRun[BuildGenerated], checker: CheckerState) -> BuildChecked:
     """Check a `generated` build's artifact and log its findings; the build goes on `checked` if none is an
     error."""
-    try:
-        store = await run.ctx.js.object_store(ARTIFACTS.name)
-        plans = await run.ctx.js.object_store(PLANS.name)
-    except nats.js.errors.BucketNotFoundError as exc:
-        raise TransientError(f"object bucket missing (run `bmms migrate`): {exc}") from None
+    store, plans = await run.ctx.object_store(ARTIFACTS), await run.ctx.object_store(PLANS)
     try:
         artifact = await load_artifact(store, event.artifact_hash)
         plan = await load_plan(plans, artifact.plan_hash)

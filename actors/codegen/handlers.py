@@ -11,11 +11,8 @@ Codegen has no database (no `storage.py`, no `migrations/`) and no state (its st
 
 from __future__ import annotations
 
-import nats.js.errors
-
 from actors.codegen.artifacts import PlanUnusable, build_artifact, load_plan, store_artifact
 from actors.codegen.render import RenderRefused
-from actors.runtime.actor import TransientError
 from actors.runtime.build_events import StepFailed, StepRun, pipeline_step
 from bus_schemas.base import FailureCode
 from bus_schemas.builds import BuildGenerated, BuildPlanned
@@ -27,11 +24,7 @@ from runner_template import RUNNER_TEMPLATE_VERSION
 @pipeline_step("generate", after=BuildPlanned, doing="code generation")
 async def generate_build(event: BuildPlanned, run: StepRun[BuildPlanned], state: None) -> BuildGenerated:
     """Render a `planned` build's plan into its artifact and store it; the build goes on `generated`."""
-    try:
-        plans = await run.ctx.js.object_store(PLANS.name)
-        artifacts = await run.ctx.js.object_store(ARTIFACTS.name)
-    except nats.js.errors.BucketNotFoundError as exc:
-        raise TransientError(f"object bucket missing (run `bmms migrate`): {exc}") from None
+    plans, artifacts = await run.ctx.object_store(PLANS), await run.ctx.object_store(ARTIFACTS)
     try:
         plan = await load_plan(plans, event.plan_hash)
         artifact = build_artifact(plan, event.plan_hash)

@@ -44,7 +44,7 @@ def runner_settings(state: DeployerState, server: storage.Server) -> RunnerSetti
 
 async def load_artifact(ctx: Context, artifact_hash: str) -> Artifact:
     """The artifact with this hash, verified (refused as internal when it cannot be loaded)."""
-    store = await ctx.js.object_store(ARTIFACTS.name)
+    store = await ctx.object_store(ARTIFACTS)
     try:
         return await load_verified(store, ARTIFACTS, artifact_hash, Artifact, canonical_artifact_bytes, "artifact")
     except ObjectUnusable as exc:

@@ -35,6 +35,7 @@ from nats import micro
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.object_store import ObjectStore
 from nats.micro.request import Request as MicroRequest
 
 from actors.runtime.bus import connect, publish_event, subscriptions_live
@@ -44,7 +45,7 @@ from actors.runtime.settings import Settings
 from actors.runtime.storage import open_pool
 from bus_schemas.base import Failed, FailureCode, Message
 from bus_schemas.ops import DeadLetter
-from bus_schemas.registry import DEAD_LETTERS, TRACE_HEADER, Consumer, Rpc
+from bus_schemas.registry import DEAD_LETTERS, TRACE_HEADER, Consumer, ObjectBucket, Rpc
 
 Req = TypeVar("Req", bound=Message)
 Rep = TypeVar("Rep")
@@ -85,6 +86,13 @@ class Context:
     async def publish(self, subject: str, message: object, msg_id: str) -> int:
         """Publish an event to JetStream, de-duplicated by `msg_id`; returns its stream sequence."""
         return await publish_event(self.js, subject, message, msg_id)
+
+    async def object_store(self, bucket: ObjectBucket) -> ObjectStore:
+        """A declared object bucket; TransientError (retried with backoff) while it does not exist yet."""
+        try:
+            return await self.js.object_store(bucket.name)
+        except nats.js.errors.BucketNotFoundError as exc:
+            raise TransientError(f"object bucket {bucket.name} missing (run `bmms migrate`): {exc}") from None
 
     async def still_working(self) -> None:
         """Tell JetStream a long handler is alive, so the message is not redelivered meanwhile."""
