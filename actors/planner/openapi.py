@@ -452,14 +452,13 @@ class _Planner:
             if location == "cookie":
                 if param.get("required"):
                     return f"needs cookie parameter {pname!r}, which tools cannot send"
-                self.notes.flag(PlanFlag(kind="note", detail=f"{operation.method.upper()} {operation.path}: planned "
-                                                             f"without its optional cookie parameter {pname!r}"))
+                self._left_out(operation, f"its optional cookie parameter {pname!r}")
                 continue
             if location == "header" and pname.lower() in _DROPPED_HEADERS:
                 continue
             if location not in located:
                 raise PlanProblem(f"{_where(at)}: `in` must be path, query, header or cookie, not {location!r}")
-            if pname in properties or pname in inputs.wire_names.values():
+            if pname in {inputs.wire_names.get(p, p) for p in properties}:
                 return f"parameter name {pname!r} is used twice (path/query/header)"
             if "schema" in param:
                 schema = self.schema(param["schema"], f"{at}.schema")
@@ -489,6 +488,11 @@ class _Planner:
                 required.append(placeholder)
         return inputs
 
+    def _left_out(self, operation: _Operation, what: str) -> None:
+        """Flag something optional of an operation that its tool goes without: nothing is dropped silently."""
+        self.notes.flag(PlanFlag(kind="note", detail=f"{operation.method.upper()} {operation.path}: planned "
+                                                     f"without {what}"))
+
     def _request_body(self, operation: _Operation, inputs: _Inputs) -> str | None:
         """Add the operation's JSON request body to `inputs`; why it cannot be planned, or None."""
         op, where = operation.op, operation.where
@@ -505,9 +509,7 @@ class _Planner:
             why = f"sends its request body only as {', '.join(content)}; tools send JSON or form fields"
             if body.get("required"):
                 return why
-            # Planned without its optional body, and said so: nothing is dropped silently.
-            self.notes.flag(PlanFlag(kind="note", detail=f"{operation.method.upper()} {operation.path}: planned "
-                                                         f"without its optional request body: it {why}"))
+            self._left_out(operation, f"its optional request body: it {why}")
             return None
         inputs.body_param = unique_name("body", set(inputs.properties))
         media = content[media_type] or {}

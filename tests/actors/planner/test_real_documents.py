@@ -164,3 +164,18 @@ def test_a_tool_list_over_the_token_budget_is_flagged_naming_its_heaviest_tools(
     assert f"~{plan.tool_list_tokens:,} tokens, over the 10,000 budget" in flag.detail
     assert "Heaviest: " in flag.detail and "`operations` or `tags`" in flag.detail
     assert not [f for f in plan_of("swagger_petstore").flags if f.kind == "token_budget"]  # ~2,300 tokens
+
+
+def test_a_renamed_parameter_never_takes_the_name_of_another() -> None:
+    document = yaml.safe_dump({
+        "openapi": "3.0.3", "info": {"title": "t", "version": "1"}, "servers": [{"url": "https://api.example.com"}],
+        "paths": {"/items": {"get": {"operationId": "list_items", "parameters": [
+            {"name": "ids[]", "in": "query", "schema": {"type": "array", "items": {"type": "string"}}},
+            {"name": "ids", "in": "query", "schema": {"type": "string"}},
+        ], "responses": {"200": {"description": "ok"}}}}},
+    })
+    notes = PlanNotes()
+    (tool,) = plan_openapi(document, OpenApiSource(document=document), "t", notes).tools
+    assert isinstance(tool.implementation, HttpCall)
+    sent_as = {p: tool.implementation.wire_names.get(p, p) for p in tool.input_schema["properties"]}
+    assert sorted(sent_as.values()) == ["ids", "ids[]"] and len(set(sent_as)) == 2
