@@ -24,6 +24,17 @@ QueryStyle = Literal["form", "form_joined", "space_delimited", "pipe_delimited",
 and spreads an object's fields (the default), `form_joined` joins with commas (`explode: false`), `space_delimited`
 and `pipe_delimited` join an array with spaces or pipes, `deep_object` writes `name[field]=value`."""
 
+ParamStyle = Literal["simple_exploded", "label", "label_exploded", "matrix", "matrix_exploded", "form_joined"]
+"""How a path, header or cookie parameter's value is written when not the default way (OpenAPI `style` + `explode`,
+RFC 6570): path and header values default to `simple` (`blue,black`; an object `R,100,G,200`), `simple_exploded`
+writes an object `R=100,G=200`; `label` prefixes a dot (`.blue,black`), `matrix` a `;name=` (`;color=blue,black`),
+and their `_exploded` forms repeat the prefix per item (`.blue.black`, `;color=blue;color=black`). Cookies default
+to `form` (exploded: a cookie per item); `form_joined` joins an array's items with commas in one cookie."""
+
+BodyEncoding = Literal["json", "form", "multipart", "text"]
+"""How a request body is sent: JSON, `application/x-www-form-urlencoded` fields, `multipart/form-data` parts (file
+fields among them), or a text body of `HttpCall.body_media_type`."""
+
 
 class HttpCall(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="http"):
     """A tool that makes one HTTP request upstream."""
@@ -37,15 +48,24 @@ class HttpCall(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag=
     """Input schema properties sent in the path (by their wire name, `wire_names`); likewise query and header."""
     query_params: tuple[str, ...] = ()
     header_params: tuple[str, ...] = ()
+    cookie_params: tuple[str, ...] = ()
     query_styles: dict[str, QueryStyle] = {}
     """Query parameters not written the default way (`form`, exploded), by wire name."""
+    styles: dict[str, ParamStyle] = {}
+    """Path, header and cookie parameters not written the default way, by wire name (`ParamStyle`)."""
     wire_names: dict[str, str] = {}
     """Parameter (input schema property) -> the name it is sent by, where they differ: a wire name a model API
     would refuse as a property name (`DateSent<`, `project_ids[]`) is served as one it accepts."""
     body_param: str | None = None
     """The parameter sent as the request body, if any."""
-    body_encoding: Literal["json", "form"] = "json"
-    """How the body is sent: JSON, or `application/x-www-form-urlencoded` (an object's fields as form fields)."""
+    body_encoding: BodyEncoding = "json"
+    """How the body is sent (`BodyEncoding`)."""
+    body_media_type: str | None = None
+    """The media type of a `text` body (`text/plain`, `text/csv`...), sent as its Content-Type."""
+    file_fields: tuple[str, ...] = ()
+    """Fields of a `multipart` body sent as file parts: each value (or each item of an array value) is an object
+    with `base64` (its content) or `url` (fetched by the runner under the server's upstream rules), and optionally
+    `filename` and `content_type`."""
     auth: Literal["none", "bearer", "header", "query", "basic"] = "none"
     auth_secret: SecretName | None = None
     """Which secret holds the credential for `auth`."""
@@ -74,6 +94,9 @@ class PlannedTool(msgspec.Struct, frozen=True, kw_only=True):
     read_only: bool
     """True for tools that change nothing (GET-like); decides the scope a caller needs."""
     implementation: Implementation
+    output_schema: dict[str, Any] | None = None
+    """JSON Schema (type object) of the tool's structured result, where the source documents one: served as the
+    tool's `outputSchema`, and every result is checked against it before a client sees it."""
 
 
 class SecretRequirement(msgspec.Struct, frozen=True, kw_only=True):
@@ -134,6 +157,8 @@ class Artifact(Message, frozen=True, kw_only=True, tag="artifact.v1"):
     input_schemas: dict[str, dict[str, Any]] = {}
     """Tool name -> the plan's input schema: what the runner serves in `tools/list` and checks every call's
     arguments against (the schema the worker derives from the generated signature says less)."""
+    output_schemas: dict[str, dict[str, Any]] = {}
+    """Tool name -> the plan's output schema, for the tools that have one (`PlannedTool.output_schema`)."""
 
 
 def canonical_artifact_bytes(artifact: Artifact) -> bytes:

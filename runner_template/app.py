@@ -88,7 +88,8 @@ async def start_tools(settings: RunnerSettings, artifact: Artifact, policy: egre
     ToolsUnavailable when it cannot be started or the module does not load."""
     launcher = launcher or launcher_for(settings.worker, settings.server_id or artifact.module_name)
     tools = SandboxedTools(launcher, load_for(artifact, settings.name), policy,
-                           call_timeout=settings.tool_timeout_seconds, input_schemas=artifact.input_schemas)
+                           call_timeout=settings.tool_timeout_seconds, input_schemas=artifact.input_schemas,
+                           output_schemas=artifact.output_schemas)
     await tools.start()
     log.info("tools loaded", extra={"event": "worker_ready", "tools": [t.name for t in tools.tools],
                                     "sandbox": launcher.description})

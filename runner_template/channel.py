@@ -121,9 +121,18 @@ class Egress(_Frame, frozen=True, kw_only=True, tag="egress"):
     query_styles: dict[str, str] | None = None
     """How query parameters not written the default way are written (`bus_schemas.plans.QueryStyle`)."""
     headers: dict[str, Any] | None = None
+    cookies: dict[str, Any] | None = None
+    styles: dict[str, str] | None = None
+    """How path, header and cookie parameters not written the default way are written (`ParamStyle`)."""
     json: Any = None
     form: dict[str, Any] | None = None
     """Fields of an `application/x-www-form-urlencoded` body (instead of `json`)."""
+    multipart: dict[str, Any] | None = None
+    """Fields of a `multipart/form-data` body; those named in `file_fields` are files (`HttpCall.file_fields`)."""
+    file_fields: list[str] | None = None
+    text: str | None = None
+    """A text body, sent with `content_type`."""
+    content_type: str | None = None
     auth: EgressAuth | None = None
 
 

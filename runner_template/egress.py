@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import ipaddress
 import json as jsonlib
 import re
@@ -31,6 +32,7 @@ import httpx2
 
 from runner_template.channel import Egress
 from runner_template.settings import RUNNER_PREFIX, variable
+from runner_template.styles import cookie_header, header_value, path_value, query_pairs, text
 
 ALLOW_PRIVATE_ENV = variable(RUNNER_PREFIX, "allow_private_upstreams")
 SECRET_ENV_PREFIX = "BMMS_SECRET_"  # noqa: S105 (a variable-name prefix, not a secret)
@@ -84,55 +86,17 @@ class UpstreamPolicy:
         return host in self.hosts or f"{host}:{parts.port}" in self.hosts
 
 
-def fill_path(url_template: str, values: Mapping[str, Any]) -> str:
-    """`url_template` with each `{name}` replaced by its percent-encoded value."""
+def fill_path(url_template: str, values: Mapping[str, Any], styles: Mapping[str, str] | None = None) -> str:
+    """`url_template` with each `{name}` replaced by its value, percent-encoded and written in its style."""
 
     def one(match: re.Match[str]) -> str:
         name = match.group(1)
         value = values.get(name)
         if value is None:
             raise UpstreamRefused(f"path parameter {name!r} has no value")
-        return quote(_text(value), safe="")
+        return path_value(name, value, (styles or {}).get(name, "simple"))
 
     return _PLACEHOLDER.sub(one, url_template)
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict | list):
-        return jsonlib.dumps(value, separators=(",", ":"))
-    return str(value)
-
-
-_JOINERS = {"form_joined": ",", "space_delimited": " ", "pipe_delimited": "|"}
-QUERY_STYLES = frozenset({"form", "deep_object", *_JOINERS})
-
-
-def _query(values: Mapping[str, Any] | None, styles: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
-    """Query pairs, each parameter written in its OpenAPI style (see `bus_schemas.plans.QueryStyle`); None is
-    left out."""
-    pairs: list[tuple[str, str]] = []
-    for name, value in (values or {}).items():
-        if value is None:
-            continue
-        style = (styles or {}).get(name, "form")
-        if isinstance(value, dict):
-            fields = [(k, v) for k, v in value.items() if v is not None]
-            if style == "deep_object":
-                pairs.extend((f"{name}[{k}]", _text(v)) for k, v in fields)
-            elif style in _JOINERS:
-                pairs.append((name, _JOINERS[style].join(_text(part) for kv in fields for part in kv)))
-            else:
-                pairs.extend((k, _text(v)) for k, v in fields)
-        elif isinstance(value, list | tuple):
-            if style in _JOINERS:
-                pairs.append((name, _JOINERS[style].join(_text(item) for item in value)))
-            else:
-                pairs.extend((name, _text(item)) for item in value)
-        else:
-            pairs.append((name, _text(value)))
-    return pairs
 
 
 def _form(fields: Mapping[str, Any]) -> dict[str, list[str]]:
@@ -142,30 +106,32 @@ def _form(fields: Mapping[str, Any]) -> dict[str, list[str]]:
     for name, value in fields.items():
         for item in value if isinstance(value, list | tuple) else [value]:
             if item is not None:
-                text = _text(item) if isinstance(item, str | int | float | bool) else jsonlib.dumps(item)
-                out.setdefault(name, []).append(text)
+                out.setdefault(name, []).append(text(item))
     return out
 
 
 async def perform(policy: UpstreamPolicy, call: Egress) -> Any:
     """Make the upstream request a tool asked for, under `policy`; the JSON body, else the text (or the status
-    when empty). UpstreamRefused when the policy says no, UpstreamError when the call fails.
+    when empty). UpstreamRefused when the policy says no, UpstreamError when the call fails (an error status
+    says the status and the start of the body).
 
     Parameters whose value is None are left out.
     """
     method, url_template, auth = call.method.upper(), call.url_template, call.auth
     if method not in METHODS:
         raise UpstreamRefused(f"method {call.method[:20]!r} is not an HTTP method a tool may use")
-    path, query, headers, json = call.path, call.query, call.headers, call.json
     what = f"{method} {url_template}"  # errors name the template, never a filled-in URL (it may hold a secret)
-    url = fill_path(url_template, path or {})
-    if not policy.allows(url):
-        raise UpstreamRefused(f"{what}: host {urlsplit(url).netloc!r} is not one of this server's upstream hosts")
-    unknown = sorted(set((call.query_styles or {}).values()) - QUERY_STYLES)
-    if unknown:
-        raise UpstreamRefused(f"{what}: unknown query style(s) {unknown}")
-    query_pairs = _query(query, call.query_styles)
-    header_values = {name: _text(value) for name, value in (headers or {}).items() if value is not None}
+    styles = call.styles or {}
+    try:
+        url = fill_path(url_template, call.path or {}, styles)
+        params = query_pairs(call.query, call.query_styles)
+        header_values = {name: header_value(value, styles.get(name, "simple"))
+                         for name, value in (call.headers or {}).items() if value is not None}
+        cookies = cookie_header(call.cookies or {}, styles)
+    except ValueError as exc:
+        raise UpstreamRefused(f"{what}: {exc}") from None
+    if cookies is not None:
+        header_values["Cookie"] = cookies
     if auth is not None:
         secret = policy.secrets.get(auth.secret)
         if secret is None:
@@ -177,19 +143,43 @@ async def perform(policy: UpstreamPolicy, call: Egress) -> Any:
         elif auth.kind == "header" and auth.name:
             header_values[auth.name] = secret
         elif auth.kind == "query" and auth.name:
-            query_pairs.append((auth.name, secret))
+            params.append((quote(auth.name, safe=""), quote(secret, safe="")))
         else:
             raise UpstreamRefused(f"{what}: auth {auth.kind!r} needs a header or parameter name")
-    timeout = httpx2.Timeout(policy.timeout_seconds)
+    content: dict[str, Any] = {}
+    if call.form is not None:
+        content["data"] = _form(call.form)
+    elif call.multipart is not None:
+        content["files"] = await _parts(policy, call.multipart, frozenset(call.file_fields or ()), what)
+    elif call.text is not None:
+        content["content"] = call.text.encode()
+        header_values["Content-Type"] = call.content_type or "text/plain; charset=utf-8"
+    elif call.json is not None:
+        content["json"] = call.json
+    if params:
+        url += ("&" if urlsplit(url).query else "?") + "&".join(f"{k}={v}" for k, v in params)
+    response, body = await _exchange(policy, method, url, what, headers=header_values, **content)
+    result = _decode(response, body)
+    if response.status_code >= 400:
+        detail = result if isinstance(result, str) else jsonlib.dumps(result)
+        raise UpstreamError(f"{what}: answered {response.status_code}: {detail[:500]}")
+    return result
+
+
+async def _exchange(policy: UpstreamPolicy, method: str, url: str, what: str, *, headers: dict[str, str],
+                    **request: Any) -> tuple[httpx2.Response, bytes]:
+    """One request to `url` under `policy` (an allowed host, a checked address, no redirects, a timeout and a
+    size cap): the response and its body."""
+    if not policy.allows(url):
+        raise UpstreamRefused(f"{what}: host {urlsplit(url).netloc!r} is not one of this server's upstream hosts")
     target, extensions = await _pinned(url, policy, what)
     if target != url:
-        header_values["Host"] = urlsplit(url).netloc
+        headers["Host"] = urlsplit(url).netloc
     try:
         async with (
-            httpx2.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False) as client,
-            client.stream(method, target, params=tuple(query_pairs), headers=header_values, json=json,
-                          data=_form(call.form) if call.form is not None else None,
-                          extensions=extensions) as response,
+            httpx2.AsyncClient(timeout=httpx2.Timeout(policy.timeout_seconds), follow_redirects=False,
+                               trust_env=False) as client,
+            client.stream(method, target, headers=headers, extensions=extensions, **request) as response,
         ):
             body = await _read_capped(response, policy.max_response_bytes, what)
     except httpx2.TimeoutException:
@@ -198,11 +188,49 @@ async def perform(policy: UpstreamPolicy, call: Egress) -> Any:
         raise UpstreamError(f"{what}: {type(exc).__name__}") from None
     if response.is_redirect:
         raise UpstreamError(f"{what}: answered {response.status_code} (a redirect; not followed)")
-    result = _decode(response, body)
-    if response.status_code >= 400:
-        detail = result if isinstance(result, str) else jsonlib.dumps(result)
-        raise UpstreamError(f"{what}: answered {response.status_code}: {detail[:500]}")
-    return result
+    return response, body
+
+
+FilePart = tuple[str | None, bytes | str, str | None]
+"""(filename, content, content type) of one multipart part; a plain field has no filename or type."""
+
+
+async def _parts(policy: UpstreamPolicy, fields: Mapping[str, Any], file_fields: frozenset[str],
+                 what: str) -> list[tuple[str, FilePart]]:
+    """The parts of a `multipart/form-data` body: plain fields as text (an array repeats its field), file fields
+    from their `base64` content or fetched from their `url` under the same policy as any upstream call."""
+    parts: list[tuple[str, FilePart]] = []
+    for name, value in fields.items():
+        for item in value if isinstance(value, list | tuple) else [value]:
+            if item is None:
+                continue
+            if name in file_fields:
+                parts.append((name, await _file(policy, name, item, what)))
+            else:
+                parts.append((name, (None, text(item), None)))
+    return parts
+
+
+async def _file(policy: UpstreamPolicy, field_name: str, value: Any, what: str) -> FilePart:
+    """One file part: `{"base64": ...}` decoded, or `{"url": ...}` fetched (an upstream host, a public address,
+    the response size cap), with its `filename` and `content_type` when given."""
+    if not isinstance(value, Mapping) or ("base64" in value) == ("url" in value):
+        raise UpstreamRefused(f"{what}: file field {field_name!r} needs an object with `base64` or `url`")
+    filename, content_type = value.get("filename"), value.get("content_type")
+    if "base64" in value:
+        try:
+            content = base64.b64decode(str(value["base64"]), validate=True)
+        except (binascii.Error, ValueError):
+            raise UpstreamRefused(f"{what}: file field {field_name!r}: `base64` is not base64") from None
+    else:
+        source = str(value["url"])
+        response, content = await _exchange(policy, "GET", source, f"{what}: file field {field_name!r} from its url",
+                                            headers={})
+        if response.status_code >= 400:
+            raise UpstreamError(f"{what}: file field {field_name!r}: its url answered {response.status_code}")
+        filename = filename or urlsplit(source).path.rsplit("/", 1)[-1] or None
+        content_type = content_type or response.headers.get("content-type")
+    return (str(filename or field_name), content, str(content_type or "application/octet-stream"))
 
 
 async def _pinned(url: str, policy: UpstreamPolicy, what: str) -> tuple[str, dict[str, Any]]:

@@ -78,13 +78,17 @@ class SandboxedTools:
 
     def __init__(self, launcher: Launcher, load: Load, policy: egress.UpstreamPolicy | None, *,
                  call_timeout: float = 60.0, start_timeout: float = 60.0, max_egress: int = 16,
-                 input_schemas: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+                 input_schemas: Mapping[str, Mapping[str, Any]] | None = None,
+                 output_schemas: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         self.launcher = launcher
         self.load = load
         self.input_schemas = {name: dict(schema) for name, schema in (input_schemas or {}).items()}
         """Tool name -> the input schema served and checked (the plan's); a tool without one keeps the worker's."""
+        self.output_schemas = {name: dict(schema) for name, schema in (output_schemas or {}).items()}
+        """Tool name -> the output schema served, every result checked against it (a tool without one has none)."""
         try:
             self._checkers = checkers_for(self.input_schemas)
+            self._output_checkers = checkers_for(self.output_schemas, "output")
         except ValueError as exc:
             raise ToolsUnavailable(str(exc)) from None
         self.policy = policy
@@ -181,9 +185,28 @@ class SandboxedTools:
         self._ready.set()
 
     def _served(self, tool: Tool) -> Tool:
-        """The tool as clients see it: with the plan's input schema where the artifact carries one."""
-        schema = self.input_schemas.get(tool.name)
-        return tool if schema is None else tool.model_copy(update={"input_schema": schema})
+        """The tool as clients see it: with the plan's input and output schemas where the artifact carries them."""
+        update: dict[str, Any] = {}
+        if (schema := self.input_schemas.get(tool.name)) is not None:
+            update["input_schema"] = schema
+        if (output := self.output_schemas.get(tool.name)) is not None:
+            update["output_schema"] = output
+        return tool.model_copy(update=update) if update else tool
+
+    def checked_result(self, name: str, result: CallToolResult) -> CallToolResult:
+        """`result` when it keeps tool `name`'s output schema (or is an error); else a tool error saying where the
+        answer departs from the documented schema, with its start, since a client holds a structured result to
+        the schema it was served."""
+        checker = self._output_checkers.get(name)
+        if checker is None or result.is_error:
+            return result
+        structured = result.structured_content
+        problem = "it is not JSON" if structured is None else checker.problem(structured)
+        if problem is None:
+            return result
+        said = next((block.text for block in result.content if isinstance(block, TextContent)), "")
+        return tool_error(f"the upstream answered outside its documented response schema ({problem}); "
+                          f"the answer began: {said[:300]}")
 
     async def call(self, name: str, arguments: dict[str, Any]) -> CallToolResult:
         """Call tool `name`; its result, or a tool error saying why there is none."""
@@ -204,7 +227,7 @@ class SandboxedTools:
         # A timer, not wait_for: no task per call on the hot path.
         timer = loop.call_later(self.call_timeout, self._fail, data, reason)
         try:
-            return await waiter
+            return self.checked_result(name, await waiter)
         finally:
             timer.cancel()
             self._pending.pop(call_id, None)

@@ -11,7 +11,7 @@ turns into a tool error for the model; its message never holds a credential or t
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -57,13 +57,22 @@ async def request(
     query: Mapping[str, Any] | None = None,
     query_styles: Mapping[str, str] | None = None,
     headers: Mapping[str, Any] | None = None,
+    cookies: Mapping[str, Any] | None = None,
+    styles: Mapping[str, str] | None = None,
     json: Any = None,
     form: Mapping[str, Any] | None = None,
+    multipart: Mapping[str, Any] | None = None,
+    files: Sequence[str] = (),
+    text: str | None = None,
+    content_type: str | None = None,
     auth: Auth | None = None,
 ) -> Any:
     """Ask the front to call upstream; the JSON body, else the text (or the status when empty).
 
-    Parameters whose value is None are left out.
+    The body is one of `json`, `form` (urlencoded fields), `multipart` (parts; the fields named in `files` are
+    files, each `{"base64": ...}` or `{"url": ...}` with an optional `filename` and `content_type`) or `text`
+    (with its `content_type`). `styles` says how path, header and cookie values are written, `query_styles`
+    query values (OpenAPI's styles, `runner_template.styles`). Parameters whose value is None are left out.
     """
     current = current_call.get()
     if current is None:
@@ -73,8 +82,11 @@ async def request(
         id=0, call_id=call_id, method=method, url_template=url_template,
         path=dict(path) if path is not None else None, query=dict(query) if query is not None else None,
         query_styles=dict(query_styles) if query_styles else None,
-        headers=dict(headers) if headers is not None else None, json=json,
-        form=dict(form) if form is not None else None,
+        headers=dict(headers) if headers is not None else None,
+        cookies=dict(cookies) if cookies is not None else None, styles=dict(styles) if styles else None,
+        json=json, form=dict(form) if form is not None else None,
+        multipart=dict(multipart) if multipart is not None else None, file_fields=list(files) or None,
+        text=text, content_type=content_type,
         auth=EgressAuth(kind=auth.kind, secret=auth.secret, name=auth.name) if auth is not None else None,
     ))
     if answer.error is not None:

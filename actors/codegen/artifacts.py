@@ -39,6 +39,7 @@ def build_artifact(plan: ToolPlan, plan_hash: str) -> Artifact:
         secrets=tuple(secrets),
         upstream_hosts=tuple(sorted({h.lower() for h in plan.upstream_hosts})),
         input_schemas={t.name: t.input_schema for t in plan.tools},
+        output_schemas={t.name: t.output_schema for t in plan.tools if t.output_schema is not None},
     )
 
 

@@ -235,14 +235,26 @@ def _http_body(tool: PlannedTool, call: HttpCall, params: list[Parameter], plan:
             f"tool {tool.name!r}: path {call.path!r} has placeholder(s) {unfilled} without a path parameter"
         )
     args = [repr(call.method), repr(url)]
-    for kind, names in (("path", call.path_params), ("query", call.query_params), ("headers", call.header_params)):
+    located = (("path", call.path_params), ("query", call.query_params), ("headers", call.header_params),
+               ("cookies", call.cookie_params))
+    for kind, names in located:
         if names:
             pairs = ", ".join(f"{call.wire_names.get(w, w)!r}: {ref(kind, w)}" for w in names)
             args.append(f"{kind}={{{pairs}}}")
-    if call.query_styles:
-        args.append(f"query_styles={dict(sorted(call.query_styles.items()))!r}")
+    for kind, styles in (("query_styles", call.query_styles), ("styles", call.styles)):
+        if styles:
+            args.append(f"{kind}={dict(sorted(styles.items()))!r}")
     if call.body_param is not None:
-        args.append(f"{'form' if call.body_encoding == 'form' else 'json'}={ref('body', call.body_param)}")
+        body = ref("body", call.body_param)
+        if call.body_encoding == "multipart":
+            args.append(f"multipart={body}")
+            if call.file_fields:
+                args.append(f"files={call.file_fields!r}")
+        elif call.body_encoding == "text":
+            args.append(f"text={body}")
+            args.append(f"content_type={call.body_media_type or 'text/plain'!r}")
+        else:
+            args.append(f"{call.body_encoding}={body}")
     if call.auth != "none":
         declared = {s.name for s in plan.secrets}
         if call.auth_secret is None or call.auth_secret not in declared:
