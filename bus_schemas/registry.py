@@ -100,6 +100,7 @@ from bus_schemas.oauth import (
 )
 from bus_schemas.ops import DeadLetter
 from bus_schemas.plans import Artifact, ToolPlan
+from bus_schemas.previews import PlanPreviewed, PreviewPlan, PreviewPlanReply
 from bus_schemas.servers import (
     BuildSecretsStaged,
     ControlServer,
@@ -411,6 +412,16 @@ GET_BUILD: Rpc[GetBuild, BuildSummary] = Rpc(
     reply=GetBuildReply,
     description="Where one build of the caller's organisation stands.",
 )
+PREVIEW_PLAN: Rpc[PreviewPlan, PlanPreviewed] = Rpc(
+    service="planner",
+    endpoint="preview_plan",
+    subject="rpc.plans.preview",
+    request=PreviewPlan,
+    reply=PreviewPlanReply,
+    description="Plan a source as a build would plan it, without building anything (POST /v1/plans).",
+    # an OpenAPI document of thousands of operations, or plain words through Claude, plans for a while
+    timeout_seconds=300.0,
+)
 AUTHENTICATE: Rpc[Authenticate, Principal] = Rpc(
     service="auth",
     endpoint="authenticate",
@@ -660,6 +671,7 @@ OAUTH_GET_JWKS: Rpc[GetJwks, Jwks] = Rpc(
 RPCS: tuple[Rpc[Any, Any], ...] = (
     SUBMIT_BUILD,
     GET_BUILD,
+    PREVIEW_PLAN,
     AUTHENTICATE,
     CREATE_API_KEY,
     *IDENTITY_RPCS,

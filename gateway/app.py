@@ -24,6 +24,7 @@ from gateway.identity import SignInController
 from gateway.oauth import OAuthController
 from gateway.org import InvitesController, OrgController
 from gateway.pages import STATIC_DIR
+from gateway.plans import PlansController
 from gateway.problems import problem_response
 from gateway.routing import ServerRouting
 from gateway.servers import ServersController
@@ -54,8 +55,8 @@ def create_app(settings: Settings, config: GatewayConfig | None = None) -> Lites
 
     return Litestar(
         route_handlers=[
-            HealthController, BuildsController, SignInController, MeController, SessionsController, InvitesController,
-            OrgController, ApiKeysController, SignInPageController, OAuthController,
+            HealthController, BuildsController, PlansController, SignInController, MeController, SessionsController,
+            InvitesController, OrgController, ApiKeysController, SignInPageController, OAuthController,
             ServersController, UsageController, EventsController, *routing.route_handlers,
             create_static_files_router(path="/static", directories=[STATIC_DIR], include_in_schema=False),
         ],

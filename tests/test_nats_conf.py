@@ -56,6 +56,11 @@ async def _violations(stack: Stack, role: str, action: str, subject: str) -> lis
         ("runner", "publish", "rpc.deployer.secrets.list"),
         ("planner", "publish", "rpc.deployer.secrets.set"),
         ("gateway", "subscribe", "rpc.deployer.secrets.set"),
+        # plan previews: only the gateway asks, only the planner answers
+        *((role, "publish", "rpc.plans.preview") for role in ("runner", "codegen", "checker", "deployer", "auth",
+                                                             "oauth", "metering", "events", "planner")),
+        ("gateway", "subscribe", "rpc.plans.preview"),
+        ("codegen", "subscribe", "rpc.plans.preview"),
     ],
 )
 async def test_role_is_refused_what_it_does_not_need(stack: Stack, role: str, action: str, subject: str) -> None:
@@ -75,6 +80,8 @@ async def test_role_is_refused_what_it_does_not_need(stack: Stack, role: str, ac
         ("gateway", "publish", "rpc.deployer.secrets.set"),
         ("gateway", "publish", "rpc.deployer.secrets.stage"),
         ("deployer", "subscribe", "rpc.deployer.secrets.set"),
+        ("gateway", "publish", "rpc.plans.preview"),
+        ("planner", "subscribe", "rpc.plans.preview"),
     ],
 )
 async def test_role_is_allowed_what_it_needs(stack: Stack, role: str, action: str, subject: str) -> None:

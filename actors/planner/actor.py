@@ -1,16 +1,17 @@
-"""Wires the planner actor: the plan step (`handlers`) and the build registry (`build_registry`)."""
+"""Wires the planner actor: the plan step (`handlers`), plan previews (`preview`) and the build registry
+(`build_registry`)."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
 
-from actors.planner import build_registry, handlers
+from actors.planner import build_registry, handlers, preview
 from actors.planner.build_registry import BuildRegistryState
 from actors.planner.handlers import PlannerState
 from actors.runtime.actor import Actor, Context, bind
 from actors.runtime.settings import Settings
-from bus_schemas.registry import BUILD_STATUS, GET_BUILD, PLANNER_REQUESTED, SUBMIT_BUILD
+from bus_schemas.registry import BUILD_STATUS, GET_BUILD, PLANNER_REQUESTED, PREVIEW_PLAN, SUBMIT_BUILD
 
 
 class PlannerActor(Actor):
@@ -27,7 +28,8 @@ class PlannerActor(Actor):
 
 
 def create_actor() -> Actor:
-    """The planner: the build registry's endpoints, status projection and summary flush, and the plan step."""
+    """The planner: the build registry's endpoints, status projection and summary flush, the plan step, and plan
+    previews (the plan step's planning, with its settings, for a source no build was asked for)."""
     planner = PlannerState()
     registry = BuildRegistryState()
     actor = PlannerActor(planner)
@@ -41,6 +43,8 @@ def create_actor() -> Actor:
     @actor.every(build_registry.SUMMARY_FLUSH_SECONDS)
     async def flush_summaries(ctx: Context) -> None:
         await build_registry.flush_summaries(ctx, registry)
+
+    actor.rpc(PREVIEW_PLAN)(bind(preview.preview_plan, preview.PreviewState(planner)))
 
     step = handlers.plan_build
     actor.consumer(PLANNER_REQUESTED, on_park=step.on_park)(bind(step, planner))
