@@ -17,8 +17,18 @@ from urllib.parse import unquote, urljoin, urlsplit
 import yaml
 
 from actors.planner.problems import PlanNotes, PlanProblem
+from actors.planner.swagger2 import is_swagger2, openapi3_from_swagger2
 from bus_schemas.builds import OpenApiSource, UpstreamCredentials
-from bus_schemas.plans import HttpCall, PlanFlag, PlannedTool, QueryStyle, SecretRequirement, ToolPlan
+from bus_schemas.plans import (
+    BodyEncoding,
+    HttpCall,
+    ParamStyle,
+    PlanFlag,
+    PlannedTool,
+    QueryStyle,
+    SecretRequirement,
+    ToolPlan,
+)
 
 METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
 """Operation keys of a path item, in the order OpenAPI lists them."""
@@ -164,10 +174,14 @@ class _Inputs:
 
     properties: dict[str, Any] = field(default_factory=dict)
     required: list[str] = field(default_factory=list)
-    located: dict[str, list[str]] = field(default_factory=lambda: {"path": [], "query": [], "header": []})
+    located: dict[str, list[str]] = field(
+        default_factory=lambda: {"path": [], "query": [], "header": [], "cookie": []})
     body_param: str | None = None
-    body_encoding: Literal["json", "form"] = "json"
+    body_encoding: BodyEncoding = "json"
+    body_media_type: str | None = None
+    file_fields: tuple[str, ...] = ()
     query_styles: dict[str, QueryStyle] = field(default_factory=dict)
+    styles: dict[str, ParamStyle] = field(default_factory=dict)
     wire_names: dict[str, str] = field(default_factory=dict)
 
 
@@ -180,6 +194,8 @@ class _Planner:
     cycles: set[str] = field(default_factory=set)
     truncated: set[str] = field(default_factory=set)
     secrets: dict[str, SecretRequirement] = field(default_factory=dict)
+    unserved_outputs: list[str] = field(default_factory=list)
+    """Operations whose documented response is too large to serve as an output schema even summarised."""
     _budget: int = 0
 
     # --- $ref ---
@@ -415,6 +431,7 @@ class _Planner:
             title=title,
             description=description,
             input_schema=input_schema,
+            output_schema=self._output_schema(operation),
             read_only=method in ("GET", "HEAD"),
             implementation=HttpCall(
                 method=method,  # type: ignore[arg-type]  # one of PLANNED_METHODS, upper-cased
@@ -423,10 +440,14 @@ class _Planner:
                 path_params=tuple(inputs.located["path"]),
                 query_params=tuple(inputs.located["query"]),
                 header_params=tuple(inputs.located["header"]),
+                cookie_params=tuple(inputs.located["cookie"]),
                 query_styles=inputs.query_styles,
+                styles=inputs.styles,
                 wire_names=inputs.wire_names,
                 body_param=inputs.body_param,
                 body_encoding=inputs.body_encoding,
+                body_media_type=inputs.body_media_type,
+                file_fields=inputs.file_fields,
                 auth=auth[0],
                 auth_secret=auth[1],
                 auth_name=auth[2],
@@ -449,11 +470,6 @@ class _Planner:
                     raise PlanProblem(f"{_where(at)}: a parameter needs `name` and `in`")
                 merged[(param["in"], param["name"])] = (param, at)
         for (location, pname), (param, at) in merged.items():
-            if location == "cookie":
-                if param.get("required"):
-                    return f"needs cookie parameter {pname!r}, which tools cannot send"
-                self._left_out(operation, f"its optional cookie parameter {pname!r}")
-                continue
             if location == "header" and pname.lower() in _DROPPED_HEADERS:
                 continue
             if location not in located:
@@ -478,6 +494,13 @@ class _Planner:
             located[location].append(prop)
             if location == "query" and (style := query_style(param)) != "form":
                 inputs.query_styles[pname] = style
+            elif location != "query":
+                try:
+                    written = param_style(location, param)
+                except ValueError as exc:
+                    return f"{location} parameter {pname!r}: {exc}"
+                if written is not None:
+                    inputs.styles[pname] = written
             if location == "path" or param.get("required"):
                 required.append(prop)
         for placeholder in re.findall(r"\{([^}]+)\}", operation.path):
@@ -488,13 +511,36 @@ class _Planner:
                 required.append(placeholder)
         return inputs
 
+    def _output_schema(self, operation: _Operation) -> dict[str, Any] | None:
+        """The tool's output schema: its first success response's JSON schema (200 before 201... before 2XX), as
+        `output_schema` serves it; None when the document gives no JSON success response."""
+        responses = operation.op.get("responses")
+        if not isinstance(responses, dict):
+            return None
+        success = sorted((str(code) for code in responses if str(code).startswith("2")), key=lambda c: c.upper())
+        for code in success:
+            where = f"{operation.where}.responses.{code}"
+            response = self.deref(responses[code], where)
+            content = response.get("content") if isinstance(response, dict) else None
+            if not isinstance(content, dict):
+                continue
+            media_type = _media_type(content, _BODY_MEDIA_TYPES[0][1])
+            media = content.get(media_type) if media_type is not None else None
+            if isinstance(media, dict) and "schema" in media:
+                served = output_schema(self.schema(media["schema"], f"{where}.content.{media_type}.schema"))
+                if served is None:
+                    self.unserved_outputs.append(f"{operation.method.upper()} {operation.path}")
+                return served
+        return None
+
     def _left_out(self, operation: _Operation, what: str) -> None:
         """Flag something optional of an operation that its tool goes without: nothing is dropped silently."""
         self.notes.flag(PlanFlag(kind="note", detail=f"{operation.method.upper()} {operation.path}: planned "
                                                      f"without {what}"))
 
     def _request_body(self, operation: _Operation, inputs: _Inputs) -> str | None:
-        """Add the operation's JSON request body to `inputs`; why it cannot be planned, or None."""
+        """Add the operation's request body to `inputs` (JSON, form fields, multipart parts or text, in that order
+        of preference when it offers several); why it cannot be planned, or None."""
         op, where = operation.op, operation.where
         if "requestBody" not in op:
             return None
@@ -502,18 +548,25 @@ class _Planner:
         content = body.get("content") if isinstance(body, dict) else None
         if not isinstance(content, dict) or not content:
             raise PlanProblem(f"{_where(where + '.requestBody')}: needs `content`")
-        media_type = _media_type(content, lambda m: m == "application/json" or m.endswith("+json"))
-        if media_type is None and (form := _media_type(content, lambda m: m == FORM_MEDIA_TYPE)) is not None:
-            media_type, inputs.body_encoding = form, "form"
-        if media_type is None:
-            why = f"sends its request body only as {', '.join(content)}; tools send JSON or form fields"
+        chosen = next(((media_type, encoding) for encoding, wanted in _BODY_MEDIA_TYPES
+                       if (media_type := _media_type(content, wanted)) is not None), None)
+        if chosen is None:
+            why = (f"sends its request body only as {', '.join(content)}; tools send JSON, form fields, multipart "
+                   "parts or text")
             if body.get("required"):
                 return why
             self._left_out(operation, f"its optional request body: it {why}")
             return None
+        media_type, inputs.body_encoding = chosen
         inputs.body_param = unique_name("body", set(inputs.properties))
         media = content[media_type] or {}
-        schema = self.schema(media.get("schema", {}), f"{where}.requestBody.content.{media_type}.schema")
+        at = f"{where}.requestBody.content.{media_type}.schema"
+        schema = self.schema(media.get("schema", {}), at)
+        if inputs.body_encoding == "text":
+            inputs.body_media_type = media_type.split(";")[0].strip().lower()
+            schema = {"type": "string", **{k: v for k, v in schema.items() if k in _TEXT_KEYWORDS}}
+        elif inputs.body_encoding == "multipart":
+            schema, inputs.file_fields = _file_fields(schema, media.get("encoding"))
         if isinstance(body.get("description"), str) and body["description"].strip():
             schema = {**schema, "description": body["description"].strip()}
         inputs.properties[inputs.body_param] = schema
@@ -523,6 +576,134 @@ class _Planner:
 
 
 FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
+_TEXT_KEYWORDS = frozenset({"description", "examples", "default", "enum", "minLength", "maxLength", "pattern",
+                            "format"})
+"""What a text body's schema keeps of its document's schema (a text body is a string, whatever that says)."""
+_BODY_MEDIA_TYPES: tuple[tuple[BodyEncoding, Callable[[str], bool]], ...] = (
+    ("json", lambda m: m == "application/json" or m.endswith("+json")),
+    ("form", lambda m: m == FORM_MEDIA_TYPE),
+    ("multipart", lambda m: m == "multipart/form-data"),
+    ("text", lambda m: m.startswith("text/")),
+)
+"""The request bodies tools send, in order of preference, each with the media types it sends."""
+
+FILE_INPUT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "base64": {"type": "string", "contentEncoding": "base64", "description": "The file's content, base64."},
+        "url": {"type": "string", "format": "uri",
+                "description": "Where the server fetches the file from instead (one of its upstream hosts)."},
+        "filename": {"type": "string"},
+        "content_type": {"type": "string", "description": "The file's media type (application/octet-stream "
+                                                          "when not given)."},
+    },
+    "oneOf": [{"required": ["base64"]}, {"required": ["url"]}],
+    "additionalProperties": False,
+}
+"""What a model sends for a file field of a multipart body (`HttpCall.file_fields`)."""
+
+
+_OUTPUT_DROPPED = frozenset({
+    "required", "enum", "const", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
+    "minLength", "maxLength", "pattern", "minItems", "maxItems", "uniqueItems", "minProperties", "maxProperties",
+    "dependentRequired", "readOnly", "writeOnly",
+})
+"""Output-schema keywords left out: what real APIs answer departs from them too often (a field not always there,
+an enum grown since the document was written) for a client to hold every answer to them."""
+
+
+MAX_OUTPUT_SCHEMA = 4_000
+"""Characters of JSON a tool's output schema may take (~1,000 tokens): deeper levels are summarised until it fits
+(real response schemas run to 80,000 tokens once their refs are inlined, and every client pays for them)."""
+
+
+def output_schema(schema: dict[str, Any], max_chars: int = MAX_OUTPUT_SCHEMA) -> dict[str, Any] | None:
+    """A documented response schema as a tool's `outputSchema`, or None when even its top level is too large.
+
+    An object at the top (MCP's rule; anything else goes under `result`, as the runner puts such a value), and
+    lenient where APIs drift from their documents: every value may also be null, `oneOf` is `anyOf`,
+    `additionalProperties: false` and the `_OUTPUT_DROPPED` constraints are left out (an enum is kept as the
+    description's list of known values). Levels below the deepest that fits `max_chars` keep only their type and
+    the start of their description. What remains tells a model the shape, names, types and meanings of the
+    answer, and every answer that keeps to the document keeps to it."""
+    for depth in (8, 4, 3, 2, 1):
+        served = _served_output(schema, depth)
+        if len(json.dumps(served)) <= max_chars:
+            return served
+    return None
+
+
+def _served_output(schema: dict[str, Any], max_depth: int) -> dict[str, Any]:
+    def lenient(node: Any, depth: int) -> Any:
+        if not isinstance(node, dict):
+            return node
+        if depth >= max_depth:
+            summary = {k: v for k, v in node.items() if k == "type"}
+            if isinstance(node.get("description"), str):
+                summary["description"] = node["description"][:120]
+            node = summary
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            if key in _OUTPUT_DROPPED or (key == "additionalProperties" and value is False):
+                continue
+            if key in _SCHEMA_MAP and isinstance(value, dict):
+                out[key] = {name: lenient(sub, depth + 1) for name, sub in value.items()}
+            elif key in _SCHEMA_LIST and isinstance(value, list):
+                out["anyOf" if key == "oneOf" else key] = [lenient(sub, depth + 1) for sub in value]
+            elif key in _SCHEMA_CHILD:
+                out[key] = lenient(value, depth + 1)
+            else:
+                out[key] = value
+        if isinstance(node.get("enum"), list) and node["enum"]:
+            known = ", ".join(json.dumps(v) for v in node["enum"][:20])
+            out["description"] = f"{out.get('description', '')} (known values: {known})".strip()
+        kind = out.get("type")
+        if isinstance(kind, str) and kind != "null":
+            out["type"] = [kind, "null"]
+        elif isinstance(kind, list) and "null" not in kind:
+            out["type"] = [*kind, "null"]
+        return out
+
+    served: dict[str, Any] = lenient(schema, 0)
+    is_object = schema.get("type") == "object" or ("type" not in schema and "properties" in schema)
+    if is_object:
+        served["type"] = "object"  # the top is the result itself: an object, never null
+        return served
+    return {"type": "object", "properties": {"result": served}, "required": ["result"]}
+
+
+def _is_file(schema: dict[str, Any], content_type: Any) -> bool:
+    """Whether a multipart field is a file: binary (`format: binary`, or 3.1's `contentMediaType` /
+    `contentEncoding`), or given a non-text `contentType` in the body's `encoding`."""
+    if schema.get("format") == "binary" or "contentMediaType" in schema or "contentEncoding" in schema:
+        return True
+    kind = str(content_type or "").split(";")[0].strip().lower()
+    return bool(kind) and not (kind.startswith("text/") or kind == "application/json" or kind.endswith("+json"))
+
+
+def _file_fields(schema: dict[str, Any], encoding: Any) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """A multipart body's schema with each file field (or array of files) described as `FILE_INPUT_SCHEMA`, and
+    the names of those fields."""
+    properties = schema.get("properties")
+    if not isinstance(properties, dict):
+        return schema, ()
+    encodings = encoding if isinstance(encoding, dict) else {}
+    served: dict[str, Any] = {}
+    files: list[str] = []
+    for name, field_schema in properties.items():
+        content_type = (encodings.get(name) or {}).get("contentType") if isinstance(encodings.get(name), dict) \
+            else None
+        items = field_schema.get("items") if field_schema.get("type") == "array" else None
+        described = {k: v for k, v in field_schema.items() if k == "description"}
+        if isinstance(items, dict) and _is_file(items, content_type):
+            served[name] = {"type": "array", "items": FILE_INPUT_SCHEMA, **described}
+            files.append(name)
+        elif items is None and _is_file(field_schema, content_type):
+            served[name] = {**FILE_INPUT_SCHEMA, **described}
+            files.append(name)
+        else:
+            served[name] = field_schema
+    return {**schema, "properties": served}, tuple(files)
 
 
 MODEL_SAFE_NAME = re.compile(r"^[a-zA-Z0-9_.-]{1,64}$")
@@ -540,6 +721,29 @@ def model_safe_name(wire: str, taken: set[str]) -> str:
     while candidate in taken:
         candidate, n = f"{name}_{n}", n + 1
     return candidate
+
+
+_PARAM_STYLES: dict[str, dict[tuple[str, bool], ParamStyle | None]] = {
+    "path": {("simple", False): None, ("simple", True): "simple_exploded", ("label", False): "label",
+             ("label", True): "label_exploded", ("matrix", False): "matrix", ("matrix", True): "matrix_exploded"},
+    "header": {("simple", False): None, ("simple", True): "simple_exploded"},
+    "cookie": {("form", True): None, ("form", False): "form_joined"},
+}
+"""(OpenAPI style, explode) -> how it is written (`ParamStyle`), per location; None is the location's default."""
+
+
+def param_style(location: str, param: dict[str, Any]) -> ParamStyle | None:
+    """How a path, header or cookie parameter is written, from its OpenAPI `style` (default simple, or form for
+    cookies) and `explode` (default false, or true for form); None when it is the location's default. ValueError
+    for a style the location does not have (its operation is skipped, and flagged, saying so)."""
+    styles = _PARAM_STYLES[location]
+    style = param.get("style", "form" if location == "cookie" else "simple")
+    explode = param.get("explode", style == "form")
+    if (style, bool(explode)) not in styles:
+        allowed = sorted({s for s, _ in styles})
+        raise ValueError(f"style {style!r} (explode {bool(explode)}) is not one a {location} parameter can have "
+                         f"({', '.join(allowed)})")
+    return styles[(style, bool(explode))]
 
 
 def query_style(param: dict[str, Any]) -> QueryStyle:
@@ -571,8 +775,10 @@ def _title_and_description(operation: _Operation) -> tuple[str, str]:
         description = f"(Deprecated upstream.) {description}"
     if len(description) > MAX_DESCRIPTION:
         description = description[: MAX_DESCRIPTION - 1].rstrip() + "…"
-    title = (summary or str(op.get("operationId") or "") or f"{method} {operation.path}")[:200]
-    return title, description
+    title = summary.splitlines()[0].strip().rstrip(".") if summary else ""
+    if not title and op.get("operationId"):
+        title = snake_case(str(op["operationId"])).replace("_", " ").capitalize()
+    return (title or f"{method} {operation.path}")[:200], description
 
 
 def _selected(operations: list[_Operation], source: OpenApiSource, names: list[str]) -> list[int]:
@@ -612,10 +818,16 @@ def plan_openapi(
 ) -> ToolPlan:
     """The tool plan of an OpenAPI document; PlanProblem says where the document stops it."""
     doc = parse_document(text)
+    if is_swagger2(doc):
+        doc, approximations = openapi3_from_swagger2(doc, document_url)
+        notes.info("converted from Swagger 2.0 to OpenAPI 3.0")
+        for approximation in approximations:
+            notes.warn(f"converted from Swagger 2.0 approximately: {approximation}")
+            notes.flag(PlanFlag(kind="note", detail=f"converted from Swagger 2.0 approximately: {approximation}"))
     version = doc.get("openapi")
     if not isinstance(version, str) or not re.match(r"^3\.[01]\.", version + "."):
-        found = f"swagger {doc['swagger']!r} (Swagger 2)" if "swagger" in doc else repr(version)
-        raise PlanProblem(f"OpenAPI document: openapi: {found} is not OpenAPI 3.0 or 3.1")
+        found = f"swagger {doc['swagger']!r}" if "swagger" in doc else repr(version)
+        raise PlanProblem(f"OpenAPI document: openapi: {found} is not OpenAPI 3.0 or 3.1 (nor Swagger 2.0)")
     planner = _Planner(doc=doc, source=source, document_url=document_url, notes=notes)
     operations = planner.operations()
     info: dict[str, Any] = doc["info"] if isinstance(doc.get("info"), dict) else {}
@@ -656,6 +868,11 @@ def plan_openapi(
         cycles = ", ".join(sorted(planner.cycles))
         notes.info(f"recursive schemas cut where they refer back to themselves: {cycles}")
         notes.flag(PlanFlag(kind="note", detail=f"recursive schemas cut (said so in their descriptions): {cycles}"))
+    if planner.unserved_outputs:
+        notes.flag(PlanFlag(kind="note", detail=f"{len(planner.unserved_outputs)} tool(s) without an output schema: "
+                            "their response schemas have too many fields to serve even summarised ("
+                            + ", ".join(planner.unserved_outputs[:5]) + ("…" if len(planner.unserved_outputs) > 5
+                                                                         else "") + ")"))
     if planner.truncated:
         notes.flag(PlanFlag(kind="truncated", detail=f"{len(planner.truncated)} schema(s) cut for depth or size"))
         notes.warn(f"{len(planner.truncated)} schema(s) were nested too deeply or too large and were cut")

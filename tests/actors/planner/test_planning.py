@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 
 from actors.catalog import create_actor
-from actors.planner.openapi import parse_document
+from actors.planner.openapi import FILE_INPUT_SCHEMA, parse_document
 from actors.runtime.bus import connect
 from actors.runtime.codec import encode
 from actors.runtime.fetch import FetchRefused, fetch_document
@@ -65,7 +65,7 @@ async def test_openapi_document_plans_one_tool_per_operation_with_refs_resolved_
 ) -> None:
     plan, _ = await planned(admin_nc, OpenApiSource(document=TRACKER))
     names = [t.name for t in plan.tools]
-    assert len(names) == 25 and len(set(names)) == 25
+    assert len(names) == 26 and len(set(names)) == 26
     assert {"list_projects", "get_issue", "add_comment", "get_users_by_username", "search_issues"} <= set(names)
     tools = {t.name: t for t in plan.tools}
     assert plan.planned_from == "openapi" and plan.server_name == "tracker"
@@ -93,7 +93,11 @@ async def test_openapi_document_plans_one_tool_per_operation_with_refs_resolved_
     assert plan.upstream_hosts == ("eu.api.tracklet.example",)
     assert plan.tool_list_tokens > 1000
     kinds = [f.kind for f in plan.flags]
-    assert kinds.count("skipped_operation") == 2
+    assert kinds.count("skipped_operation") == 1
+    upload = tools["upload_attachment"]  # a multipart body with a binary field: a file part, base64 or a URL
+    assert isinstance(upload.implementation, HttpCall)
+    assert (upload.implementation.body_encoding, upload.implementation.file_fields) == ("multipart", ("file",))
+    assert upload.input_schema["properties"]["body"]["properties"]["file"] == FILE_INPUT_SCHEMA
     assert any(f.kind == "note" and "Comment" in f.detail and "Issue" in f.detail for f in plan.flags)
 
 
@@ -109,8 +113,8 @@ async def test_the_build_stream_tells_the_whole_plan_step_in_order(planner: None
     assert set(kinds[2:-2]) == {"log"}
     text = "\n".join(lines)
     assert "found 27 operations" in text
-    assert "skipped 2: OPTIONS /issues/{issueId}/events" in text and "POST /attachments" in text
-    assert "planned 25 tool(s); tool list ~" in text and "tokens (estimate" in text
+    assert "skipped 1: OPTIONS /issues/{issueId}/events" in text and "POST /attachments" not in text
+    assert "planned 26 tool(s); tool list ~" in text and "tokens (estimate" in text
     assert "recursive schemas cut" in text and "BEARER_AUTH" in text
     last = events[-1][1]
     assert isinstance(last, BuildPlanned) and last.tool_count == len(plan.tools)
@@ -162,7 +166,7 @@ paths:
         ("openapi: 3.0.3\ninfo: {title: t, version: '1'}\n", "OpenAPI document: paths: missing"),
         (DANGLING, "OpenAPI document: paths./pets/{id}.get.parameters[0]: $ref '#/components/parameters/Nope' "
                    "does not resolve"),
-        ("swagger: '2.0'\npaths: {}\n", "is not OpenAPI 3.0 or 3.1"),
+        ("swagger: '2.0'\npaths: []\n", "Swagger 2.0 document: paths: must be an object"),
     ],
     ids=["bad-yaml", "bad-json", "no-paths", "dangling-ref", "swagger-2"],
 )
@@ -178,7 +182,7 @@ async def test_a_malformed_document_fails_at_plan_saying_where(
 
 async def test_a_document_by_url_is_fetched_and_planned(planner: None, admin_nc, document_server: str) -> None:
     plan, events = await planned(admin_nc, OpenApiSource(url=document_server))
-    assert len(plan.tools) == 25
+    assert len(plan.tools) == 26
     assert any(isinstance(e, LogLine) and e.message.startswith("fetched the OpenAPI document") for _, e, _ in events)
 
 

@@ -4,6 +4,7 @@ theirs is lost without a flag saying so."""
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,14 @@ from actors.checker.handlers import check_artifact
 from actors.checker.rules import errors
 from actors.checker.toolchain import Toolchain
 from actors.codegen.artifacts import build_artifact
-from actors.planner.openapi import _DROPPED_HEADERS, MODEL_SAFE_NAME, plan_openapi
+from actors.planner.openapi import (
+    _DROPPED_HEADERS,
+    MAX_OUTPUT_SCHEMA,
+    MODEL_SAFE_NAME,
+    output_schema,
+    param_style,
+    plan_openapi,
+)
 from actors.planner.planning import finish_plan, plan_hash
 from actors.planner.problems import PlanNotes, PlanProblem
 from bus_schemas.builds import OpenApiSource
@@ -53,12 +61,12 @@ async def test_a_real_document_is_planned_generated_checked_and_served_with_the_
     assert not errors(findings), [f.render() for f in errors(findings)][:5]
     tools = await start_tools(RunnerSettings(artifact="-", insecure_no_auth=True), artifact, None)
     try:
-        served = {t.name: t.input_schema for t in tools.tools}
+        served = {t.name: (t.input_schema, t.output_schema) for t in tools.tools}
     finally:
         await tools.close()
     assert list(served) == [t.name for t in plan.tools]
     for planned in plan.tools:
-        assert served[planned.name] == planned.input_schema, planned.name
+        assert served[planned.name] == (planned.input_schema, planned.output_schema), planned.name
 
 
 def _resolved(doc: dict[str, Any], node: Any) -> Any:
@@ -87,7 +95,8 @@ def lost_without_a_flag(doc: dict[str, Any], plan: ToolPlan) -> list[str]:
             if call is None:
                 lost.append(f"{label}: the operation")
                 continue
-            placed = {call.wire_names.get(p, p) for p in (*call.path_params, *call.query_params, *call.header_params)}
+            placed = {call.wire_names.get(p, p)
+                      for p in (*call.path_params, *call.query_params, *call.header_params, *call.cookie_params)}
             declared = [*item.get("parameters", []), *operation.get("parameters", [])]
             for parameter in (_resolved(doc, p) for p in declared):
                 if parameter.get("in") == "header" and parameter["name"].lower() in _DROPPED_HEADERS:
@@ -179,3 +188,61 @@ def test_a_renamed_parameter_never_takes_the_name_of_another() -> None:
     assert isinstance(tool.implementation, HttpCall)
     sent_as = {p: tool.implementation.wire_names.get(p, p) for p in tool.input_schema["properties"]}
     assert sorted(sent_as.values()) == ["ids", "ids[]"] and len(set(sent_as)) == 2
+
+
+def test_documented_responses_are_served_as_output_schemas_that_fit() -> None:
+    plan = plan_of("swagger_petstore")
+    tools = {t.name: t for t in plan.tools}
+    pet = tools["get_pet_by_id"].output_schema
+    assert pet is not None and pet["type"] == "object"
+    assert pet["properties"]["name"]["type"] == ["string", "null"] and "required" not in pet
+    assert "available" in pet["properties"]["status"]["description"] and "enum" not in pet["properties"]["status"]
+    found = tools["find_pets_by_status"].output_schema  # an array answer goes under `result`
+    assert found is not None and found["required"] == ["result"]
+    assert found["properties"]["result"]["type"] == ["array", "null"]
+    for name in ("spotify_web_api", "openai"):  # response schemas of 80,000 tokens are summarised to fit
+        sizes = [len(json.dumps(t.output_schema)) for t in plan_of(name).tools if t.output_schema is not None]
+        assert sizes and max(sizes) <= MAX_OUTPUT_SCHEMA
+
+
+def test_output_schemas_summarise_deep_levels_and_give_up_only_when_the_top_is_too_large() -> None:
+    deep = {"type": "object", "properties": {"a": {"type": "object", "description": "level one", "properties": {
+        "b": {"type": "object", "properties": {"c": {"type": "string", "enum": ["x"]}}}}}}}
+    assert output_schema(deep)["properties"]["a"]["properties"]["b"]["properties"]["c"]["type"] == ["string", "null"]
+    small = output_schema(deep, max_chars=120)
+    assert small == {"type": "object", "properties": {"a": {"type": ["object", "null"], "description": "level one"}}}
+    wide = {"type": "object", "properties": {f"field_{i}": {"type": "string"} for i in range(400)}}
+    assert output_schema(wide) is None
+    notes = PlanNotes()
+    document = json.dumps({"openapi": "3.0.3", "info": {"title": "t", "version": "1"},
+                           "servers": [{"url": "https://api.example.com"}],
+                           "paths": {"/wide": {"get": {"responses": {"200": {"description": "wide", "content": {
+                               "application/json": {"schema": wide}}}}}}}})
+    plan = plan_openapi(document, OpenApiSource(document=document), "wide", notes)
+    assert plan.tools[0].output_schema is None
+    assert any("without an output schema" in f.detail and "GET /wide" in f.detail for f in plan.flags)
+
+
+@pytest.mark.parametrize(("location", "param", "style"), [
+    ("path", {}, None), ("path", {"style": "label", "explode": True}, "label_exploded"),
+    ("path", {"style": "matrix"}, "matrix"), ("header", {"explode": True}, "simple_exploded"),
+    ("cookie", {}, None), ("cookie", {"explode": False}, "form_joined"),
+])
+def test_path_header_and_cookie_styles_are_planned_from_style_and_explode(
+    location: str, param: dict[str, Any], style: str | None
+) -> None:
+    assert param_style(location, param) == style
+
+
+def test_a_style_a_location_cannot_have_skips_its_operation_and_says_why() -> None:
+    document = json.dumps({"openapi": "3.0.3", "info": {"title": "t", "version": "1"},
+                           "servers": [{"url": "https://api.example.com"}],
+                           "paths": {"/a": {"get": {"operationId": "listA", "parameters": [
+                               {"name": "X-Ids", "in": "header", "style": "form", "schema": {"type": "array"}}],
+                               "responses": {"200": {"description": "ok"}}}},
+                               "/b": {"get": {"operationId": "listB", "responses": {"200": {"description": "ok"}}}}}})
+    notes = PlanNotes()
+    plan = plan_openapi(document, OpenApiSource(document=document), "styles", notes)
+    assert [t.name for t in plan.tools] == ["list_b"] and plan.tools[0].title == "List b"
+    assert any(f.kind == "skipped_operation" and "header parameter 'X-Ids': style 'form'" in f.detail
+               for f in plan.flags)
