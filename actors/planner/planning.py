@@ -13,7 +13,9 @@ import msgspec
 import nats.js.errors
 from nats.js import JetStreamContext
 
-from actors.planner.claude import NO_KEY, ClaudeConfig, plan_plain_words
+from actors.planner.chat_completions import ChatConversation
+from actors.planner.claude import ClaudeConversation
+from actors.planner.llm import Conversation, ModelConfig, model_config, plan_plain_words
 from actors.planner.openapi import plan_openapi
 from actors.planner.problems import PlanNotes, PlanProblem
 from actors.planner.tool_spec import plan_tool_spec
@@ -54,15 +56,18 @@ async def plan_request(event: BuildRequested, settings: Settings, notes: PlanNot
     if isinstance(source, ToolSpecSource):
         return plan_tool_spec(source, event.name, notes)
     assert isinstance(source, PlainWords)
-    if not settings.anthropic_api_key:
-        raise PlanProblem(NO_KEY)
+    config = model_config(settings)
     for reason in injection_markers(source.text):
         notes.flag(PlanFlag(kind="prompt_injection", detail=f"the request's text {reason}"))
         notes.warn(f"possible prompt injection in the request's text: {reason}")
-    config = ClaudeConfig(
-        api_key=settings.anthropic_api_key, model=settings.anthropic_model, base_url=settings.anthropic_base_url
-    )
-    return await plan_plain_words(source.text, event.name, config, notes)
+    return await plan_plain_words(source.text, event.name, conversation(config, notes), notes)
+
+
+def conversation(config: ModelConfig, notes: PlanNotes) -> Conversation:
+    """A planning conversation with the configured provider's model."""
+    if config.provider == "openai":
+        return ChatConversation(config, notes)
+    return ClaudeConversation(config)
 
 
 def tool_list(plan: ToolPlan) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import Literal
 
 import msgspec
 
@@ -78,6 +79,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """The Claude model id the planner asks."""
     anthropic_base_url: str | None = None
     """Where the Messages API answers, when not api.anthropic.com (a proxy, or a local server in tests)."""
+    llm_provider: Literal["anthropic", "openai"] = "anthropic"
+    """Who plans plain words: `anthropic` (Claude, through the Messages API) or `openai` (any OpenAI-compatible
+    chat-completions server: OpenAI, vLLM, llama.cpp's server, Ollama)."""
+    llm_base_url: str | None = None
+    """Where the provider's API answers, e.g. `http://localhost:11434/v1` for Ollama (`openai` default:
+    https://api.openai.com/v1; `anthropic`: `anthropic_base_url`, else api.anthropic.com)."""
+    llm_model: str | None = None
+    """The model id to ask; required for `openai` (`anthropic` default: `anthropic_model`)."""
+    llm_api_key: str | None = None
+    """The provider's API key; optional for a local `openai` server (`anthropic` default: `anthropic_api_key`).
+    Never logged nor written into a build's events."""
+    llm_timeout: float = 120.0
+    """Seconds one request to the model may take (the SDK retries a server that is briefly away twice)."""
     planner_token_budget: int = 10_000
     """A plan whose served tool list is estimated above this many tokens is flagged, naming its heaviest tools
     (a model reads the whole list on every request)."""

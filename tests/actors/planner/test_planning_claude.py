@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from actors.catalog import create_actor
 from actors.planner.claude import TOOL_NAME
 from bus_schemas.builds import LogLine, PlainWords
 from bus_schemas.plans import HttpCall, PureFunction
 from tests.conftest import Stack, running
+from tests.support.fake_anthropic import MessagesApi, messages_server
 from tests.support.planning_helpers import failure, planned
 
 GOOD_PLAN: dict[str, Any] = {
@@ -55,37 +54,10 @@ TYPED_PLAN: dict[str, Any] = {
 """GOOD_PLAN with its pure tool written so that it type-checks (`joke` is optional)."""
 
 
-@dataclass
-class MessagesApi:
-    """Answers POST /v1/messages with the next queued tool input, and remembers every request."""
-
-    answers: list[dict[str, Any]] = field(default_factory=list)
-    requests: list[dict[str, Any]] = field(default_factory=list)
-
-    async def handle(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        self.requests.append({"headers": {k.lower(): v for k, v in request.headers.items()}, "body": body})
-        answer = self.answers.pop(0)
-        return web.json_response({
-            "id": f"msg_{len(self.requests)}", "type": "message", "role": "assistant", "model": body["model"],
-            "content": [{"type": "tool_use", "id": f"toolu_{len(self.requests)}", "name": TOOL_NAME, "input": answer}],
-            "stop_reason": "tool_use", "stop_sequence": None,
-            "usage": {"input_tokens": 1000 + len(self.requests), "output_tokens": 200},
-        })
-
-
 @pytest.fixture(scope="module")
 async def messages_api() -> AsyncIterator[tuple[MessagesApi, str]]:
-    api = MessagesApi()
-    app = web.Application()
-    app.router.add_post("/v1/messages", api.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield api, f"http://127.0.0.1:{port}"
-    await runner.cleanup()
+    async with messages_server() as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
