@@ -12,6 +12,7 @@ words cost Claude tokens that no build meters.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections import deque
@@ -24,6 +25,7 @@ from actors.planner.planning import finish_plan, plan_request, tool_list
 from actors.planner.problems import PlanNotes, PlanProblem
 from actors.runtime.actor import Context, TransientError, utc_now
 from actors.runtime.codec import encode
+from actors.runtime.settings import Settings
 from bus_schemas.base import Failed, FailureCode
 from bus_schemas.builds import BuildRequested
 from bus_schemas.plans import HttpCall, PlannedTool, ToolPlan
@@ -138,20 +140,27 @@ async def preview_plan(request: PreviewPlan, ctx: Context, state: PreviewState) 
     if refused is not None:
         ctx.log.info("refused a plan preview of %s: %s", request.org_id, refused.detail)
         return refused
-    notes = PlanNotes()
     try:
-        plan = await plan_request(as_build_request(request), settings, notes)
+        # Planning a large document is seconds of CPU in one call (OpenAI's: ~7 s): in a thread of its own, with
+        # its own event loop, the actor's loop keeps answering its other endpoints and consumers meanwhile.
+        plan, notes = await asyncio.to_thread(asyncio.run, planned(request, settings))
     except PlanProblem as problem:
         return Failed(code=FailureCode.INVALID, detail=str(problem))
     except TransientError as exc:
         return Failed(code=FailureCode.UNAVAILABLE, detail=f"{exc}; try again", retry_after_seconds=5)
     finally:
         state.limiter.give_back(request.org_id)
-    plan = finish_plan(plan, notes, settings.planner_token_budget)
     ctx.log.info("previewed a plan of %d tool(s) for %s (%s)", len(plan.tools), request.org_id,
                  request.requested_by[:80])
     previewed = PlanPreviewed(preview=preview_of(plan, notes))
     return too_large(previewed, state.max_reply_bytes or ctx.nc.max_payload) or previewed
+
+
+async def planned(request: PreviewPlan, settings: Settings) -> tuple[ToolPlan, PlanNotes]:
+    """The finished plan of the request's source, as the plan step makes it, and what planning noted."""
+    notes = PlanNotes()
+    plan = await plan_request(as_build_request(request), settings, notes)
+    return finish_plan(plan, notes, settings.planner_token_budget), notes
 
 
 def too_large(previewed: PlanPreviewed, max_bytes: int) -> Failed | None:
