@@ -7,7 +7,7 @@ from typing import Annotated, Literal, get_args
 import msgspec
 
 from bus_schemas.base import Failed, FailureCodeName, Id, Message
-from bus_schemas.servers import InstallSnippet
+from bus_schemas.servers import InstallSnippet, ToolListDiff
 
 BuildKind = Literal["requested", "step", "log", "planned", "generated", "checked", "deployed", "failed"]
 """The last token of a build event subject: `builds.<org>.<build>.<kind>`."""
@@ -229,6 +229,8 @@ class BuildDeployed(BuildEvent, frozen=True, kw_only=True, tag="build.deployed.v
     isolation: str
     install: tuple[InstallSnippet, ...] = ()
     """How to add the server to Claude (Desktop and Code), ChatGPT, Cursor and VS Code."""
+    tool_changes: ToolListDiff | None = None
+    """What this version's `tools/list` changed against the version that served before (breaking ones marked)."""
 
 
 StepFailureCode = Literal["check_failed", "backend_failed", "unhealthy"]

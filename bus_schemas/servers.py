@@ -23,6 +23,34 @@ non-root, limited; `sandbox`: a bubblewrap sandbox (own user, no network, read-o
 `process`: a plain child process (development machines only, `BMMS_ALLOW_UNSANDBOXED_CODE`)."""
 
 
+ToolPart = Literal["title", "description", "inputSchema", "annotations"]
+"""A part of a `tools/list` entry that can change between versions (the name is the tool's identity)."""
+
+
+class ToolChange(msgspec.Struct, frozen=True, kw_only=True):
+    """A tool both versions serve, and what about it changed (`actors.deployer.tool_diff` says what breaks)."""
+
+    name: str
+    parts: tuple[ToolPart, ...]
+    breaking: tuple[str, ...] = ()
+    """Why a call that worked against the earlier version may now fail, one sentence each; empty: none."""
+    notes: tuple[str, ...] = ()
+    """Changes that fail no call but deserve a look, e.g. the tool may now destroy data."""
+
+
+class ToolListDiff(msgspec.Struct, frozen=True, kw_only=True):
+    """What changed in a server's `tools/list` from the version that served before to this one."""
+
+    since: int | None = None
+    """The version compared with; None for a server's first version (every tool is `added`)."""
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    """Tools no longer served: always breaking."""
+    changed: tuple[ToolChange, ...] = ()
+    breaking: bool = False
+    """Whether a client of the earlier version may now fail: a tool removed or a change with `breaking` reasons."""
+
+
 class ServerVersion(msgspec.Struct, frozen=True, kw_only=True):
     """One deployed version of a server."""
 
@@ -30,6 +58,11 @@ class ServerVersion(msgspec.Struct, frozen=True, kw_only=True):
     build_id: Id
     artifact_hash: str
     created_at: str
+    tool_count: int | None = None
+    """How many tools the version serves."""
+    tool_changes: ToolListDiff | None = None
+    """Its tool list against the version that served before it was deployed; None while unknown (it never
+    answered a health check, or ran before tool lists were recorded)."""
 
 
 class InstallSnippet(msgspec.Struct, frozen=True, kw_only=True):

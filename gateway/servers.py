@@ -5,7 +5,8 @@ taken from the path, the query or the body, so another organisation's server is 
 Redeploying a new version is `POST /v1/builds` with `server_id` in the body.
 
 - `GET /v1/servers` -> `{"servers": [...]}`
-- `GET /v1/servers/{server_id}` -> the server with its versions
+- `GET /v1/servers/{server_id}` -> the server with its versions, each with its `tool_count` and its
+  `tool_changes` against the version that served before it (added, removed, changed, breaking marked)
 - `POST /v1/servers/{server_id}/stop`, `.../start` -> the server once the backend did it
 - `POST /v1/servers/{server_id}/rollback {"version": n}` -> the server, running version n
 - `DELETE /v1/servers/{server_id}` -> the server, `state: "deleted"`

@@ -1,10 +1,12 @@
 """Deploying a checked build: its artifact becomes a new server, or the next version of the server its request
 names, runs health-checked, and only then is routed and announced. A failed deploy leaves the version that ran
-before serving (a redeploy) or nothing running (a new server)."""
+before serving (a redeploy) or nothing running (a new server). What the new version's tool list changed against
+the version serving before it is part of the result (`tool_diff`)."""
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 import asyncpg
 
@@ -18,7 +20,7 @@ from actors.runtime.build_events import StepRun
 from actors.runtime.objects import ObjectUnusable
 from bus_schemas.base import FailureCode
 from bus_schemas.builds import BuildChecked
-from bus_schemas.servers import Isolation
+from bus_schemas.servers import Isolation, ToolListDiff
 
 ISOLATION_LOG: dict[Isolation, str] = {
     "container": "the generated code runs in a container with no network, read-only, unprivileged; "
@@ -36,8 +38,17 @@ def new_server_id(build_id: str) -> str:
     return f"s{build_id}"
 
 
-async def deploy_build(ctx: Context, state: DeployerState, checked: BuildChecked) -> tuple[storage.Server, int]:
-    """Make the checked build's artifact the running version of its server; (server, version)."""
+@dataclass(frozen=True)
+class Deployed:
+    """A build deployed: its server as it is now, the version it became, and that version's tool changes."""
+
+    server: storage.Server
+    version: int
+    tool_changes: ToolListDiff | None
+
+
+async def deploy_build(ctx: Context, state: DeployerState, checked: BuildChecked) -> Deployed:
+    """Make the checked build's artifact the running version of its server."""
     artifact = await load_artifact(ctx, checked.artifact_hash)
     server_id = checked.server_id or new_server_id(checked.build_id)
     async with storage.server_lock(ctx.pool, server_id) as conn:
@@ -54,10 +65,12 @@ async def deploy_build(ctx: Context, state: DeployerState, checked: BuildChecked
             )
         previous = server.version if server.state == "running" else None
         version = await storage.add_version(conn, server_id=server_id, build_id=checked.build_id,
-                                            artifact_hash=checked.artifact_hash, tools=artifact.tools)
+                                            artifact_hash=checked.artifact_hash, tools=artifact.tools,
+                                            replaces=server.version)
         await adopt_build_secrets(conn, state, checked, server_id)
         if server.state == "running" and server.version == version.version:
-            return server, version.version  # a redelivered build that was deployed already
+            # a redelivered build that was deployed already
+            return Deployed(server, version.version, await changes_of(conn, version))
         await storage.set_state(conn, server_id, state="deploying", detail=None)
         try:
             await start_checked(ctx, state, server, version)
@@ -66,8 +79,16 @@ async def deploy_build(ctx: Context, state: DeployerState, checked: BuildChecked
             raise
         await storage.set_state(conn, server_id, state="running", desired="running", version=version.version)
         server = await storage.find_server(conn, server_id) or server
+        changes = await changes_of(conn, version)
     await announce(ctx, server, "running", version.version)
-    return server, version.version
+    return Deployed(server, version.version, changes)
+
+
+async def changes_of(conn: asyncpg.Connection, version: storage.Version) -> ToolListDiff | None:
+    """What `version` changed in its server's tool list against the version it replaced, as recorded by its
+    health check."""
+    recorded = await storage.find_version(conn, version.server_id, version.version)
+    return None if recorded is None else recorded.tool_changes
 
 
 async def keep_previous(ctx: Context, state: DeployerState, conn: asyncpg.Connection, server: storage.Server,

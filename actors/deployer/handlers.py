@@ -4,7 +4,8 @@ It owns servers and their versions (its tables are the desired state) and makes 
 - a `checked` build becomes a new server, or a new version of the server its request names;
 - the runner is started through the backend, asked for its tools over MCP with a real service token
   (audience = the server's public URL), and only then routed (ROUTES bucket) and announced
-  (`deployed` with the URL and install snippets; `servers.<org>.<server>.changed`);
+  (`deployed` with the URL, install snippets and what its tool list changed against the version serving
+  before, breaking changes marked: `tool_diff`; `servers.<org>.<server>.changed`);
 - stop, start, roll back, delete and logs are RPCs; every change of a server holds a Postgres advisory
   lock on it, so copies of the deployer never act on one server at once;
 - at start and then periodically it reconciles: runners of servers that should not run are stopped or
@@ -28,6 +29,7 @@ from actors.deployer.deploy import ISOLATION_LOG, deploy_build, warn_missing_sec
 from actors.deployer.install import install_snippets
 from actors.deployer.refusals import DeployRefused
 from actors.deployer.state import DeployerState
+from actors.deployer.tool_diff import breaking_summary
 from actors.runtime.actor import Context, utc_now
 from actors.runtime.build_events import StepFailed, StepRun, pipeline_step
 from actors.runtime.objects import ObjectUnusable
@@ -72,15 +74,18 @@ async def deploy(event: BuildChecked, run: StepRun[BuildChecked], state: Deploye
                   "warning" if backend.isolation == "process" else "info")
     try:
         async with run.ctx.heartbeat():
-            server, version = await deploy_build(run.ctx, state, event)
+            deployed = await deploy_build(run.ctx, state, event)
     except DeployRefused as refused:
         raise StepFailed(refused.code, refused.detail) from None
+    server, version = deployed.server, deployed.version
     await warn_missing_secrets(run, server)
     await run.log("healthy", f"version {version} answers an authenticated tools/list at {server.url}")
+    if deployed.tool_changes is not None and deployed.tool_changes.breaking:
+        await run.log("breaking", breaking_summary(deployed.tool_changes), "warning")
     return BuildDeployed(
         build_id=event.build_id, org_id=event.org_id, at=utc_now(), url=server.url, server_id=server.server_id,
         version=version, backend=backend.name, isolation=backend.isolation,
-        install=install_snippets(server.name, server.url),
+        install=install_snippets(server.name, server.url), tool_changes=deployed.tool_changes,
     )
 
 

@@ -90,7 +90,7 @@ async def check_running_quota(ctx: Context, server: storage.Server) -> None:
 async def start_checked(ctx: Context, state: DeployerState, server: storage.Server, version: storage.Version
                         ) -> RunningRunner:
     """Run `version` of `server` (within its organisation's quota), health-check it over MCP with a real
-    token, route it."""
+    token (keeping the tool list it serves with the version), route it."""
     await check_running_quota(ctx, server)
     spec = await spec_for(ctx, state, server, version)
     backend = state.backend
@@ -101,10 +101,12 @@ async def start_checked(ctx: Context, state: DeployerState, server: storage.Serv
                             f"runner: {exc}") from None
     token = await service_token(ctx, state, server)
     try:
-        await wait_healthy(f"{runner.upstream}/mcp", token, version.tools,
-                           timeout=state.settings.deploy_health_timeout)
+        served = await wait_healthy(f"{runner.upstream}/mcp", token, version.tools,
+                                    timeout=state.settings.deploy_health_timeout)
     except Unhealthy as exc:
         raise DeployRefused("unhealthy", f"version {version.version} failed its health check: {exc}") from None
+    async with ctx.pool.acquire() as conn:
+        await storage.record_tool_list(conn, server.server_id, version.version, served)
     await put_route(ctx.js, ServerRoute(server_id=server.server_id, org_id=server.org_id,
                                         upstream=runner.upstream, version=version.version))
     return runner

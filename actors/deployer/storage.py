@@ -7,12 +7,14 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import asyncpg
+import msgspec
 
-from bus_schemas.servers import BackendName, Isolation, ServerInfo, ServerState, ServerVersion
+from actors.deployer.tool_diff import ServedTool, diff_tool_lists
+from bus_schemas.servers import BackendName, Isolation, ServerInfo, ServerState, ServerVersion, ToolListDiff
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,10 @@ class Version:
     artifact_hash: str
     tools: tuple[str, ...]
     created_at: dt.datetime
+    replaces: int | None = None
+    """The version that served before it was deployed; None when none did."""
+    tool_changes: ToolListDiff | None = None
+    """What its tool list changed against `replaces`, known once both passed a health check."""
 
 
 def _rfc3339(value: dt.datetime) -> str:
@@ -53,10 +59,17 @@ def _server(row: asyncpg.Record) -> Server:
     )
 
 
+_tool_list = msgspec.json.Decoder(tuple[ServedTool, ...])
+_tool_changes = msgspec.json.Decoder(ToolListDiff)
+
+
 def _version(row: asyncpg.Record) -> Version:
+    """A version row; its (large) tool list is not selected: only recording the next version's changes reads it."""
+    changes = row["tool_changes"]
     return Version(
         server_id=row["server_id"], version=row["version"], build_id=row["build_id"],
         artifact_hash=row["artifact_hash"], tools=tuple(row["tools"]), created_at=row["created_at"],
+        replaces=row["replaces"], tool_changes=None if changes is None else _tool_changes.decode(changes),
     )
 
 
@@ -100,20 +113,28 @@ async def list_servers(conn: asyncpg.Connection, org_id: str | None = None) -> l
 
 
 async def add_version(
-    conn: asyncpg.Connection, *, server_id: str, build_id: str, artifact_hash: str, tools: tuple[str, ...]
+    conn: asyncpg.Connection, *, server_id: str, build_id: str, artifact_hash: str, tools: tuple[str, ...],
+    replaces: int | None = None,
 ) -> Version:
-    """The server's version for `build_id`: a new one numbered after the last, or the one recorded already."""
+    """The server's version for `build_id`: a new one numbered after the last (replacing version `replaces`, the
+    one serving until now), or the one recorded already."""
     async with conn.transaction():
         await conn.execute("SELECT 1 FROM servers WHERE server_id = $1 FOR UPDATE", server_id)
-        row = await conn.fetchrow("SELECT * FROM server_versions WHERE build_id = $1", build_id)
+        row = await conn.fetchrow(
+            """
+            SELECT server_id, version, build_id, artifact_hash, tools, created_at, replaces, tool_changes
+            FROM server_versions WHERE build_id = $1
+            """,
+            build_id,
+        )
         if row is None:
             row = await conn.fetchrow(
                 """
-                INSERT INTO server_versions (server_id, version, build_id, artifact_hash, tools)
-                SELECT $1, COALESCE(MAX(version), 0) + 1, $2, $3, $4 FROM server_versions WHERE server_id = $1
-                RETURNING *
+                INSERT INTO server_versions (server_id, version, build_id, artifact_hash, tools, replaces)
+                SELECT $1, COALESCE(MAX(version), 0) + 1, $2, $3, $4, $5 FROM server_versions WHERE server_id = $1
+                RETURNING server_id, version, build_id, artifact_hash, tools, created_at, replaces, tool_changes
                 """,
-                server_id, build_id, artifact_hash, list(tools),
+                server_id, build_id, artifact_hash, list(tools), replaces,
             )
     assert row is not None
     return _version(row)
@@ -121,14 +142,62 @@ async def add_version(
 
 async def find_version(conn: asyncpg.Connection, server_id: str, version: int) -> Version | None:
     """One version of a server."""
-    row = await conn.fetchrow("SELECT * FROM server_versions WHERE server_id = $1 AND version = $2", server_id, version)
+    row = await conn.fetchrow(
+        """
+        SELECT server_id, version, build_id, artifact_hash, tools, created_at, replaces, tool_changes
+        FROM server_versions WHERE server_id = $1 AND version = $2
+        """,
+        server_id, version,
+    )
     return None if row is None else _version(row)
 
 
 async def versions(conn: asyncpg.Connection, server_id: str) -> list[Version]:
     """Every version of a server, oldest first."""
-    rows = await conn.fetch("SELECT * FROM server_versions WHERE server_id = $1 ORDER BY version", server_id)
+    rows = await conn.fetch(
+        """
+        SELECT server_id, version, build_id, artifact_hash, tools, created_at, replaces, tool_changes
+        FROM server_versions WHERE server_id = $1 ORDER BY version
+        """,
+        server_id,
+    )
     return [_version(r) for r in rows]
+
+
+async def record_tool_list(conn: asyncpg.Connection, server_id: str, version: int,
+                           tool_list: Sequence[ServedTool]) -> None:
+    """Keep what a version served in its health check and what that changed against the version it replaced,
+    unless it has a list already (the first one stays what it is compared by)."""
+    row = await conn.fetchrow(
+        """
+        SELECT v.tool_list IS NOT NULL AS recorded, v.replaces, before.tool_list AS before
+        FROM server_versions v
+        LEFT JOIN server_versions before ON before.server_id = v.server_id AND before.version = v.replaces
+        WHERE v.server_id = $1 AND v.version = $2
+        """,
+        server_id, version,
+    )
+    if row is None or row["recorded"]:
+        return
+    before = None if row["before"] is None else _tool_list.decode(row["before"])
+    changes = tool_changes(tool_list, row["replaces"], before)
+    await conn.execute(
+        """
+        UPDATE server_versions SET tool_list = $3::jsonb, tool_changes = $4::jsonb
+        WHERE server_id = $1 AND version = $2 AND tool_list IS NULL
+        """,
+        server_id, version, msgspec.json.encode(tuple(tool_list)).decode(),
+        None if changes is None else msgspec.json.encode(changes).decode(),
+    )
+
+
+def tool_changes(tool_list: Sequence[ServedTool], replaces: int | None, before: Sequence[ServedTool] | None
+                 ) -> ToolListDiff | None:
+    """What `tool_list` changed against version `replaces` (whose list was `before`): every tool added for a first
+    version; None when the replaced version's list is unknown (it ran before lists were recorded)."""
+    if replaces is None:
+        return diff_tool_lists((), tool_list)
+    return None if before is None else diff_tool_lists(before, tool_list, since=replaces)
 
 
 async def set_state(
@@ -147,13 +216,14 @@ async def set_state(
 
 
 def server_info(server: Server, all_versions: list[Version], isolation: Isolation) -> ServerInfo:
-    """The server as its organisation sees it."""
+    """The server as its organisation sees it: each version with its tool count and its tool changes."""
     return ServerInfo(
         server_id=server.server_id, org_id=server.org_id, name=server.name, url=server.url, state=server.state,
         version=server.version, backend=server.backend, isolation=isolation, detail=server.detail,
         versions=tuple(
             ServerVersion(version=v.version, build_id=v.build_id, artifact_hash=v.artifact_hash,
-                          created_at=_rfc3339(v.created_at))
+                          created_at=_rfc3339(v.created_at), tool_count=len(v.tools),
+                          tool_changes=v.tool_changes)
             for v in all_versions
         ),
     )
