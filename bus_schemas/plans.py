@@ -94,6 +94,8 @@ class PlannedTool(msgspec.Struct, frozen=True, kw_only=True):
     read_only: bool
     """True for tools that change nothing (GET-like); decides the scope a caller needs."""
     implementation: Implementation
+    tags: tuple[str, ...] = ()
+    """The source's grouping of the tool (an OpenAPI operation's tags): how a person chooses a subset. Not served."""
     output_schema: dict[str, Any] | None = None
     """JSON Schema (type object) of the tool's structured result, where the source documents one: served as the
     tool's `outputSchema`, and every result is checked against it before a client sees it."""

@@ -432,6 +432,7 @@ class _Planner:
             description=description,
             input_schema=input_schema,
             output_schema=self._output_schema(operation),
+            tags=tuple(dict.fromkeys(t for t in op.get("tags") or [] if isinstance(t, str))),
             read_only=method in ("GET", "HEAD"),
             implementation=HttpCall(
                 method=method,  # type: ignore[arg-type]  # one of PLANNED_METHODS, upper-cased

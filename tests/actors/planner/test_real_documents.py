@@ -24,7 +24,7 @@ from actors.planner.openapi import (
     param_style,
     plan_openapi,
 )
-from actors.planner.planning import finish_plan, plan_hash
+from actors.planner.planning import TOKEN_BUDGET, finish_plan, plan_hash
 from actors.planner.problems import PlanNotes, PlanProblem
 from bus_schemas.builds import OpenApiSource
 from bus_schemas.plans import HttpCall, ToolPlan
@@ -246,3 +246,14 @@ def test_a_style_a_location_cannot_have_skips_its_operation_and_says_why() -> No
     assert [t.name for t in plan.tools] == ["list_b"] and plan.tools[0].title == "List b"
     assert any(f.kind == "skipped_operation" and "header parameter 'X-Ids': style 'form'" in f.detail
                for f in plan.flags)
+
+
+def test_a_tool_list_over_the_budget_is_flagged_with_a_tag_subset_that_fits() -> None:
+    (flag,) = [f for f in plan_of("spotify_web_api").flags if f.kind == "token_budget"]
+    assert "By tag: Tracks ~" in flag.detail
+    tags = json.loads(flag.detail.split('`"tags": ')[1].split("`")[0])
+    text = text_of("spotify_web_api")
+    notes = PlanNotes()
+    chosen = finish_plan(plan_openapi(text, OpenApiSource(document=text, tags=tags), "spotify", notes), notes)
+    assert 0 < chosen.tool_list_tokens <= TOKEN_BUDGET
+    assert not [f for f in chosen.flags if f.kind == "token_budget"]
