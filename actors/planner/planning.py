@@ -7,6 +7,7 @@ flags, the tool list's size); `store_plan` puts it in the PLANS object store und
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any
 
 import msgspec
@@ -73,7 +74,8 @@ def conversation(config: ModelConfig, notes: PlanNotes) -> Conversation:
 def tool_list(plan: ToolPlan) -> list[dict[str, Any]]:
     """The plan's tools as an MCP client's `tools/list` shows them (what a model reads on every request)."""
     return [
-        {"name": t.name, "title": t.title, "description": t.description, "inputSchema": t.input_schema}
+        {"name": t.name, "title": t.title, "description": t.description, "inputSchema": t.input_schema,
+         **({"outputSchema": t.output_schema} if t.output_schema is not None else {})}
         for t in plan.tools
     ]
 
@@ -99,9 +101,34 @@ def flag_size(plan: ToolPlan, tokens: int, budget: int, notes: PlanNotes) -> Non
     heaviest = sorted(tool_list(plan), key=tool_tokens, reverse=True)[:5]
     named = ", ".join(f"{t['name']} (~{tool_tokens(t):,})" for t in heaviest)
     detail = (f"the tool list is ~{tokens:,} tokens, over the {budget:,} budget: a model reads all of it on every "
-              f"request. Heaviest: {named}. Choose a subset with `operations` or `tags` (OpenAPI), or fewer tools")
+              f"request. Heaviest: {named}. Choose a subset with `operations` or `tags` (OpenAPI), or fewer tools"
+              + suggested_tags(plan, budget))
     notes.flag(PlanFlag(kind="token_budget", detail=detail))
     notes.warn(detail)
+
+
+def suggested_tags(plan: ToolPlan, budget: int) -> str:
+    """A subset of whole tags whose tools fit `budget` (smallest tags first, as many as fit), with each tag's
+    size, as a sentence; empty when the tools have no tags."""
+    sizes: dict[str, int] = {}
+    counts: dict[str, int] = {}
+    for tool, listed in zip(plan.tools, tool_list(plan), strict=True):
+        for tag in tool.tags:
+            sizes[tag] = sizes.get(tag, 0) + tool_tokens(listed)
+            counts[tag] = counts.get(tag, 0) + 1
+    if not sizes:
+        return ""
+    chosen: list[str] = []
+    total = 0
+    for tag in sorted(sizes, key=lambda t: (sizes[t], t)):
+        if total + sizes[tag] <= budget:
+            chosen.append(tag)
+            total += sizes[tag]
+    by_size = sorted(sizes, key=lambda t: (-sizes[t], t))
+    named = ", ".join(f"{t} ~{sizes[t]:,} ({counts[t]} tools)" for t in by_size[:8])
+    more = f" and {len(by_size) - 8} more" if len(by_size) > 8 else ""
+    fits = f'. For example `"tags": {json.dumps(chosen)}` fits (~{total:,})' if chosen else ""
+    return f". By tag: {named}{more}{fits}"
 
 
 def finish_plan(plan: ToolPlan, notes: PlanNotes, token_budget: int = TOKEN_BUDGET) -> ToolPlan:
