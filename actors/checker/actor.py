@@ -1,10 +1,9 @@
-"""The checker actor's wiring: its consumer bound to its state, the sandbox opened and closed with serving."""
+"""The checker actor's wiring: its consumer bound to its state; the toolchain warmed and the sandbox opened
+and closed with serving."""
 
 from __future__ import annotations
 
 import asyncio
-import tempfile
-from pathlib import Path
 
 from actors.checker import handlers
 from actors.checker.dynamic import Sandbox
@@ -24,7 +23,8 @@ class CheckerActor(Actor):
         self.state = state
 
     async def serve(self, settings: Settings, stop: asyncio.Event) -> None:
-        async with self.state.sample_runs(settings):
+        # The warm-up starts first: it runs while this process connects and the rest of a stack starts.
+        async with self.state.type_checks(settings, self.log), self.state.sample_runs(settings):
             await super().serve(settings, stop)
 
     async def started(self, ctx: Context) -> None:
@@ -34,10 +34,9 @@ class CheckerActor(Actor):
 def create_actor(toolchain: Toolchain | None = None, sandbox: Sandbox | None = None,
                  launcher: Launcher | None = None) -> Actor:
     """The checker actor, wired to its durable consumer; its sample runs go to `launcher`, or to the sandbox
-    the settings choose."""
-    # One mypy cache per checker process: cold runs cost seconds, warm ones a fraction of that.
-    tools = toolchain or Toolchain(cache_dir=Path(tempfile.mkdtemp(prefix="bmms-checker-mypy-")))
-    state = CheckerState(toolchain=tools, sandbox=sandbox or Sandbox(), launcher=launcher)
+    the settings choose; mypy's cache is `toolchain`'s, or the data dir's."""
+    # Without a cache dir of its own, the toolchain's mypy cache is the data dir's while serving.
+    state = CheckerState(toolchain=toolchain or Toolchain(), sandbox=sandbox or Sandbox(), launcher=launcher)
     actor = CheckerActor(state)
     step = handlers.check_build
     actor.consumer(CHECKER_GENERATED, on_park=step.on_park, max_in_flight=4)(bind(step, state))

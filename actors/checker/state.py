@@ -1,18 +1,23 @@
-"""The checker's state: its toolchain, and the sandbox its sample runs go to, chosen from the settings while
-the actor serves (a prewarmed bubblewrap sandbox, a container on docker and swarm platforms, or none)."""
+"""The checker's state: its toolchain, whose mypy cache is kept in the data dir and warmed while the actor
+serves, and the sandbox its sample runs go to, chosen from the settings while the actor serves (a prewarmed
+bubblewrap sandbox, a container on docker and swarm platforms, or none)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiodocker
 
 from actors.checker.dynamic import Sandbox
-from actors.checker.toolchain import Toolchain
+from actors.checker.toolchain import Toolchain, warm_up
 from actors.runtime.runner_images import RunnerImages, RunnerImageSettings
 from actors.runtime.sandboxes import ContainerWorker, code_sandbox
 from actors.runtime.settings import Settings
@@ -24,15 +29,57 @@ class CheckerState:
     """What the checker's handler uses: the tools it runs on each artifact and the sandbox of its sample runs."""
 
     toolchain: Toolchain
+    """The tools each artifact is checked with; while serving, its mypy cache is in the data dir (unless it
+    was given one) and warmed from the start (`type_checks`)."""
     sandbox: Sandbox
     launcher: Launcher | None = None
     """Where sample runs start: the one given, or (while serving) the one the settings choose."""
     unavailable: str | None = None
     """Why no sample run can happen here (no sandbox tool installed), said in every failed check."""
     _given_launcher: Launcher | None = field(default=None, init=False, repr=False)
+    _warm_up: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._given_launcher = self.launcher
+
+    @contextlib.asynccontextmanager
+    async def type_checks(self, settings: Settings, log: logging.Logger) -> AsyncIterator[None]:
+        """While the actor serves: mypy's cache in the data dir (it survives restarts), unless the toolchain
+        has one, and warmed in the background from the start, so the first build's check finds it warm."""
+        given = self.toolchain
+        if given.cache_dir is None:
+            self.toolchain = dataclasses.replace(given, cache_dir=mypy_cache_dir(settings))
+        self._warm_up = asyncio.create_task(self._warm(log), name="mypy-warm-up")
+        try:
+            yield
+        finally:
+            warming, self._warm_up = self._warm_up, None
+            warming.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await warming
+            self.toolchain = given
+
+    async def _warm(self, log: logging.Logger) -> None:
+        began = time.perf_counter()
+        try:
+            findings = await warm_up(self.toolchain)
+        except Exception:  # whatever it was, the first check is only slower: it fills the cache itself
+            log.exception("mypy warm-up failed; the first check runs with a cold cache")
+            return
+        if findings:
+            log.warning("mypy warm-up found what it should not: %s", findings[0].render())
+        log.info("mypy cache %s warm in %.1f s", self.toolchain.cache_dir, time.perf_counter() - began)
+
+    @property
+    def warming_up(self) -> bool:
+        """Whether the toolchain's warm-up is still running."""
+        return self._warm_up is not None and not self._warm_up.done()
+
+    async def warmed_up(self) -> None:
+        """Once the toolchain's warm-up has ended (at once when there is none): a check waits for it rather
+        than analyse the runner's API a second time beside it."""
+        if self._warm_up is not None:
+            await asyncio.wait([self._warm_up])  # a check cancelled meanwhile leaves the warm-up running
 
     @contextlib.asynccontextmanager
     async def sample_runs(self, settings: Settings) -> AsyncIterator[None]:
@@ -69,3 +116,8 @@ class CheckerState:
             log.error("no sandbox for generated code: %s", self.unavailable)
         elif isinstance(self.launcher, Prewarmed):
             self.launcher.warm()
+
+
+def mypy_cache_dir(settings: Settings) -> Path:
+    """Where a checker keeps its mypy cache: in its data dir, so a restart finds it warm."""
+    return Path(settings.data_dir).resolve() / "checker" / "mypy-cache"

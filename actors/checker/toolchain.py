@@ -12,6 +12,28 @@ loop-variable capture...), S (bandit: the security checks, a second net under th
 (blocking calls in async tools), PLE (pylint errors). Layout and naming rules are left
 out: the code is rendered, not read, and a line-length complaint would fail a build for a long docstring.
 `--ignore-noqa` and `--isolated` make ruff ignore any `# noqa` and any configuration but ours.
+
+mypy's cache, and why a warm one is safe to share between tenants' builds. A cold mypy run analyses the
+runner's API and everything it imports (pydantic, the MCP SDK, httpx...: about 1,000 modules, 2-4 s on two
+cores, far more while a stack starts); a warm one reads them back from the cache (0.2-0.3 s). So the checker
+keeps one cache for all its runs, in its data dir (it survives restarts), and fills it when it starts
+(`warm_up`: one module importing everything generated code may import, `warm_up_source`). mypy keys the
+cache itself: a different mypy version or Python version, or other options, abandon an entry, and an entry
+is used only for a file of the same size and SHA-1 of its content (a new runner_template is re-analysed;
+verified against mypy's `validate_meta`). Generated code cannot poison it for other tenants:
+- each run checks one module, under its own name (`bmms_server_<plan hash>`), in a temp dir of its own that
+  is removed after; its cache entry is that name's, used again only for the same source;
+- a module named like a cached one replaces that entry (`opentelemetry`, a namespace package the runner's
+  API imports, has the same key as a module of that name), and the next run that needs it finds it stale
+  (another size or content) and analyses the real one again: it costs that run time, it changes no one's
+  findings (tests/actors/checker/test_check_progress.py shows it). A package's entry
+  (`runner_template/__init__`) is not even the same key, and stdlib names are refused by mypy ("shadows
+  library module");
+- mypy never runs the code it reads, and no plugin is configured (inline `# mypy:` options are refused by
+  the static rules first); both tools start in Python's isolated mode (`-I`), so a module in their working
+  directory named like one they import (`typing.py`, `ruff.py`) is not imported by them;
+- the runner_template link lives next to the cache (a stable path, so warm runs do not rewrite the
+  runner's entries) and holds only the link; the sandboxed sample run sees neither.
 """
 
 from __future__ import annotations
@@ -19,16 +41,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
+import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import runner_template
-from actors.checker.rules import Finding
+from actors.checker.rules import ALLOWED_MODULES, PUBLIC_SDK, Finding
+
+log = logging.getLogger("bmms.checker")
 
 RUFF_SELECT = ("F", "E7", "E9", "B", "S", "ASYNC", "PLE")
 """Ruff rule families applied to generated modules (see the module docstring for why these)."""
@@ -53,8 +80,19 @@ class Toolchain:
     timeout_seconds: float = 120.0
     """Upper bound for each tool; a tool that takes longer is a failed check, not a pass."""
     cache_dir: Path | None = None
-    """mypy's cache, shared by the runs of one checker process (a cold run costs seconds, a warm one
-    a fraction); None uses a throwaway one per run."""
+    """mypy's cache, shared by every run (a cold run costs seconds, a warm one a fraction; the checker actor
+    keeps it in its data dir); None uses a throwaway one per run."""
+
+    def search_path(self, work: Path) -> Path:
+        """The directory mypy finds `runner_template` in: next to the cache (one stable path, so warm runs
+        find the runner's entries fresh as they are), or in this run's own `work` dir."""
+        return link_runner_template(work / "lib" if self.cache_dir is None else self.cache_dir / "mypy_path")
+
+
+MAX_CACHE_BYTES = 512 * 1024**2
+"""A cache grown past this (each checked module adds its entry, a few KB) is emptied at the next warm-up."""
+WARM_UP_MODULE = "bmms_checker_warm_up"
+"""The warm-up module's name (generated modules are `bmms_server_...`)."""
 
 
 def minimal_env() -> dict[str, str]:
@@ -76,16 +114,22 @@ def runner_template_dir() -> Path:
 def link_runner_template(into: Path) -> Path:
     """Make `into` a search path holding `runner_template` (a link to the trusted package) and nothing else."""
     into.mkdir(parents=True, exist_ok=True)
-    link = into / "runner_template"
-    if not link.exists():
-        link.symlink_to(runner_template_dir(), target_is_directory=True)
+    link, target = into / "runner_template", runner_template_dir()
+    if link.is_symlink() and link.readlink() == target:
+        return into
+    # Made aside and renamed over: runs side by side never see it missing (an older link, from a checker
+    # installed elsewhere, is replaced).
+    fresh = into / f".runner_template-{os.getpid()}-{time.monotonic_ns()}"
+    fresh.symlink_to(target, target_is_directory=True)
+    fresh.replace(link)
     return into
 
 
 async def _run(args: Sequence[str], cwd: Path, timeout: float) -> tuple[int, str, str] | None:
-    """Run a tool; None when it outlived `timeout` (it is killed)."""
+    """Run `python -I ARGS` (isolated: its working directory is not on its import path); None when it
+    outlived `timeout` (it is killed)."""
     proc = await asyncio.create_subprocess_exec(
-        *args, cwd=cwd, env=minimal_env(), stdin=asyncio.subprocess.DEVNULL,
+        sys.executable, "-I", *args, cwd=cwd, env=minimal_env(), stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     try:
@@ -132,13 +176,13 @@ async def type_check(source: str, module_name: str, toolchain: Toolchain) -> lis
         work = Path(tmp)
         (work / "src").mkdir()
         (work / "src" / file).write_text(source, encoding="utf-8")
-        lib = link_runner_template(work / "lib")
+        lib = toolchain.search_path(work)
         config = work / "mypy.ini"
         version = f"{sys.version_info.major}.{sys.version_info.minor}"
         config.write_text(_MYPY_CONFIG.format(version=version, path=lib), encoding="utf-8")
         cache = toolchain.cache_dir or work / "cache"
         result = await _run(
-            [sys.executable, "-m", "mypy", "--config-file", str(config), "--cache-dir", str(cache),
+            ["-m", "mypy", "--config-file", str(config), "--cache-dir", str(cache),
              "--output", "json", "--no-error-summary", file],
             work / "src", toolchain.timeout_seconds,
         )
@@ -161,7 +205,7 @@ async def lint(source: str, module_name: str, toolchain: Toolchain) -> list[Find
         (work / file).write_text(source, encoding="utf-8")
         version = f"py{sys.version_info.major}{sys.version_info.minor}"
         result = await _run(
-            [sys.executable, "-m", "ruff", "check", "--isolated", "--no-cache", "--ignore-noqa",
+            ["-m", "ruff", "check", "--isolated", "--no-cache", "--ignore-noqa",
              "--output-format", "json", "--target-version", version,
              "--select", ",".join(RUFF_SELECT), "--ignore", ",".join(RUFF_IGNORE), file],
             work, toolchain.timeout_seconds,
@@ -183,3 +227,23 @@ async def check_with_tools(source: str, module_name: str, toolchain: Toolchain) 
         type_check(source, module_name, toolchain), lint(source, module_name, toolchain)
     )
     return sorted(typed + linted)
+
+
+def warm_up_source() -> str:
+    """A module importing everything generated code may import (the static rules' `ALLOWED_MODULES` and
+    `PUBLIC_SDK`), so one check of it leaves all of it in mypy's cache."""
+    modules = sorted(ALLOWED_MODULES | set(PUBLIC_SDK))
+    return '"""The checker\'s warm-up: what generated code may import."""\n' + "".join(f"import {m}\n" for m in modules)
+
+
+async def warm_up(toolchain: Toolchain) -> list[Finding]:
+    """Fill mypy's cache before the first real check (emptied first if it grew past `MAX_CACHE_BYTES`);
+    the warm-up module's findings, which should be none."""
+    if toolchain.cache_dir is not None and _size(toolchain.cache_dir) > MAX_CACHE_BYTES:
+        log.info("mypy cache %s is over %d MB: emptied", toolchain.cache_dir, MAX_CACHE_BYTES // 1024**2)
+        shutil.rmtree(toolchain.cache_dir, ignore_errors=True)
+    return await type_check(warm_up_source(), WARM_UP_MODULE, toolchain)
+
+
+def _size(directory: Path) -> int:
+    return sum(f.stat().st_size for f in directory.rglob("*") if f.is_file() and not f.is_symlink())
