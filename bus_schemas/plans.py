@@ -60,6 +60,9 @@ class HttpCall(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag=
     """The parameter sent as the request body, if any."""
     body_encoding: BodyEncoding = "json"
     """How the body is sent (`BodyEncoding`)."""
+    field_styles: dict[str, QueryStyle] = {}
+    """Fields of a `form` body not sent as repeated fields (OpenAPI's `encoding` `style`/`explode`: an array joined
+    with commas, spaces or pipes, an object as `name[field]`), by field name; an object field otherwise goes as JSON."""
     body_media_type: str | None = None
     """The media type of a `text` body (`text/plain`, `text/csv`...), sent as its Content-Type."""
     file_fields: tuple[str, ...] = ()

@@ -127,6 +127,8 @@ class Egress(_Frame, frozen=True, kw_only=True, tag="egress"):
     json: Any = None
     form: dict[str, Any] | None = None
     """Fields of an `application/x-www-form-urlencoded` body (instead of `json`)."""
+    form_styles: dict[str, str] | None = None
+    """How form fields not sent as repeated fields are written (`HttpCall.field_styles`)."""
     multipart: dict[str, Any] | None = None
     """Fields of a `multipart/form-data` body; those named in `file_fields` are files (`HttpCall.file_fields`)."""
     file_fields: list[str] | None = None

@@ -32,7 +32,7 @@ import httpx2
 
 from runner_template.channel import Egress
 from runner_template.settings import RUNNER_PREFIX, variable
-from runner_template.styles import cookie_header, header_value, path_value, query_pairs, text
+from runner_template.styles import cookie_header, form_body, header_value, path_value, query_pairs, text
 
 ALLOW_PRIVATE_ENV = variable(RUNNER_PREFIX, "allow_private_upstreams")
 SECRET_ENV_PREFIX = "BMMS_SECRET_"  # noqa: S105 (a variable-name prefix, not a secret)
@@ -99,17 +99,6 @@ def fill_path(url_template: str, values: Mapping[str, Any], styles: Mapping[str,
     return _PLACEHOLDER.sub(one, url_template)
 
 
-def _form(fields: Mapping[str, Any]) -> dict[str, list[str]]:
-    """Form fields as sent: an array repeats its field (OpenAPI's form default, `explode: true`), an object or
-    anything else not a scalar goes as its JSON, None is left out."""
-    out: dict[str, list[str]] = {}
-    for name, value in fields.items():
-        for item in value if isinstance(value, list | tuple) else [value]:
-            if item is not None:
-                out.setdefault(name, []).append(text(item))
-    return out
-
-
 async def perform(policy: UpstreamPolicy, call: Egress) -> Any:
     """Make the upstream request a tool asked for, under `policy`; the JSON body, else the text (or the status
     when empty). UpstreamRefused when the policy says no, UpstreamError when the call fails (an error status
@@ -148,7 +137,11 @@ async def perform(policy: UpstreamPolicy, call: Egress) -> Any:
             raise UpstreamRefused(f"{what}: auth {auth.kind!r} needs a header or parameter name")
     content: dict[str, Any] = {}
     if call.form is not None:
-        content["data"] = _form(call.form)
+        try:
+            content["content"] = form_body(call.form, call.form_styles).encode()
+        except ValueError as exc:
+            raise UpstreamRefused(f"{what}: {exc}") from None
+        header_values["Content-Type"] = "application/x-www-form-urlencoded"
     elif call.multipart is not None:
         content["files"] = await _parts(policy, call.multipart, frozenset(call.file_fields or ()), what)
     elif call.text is not None:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, quote_plus
 
 _JOINERS = {"form_joined": ",", "space_delimited": "%20", "pipe_delimited": "%7C"}
 QUERY_STYLES = frozenset({"form", "deep_object", *_JOINERS})
@@ -109,6 +109,26 @@ def cookie_header(cookies: Mapping[str, Any], styles: Mapping[str, str] | None =
     pairs = [pair for name, value in cookies.items() if value is not None
              for pair in cookie_pairs(name, value, (styles or {}).get(name, "form"))]
     return "; ".join(f"{k}={v}" for k, v in pairs) or None
+
+
+def form_body(fields: Mapping[str, Any], styles: Mapping[str, str] | None = None) -> str:
+    """An `application/x-www-form-urlencoded` body: an array repeats its field (OpenAPI's form default) or is
+    joined as its style says (items encoded, the delimiters kept), an object goes as its JSON (the default
+    content type of an object part) or as `name[field]` fields (`deep_object`); None is left out."""
+    pairs: list[tuple[str, str]] = []
+    for name, value in fields.items():
+        style = (styles or {}).get(name, "form")
+        if style not in QUERY_STYLES:
+            raise ValueError(f"unknown form field style {style!r}")
+        if isinstance(value, Mapping) and style == "deep_object":
+            pairs.extend((quote_plus(f"{name}[{k}]"), quote_plus(text(v))) for k, v in _items(value))
+        elif isinstance(value, list | tuple) and style in _JOINERS:
+            pairs.append((quote_plus(name), _JOINERS[style].join(quote_plus(text(v)) for _, v in _items(value))))
+        elif isinstance(value, list | tuple):
+            pairs.extend((quote_plus(name), quote_plus(text(v))) for _, v in _items(value))
+        elif value is not None:
+            pairs.append((quote_plus(name), quote_plus(text(value))))
+    return "&".join(f"{k}={v}" for k, v in pairs)
 
 
 def query_pairs(values: Mapping[str, Any] | None, styles: Mapping[str, str] | None = None) -> list[tuple[str, str]]:

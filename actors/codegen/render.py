@@ -255,6 +255,8 @@ def _http_body(tool: PlannedTool, call: HttpCall, params: list[Parameter], plan:
             args.append(f"content_type={call.body_media_type or 'text/plain'!r}")
         else:
             args.append(f"{call.body_encoding}={body}")
+            if call.body_encoding == "form" and call.field_styles:
+                args.append(f"form_styles={dict(sorted(call.field_styles.items()))!r}")
     if call.auth != "none":
         declared = {s.name for s in plan.secrets}
         if call.auth_secret is None or call.auth_secret not in declared:

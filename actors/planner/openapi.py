@@ -181,6 +181,7 @@ class _Inputs:
     body_media_type: str | None = None
     file_fields: tuple[str, ...] = ()
     query_styles: dict[str, QueryStyle] = field(default_factory=dict)
+    field_styles: dict[str, QueryStyle] = field(default_factory=dict)
     styles: dict[str, ParamStyle] = field(default_factory=dict)
     wire_names: dict[str, str] = field(default_factory=dict)
 
@@ -447,6 +448,7 @@ class _Planner:
                 wire_names=inputs.wire_names,
                 body_param=inputs.body_param,
                 body_encoding=inputs.body_encoding,
+                field_styles=inputs.field_styles,
                 body_media_type=inputs.body_media_type,
                 file_fields=inputs.file_fields,
                 auth=auth[0],
@@ -566,6 +568,11 @@ class _Planner:
         if inputs.body_encoding == "text":
             inputs.body_media_type = media_type.split(";")[0].strip().lower()
             schema = {"type": "string", **{k: v for k, v in schema.items() if k in _TEXT_KEYWORDS}}
+        elif inputs.body_encoding == "form":
+            encodings = media.get("encoding")
+            for field_name, encoding in (encodings.items() if isinstance(encodings, dict) else ()):
+                if isinstance(encoding, dict) and (style := query_style(encoding)) != "form":
+                    inputs.field_styles[field_name] = style
         elif inputs.body_encoding == "multipart":
             schema, inputs.file_fields = _file_fields(schema, media.get("encoding"))
         if isinstance(body.get("description"), str) and body["description"].strip():

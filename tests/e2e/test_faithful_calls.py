@@ -91,7 +91,9 @@ def wire_api(base_url: str) -> str:
                 "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": {
                     "type": "object", "required": ["To", "Body"],
                     "properties": {"To": {"type": "string"}, "Body": {"type": "string"},
-                                   "MediaUrl": {"type": "array", "items": {"type": "string"}}}}}}},
+                                   "MediaUrl": {"type": "array", "items": {"type": "string"}},
+                                   "Tags": {"type": "array", "items": {"type": "string"}}}},
+                    "encoding": {"Tags": {"style": "form", "explode": False}}}}},
                 "responses": {"201": {"description": "sent"}}}},
             "/files": {"post": {
                 "operationId": "uploadFile",
@@ -162,12 +164,13 @@ async def test_a_hosted_server_sends_upstream_exactly_what_the_document_says(sta
 
             # form-encoded: fields, an array repeated, nothing lost
             sent = await client.call_tool("create_message", {"body": {
-                "To": "+15550100", "Body": "hi & bye", "MediaUrl": ["https://a.example/1", "https://a.example/2"]}})
+                "To": "+15550100", "Body": "hi & bye", "MediaUrl": ["https://a.example/1", "https://a.example/2"],
+                "Tags": ["a,1", "b"]}})
             assert not sent.is_error, text_of(sent)
             seen = upstream.last("POST", "/messages")
             assert seen.headers["Content-Type"] == "application/x-www-form-urlencoded"
             assert seen.body == (b"To=%2B15550100&Body=hi+%26+bye&MediaUrl=https%3A%2F%2Fa.example%2F1"
-                                 b"&MediaUrl=https%3A%2F%2Fa.example%2F2")
+                                 b"&MediaUrl=https%3A%2F%2Fa.example%2F2&Tags=a%2C1,b")
 
             # multipart: a file from base64, then one the runner fetches from a URL (an upstream host)
             for file, expected_name, expected_type in (

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from runner_template.styles import cookie_header, cookie_pairs, header_value, path_value, query_pairs
+from runner_template.styles import cookie_header, cookie_pairs, form_body, header_value, path_value, query_pairs
 
 STRING, ARRAY, OBJECT = "blue", ["blue", "black", "brown"], {"R": 100, "G": 200, "B": 150}
 
@@ -84,3 +84,11 @@ def test_an_unknown_style_is_refused_not_guessed() -> None:
         path_value("id", 1, "fancy")
     with pytest.raises(ValueError, match="unknown query style"):
         query_pairs({"q": [1]}, {"q": "fancy"})
+
+
+def test_form_bodies_repeat_arrays_unless_their_encoding_joins_them() -> None:
+    fields = {"To": "+1 555", "MediaUrl": ["https://a.example/1", "x"], "Tags": ["a,1", "b"], "Meta": {"k": "v"},
+              "Filter": {"year": 1999}, "Unset": None}
+    assert form_body(fields, {"Tags": "form_joined", "Filter": "deep_object"}) == (
+        "To=%2B1+555&MediaUrl=https%3A%2F%2Fa.example%2F1&MediaUrl=x&Tags=a%2C1,b&Meta=%7B%22k%22%3A%22v%22%7D"
+        "&Filter%5Byear%5D=1999")
