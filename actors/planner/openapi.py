@@ -425,6 +425,10 @@ class _Planner:
         input_schema: dict[str, Any] = {"type": "object", "properties": properties, "additionalProperties": False}
         if inputs.required:
             input_schema["required"] = inputs.required
+        if unsafe := unsafe_property_names(input_schema):
+            self.notes.flag(PlanFlag(kind="note", detail=f"{operation.method.upper()} {operation.path}: nested "
+                                     f"property name(s) some model APIs refuse, served as the API names them: "
+                                     + ", ".join(repr(u) for u in unsafe[:5])))
         method = operation.method.upper()
         title, description = _title_and_description(operation)
         return PlannedTool(
@@ -716,6 +720,29 @@ def _file_fields(schema: dict[str, Any], encoding: Any) -> tuple[dict[str, Any],
 
 MODEL_SAFE_NAME = re.compile(r"^[a-zA-Z0-9_.-]{1,64}$")
 """A property name every major model API accepts."""
+
+
+def unsafe_property_names(schema: Any) -> list[str]:
+    """Property names nested in `schema` that a model API may refuse (the top level's are renamed: `wire_names`)."""
+    found: list[str] = []
+
+    def walk(node: Any, top: bool) -> None:
+        if not isinstance(node, dict):
+            return
+        for key, value in node.items():
+            if key in _SCHEMA_MAP and isinstance(value, dict):
+                for name, sub in value.items():
+                    if not top and not MODEL_SAFE_NAME.match(name) and name not in found:
+                        found.append(name)
+                    walk(sub, False)
+            elif key in _SCHEMA_LIST and isinstance(value, list):
+                for sub in value:
+                    walk(sub, False)
+            elif key in _SCHEMA_CHILD:
+                walk(value, False)
+
+    walk(schema, True)
+    return found
 
 
 def model_safe_name(wire: str, taken: set[str]) -> str:

@@ -257,3 +257,15 @@ def test_a_tool_list_over_the_budget_is_flagged_with_a_tag_subset_that_fits() ->
     chosen = finish_plan(plan_openapi(text, OpenApiSource(document=text, tags=tags), "spotify", notes), notes)
     assert 0 < chosen.tool_list_tokens <= TOKEN_BUDGET
     assert not [f for f in chosen.flags if f.kind == "token_budget"]
+
+
+def test_a_nested_property_name_a_model_api_may_refuse_is_flagged_not_hidden() -> None:
+    document = json.dumps({"openapi": "3.0.3", "info": {"title": "t", "version": "1"},
+                           "servers": [{"url": "https://api.example.com"}],
+                           "paths": {"/a": {"post": {"operationId": "postA", "requestBody": {"content": {
+                               "application/json": {"schema": {"type": "object", "properties": {
+                                   "meta": {"type": "object", "properties": {"tags[]": {"type": "string"}}}}}}}},
+                               "responses": {"200": {"description": "ok"}}}}}})
+    plan = plan_openapi(document, OpenApiSource(document=document), "names", PlanNotes())
+    assert any("POST /a: nested property name(s)" in f.detail and "'tags[]'" in f.detail for f in plan.flags)
+    assert all(not any("nested property" in f.detail for f in plan_of(name).flags) for name in ("swagger_petstore",))
