@@ -18,6 +18,7 @@ from gateway.bodies import GatewayRequest, known_fields_only
 from gateway.browser import page_headers_middleware, same_origin_writes
 from gateway.builds import BuildsController
 from gateway.config import GatewayConfig
+from gateway.dashboard import DashboardController
 from gateway.events import EventsController
 from gateway.health import HealthController
 from gateway.identity import SignInController
@@ -57,7 +58,7 @@ def create_app(settings: Settings, config: GatewayConfig | None = None) -> Lites
         route_handlers=[
             HealthController, BuildsController, PlansController, SignInController, MeController, SessionsController,
             InvitesController, OrgController, ApiKeysController, SignInPageController, OAuthController,
-            ServersController, UsageController, EventsController, *routing.route_handlers,
+            ServersController, UsageController, EventsController, DashboardController, *routing.route_handlers,
             create_static_files_router(path="/static", directories=[STATIC_DIR], include_in_schema=False),
         ],
         # Handlers reach the bus, the authenticator and the build feeds through `services`; the caller's

@@ -51,6 +51,11 @@ HTML_HEADERS: dict[bytes, bytes] = {
 """The headers every HTML answer gets (unless it set its own): no inline script or style anywhere; pages are
 styled by the gateway's own `/static` style sheet."""
 
+DASHBOARD_CSP = ("default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; img-src 'self'; "
+                 "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+"""The dashboard's pages' Content-Security-Policy (gateway.dashboard): `HTML_HEADERS`' plus scripts from our own
+`/static` files and `fetch`/WebSocket to this origin only; still no inline script or style."""
+
 
 def is_json_media_type(content_type: str) -> bool:
     """Whether a Content-Type header names JSON: `application/json` or `application/<x>+json`."""

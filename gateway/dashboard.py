@@ -1,0 +1,103 @@
+"""The dashboard: pages for signed-in people, under `/dashboard` (issue 16).
+
+- `GET /dashboard` -> the servers list (home) · `GET /dashboard/new` -> a new server (plain words, OpenAPI with
+  an operation picker, or a tool spec) · `GET /dashboard/builds/{build_id}` -> a build, live ·
+  `GET /dashboard/servers/{server_id}` -> a server (versions, rollback, stop/start/delete, logs, secrets,
+  Connect). Other dashboard pages (playground, usage, organisation) render through `dashboard_page` too.
+
+Each page is a shell rendered here (`templates/dashboard/layout.html`) and filled in the browser by plain
+JavaScript from `/static` (`dashboard.js`, the shared helpers, and one script per page), which talks to the
+gateway's own JSON API (`/v1/...`) and build stream with the session cookie: the pages reach the actors only
+through the routes and streams every client uses, so they show exactly what the API says.
+
+A visitor without a valid session is sent (303) to `/sign-in?next=<this page>`.
+
+**How the dashboard writes (CSRF).** One way for every page: `BMMS.api(method, path, body)` in `dashboard.js`,
+a same-origin `fetch` with a JSON body. The gateway's app-wide guard (`gateway.browser.same_origin_writes`)
+accepts a cookie-authenticated POST/PUT/DELETE only when its `Origin` is the gateway's own, which browsers
+send on every such fetch and no other site's page can forge; JSON bodies are accepted only as
+`application/json`, which a cross-site form cannot send. The dashboard has no forms that post to the server,
+so it needs no form token. Its pages carry `DASHBOARD_CSP` (`gateway.browser`): scripts only from `/static`,
+connections only to this origin, no inline script or style.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import quote
+
+from litestar import Controller, Request, Response, get
+from litestar.di import NamedDependency
+from litestar.params import FromPath
+from litestar.response import Redirect
+
+from bus_schemas.identity import Principal
+from gateway.browser import DASHBOARD_CSP
+from gateway.identity import SIGN_IN_PAGE
+from gateway.pages import render
+from gateway.services import EdgeServices
+
+log = logging.getLogger("bmms.gateway.dashboard")
+
+DASHBOARD = "/dashboard"
+
+
+def dashboard_page(template: str, principal: Principal, *, title: str, active: str = "",
+                   **context: Any) -> Response[str]:
+    """A dashboard page from `templates/dashboard/<template>` in the shell, with the dashboard's CSP."""
+    return render(f"dashboard/{template}", headers={"Content-Security-Policy": DASHBOARD_CSP},
+                  principal=principal, title=title, active=active, **context)
+
+
+def to_sign_in(request: Request[Any, Any, Any]) -> Redirect:
+    """303 to the sign-in page, which brings the person back to this page once signed in."""
+    return Redirect(f"{SIGN_IN_PAGE}?next={quote(request.url.path)}", status_code=303,
+                    headers={"Cache-Control": "no-store"})
+
+
+async def signed_in(request: Request[Any, Any, Any], services: EdgeServices) -> Principal | None:
+    """The signed-in person of a dashboard request (their session cookie), or None."""
+    return await services.authenticator.session_principal(request)
+
+
+class DashboardController(Controller):
+    """The servers list, a new server, a build, a server."""
+
+    path = DASHBOARD
+    include_in_schema = False
+
+    @get("/", summary="Servers")
+    async def servers(self, request: Request[Any, Any, Any], services: NamedDependency[EdgeServices]) -> Response[Any]:
+        """The organisation's servers: status, URL, current version, calls today."""
+        principal = await signed_in(request, services)
+        if principal is None:
+            return to_sign_in(request)
+        return dashboard_page("servers.html", principal, title="Servers", active="servers")
+
+    @get("/new", summary="New server")
+    async def new_server(self, request: Request[Any, Any, Any], services: NamedDependency[EdgeServices]
+                         ) -> Response[Any]:
+        """Describe a server in plain words, from an OpenAPI document, or as a tool spec."""
+        principal = await signed_in(request, services)
+        if principal is None:
+            return to_sign_in(request)
+        return dashboard_page("new.html", principal, title="New server", active="new")
+
+    @get("/builds/{build_id:str}", summary="A build")
+    async def build(self, build_id: FromPath[str], request: Request[Any, Any, Any],
+                    services: NamedDependency[EdgeServices]) -> Response[Any]:
+        """A build's steps and log, live from its event stream."""
+        principal = await signed_in(request, services)
+        if principal is None:
+            return to_sign_in(request)
+        return dashboard_page("build.html", principal, title="Build", active="servers", build_id=build_id)
+
+    @get("/servers/{server_id:str}", summary="A server")
+    async def server(self, server_id: FromPath[str], request: Request[Any, Any, Any],
+                     services: NamedDependency[EdgeServices]) -> Response[Any]:
+        """A server: versions and their tool changes, rollback, stop/start/delete, logs, secrets, Connect."""
+        principal = await signed_in(request, services)
+        if principal is None:
+            return to_sign_in(request)
+        return dashboard_page("server.html", principal, title="Server", active="servers", server_id=server_id)
