@@ -14,6 +14,10 @@ from actors.runtime.settings import Settings
 from bus_schemas.registry import CHECKER_GENERATED
 from runner_template.sandbox import Launcher
 
+WARM_UP_BEFORE_READY_SECONDS = 20.0
+"""How long the checker waits for its mypy warm-up before it takes builds (a fresh cache takes 3-6 s on two
+cores, longer while a whole stack starts; a kept one a fraction of a second)."""
+
 
 class CheckerActor(Actor):
     """The checker, with the sandbox of its sample runs chosen from the settings when it starts."""
@@ -23,8 +27,10 @@ class CheckerActor(Actor):
         self.state = state
 
     async def serve(self, settings: Settings, stop: asyncio.Event) -> None:
-        # The warm-up starts first: it runs while this process connects and the rest of a stack starts.
         async with self.state.type_checks(settings, self.log), self.state.sample_runs(settings):
+            # Ready (taking builds) once the first check will find mypy's cache warm, or after a bound: then
+            # the first check waits for the rest of the warm-up.
+            await self.state.warmed_up(WARM_UP_BEFORE_READY_SECONDS, until=stop)
             await super().serve(settings, stop)
 
     async def started(self, ctx: Context) -> None:

@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiodocker
 
@@ -75,11 +76,20 @@ class CheckerState:
         """Whether the toolchain's warm-up is still running."""
         return self._warm_up is not None and not self._warm_up.done()
 
-    async def warmed_up(self) -> None:
-        """Once the toolchain's warm-up has ended (at once when there is none): a check waits for it rather
-        than analyse the runner's API a second time beside it."""
-        if self._warm_up is not None:
-            await asyncio.wait([self._warm_up])  # a check cancelled meanwhile leaves the warm-up running
+    async def warmed_up(self, timeout: float | None = None, until: asyncio.Event | None = None) -> None:
+        """Once the toolchain's warm-up has ended (at once when there is none), or `timeout` passed, or `until`
+        is set: a check waits for it rather than analyse the runner's API a second time beside it."""
+        if self._warm_up is None:
+            return
+        # shielded: when the wait ends first (or is cancelled), the warm-up goes on for the next check
+        waits: set[asyncio.Future[Any]] = {asyncio.shield(self._warm_up)}
+        if until is not None:
+            waits.add(asyncio.ensure_future(until.wait()))
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
 
     @contextlib.asynccontextmanager
     async def sample_runs(self, settings: Settings) -> AsyncIterator[None]:
