@@ -23,7 +23,10 @@ connections only to this origin, no inline script or style.
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -32,15 +35,54 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath
 from litestar.response import Redirect
 
+from actors.deployer.install import client_name, install_snippets
 from bus_schemas.identity import Principal
 from gateway.browser import DASHBOARD_CSP
 from gateway.identity import SIGN_IN_PAGE
-from gateway.pages import render
+from gateway.pages import Link, message_page, render
+from gateway.problems import Problem
+from gateway.servers import server_of
 from gateway.services import EdgeServices
 
 log = logging.getLogger("bmms.gateway.dashboard")
 
 DASHBOARD = "/dashboard"
+
+
+@dataclass(frozen=True)
+class ConnectOption:
+    """How to add a server to one MCP client: what to copy, and a one-click install link where it has one."""
+
+    client: str
+    how: str
+    """What to do with `text`, in a sentence."""
+    text: str
+    install_link: str | None = None
+    also: str | None = None
+    """A second thing to copy (Claude Desktop: the JSON config beside the connector steps)."""
+    also_how: str = ""
+
+
+def connect_options(name: str, url: str) -> tuple[ConnectOption, ...]:
+    """The Connect section of a server page: the deployer's install snippets (the same ones a build's `deployed`
+    event carries), with Cursor's and VS Code's install deep links and Claude Desktop's JSON config."""
+    snippets = {snippet.client: snippet.text for snippet in install_snippets(name, url)}
+    key = client_name(name)
+    cursor_config = base64.b64encode(json.dumps({"url": url}, separators=(",", ":")).encode()).decode()
+    vscode_config = json.dumps({"name": key, "type": "http", "url": url}, separators=(",", ":"))
+    desktop_config = json.dumps({"mcpServers": {key: {"command": "npx", "args": ["-y", "mcp-remote", url]}}}, indent=2)
+    return (
+        ConnectOption("Claude Code", "Run in a terminal:", snippets["Claude Code"]),
+        ConnectOption("Claude Desktop", snippets["Claude Desktop"], url,
+                      also=desktop_config,
+                      also_how="Or add it to claude_desktop_config.json, through the mcp-remote bridge:"),
+        ConnectOption("ChatGPT", snippets["ChatGPT"], url),
+        ConnectOption("Cursor", "Install with one click, or add to ~/.cursor/mcp.json:", snippets["Cursor"],
+                      install_link=f"cursor://anysphere.cursor-deeplink/mcp/install?name={quote(key, safe='')}"
+                                   f"&config={quote(cursor_config, safe='')}"),
+        ConnectOption("VS Code", "Install with one click, or run:", snippets["VS Code"],
+                      install_link=f"vscode:mcp/install?{quote(vscode_config, safe='')}"),
+    )
 
 
 def dashboard_page(template: str, principal: Principal, *, title: str, active: str = "",
@@ -96,8 +138,20 @@ class DashboardController(Controller):
     @get("/servers/{server_id:str}", summary="A server")
     async def server(self, server_id: FromPath[str], request: Request[Any, Any, Any],
                      services: NamedDependency[EdgeServices]) -> Response[Any]:
-        """A server: versions and their tool changes, rollback, stop/start/delete, logs, secrets, Connect."""
+        """A server: versions and their tool changes, rollback, stop/start/delete, logs, secrets, Connect.
+
+        The server is read here once (its name and URL never change) for the Connect section and the title;
+        the rest of the page reads the JSON API from the browser and stays current after each action."""
         principal = await signed_in(request, services)
         if principal is None:
             return to_sign_in(request)
-        return dashboard_page("server.html", principal, title="Server", active="servers", server_id=server_id)
+        try:
+            server = await server_of(services.bus, principal, server_id)
+        except Problem as problem:
+            if problem.status != 404:
+                raise
+            return message_page("No such server", f"There is no server {server_id[:80]} in your organisation.",
+                                404, link=Link(DASHBOARD, "Your servers"),
+                                headers={"Content-Security-Policy": DASHBOARD_CSP})
+        return dashboard_page("server.html", principal, title=server.name, active="servers", server=server,
+                              connect=connect_options(server.name, server.url))
