@@ -115,6 +115,11 @@ class SubmitBuild(Message, frozen=True, kw_only=True, tag="builds.submit.v1"):
     """Same key from the same org returns the same build instead of a new one."""
     server_id: Id | None = None
     """Deploy the build as a new version of this existing server (same URL) instead of a new server."""
+    request_id: Id | None = None
+    """The build id to record it under, made by the caller (the gateway, for each request): sending the same
+    request again (to another copy of the registry) finds the build it recorded instead of making a second."""
+    accept_by: str | None = None
+    """RFC 3339: a request that reaches the registry later records nothing (its caller has answered by then)."""
 
 
 class BuildAccepted(Message, frozen=True, kw_only=True, tag="builds.accepted.v1"):
@@ -144,6 +149,10 @@ class BuildSummary(Message, frozen=True, kw_only=True, tag="builds.summary.v1"):
     last_seq: int
     """Stream sequence of the last event the projection applied."""
     failure: str | None = None
+    server_id: Id | None = None
+    """The server the build deployed as, once it has."""
+    url: str | None = None
+    """That server's stable MCP URL, once deployed."""
 
 
 SubmitBuildReply = BuildAccepted | Failed

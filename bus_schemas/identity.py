@@ -105,6 +105,29 @@ class RedeemMagicLink(Message, frozen=True, kw_only=True, tag="auth.redeem_magic
     client_ip: str = ""
 
 
+class IssueSignInLink(Message, frozen=True, kw_only=True, tag="auth.issue_sign_in_link.v1"):
+    """The operator signs a person in (operator CLI): a one-time sign-in link for `email`, returned instead of
+    mailed; the person (created when new) is made an owner of the organisation `org_name` (created when new)
+    unless already a member. `bmms dev` prints one for its local person, who so owns the dev API key's
+    organisation and can authorize MCP clients for the servers built with that key."""
+
+    email: str
+    org_name: str
+    link_base: str
+    """The public base URL of the gateway's magic-link callback."""
+    next: str | None = None
+    """A path on the gateway to land on once signed in."""
+
+
+class SignInLinkIssued(Message, frozen=True, kw_only=True, tag="auth.sign_in_link_issued.v1"):
+    """The sign-in link (a secret: it works once, until it expires) and whom it signs in, where."""
+
+    link: str
+    person_id: str
+    org_id: Id
+    expires_in_seconds: int
+
+
 class SessionStarted(Message, frozen=True, kw_only=True, tag="auth.session_started.v1"):
     """A new session; `token` is the cookie value, shown once and never stored in clear."""
 
@@ -376,6 +399,7 @@ AuthenticateReply = Principal | Failed
 CreateApiKeyReply = ApiKeyCreated | Failed
 RequestMagicLinkReply = MagicLinkRequested | Failed
 RedeemMagicLinkReply = SessionStarted | Failed
+IssueSignInLinkReply = SignInLinkIssued | Failed
 GetMeReply = Me | Failed
 ListSessionsReply = SessionList | Failed
 RevokeSessionReply = SessionRevoked | Failed

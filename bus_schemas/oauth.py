@@ -106,6 +106,14 @@ class Signer(msgspec.Struct, frozen=True, kw_only=True):
     """How to name the person on the consent page (their email)."""
 
 
+DASHBOARD_CLIENT_ID = "bmms-dashboard"
+"""The platform's own first-party client: the dashboard's playground asks for tokens as it. Registered by the
+Authorization Server itself (public, authorization_code only: no refresh token; its one redirect URI is
+DASHBOARD_REDIRECT_PATH on the issuer); consent is implicit for a person's own organisation's servers."""
+DASHBOARD_REDIRECT_PATH = "/dashboard/oauth/callback"
+"""The first-party client's redirect URI, on the issuer (the gateway reads the code from it, server-side)."""
+
+
 class StartAuthorization(Message, frozen=True, kw_only=True, tag="oauth.start_authorization.v1"):
     """An authorization request (RFC 6749 §4.1.1 + PKCE + RFC 8707), as it arrived at /oauth/authorize."""
 
@@ -268,7 +276,7 @@ class MintServiceToken(Message, frozen=True, kw_only=True, tag="oauth.mint_servi
 
 RegisterClientReply = ClientRegistered | OAuthError | Failed
 CreateClientReply = ClientRegistered | OAuthError | Failed
-StartAuthorizationReply = SignInRequired | ConsentRequired | OAuthError | Failed
+StartAuthorizationReply = SignInRequired | ConsentRequired | AuthorizationRedirect | OAuthError | Failed
 DecideConsentReply = AuthorizationRedirect | OAuthError | Failed
 ExchangeTokenReply = TokenIssued | OAuthError | Failed
 RevokeTokenReply = TokenRevoked | OAuthError | Failed

@@ -40,6 +40,8 @@ from bus_schemas.identity import (
     InviteRevoked,
     IssueApiKey,
     IssueApiKeyReply,
+    IssueSignInLink,
+    IssueSignInLinkReply,
     ListApiKeys,
     ListApiKeysReply,
     ListInvites,
@@ -70,6 +72,7 @@ from bus_schemas.identity import (
     SessionList,
     SessionRevoked,
     SessionStarted,
+    SignInLinkIssued,
 )
 from bus_schemas.oauth import (
     AuthorizationRedirect,
@@ -438,6 +441,15 @@ CREATE_API_KEY: Rpc[CreateApiKey, ApiKeyCreated] = Rpc(
     reply=CreateApiKeyReply,
     description="Create an organisation's API key (operator CLI); the secret is returned once.",
 )
+ISSUE_SIGN_IN_LINK: Rpc[IssueSignInLink, SignInLinkIssued] = Rpc(
+    service="auth",
+    endpoint="issue_sign_in_link",
+    subject="rpc.auth.sign_in_links.issue",
+    request=IssueSignInLink,
+    reply=IssueSignInLinkReply,
+    description="Sign a person in as the operator (bmms dev's printed link): a one-time link returned, not mailed; "
+    "the person made an owner of the named organisation.",
+)
 REQUEST_MAGIC_LINK: Rpc[RequestMagicLink, MagicLinkRequested] = Rpc(
     service="auth",
     endpoint="request_magic_link",
@@ -628,13 +640,16 @@ OAUTH_CREATE_CLIENT: Rpc[CreateClient, ClientRegistered | OAuthError] = Rpc(
     reply=CreateClientReply,
     description="Pre-register an OAuth client (operator CLI); the secret, if any, is returned once.",
 )
-OAUTH_START_AUTHORIZATION: Rpc[StartAuthorization, SignInRequired | ConsentRequired | OAuthError] = Rpc(
+OAUTH_START_AUTHORIZATION: Rpc[
+    StartAuthorization, SignInRequired | ConsentRequired | AuthorizationRedirect | OAuthError
+] = Rpc(
     service="oauth",
     endpoint="start_authorization",
     subject="rpc.oauth.authorize.start",
     request=StartAuthorization,
     reply=StartAuthorizationReply,
-    description="Validate an authorization request and, for a signed-in person, open a pending consent.",
+    description="Validate an authorization request and, for a signed-in person, open a pending consent (the "
+    "first-party dashboard client: its code at once).",
 )
 OAUTH_DECIDE_CONSENT: Rpc[DecideConsent, AuthorizationRedirect | OAuthError] = Rpc(
     service="oauth",
@@ -674,6 +689,7 @@ RPCS: tuple[Rpc[Any, Any], ...] = (
     PREVIEW_PLAN,
     AUTHENTICATE,
     CREATE_API_KEY,
+    ISSUE_SIGN_IN_LINK,
     *IDENTITY_RPCS,
     OAUTH_REGISTER_CLIENT,
     OAUTH_CREATE_CLIENT,

@@ -25,8 +25,17 @@ from gateway.auth import (
     origin_allowed,
     session_token,
 )
-from gateway.bus import BusClient
-from gateway.feeds import MAX_SEQUENCE, RAW_SEND, FeedClosed, Send, SocketLagging, Watcher, direct_transport
+from gateway.bus import BusClient, Unanswered, new_request_id
+from gateway.feeds import (
+    MAX_SEQUENCE,
+    RAW_SEND,
+    BuildEnded,
+    FeedClosed,
+    Send,
+    SocketLagging,
+    Watcher,
+    direct_transport,
+)
 from gateway.problems import Problem
 from gateway.schemas import BuildCreated, BuildView, CreateBuild, build_links
 from gateway.servers import server_of
@@ -36,6 +45,8 @@ log = logging.getLogger("bmms.gateway.builds")
 
 CLOSE_TOO_SLOW = 4008
 """WebSocket close code for a client that fell too far behind; the reason says which `after=` to use."""
+CLOSE_BUILD_ENDED = 1000
+"""Normal closure once the build's last event (`deployed` or `failed`) is sent; the reason is that kind."""
 CLOSE_GOING_AWAY = 1001
 """The gateway is shutting down; reconnect (to another copy) with `after=`."""
 
@@ -110,14 +121,25 @@ class BuildsController(Controller):
     ) -> Response[BuildCreated]:
         """Accept a build request and start the pipeline; watch it at `links.stream`. Secrets given with it
         go to the deployer only (split off here, at the edge), never into the build request or its events.
-        A `server_id` must name a server of the caller's organisation: 404 at once, before any step runs."""
+        A `server_id` must name a server of the caller's organisation: 404 at once, before any step runs.
+        One request makes at most one build, even without an `Idempotency-Key`: a 503 means no build was made
+        (retry after `Retry-After`); a 504 that the registry took it without answering, with the `build_id` it
+        has if it was recorded."""
         if data.server_id is not None:
             await server_of(services.bus, principal, data.server_id)
         request = SubmitBuild(
             org_id=principal.org_id, requested_by=principal.subject, name=data.name, source=data.source,
             idempotency_key=idempotency_key, server_id=data.server_id,
+            # the registry records at most one build per request id, so the request can go to another copy
+            request_id=new_request_id(), accept_by=services.bus.answered_by(SUBMIT_BUILD),
         )
-        accepted = await services.bus.ask(SUBMIT_BUILD, request)
+        try:
+            accepted = await services.bus.ask(SUBMIT_BUILD, request)
+        except Unanswered as unanswered:
+            raise Problem(504, f"{unanswered.detail}; the build may or may not be recorded: GET "
+                          f"{build_links(str(request.request_id)).self_} tells (404: it never will be)",
+                          code=FailureCode.UNAVAILABLE, headers=unanswered.headers,
+                          extra={"build_id": request.request_id}) from None
         if data.secrets:
             await stage_secrets(services.bus, principal, accepted.build_id, data.secrets)
         links = build_links(accepted.build_id)
@@ -131,7 +153,8 @@ class BuildsController(Controller):
     async def get_build(
         self, build_id: FromPath[str], request: Request[Any, Any, Any], services: NamedDependency[EdgeServices],
     ) -> BuildView:
-        """Where one build of the caller's organisation stands; 404 for any other build.
+        """Where one build of the caller's organisation stands; 404 for any other build. Once deployed it
+        carries the server's id and its MCP URL.
 
         Read from the build registry's read model on the bus (BUILD_SUMMARIES, one direct get under the
         caller's organisation's key); a build not in it yet is asked of the registry itself."""
@@ -146,7 +169,7 @@ class BuildsController(Controller):
         return BuildView(
             build_id=summary.build_id, name=summary.name, status=summary.status, created_at=summary.created_at,
             updated_at=summary.updated_at, last_seq=summary.last_seq, failure=summary.failure,
-            links=build_links(summary.build_id),
+            server_id=summary.server_id, url=summary.url, links=build_links(summary.build_id),
         )
 
     @websocket("/{build_id:str}/stream")
@@ -163,8 +186,9 @@ class BuildsController(Controller):
         a browser with the subprotocols `bearer, <key>`, or with the session cookie from this site's own
         pages (the `Origin` must be the gateway's: else 4403, so another site cannot ride the cookie).
         Failures close the socket with 4000 + the HTTP status (4401, 4403, 4404, 4503...) and the
-        problem's detail as reason. The socket stays open after the build deploys or fails: a redeploy
-        adds events. Reconnect with `after=<last seq>`."""
+        problem's detail as reason. Once the build's last event (`deployed` or `failed`) is sent, the
+        gateway closes the socket with 1000 and that kind as reason (CLOSE_BUILD_ENDED); 1001 (the gateway is
+        going away), 4008 (too slow) and 1011 ask to reconnect with `after=<last seq>`."""
         token = bearer_token(socket)
         offered_bearer = token is not None and "authorization" not in socket.headers
         await socket.accept(subprotocols=WEBSOCKET_BEARER_PROTOCOL if offered_bearer else None)
@@ -216,7 +240,9 @@ async def _relay(socket: WebSocket[Any, Any, Any], watcher: Watcher) -> None:
     if reading.done() and not reading.cancelled():
         return  # the client left
     error = watcher.error
-    if isinstance(error, SocketLagging):
+    if isinstance(error, BuildEnded):
+        code, reason = CLOSE_BUILD_ENDED, error.kind
+    elif isinstance(error, SocketLagging):
         code, reason = CLOSE_TOO_SLOW, str(error)
     elif isinstance(error, FeedClosed):
         code, reason = CLOSE_GOING_AWAY, f"{error}; reconnect with after={watcher.last_seq}"

@@ -9,8 +9,8 @@ Each event is one SSE message: `id: <stream seq>`, `event: <kind>`, `data: {"seq
 "event"}` (the frame the build WebSocket sends). Resume with `?after=<seq>` or the standard `Last-Event-ID`
 header: every event after it, none twice, none missing. Without either, the whole history is replayed
 first (`?live=true`: only new events). Once the replayed history is out, one `event: caught-up` message
-(`data: {"seq": <last seq or after>}`) says so; a comment line every `keepalive` seconds keeps proxies from
-closing an idle stream.
+(`data: {"seq": <last seq or after>}`) says so; a comment line (`: keepalive`, never an event) after
+KEEPALIVE_SECONDS of silence keeps proxies from closing an idle stream.
 """
 
 from __future__ import annotations
@@ -165,7 +165,8 @@ async def _relay(js: JetStreamContext, sub: JetStreamContext.PushSubscription, a
             try:
                 msg = await sub.next_msg(timeout=KEEPALIVE_SECONDS)
             except (nats.errors.TimeoutError, TimeoutError):
-                yield ServerSentEventMessage(comment="keepalive")
+                # data=None: without it Litestar adds an empty `data:` line, and browsers dispatch it as a message
+                yield ServerSentEventMessage(comment="keepalive", data=None)
                 continue
             seq = int(msg.metadata.sequence.stream)
             if seq <= last:

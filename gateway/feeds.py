@@ -7,6 +7,9 @@ the part of the history it has not sent yet), so fan-out costs one wake-up per s
 JSON work. A new socket snapshots its starting point and registers in the same event-loop step in which
 events are appended, so it sees every event with `seq > after` exactly once.
 
+A socket ends with its build: once it has sent a `deployed` or `failed` event, the pump stops with `BuildEnded`
+and the socket is closed normally (see gateway.builds.CLOSE_BUILD_ENDED).
+
 A socket that falls more than `max_lag` live events behind is failed with `SocketLagging` (the client
 resumes with `after=`), so a slow client never holds the others back. When the last socket of a build
 leaves, its feed lives on for a grace period (a reconnect reuses it) and then deletes its consumer.
@@ -113,14 +116,19 @@ def direct_transport(send: Send) -> WebSocketsSansIOProtocol | None:
     return owner if isinstance(owner, WebSocketsSansIOProtocol) else None
 
 
+END_KINDS: frozenset[BuildKind] = frozenset({"deployed", "failed"})
+"""Event kinds that end a build's history: a socket closes after sending one."""
+
+
 class Frame:
     """One event, ready to send: its stream sequence, the ASGI message and the encoded WebSocket frame,
-    both shared by every socket."""
+    both shared by every socket; `ends`: the kind, when it ends the build."""
 
-    __slots__ = ("message", "seq", "wire")
+    __slots__ = ("ends", "message", "seq", "wire")
 
-    def __init__(self, seq: int, text: bytes) -> None:
+    def __init__(self, seq: int, text: bytes, kind: BuildKind | None = None) -> None:
         self.seq = seq
+        self.ends = kind if kind in END_KINDS else None
         self.message = {"type": "websocket.send", "text": text.decode()}
         self.wire = websocket_text_frame(text)
 
@@ -135,6 +143,14 @@ class SocketLagging(Exception):
 
 class FeedClosed(Exception):
     """The feed stopped (the gateway is shutting down)."""
+
+
+class BuildEnded(Exception):
+    """The socket sent the event that ends its build (`kind`: deployed or failed); nothing more will come."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
 
 
 class Watcher:
@@ -166,7 +182,8 @@ class Watcher:
             self.cursor += 1  # replayed history the socket already has (it asked for after=)
             return True
         protocol = self.direct
-        if protocol is None or protocol.close_sent or not protocol.writable.is_set():
+        # the build's last event goes through the pump, which then closes the socket
+        if protocol is None or frame.ends or protocol.close_sent or not protocol.writable.is_set():
             return False
         transport = protocol.transport
         if transport.is_closing():
@@ -202,8 +219,8 @@ class Watcher:
         return self._waiter is not None
 
     async def pump(self, send: Send) -> None:
-        """Send frames to the socket until failed; raises SocketLagging or FeedClosed, or the
-        send's own error when the client went away."""
+        """Send frames to the socket until its build's last event or until failed; raises BuildEnded (after
+        sending that event), SocketLagging or FeedClosed, or the send's own error when the client went away."""
         history = self.feed.history
         loop = asyncio.get_running_loop()
         while True:
@@ -225,6 +242,9 @@ class Watcher:
                     # unless the client's TCP buffer is full, so a batch usually goes out in one step.
                     await send(frame.message)
                     self.last_seq = frame.seq
+                    if frame.ends:
+                        self.error = BuildEnded(frame.ends)
+                        raise self.error
 
 
 class BuildFeed:
@@ -272,7 +292,7 @@ class BuildFeed:
         if frame_of is None:
             return
         text = _encode_frame(frame_of)
-        frame = Frame(seq, text)
+        frame = Frame(seq, text, frame_of.kind)
         self.history.append(frame)
         self.seqs.append(seq)
         length = len(self.history)

@@ -309,6 +309,8 @@ class OAuthController(Controller):
                 return _page("This app cannot connect", "The authorization request holds characters that cannot "
                              "be carried through sign-in (backslashes or control characters).", 400)
             return Redirect(f"{SIGN_IN_PAGE}?{urlencode({'next': back})}", status_code=303, headers=_NO_STORE)
+        if isinstance(reply, AuthorizationRedirect):  # the first-party client: consent is implicit
+            return Redirect(reply.location, status_code=302, headers=_NO_STORE)
         assert isinstance(reply, ConsentRequired) and signer is not None
         return _consent_page(reply, signer)
 

@@ -54,6 +54,10 @@ class BuildView(msgspec.Struct, frozen=True, kw_only=True):
     last_seq: int
     """Stream sequence of the last event reflected here."""
     failure: str | None = None
+    server_id: str | None = None
+    """The server the build deployed as (`/v1/servers/{server_id}`), once `status` is `deployed`."""
+    url: str | None = None
+    """That server's stable MCP URL, for MCP clients, once deployed."""
     links: BuildLinks
 
 

@@ -3,7 +3,8 @@
 nats-server and PostgreSQL start under the data dir (unless BMMS_NATS_URL / BMMS_DATABASE_URL name running
 ones), JetStream and the tables are prepared, then every actor and the gateway run as child processes,
 each as its own NATS role with only its own password. The supervisor prints the URL and a dev API key
-once everything answers, and on SIGINT/SIGTERM stops the gateway, then the actors (they drain), then
+once everything answers, with one link that signs its local person (DEV_PERSON, an owner of the dev key's
+organisation) into the dashboard, and on SIGINT/SIGTERM stops the gateway, then the actors (they drain), then
 PostgreSQL and NATS. A child that dies on its own stops everything with a non-zero exit.
 """
 
@@ -31,10 +32,12 @@ from nats.aio.client import Client
 from nats.micro.service import ServiceVerb, control_subject
 
 from actors.catalog import ACTORS
+from actors.runtime.bus import call
 from actors.runtime.sandboxes import backend_name
 from actors.runtime.settings import Settings
 from bus_schemas.builds import FunctionBody, ToolParameter, ToolSpec, ToolSpecSource
-from bus_schemas.registry import CONSUMERS, RPCS
+from bus_schemas.identity import IssueSignInLink, SignInLinkIssued
+from bus_schemas.registry import CONSUMERS, ISSUE_SIGN_IN_LINK, RPCS
 from ops.apikeys import DEV_ORG, ensure_dev_api_key
 from ops.infra import (
     EmbeddedPostgres,
@@ -60,6 +63,18 @@ T = TypeVar("T")
 
 GATEWAY = "gateway"
 """The gateway's child name and NATS role."""
+
+DEV_PERSON = "dev@bmms.localhost"
+"""The local person `bmms dev` signs into the dashboard: an owner of the dev API key's organisation, so MCP
+clients can be authorized (as them) for the servers built with that key. `.localhost` is reserved (RFC 6761):
+no mail goes anywhere."""
+
+DASHBOARD = "/dashboard"
+"""Where the printed sign-in link lands."""
+
+MAGIC_LINK_CALLBACK = "/v1/auth/magic-link/callback"
+"""The gateway's magic-link page (gateway.identity.CALLBACK_PATH; not imported, so the supervisor does not load
+the web framework)."""
 
 
 class StackStopped(Exception):
@@ -269,10 +284,11 @@ class DevStack:
         try:
             await self._guard(self._actors_ready(nc), "waiting for the actors")
             key, org_id, created = await self._guard(self._dev_key(nc, admin.rpc_timeout), "creating the dev API key")
+            sign_in = await self._guard(dev_sign_in_link(nc, url, admin.rpc_timeout), "signing the dev person in")
         finally:
             await nc.close()
         self._record(infra, url)
-        self._announce(infra, url, key, org_id, created)
+        self._announce(infra, url, key, org_id, created, sign_in)
         return self._report_stopped(await self._wait_for_end())
 
     def _refuse_second_stack(self) -> None:
@@ -300,6 +316,9 @@ class DevStack:
                 # oauth seals its signing keys, the deployer the servers' upstream secrets (each its own
                 # derived key: actors.runtime.crypto)
                 environ["BMMS_SECRET_KEY"] = load_or_create_secret_key(self.root / SECRET_KEY_FILE)
+            if name == "planner":
+                # dev: an OpenAPI document may be fetched from this machine or its network (`url` of http://...)
+                environ.setdefault("BMMS_PLANNER_ALLOW_PRIVATE_FETCH", "true")
             if name == "deployer":
                 # runners get the `runner` role (usage events, the public keys, quota state) and nothing more;
                 # when `bmms dev` ends, the servers it runs stop too, and start again with it
@@ -407,7 +426,8 @@ class DevStack:
         tmp.write_bytes(msgspec.json.encode(record))
         tmp.replace(path)  # readers never see half a record
 
-    def _announce(self, infra: Infrastructure, url: str, key: str, org_id: str, created: bool) -> None:
+    def _announce(self, infra: Infrastructure, url: str, key: str, org_id: str, created: bool,
+                  sign_in: SignInLinkIssued) -> None:
         data_flag = f" --data-dir {shlex.quote(str(self.root))}"
         # Encoded from the bus type, so the example follows the contract's tag field and names.
         # A tool spec builds and deploys with no model; plain words need BMMS_ANTHROPIC_API_KEY.
@@ -419,17 +439,21 @@ class DevStack:
         body = msgspec.json.encode({"name": "calculator", "source": source}).decode()
         lines = [
             "",
-            "Build My MCP Server dev stack is ready.",
+            "Build My MCP Server dev stack is ready. Open the dashboard (signs you in as "
+            f"{DEV_PERSON}; the link works once, for {sign_in.expires_in_seconds // 60} minutes):",
+            "",
+            f"  Dashboard: {sign_in.link}",
             "",
             f"  URL:      {url}",
             f"  API key:  {key}",
             f"  Org:      {DEV_ORG} (id {org_id}); key {'created now' if created else 'from'} "
-            f"{self.root / DEV_API_KEY_FILE}",
+            f"{self.root / DEV_API_KEY_FILE}; owner {DEV_PERSON}",
             f"  NATS:     {infra.nats_url} (role passwords in {self.root / PASSWORDS_FILE})"
             if infra.nats is not None else f"  NATS:     {infra.nats_url} (external)",
             f"  Postgres: {infra.database_url}" + ("" if infra.postgres is not None else " (external)"),
             "",
-            "Try it (builds, checks and hosts a one-tool MCP server; its URL is in the build's `deployed` event):",
+            "Or over HTTP (builds, checks and hosts a one-tool MCP server; GET /v1/builds/<build_id> shows its "
+            "URL once deployed):",
             f"  curl -sS -X POST {url}/v1/builds \\",
             f"    -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\",
             f"    -d '{body}'",
@@ -439,6 +463,17 @@ class DevStack:
             "",
         ]
         print("\n".join(lines), file=self.out, flush=True)
+
+
+async def dev_sign_in_link(nc: Client, url: str, timeout: float) -> SignInLinkIssued:
+    """A one-time link signing DEV_PERSON (made an owner of the dev organisation) into the dashboard, issued by
+    the auth actor to the operator (ISSUE_SIGN_IN_LINK: only the admin role reaches it)."""
+    reply = await call(nc, ISSUE_SIGN_IN_LINK, IssueSignInLink(
+        email=DEV_PERSON, org_name=DEV_ORG, link_base=url + MAGIC_LINK_CALLBACK, next=DASHBOARD,
+    ), timeout=timeout)
+    if not isinstance(reply, SignInLinkIssued):
+        raise OperatorError(f"could not sign {DEV_PERSON} in: {reply.detail}")
+    return reply
 
 
 async def poll(check: Callable[[], Awaitable[bool]], interval: float = 0.1) -> None:

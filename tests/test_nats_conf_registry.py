@@ -53,6 +53,7 @@ from bus_schemas.registry import (
     GET_SERVER_LOGS,
     GET_USAGE,
     IDENTITY_RPCS,
+    ISSUE_SIGN_IN_LINK,
     KV_BUCKETS,
     LIST_SERVERS,
     MEMBERSHIP_ENDED,
@@ -281,7 +282,7 @@ class Uses:
     reads_objects: tuple[ObjectBucket, ...] = ()
 
 
-OPERATOR_RPCS: tuple[Rpc[Any, Any], ...] = (CREATE_API_KEY, OAUTH_CREATE_CLIENT)
+OPERATOR_RPCS: tuple[Rpc[Any, Any], ...] = (CREATE_API_KEY, ISSUE_SIGN_IN_LINK, OAUTH_CREATE_CLIENT)
 """RPCs only operators call (the `bmms` CLI, as admin); no other role may."""
 
 
@@ -680,7 +681,7 @@ def _answering(role: str) -> Callable[[dict[str, Role]], dict[str, Role]]:
         ),
         pytest.param(
             _changed("publish", "gateway", add="rpc.auth.>"),
-            "(it reaches rpc.auth.api_keys.create)",
+            "(it reaches rpc.auth.api_keys.create, rpc.auth.sign_in_links.issue)",
             id="a wildcard reaching an operator-only rpc",
         ),
         pytest.param(

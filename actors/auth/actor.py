@@ -17,6 +17,7 @@ from bus_schemas.registry import (
     GET_ME,
     INVITE_MEMBER,
     ISSUE_API_KEY,
+    ISSUE_SIGN_IN_LINK,
     LIST_API_KEYS,
     LIST_INVITES,
     LIST_MEMBERS,
@@ -63,4 +64,5 @@ def create_actor(config: AuthConfig | None = None) -> Actor:
     actor.rpc(LIST_API_KEYS)(handlers.list_api_keys)
     actor.rpc(REVOKE_API_KEY)(bind(handlers.revoke_api_key, state))
     actor.rpc(CREATE_API_KEY)(handlers.create_api_key)
+    actor.rpc(ISSUE_SIGN_IN_LINK)(bind(handlers.issue_sign_in_link, state))
     return actor

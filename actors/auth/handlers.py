@@ -50,6 +50,8 @@ from bus_schemas.identity import (
     InviteRevoked,
     IssueApiKey,
     IssueApiKeyReply,
+    IssueSignInLink,
+    IssueSignInLinkReply,
     ListApiKeys,
     ListApiKeysReply,
     ListInvites,
@@ -81,6 +83,7 @@ from bus_schemas.identity import (
     SessionList,
     SessionRevoked,
     SessionStarted,
+    SignInLinkIssued,
     safe_next,
 )
 from bus_schemas.registry import MEMBERSHIP_ENDED
@@ -172,13 +175,19 @@ async def _count_link(conn: asyncpg.Connection, email: str, source: str, auth: A
     return None
 
 
+async def _new_link(conn: asyncpg.Connection, auth: AuthState, email: str, link_base: str,
+                    next_path: str | None) -> str:
+    """Store a new magic link's digest; the link."""
+    token, digest = new_token(LINK_PREFIX)
+    await storage.add_magic_link(conn, digest, email, next_path, auth.config.magic_link_ttl_seconds)
+    return f"{link_base}?token={token}"
+
+
 async def _mail_link(conn: asyncpg.Connection, auth: AuthState, email: str, link_base: str, next_path: str | None,
                      subject: str, intro: str) -> None:
     """Store a new magic link's digest and mail the link."""
-    token, digest = new_token(LINK_PREFIX)
+    link = await _new_link(conn, auth, email, link_base, next_path)
     ttl = auth.config.magic_link_ttl_seconds
-    await storage.add_magic_link(conn, digest, email, next_path, ttl)
-    link = f"{link_base}?token={token}"
     body = (f"{intro}\n\n{link}\n\nThe link works once, for {ttl // 60} minutes. "
             "If you did not ask for it, ignore this mail.\n")
     auth.mailer.send(Mail(to=email, subject=subject, body=body))
@@ -205,6 +214,32 @@ async def request_magic_link(request: RequestMagicLink, ctx: Context, auth: Auth
         await _mail_link(conn, auth, email, request.link_base, next_path, "Your sign-in link",
                          "Follow this link to sign in to Build My MCP Server:")
     return MagicLinkRequested(expires_in_seconds=auth.config.magic_link_ttl_seconds)
+
+
+async def issue_sign_in_link(request: IssueSignInLink, ctx: Context, auth: AuthState) -> IssueSignInLinkReply:
+    """The operator's sign-in link for a person, returned rather than mailed (no rate limit: only the operator
+    reaches this RPC); the person is made an owner of the named organisation unless already a member, so
+    their first sign-in creates no organisation of their own."""
+    email = normalize_email(request.email)
+    if email is None:
+        ctx.log.info("rejected operator sign-in link: not an email address")
+        return Failed(code=FailureCode.INVALID, detail="that is not an email address", field="email")
+    next_path = safe_next(request.next)
+    if request.next is not None and next_path is None:
+        ctx.log.info("rejected operator sign-in link: `next` is not a local path")
+        return Failed(code=FailureCode.INVALID, detail="`next` must be a path on this site", field="next")
+    if not request.link_base.startswith(("https://", "http://")):
+        ctx.log.info("rejected operator sign-in link: link base is not an http(s) URL")
+        return Failed(code=FailureCode.INVALID, detail="link_base must be an http(s) URL", field="link_base")
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        org_id = await storage.org_named(conn, request.org_name)
+        person_id, _ = await storage.person_for_email(conn, email)
+        if await storage.member_role(conn, org_id, person_id) is None:
+            await storage.add_member(conn, org_id, person_id, "owner")
+        link = await _new_link(conn, auth, email, request.link_base, next_path)
+    ctx.log.info("the operator issued a sign-in link for person %s (owner of %s)", person_id, org_id)
+    return SignInLinkIssued(link=link, person_id=person_id, org_id=org_id,
+                            expires_in_seconds=auth.config.magic_link_ttl_seconds)
 
 
 async def redeem_magic_link(request: RedeemMagicLink, ctx: Context, auth: AuthState) -> RedeemMagicLinkReply:

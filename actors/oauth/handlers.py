@@ -25,6 +25,8 @@ from actors.runtime.actor import Context, TransientError
 from bus_schemas.base import Failed, FailureCode
 from bus_schemas.identity import MembershipEnded
 from bus_schemas.oauth import (
+    DASHBOARD_CLIENT_ID,
+    DASHBOARD_REDIRECT_PATH,
     AuthorizationRedirect,
     ClientMetadata,
     ClientRegistered,
@@ -136,7 +138,17 @@ def _registered(
     )
 
 
-async def _find_client(ctx: Context, oauth: OAuthState, client_id: str) -> Client | None:
+def dashboard_client(issuer: str) -> Client:
+    """The platform's first-party client (DASHBOARD_CLIENT_ID): registered by the platform, not stored; its
+    redirect URI is on the issuer the request came to."""
+    return Client(client_id=DASHBOARD_CLIENT_ID, client_name="Build My MCP Server dashboard", client_uri=issuer or None,
+                  redirect_uris=(issuer + DASHBOARD_REDIRECT_PATH,), token_endpoint_auth_method="none",  # noqa: S106 (a method name)
+                  grant_types=("authorization_code",))
+
+
+async def _find_client(ctx: Context, oauth: OAuthState, client_id: str, issuer: str = "") -> Client | None:
+    if client_id == DASHBOARD_CLIENT_ID:
+        return dashboard_client(issuer)
     if is_metadata_document_url(client_id):
         return await oauth.documents.client(client_id)
     return await storage.find_client(ctx.pool, client_id)
@@ -206,6 +218,15 @@ async def start_authorization(
         ctx.log.warning("authorization for client %s by %s of %s: resource %r refused: %s", client.client_id,
                         request.signer.subject, request.signer.org_id, resource[:200], why)
         return back("invalid_target", not_yours)
+    if client.client_id == DASHBOARD_CLIENT_ID:
+        # First party: the person is signed in to the platform itself and the server is their organisation's
+        # (checked just above), so there is nobody else to consent to; every scope asked for is granted.
+        assert request.signer is not None and request.code_challenge is not None
+        ctx.log.info("first-party authorization by %s on %s", request.signer.subject, server.resource)
+        return await _issue_code(ctx, oauth, client_id=client.client_id, subject=request.signer.subject,
+                                 org_id=request.signer.org_id, resource=server.resource, scope=" ".join(scopes),
+                                 issuer=request.issuer, redirect_uri=redirect_uri,
+                                 code_challenge=request.code_challenge, state=request.state)
     return await _open_consent(ctx, oauth, request, client, redirect_uri, server, scopes)
 
 
@@ -218,7 +239,7 @@ async def _authorizing_client(
     if not request.client_id:
         return _refuse("invalid_request", "client_id is missing", what=what)
     try:
-        client = await _find_client(ctx, oauth, request.client_id)
+        client = await _find_client(ctx, oauth, request.client_id, request.issuer)
     except MetadataError as exc:
         return _refuse("invalid_client", exc.description, what=what, client=request.client_id)
     if client is None:
@@ -320,17 +341,26 @@ async def decide_consent(request: DecideConsent, ctx: Context, oauth: OAuthState
             "error": "access_denied", "error_description": "no scope was granted",
             "state": pending.state, "iss": pending.issuer,
         }))
-    code = new_secret("bmms_ac_")
-    await storage.issue_code(
-        ctx.pool, grant_id=f"g{secrets.token_hex(12)}", code_hash=digest(code), client_id=pending.client_id,
-        subject=pending.subject, org_id=pending.org_id, resource=pending.resource, scope=scope,
-        issuer=pending.issuer, redirect_uri=redirect_uri, code_challenge=pending.code_challenge, now=now,
-        expires_at=now + oauth.config.code_ttl,
-    )
     ctx.log.info("authorization approved for client %s by %s on %s (%s)", pending.client_id,
                  pending.subject, pending.resource, scope)
+    return await _issue_code(ctx, oauth, client_id=pending.client_id, subject=pending.subject, org_id=pending.org_id,
+                             resource=pending.resource, scope=scope, issuer=pending.issuer, redirect_uri=redirect_uri,
+                             code_challenge=pending.code_challenge, state=pending.state)
+
+
+async def _issue_code(ctx: Context, oauth: OAuthState, *, client_id: str, subject: str, org_id: str, resource: str,
+                      scope: str, issuer: str, redirect_uri: str, code_challenge: str,
+                      state: str | None) -> AuthorizationRedirect:
+    """An authorization code for an approved grant, sent back to the client's redirect URI."""
+    now = oauth.config.clock()
+    code = new_secret("bmms_ac_")
+    await storage.issue_code(
+        ctx.pool, grant_id=f"g{secrets.token_hex(12)}", code_hash=digest(code), client_id=client_id,
+        subject=subject, org_id=org_id, resource=resource, scope=scope, issuer=issuer, redirect_uri=redirect_uri,
+        code_challenge=code_challenge, now=now, expires_at=now + oauth.config.code_ttl,
+    )
     return AuthorizationRedirect(location=_redirect_location(redirect_uri, {
-        "code": code, "state": pending.state, "iss": pending.issuer,
+        "code": code, "state": state, "iss": issuer,
     }))
 
 

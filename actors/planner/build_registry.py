@@ -12,6 +12,7 @@ handlers, its own state (`BuildRegistryState`) and its own SQL (`registry_storag
 
 from __future__ import annotations
 
+import datetime as dt
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from bus_schemas.base import Failed, FailureCode
 from bus_schemas.builds import (
     AnyBuildEvent,
     BuildAccepted,
+    BuildDeployed,
     BuildFailed,
     BuildRequested,
     GetBuild,
@@ -79,31 +81,43 @@ async def write_summary(ctx: Context, registry: BuildRegistryState, org_id: str,
 
 
 async def submit_build(request: SubmitBuild, ctx: Context, registry: BuildRegistryState) -> SubmitBuildReply:
-    """Record the build (or find the one already recorded under its idempotency key) and publish `requested`."""
-    async with ctx.pool.acquire() as conn:
-        try:
-            build_id, requested_seq = await registry_storage.insert_build(
+    """Record the build (or find the one already recorded under its idempotency key or request id) and publish
+    `requested`.
+
+    The row and the event commit together: the row is committed only after the event is stored, so a copy that
+    dies half-way leaves no build (a retry of the request records it again under the same id, and JetStream
+    de-duplicates the event); a request that arrives after its `accept_by` records nothing."""
+    try:
+        async with ctx.pool.acquire() as conn, conn.transaction():
+            recorded = await registry_storage.insert_build(
                 conn,
-                build_id=new_build_id(),
+                build_id=request.request_id or new_build_id(),
                 org_id=request.org_id,
                 name=request.name,
                 requested_by=request.requested_by,
                 source_json=encode(request.source).decode(),
                 idempotency_key=request.idempotency_key,
+                accept_by=dt.datetime.fromisoformat(request.accept_by) if request.accept_by else None,
             )
-        except asyncpg.UntranslatableCharacterError:
-            ctx.log.info("rejected build of %s: its text holds U+0000", request.org_id)
-            return Failed(code=FailureCode.INVALID,
-                          detail="the build's text may not contain the NUL character (U+0000)")
-        if requested_seq is None:
-            event = BuildRequested(
-                build_id=build_id, org_id=request.org_id, at=utc_now(),
-                name=request.name, requested_by=request.requested_by, source=request.source,
-                server_id=request.server_id,
-            )
-            seq = await emit(ctx, event, "requested", "requested")
-            await registry_storage.mark_requested(conn, build_id, seq)
-    await write_summary(ctx, registry, request.org_id, build_id)
+            if recorded is None:
+                return Failed(code=FailureCode.UNAVAILABLE, detail="the build request arrived after its deadline "
+                              "and was not recorded; send it again", retry_after_seconds=1)
+            build_id, requested_seq = recorded
+            if requested_seq is None:
+                event = BuildRequested(
+                    build_id=build_id, org_id=request.org_id, at=utc_now(),
+                    name=request.name, requested_by=request.requested_by, source=request.source,
+                    server_id=request.server_id,
+                )
+                seq = await emit(ctx, event, "requested", "requested")
+                await registry_storage.mark_requested(conn, build_id, seq)
+    except asyncpg.UntranslatableCharacterError:
+        ctx.log.info("rejected build of %s: its text holds U+0000", request.org_id)
+        return Failed(code=FailureCode.INVALID, detail="the build's text may not contain the NUL character (U+0000)")
+    try:
+        await write_summary(ctx, registry, request.org_id, build_id)
+    except Exception:  # recorded and requested: the projection writes the summary with the build's next event
+        ctx.log.warning("summary of build %s not written", build_id, exc_info=True)
     return BuildAccepted(build_id=build_id, org_id=request.org_id, status="requested")
 
 
@@ -125,6 +139,8 @@ async def project_build_status(batch: Batch[AnyBuildEvent], ctx: Context, regist
             seq=item.delivery.stream_seq,
             failure=f"{item.message.step}: {item.message.detail}" if isinstance(item.message, BuildFailed)
             else None,
+            server_id=item.message.server_id if isinstance(item.message, BuildDeployed) else None,
+            url=item.message.url if isinstance(item.message, BuildDeployed) else None,
         )
         for item in batch
     ]

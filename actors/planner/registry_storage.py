@@ -28,22 +28,34 @@ async def insert_build(
     requested_by: str,
     source_json: str,
     idempotency_key: str | None,
-) -> tuple[str, int | None]:
-    """Record a build, or find the one already recorded under the same idempotency key.
+    accept_by: dt.datetime | None = None,
+) -> tuple[str, int | None] | None:
+    """Record a build, or find the one already recorded under the same idempotency key or build id (the same
+    request sent again).
 
-    Returns the build id and the stream sequence of its `requested` event if that was published.
+    Returns the build id and the stream sequence of its `requested` event if that was published; None when
+    nothing was recorded before and `accept_by` has passed (the database's clock decides), so nothing is.
     """
     row = await conn.fetchrow(
         """
         INSERT INTO builds (build_id, org_id, name, requested_by, source, idempotency_key)
-        VALUES ($1, $2, $3, $4, $5::jsonb, $6)
-        ON CONFLICT (org_id, idempotency_key) DO UPDATE SET idempotency_key = EXCLUDED.idempotency_key
+        SELECT $1, $2, $3, $4, $5::jsonb, $6 WHERE $7::timestamptz IS NULL OR clock_timestamp() < $7
+        ON CONFLICT DO NOTHING
         RETURNING build_id, requested_seq
         """,
-        build_id, org_id, name, requested_by, source_json, idempotency_key,
+        build_id, org_id, name, requested_by, source_json, idempotency_key, accept_by,
     )
-    assert row is not None
-    return str(row["build_id"]), row["requested_seq"]
+    if row is None:
+        # recorded before (or by a concurrent request, whose transaction this one waited for), or too late
+        row = await conn.fetchrow(
+            """
+            SELECT build_id, requested_seq FROM builds
+            WHERE org_id = $2 AND (idempotency_key = $3 OR build_id = $1)
+            ORDER BY idempotency_key = $3 DESC NULLS LAST LIMIT 1
+            """,
+            build_id, org_id, idempotency_key,
+        )
+    return None if row is None else (str(row["build_id"]), row["requested_seq"])
 
 
 async def mark_requested(conn: asyncpg.Connection, build_id: str, seq: int) -> None:
@@ -59,6 +71,10 @@ class Projected:
     kind: str
     seq: int
     failure: str | None = None
+    server_id: str | None = None
+    """Of a `deployed` event: the server the build runs as."""
+    url: str | None = None
+    """Of a `deployed` event: the server's URL."""
 
 
 def _keep_newest(table: dict[str, Projected], event: Projected) -> None:
@@ -85,8 +101,8 @@ def fold_events(events: Iterable[Projected]) -> list[Projected]:
 async def apply_events(conn: asyncpg.Connection, events: Iterable[Projected]) -> None:
     """Project a batch of build events (`fold_events`); safe under redelivery and out-of-order handling,
     each change being guarded by sequence. Run it in a transaction, so a batch commits once."""
-    await conn.executemany(_APPLY_EVENT, [(e.build_id, e.kind, e.kind in MILESTONES, e.seq, e.failure)
-                                          for e in fold_events(events)])
+    await conn.executemany(_APPLY_EVENT, [(e.build_id, e.kind, e.kind in MILESTONES, e.seq, e.failure,
+                                           e.server_id, e.url) for e in fold_events(events)])
 
 
 _APPLY_EVENT = """
@@ -94,6 +110,8 @@ _APPLY_EVENT = """
         UPDATE builds SET
             status = CASE WHEN $3 AND status_seq < $4 THEN $2 ELSE status END,
             failure = CASE WHEN $3 AND status_seq < $4 THEN $5 ELSE failure END,
+            server_id = CASE WHEN $3 AND status_seq < $4 AND $6::text IS NOT NULL THEN $6 ELSE server_id END,
+            url = CASE WHEN $3 AND status_seq < $4 AND $7::text IS NOT NULL THEN $7 ELSE url END,
             status_seq = CASE WHEN $3 AND status_seq < $4 THEN $4 ELSE status_seq END,
             last_seq = GREATEST(last_seq, $4),
             updated_at = now()
@@ -105,7 +123,7 @@ async def find_build(conn: asyncpg.Connection, org_id: str, build_id: str) -> Bu
     """One build of one organisation; None when absent or another organisation's."""
     row = await conn.fetchrow(
         """
-        SELECT build_id, org_id, name, status, failure, last_seq, created_at, updated_at
+        SELECT build_id, org_id, name, status, failure, last_seq, created_at, updated_at, server_id, url
         FROM builds WHERE build_id = $1 AND org_id = $2
         """,
         build_id, org_id,
@@ -122,4 +140,6 @@ async def find_build(conn: asyncpg.Connection, org_id: str, build_id: str) -> Bu
         updated_at=_rfc3339(row["updated_at"]),
         last_seq=row["last_seq"],
         failure=row["failure"],
+        server_id=row["server_id"],
+        url=row["url"],
     )

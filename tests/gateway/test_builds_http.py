@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import httpx
+from nats.aio.client import Client
 
+from actors.runtime.actor import utc_now
+from actors.runtime.bus import publish_event
 from actors.runtime.logs import new_trace_id
+from bus_schemas.builds import BuildDeployed
 from bus_schemas.identity import ApiKeyCreated
+from bus_schemas.registry import build_subject
 from tests.conftest import eventually
 from tests.gateway.conftest import PLAIN, Gateway, assert_problem, bearer
+from tests.gateway.test_stream import failed_build
 
 
 async def test_submitted_build_is_accepted_and_readable_by_its_organisation_only(
@@ -146,3 +152,25 @@ async def test_repeated_requests_reuse_the_resolved_key(
     size = len(cache)
     await http.get("/v1/builds/whatever", headers=bearer(key))
     assert len(cache) == size and size >= 1
+
+
+async def test_a_deployed_build_carries_its_server_id_and_url(
+    http: httpx.AsyncClient, key: ApiKeyCreated, module_admin: Client
+) -> None:
+    build_id = await failed_build(http, key)
+    # The deployer's event, as it publishes it once the server answers (the test planner fails every build first;
+    # the newer milestone wins).
+    deployed = BuildDeployed(build_id=build_id, org_id=key.org_id, at=utc_now(), url="http://127.0.0.1:1/servers/s1/mcp",
+                             server_id="s" + build_id[1:], version=1, backend="process", isolation="none")
+    await publish_event(module_admin.jetstream(), build_subject(key.org_id, build_id, "deployed"), deployed,
+                        msg_id=f"{build_id}:deployed")
+
+    async def deployed_view() -> dict[str, object] | None:
+        read = await http.get(f"/v1/builds/{build_id}", headers=bearer(key))
+        assert read.status_code == 200, read.text
+        view: dict[str, object] = read.json()
+        return view if view["status"] == "deployed" else None
+
+    view = await eventually(deployed_view)
+    assert isinstance(view, dict)
+    assert view["server_id"] == deployed.server_id and view["url"] == deployed.url

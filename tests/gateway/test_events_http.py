@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import pytest
 from nats.aio.client import Client
 
 from actors.runtime.actor import utc_now
@@ -20,6 +21,7 @@ from actors.runtime.bus import publish_event
 from bus_schemas.builds import LogLine
 from bus_schemas.identity import ApiKeyCreated
 from bus_schemas.registry import BUILDS, build_subject
+from gateway import events as gateway_events
 from ops.events import sse_messages, tail_events_http
 from tests.conftest import eventually
 from tests.gateway.conftest import Gateway, assert_problem, bearer
@@ -163,3 +165,25 @@ async def _consumer_on(nc: Client, subject: str) -> bool:
 
 async def _no_consumer_on(nc: Client, subject: str) -> bool:
     return not await _consumer_on(nc, subject)
+
+
+async def test_keepalives_are_comment_lines_never_events(
+    http: httpx.AsyncClient, key: ApiKeyCreated, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gateway_events, "KEEPALIVE_SECONDS", 0.05)
+    blocks: list[list[str]] = [[]]
+    async with asyncio.timeout(15), http.stream(
+        "GET", "/v1/events", params={"build": build_id(), "live": "true"}, headers=bearer(key)
+    ) as response:
+        assert response.status_code == 200
+        async for line in response.aiter_lines():
+            if line:
+                blocks[-1].append(line)
+            elif blocks[-1]:
+                blocks.append([])
+            if len(blocks) > 3:  # the caught-up marker and two keepalives
+                break
+    # every message is the caught-up marker or a bare comment: a `data:` line would be an event to a browser
+    messages = [b for b in blocks if b]
+    assert messages[0][0] == "event: caught-up"
+    assert all(block == [": keepalive"] for block in messages[1:]), messages

@@ -12,7 +12,7 @@ from bus_schemas.identity import ApiKeyCreated
 from gateway.config import GatewayConfig
 from tests.conftest import Stack, eventually
 from tests.gateway.conftest import bearer, gateway_settings, new_api_key, serving_with_client
-from tests.gateway.test_stream import failed_build, publish_log
+from tests.gateway.test_stream import publish_log, unfinished_build
 
 
 async def test_a_socket_that_stops_reading_is_dropped_and_others_get_every_frame(
@@ -22,7 +22,7 @@ async def test_a_socket_that_stops_reading_is_dropped_and_others_get_every_frame
     async with serving_with_client(
         gateway_settings(stack), GatewayConfig(max_socket_lag=30, feed_grace_seconds=0.1)
     ) as (gw, http):
-        build_id = await failed_build(http, key)
+        build_id = await unfinished_build(http, key, module_admin)
         url = f"{gw.ws_url}/v1/builds/{build_id}/stream"
         # max_queue=1: the client library stops reading after one frame, so TCP pushes back.
         async with (

@@ -1,4 +1,5 @@
-"""The build WebSocket: whole history then live, resume without gap or duplicate, one consumer per build."""
+"""The build WebSocket: whole history then live, resume without gap or duplicate, one consumer per build, closed
+normally (1000, the kind as reason) after the build's last event."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from websockets.asyncio.client import ClientConnection
 from actors.runtime.actor import utc_now
 from actors.runtime.bus import publish_event
 from actors.runtime.logs import new_trace_id
-from bus_schemas.builds import LogLine
+from bus_schemas.builds import BuildDeployed, LogLine
 from bus_schemas.identity import ApiKeyCreated
 from bus_schemas.registry import BUILD_EVENTS, BUILDS, build_subject
 from gateway.config import GatewayConfig
@@ -48,6 +49,22 @@ async def failed_build(http: httpx.AsyncClient, key: ApiKeyCreated) -> str:
 
     await eventually(failed)
     return build_id
+
+
+async def unfinished_build(http: httpx.AsyncClient, key: ApiKeyCreated, nc: Client) -> str:
+    """A build whose history has not ended: a failed build with its `failed` event purged from the stream, so
+    a socket stays open and the tests publish its later events as the actors would."""
+    build_id = await failed_build(http, key)
+    await nc.jetstream().purge_stream(BUILDS.name, subject=build_subject(key.org_id, build_id, "failed"))
+    return build_id
+
+
+async def closed(ws: ClientConnection) -> tuple[int | None, str | None]:
+    """The close code and reason, once the server closed the socket (every frame before it read)."""
+    async with asyncio.timeout(15):
+        async for _ in ws:
+            pass
+    return ws.close_code, ws.close_reason
 
 
 async def history_size(nc: Client, key: ApiKeyCreated, build_id: str) -> int:
@@ -96,29 +113,56 @@ async def build_consumers(nc: Client, org_id: str, build_id: str) -> int:
 async def test_socket_gets_the_whole_history_in_order_then_live_events(
     gateway: Gateway, http: httpx.AsyncClient, key: ApiKeyCreated, module_admin: Client
 ) -> None:
-    build_id = await failed_build(http, key)
+    build_id = await unfinished_build(http, key, module_admin)
     size = await history_size(module_admin, key, build_id)
     async with connect(gateway, key, build_id) as ws:
         history = await take(ws, size)
         kinds = [f["kind"] for f in history]
-        assert kinds[:2] == ["requested", "step"] and set(kinds[2:-1]) == {"log"} and kinds[-1] == "failed"
+        assert kinds[:2] == ["requested", "step"] and set(kinds[2:]) == {"log"}
         seqs = [f["seq"] for f in history]
         assert seqs == sorted(seqs) and len(set(seqs)) == size
         assert history[0]["subject"] == build_subject(key.org_id, build_id, "requested")
         assert history[0]["event"]["type"] == "build.requested.v1"
         assert history[0]["event"]["source"] == PLAIN["source"]
 
-        # A failed build's socket stays open: later events (a redeploy) still arrive.
-        seq = await publish_log(module_admin, key, build_id, "redeploying")
+        # The build goes on: its next events arrive live.
+        seq = await publish_log(module_admin, key, build_id, "deploying")
         (live,) = await take(ws, 1)
         assert live["seq"] == seq > seqs[-1]
-        assert live["kind"] == "log" and live["event"]["message"] == "redeploying"
+        assert live["kind"] == "log" and live["event"]["message"] == "deploying"
+
+
+async def test_socket_of_a_finished_build_sends_its_history_then_closes_normally_with_the_last_kind(
+    gateway: Gateway, http: httpx.AsyncClient, key: ApiKeyCreated, module_admin: Client
+) -> None:
+    build_id = await failed_build(http, key)
+    size = await history_size(module_admin, key, build_id)
+    async with connect(gateway, key, build_id) as ws:
+        history = await take(ws, size)
+        assert history[-1]["kind"] == "failed"
+        assert await closed(ws) == (1000, "failed")
+
+
+async def test_live_socket_closes_normally_once_the_build_deploys(
+    gateway: Gateway, http: httpx.AsyncClient, key: ApiKeyCreated, module_admin: Client
+) -> None:
+    build_id = await unfinished_build(http, key, module_admin)
+    size = await history_size(module_admin, key, build_id)
+    async with connect(gateway, key, build_id) as ws:
+        await take(ws, size)
+        deployed = BuildDeployed(build_id=build_id, org_id=key.org_id, at=utc_now(), url="http://127.0.0.1:1/mcp",
+                                 server_id="s" + build_id[1:], version=1, backend="process", isolation="none")
+        seq = await publish_event(module_admin.jetstream(), build_subject(key.org_id, build_id, "deployed"), deployed,
+                                  msg_id=f"{build_id}:deployed")
+        (last,) = await take(ws, 1)
+        assert last["seq"] == seq and last["kind"] == "deployed"
+        assert await closed(ws) == (1000, "deployed")
 
 
 async def test_resumed_socket_gets_every_event_exactly_once(
     gateway: Gateway, http: httpx.AsyncClient, key: ApiKeyCreated, module_admin: Client
 ) -> None:
-    build_id = await failed_build(http, key)
+    build_id = await unfinished_build(http, key, module_admin)
     size = await history_size(module_admin, key, build_id)
     async with connect(gateway, key, build_id) as reference:
         first = await take(reference, size)
@@ -139,7 +183,7 @@ async def test_resumed_socket_gets_every_event_exactly_once(
 async def test_sockets_of_one_build_share_one_consumer_which_goes_after_the_last_leaves(
     gateway: Gateway, http: httpx.AsyncClient, key: ApiKeyCreated, module_admin: Client
 ) -> None:
-    build_id = await failed_build(http, key)
+    build_id = await unfinished_build(http, key, module_admin)
     size = await history_size(module_admin, key, build_id)
     async with connect(gateway, key, build_id) as one, connect(gateway, key, build_id) as two:
         assert await take(one, size) == await take(two, size)
@@ -189,7 +233,7 @@ async def test_browser_can_authenticate_with_the_bearer_subprotocol(
 async def test_live_frames_to_caught_up_sockets_are_written_straight_to_the_server_transport_on_the_fast_path(
     gateway: Gateway, http: httpx.AsyncClient, key: ApiKeyCreated, module_admin: Client
 ) -> None:
-    build_id = await failed_build(http, key)
+    build_id = await unfinished_build(http, key, module_admin)
     size = await history_size(module_admin, key, build_id)
     async with connect(gateway, key, build_id) as ws:
         await take(ws, size)
@@ -210,13 +254,13 @@ async def test_live_frames_to_caught_up_sockets_are_written_straight_to_the_serv
 async def test_socket_that_opens_a_builds_feed_with_after_gets_only_later_events(
     gateway: Gateway, http: httpx.AsyncClient, key: ApiKeyCreated, module_admin: Client
 ) -> None:
-    build_id = await failed_build(http, key)
+    build_id = await unfinished_build(http, key, module_admin)
     assert gateway.services.feeds.get(key.org_id, build_id) is None  # this socket starts the feed
-    history = await module_admin.jetstream().get_last_msg(BUILDS.name, build_subject(key.org_id, build_id, "failed"))
-    resume_after = history.seq - 1  # everything but the last event of the history
+    last_seq = await publish_log(module_admin, key, build_id, "last of the history")
+    resume_after = last_seq - 1  # everything but the last event of the history
     async with connect(gateway, key, build_id, after=resume_after) as ws:
         (last,) = await take(ws, 1)
-        assert last["seq"] == history.seq and last["kind"] == "failed"
+        assert last["seq"] == last_seq and last["event"]["message"] == "last of the history"
         seq = await publish_log(module_admin, key, build_id, "next")
         (live,) = await take(ws, 1)
         assert live["seq"] == seq

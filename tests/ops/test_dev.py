@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import queue
@@ -23,7 +24,13 @@ import psutil
 import pytest
 
 from bus_schemas.builds import PlainWords
+from ops.devstack import DEV_PERSON
 from ops.operator import DEV_API_KEY_FILE, STACK_FILE
+from tests.support.oauth_browser import consent_form
+from tests.support.oauth_helpers import pkce_pair, query_of
+from tests.support.sign_in import form_fields
+
+REDIRECT = "http://127.0.0.1:33419/callback"
 
 STARTUP_TIMEOUT = 180.0
 STOP_TIMEOUT = 60.0
@@ -40,6 +47,8 @@ class DevRun:
     org_id: str
     stdout: list[str]
     stderr_path: Path
+    dashboard: str = ""
+    """The printed one-time link that signs the dev person into the dashboard."""
 
     def stderr_tail(self) -> str:
         return self.stderr_path.read_text()[-4000:]
@@ -84,6 +93,7 @@ def start_dev(data_dir: Path, log_name: str) -> DevRun:
         "url": r"^\s*URL:\s+(http://\S+)",
         "key": r"^\s*API key:\s+(\S+)",
         "org_id": r"^\s*Org:\s+dev \(id (\S+)\)",
+        "dashboard": r"^\s*Dashboard:\s+(http://\S+)",
     }
     deadline = time.monotonic() + STARTUP_TIMEOUT
     while "ready" not in found:
@@ -105,7 +115,8 @@ def start_dev(data_dir: Path, log_name: str) -> DevRun:
         if line.startswith("Press Ctrl-C"):
             found["ready"] = "yes"
     assert {"url", "key", "org_id"} <= set(found), "".join(printed)
-    return DevRun(process, data_dir, found["url"], found["key"], found["org_id"], printed, stderr_path)
+    return DevRun(process, data_dir, found["url"], found["key"], found["org_id"], printed, stderr_path,
+                  found.get("dashboard", ""))
 
 
 def stop_dev(run: DevRun) -> list[int]:
@@ -196,3 +207,69 @@ def test_dev_stack_stops_everything_when_a_child_dies(data_dir: Path) -> None:
     assert returncode == 1
     assert "codegen exited unexpectedly" in run.stderr_tail()
     assert wait_gone(list(record["pids"].values())) == []
+
+
+def printed_build_body(run: DevRun) -> dict[str, object]:
+    """The JSON body of the printed curl."""
+    match = re.search(r"-d '(.+)'", "".join(run.stdout))
+    assert match, "".join(run.stdout)
+    body: dict[str, object] = json.loads(match.group(1))
+    return body
+
+
+def deployed_build(run: DevRun, body: dict[str, object]) -> dict[str, object]:
+    """Submit a build with the printed key and wait, bounded, until it deployed; its view."""
+    headers = {"Authorization": f"Bearer {run.key}"}
+    created = httpx.post(f"{run.url}/v1/builds", json=body, headers=headers, timeout=30)
+    assert created.status_code == 202, created.text
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while time.monotonic() < deadline:
+        read = httpx.get(f"{run.url}{created.headers['location']}", headers=headers, timeout=30)
+        view: dict[str, object] = read.json()
+        if view["status"] in ("deployed", "failed"):
+            assert view["status"] == "deployed", view
+            return view
+        time.sleep(0.2)  # another process's build: nothing to wait on but its state (bounded by the deadline)
+    pytest.fail(f"the printed build did not deploy within {STARTUP_TIMEOUT}s:\n{run.stderr_tail()}")
+
+
+def test_the_printed_link_signs_in_the_owner_of_the_dev_key_who_can_authorize_mcp_clients(data_dir: Path) -> None:
+    run = start_dev(data_dir, "first-minute")
+    try:
+        assert run.dashboard.startswith(f"{run.url}/v1/auth/magic-link/callback?token="), "".join(run.stdout)
+        with httpx.Client(timeout=30) as browser:
+            # The link, as a person opens it: a page with a "Sign in" button, then the dashboard.
+            page = browser.get(run.dashboard)
+            assert page.status_code == 200 and '<button type="submit">Sign in</button>' in page.text, page.text
+            signed_in = browser.post(run.dashboard.split("?")[0], data=form_fields(html.unescape(page.text)))
+            assert signed_in.status_code == 303 and signed_in.headers["location"] == "/dashboard", signed_in.text
+            assert browser.cookies.get("bmms_session")
+            assert browser.get(f"{run.url}/dashboard").status_code == 200
+            me = browser.get(f"{run.url}/v1/me").json()
+            assert me["email"] == DEV_PERSON and me["org_id"] == run.org_id and me["role"] == "owner"
+            # The link works once.
+            assert browser.post(run.dashboard.split("?")[0], data=form_fields(html.unescape(page.text))
+                                ).status_code != 303
+
+            # A server built with the printed curl is the dev person's organisation's: an MCP client's
+            # authorization reaches the consent page, and approving it gives the client a code.
+            view = deployed_build(run, printed_build_body(run))
+            registered = httpx.post(f"{run.url}/oauth/register", timeout=30, json={
+                "client_name": "first minute", "redirect_uris": [REDIRECT], "token_endpoint_auth_method": "none",
+                "grant_types": ["authorization_code"], "response_types": ["code"]})
+            assert registered.status_code == 201, registered.text
+            _, challenge = pkce_pair()
+            consent = browser.get(f"{run.url}/oauth/authorize", params={
+                "client_id": registered.json()["client_id"], "redirect_uri": REDIRECT, "response_type": "code",
+                "state": "s1", "code_challenge": challenge, "code_challenge_method": "S256",
+                "resource": str(view["url"])})
+            assert consent.status_code == 200, (consent.status_code, consent.headers.get("location"), consent.text)
+            decided = browser.post(f"{run.url}/oauth/authorize/decision",
+                                   data={**consent_form(consent.text), "decision": "approve",
+                                         "scope": re.findall(r'name="scope" value="([^"]+)"', consent.text)})
+            assert decided.status_code == 303, decided.text
+            answer = query_of(decided.headers["location"])
+            assert "error" not in answer and answer["code"] and answer["state"] == "s1", answer
+    finally:
+        pids = stop_dev(run)
+    assert wait_gone(pids) == []
