@@ -168,15 +168,16 @@
     socket.addEventListener("close", (close) => {
       if (state.socket !== socket) return;
       state.socket = null;
+      if (state.finished) {
+        // The stream ends after `deployed` or `failed` (1000, reason deployed/failed): nothing more to follow.
+        connection.textContent = "Finished";
+        return;
+      }
       if (close.code >= 4400 && close.code < 4500 && close.code !== 4408 && close.code !== 4429) {
         // 4000 + an HTTP status: the build is not there for this person (4404), or they are signed out.
         connection.textContent = "Not connected";
         BMMS.showError("build-error", new Error(close.reason || "This build cannot be shown."));
         if (!state.lastSeq) setStatus("unavailable");
-        return;
-      }
-      if (state.finished) {
-        connection.textContent = state.finished === "deployed" ? "Finished" : "Stopped";
         return;
       }
       // Dropped before the build finished: resume after the last event shown, backing off up to 5 s.

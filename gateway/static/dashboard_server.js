@@ -43,19 +43,19 @@
       $("versions").replaceChildren(el("p", { class: "hint" }, "No version deployed yet."));
       return;
     }
-    $("versions").replaceChildren(el("div", { class: "table-wrap" }, el("table", {},
-      el("thead", {}, el("tr", {}, el("th", { scope: "col" }, "Version"), el("th", { scope: "col" }, "Tools"),
-                             el("th", { scope: "col" }, "Changes"), el("th", { scope: "col" }, ""))),
-      el("tbody", {}, versions.map((version) => el("tr", { "data-version": version.version },
-        el("td", {}, `v${version.version}`, el("div", { class: "hint" }, formatTime(version.created_at)),
-           el("div", {}, el("a", { href: `/dashboard/builds/${encodeURIComponent(version.build_id)}` }, "build log"))),
-        el("td", {}, version.tool_count === null || version.tool_count === undefined ? "–" : String(version.tool_count)),
-        el("td", {}, version.tool_changes && version.tool_changes.breaking ? badge("breaking") : null,
-           diffList(version.tool_changes)),
-        el("td", {}, version.version === server.version
-          ? badge("current", "ok")
-          : el("button", { type: "button", class: "secondary small", "aria-label": `Roll back to version ${version.version}`,
-                           onclick: () => rollback(version.version) }, "Roll back")))))));
+    const rows = versions.map((version) => el("tr", { "data-version": version.version },
+      el("td", {}, `v${version.version}`, el("div", { class: "hint" }, formatTime(version.created_at)),
+         el("div", {}, el("a", { href: `/dashboard/builds/${encodeURIComponent(version.build_id)}` }, "build log"))),
+      el("td", {}, version.tool_count === null || version.tool_count === undefined ? "–" : String(version.tool_count)),
+      el("td", {}, version.tool_changes && version.tool_changes.breaking ? badge("breaking") : null,
+         diffList(version.tool_changes)),
+      el("td", {}, version.version === server.version
+        ? badge("current", "ok")
+        : el("button", { type: "button", class: "secondary small", "aria-label": `Roll back to version ${version.version}`,
+                         onclick: () => rollback(version.version) }, "Roll back"))));
+    const head = el("thead", {}, el("tr", {}, el("th", { scope: "col" }, "Version"), el("th", { scope: "col" }, "Tools"),
+                                    el("th", { scope: "col" }, "Changes"), el("th", { scope: "col" }, "Serving")));
+    $("versions").replaceChildren(el("div", { class: "table-wrap" }, el("table", {}, head, el("tbody", {}, rows))));
   }
 
   async function loadServer() {

@@ -223,11 +223,11 @@ async def fits_the_width(page: Page) -> None:
     assert overflow <= 0, f"the page is {overflow}px wider than the viewport"
 
 
-async def screenshot(page: Page, name: str) -> None:
+async def screenshot(page: Page, name: str, *, full_page: bool = True) -> None:
     """A screenshot for the README, when `BMMS_DASHBOARD_SCREENSHOTS` names where to keep it."""
     if SCREENSHOTS_DIR:
         Path(SCREENSHOTS_DIR).mkdir(parents=True, exist_ok=True)
-        await page.screenshot(path=str(Path(SCREENSHOTS_DIR) / f"{name}.png"), full_page=True)
+        await page.screenshot(path=str(Path(SCREENSHOTS_DIR) / f"{name}.png"), full_page=full_page)
 
 
 def tool_spec_body(name: str, *tools: str, server_id: str | None = None) -> dict[str, Any]:

@@ -98,9 +98,9 @@ async def test_a_tool_spec_server_is_built_and_its_step_bar_reaches_deployed_liv
     await expect(log).not_to_contain_text('"kind"')  # readable lines, not the events' JSON
     await expect(page.get_by_role("link", name=re.compile("^Connect it to"))).to_have_attribute(
         "href", re.compile(r"^/dashboard/servers/[^/]+#connect$"))
+    await screenshot(page, "build-page")
     await page.get_by_role("button", name="Copy the server URL").click()
     await expect(page.get_by_role("status").filter(has_text="Copied")).to_be_visible()
-    await screenshot(page, "build-page")
 
 
 async def test_an_openapi_server_has_exactly_the_two_operations_chosen_in_the_picker(
