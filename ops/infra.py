@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,16 +96,18 @@ class NatsServer:
 
 
 def start_nats(
-    store_dir: Path, passwords: dict[str, str], *, host: str = "127.0.0.1", port: int = 0, log_path: Path | None = None
+    store_dir: Path, passwords: dict[str, str], *, host: str = "127.0.0.1", port: int = 0, log_path: Path | None = None,
+    args: Sequence[str] = (),
 ) -> NatsServer:
-    """Start nats-server with nats.conf and wait until it accepts connections."""
+    """Start nats-server with nats.conf and wait until it accepts connections; `args` are further command-line
+    options (a cluster member's name and routes: `ops.cluster`)."""
     store_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port(host)
     log_path = log_path or store_dir / "nats-server.log"
     env = {**os.environ, **password_env(passwords)}
     log_file = log_path.open("ab")
     process = subprocess.Popen(
-        [nats_server_binary(), "-c", str(NATS_CONF), "-a", host, "-p", str(port), "-sd", str(store_dir)],
+        [nats_server_binary(), "-c", str(NATS_CONF), "-a", host, "-p", str(port), "-sd", str(store_dir), *args],
         env=env,
         stdout=log_file,
         stderr=subprocess.STDOUT,

@@ -33,6 +33,12 @@ from runner_template.rpc import call
 
 log = logging.getLogger("bmms.runner.bus")
 
+def nats_servers(url: str) -> list[str]:
+    """The server URLs of a NATS address setting: one URL, or a cluster's comma-separated list (the client tries
+    each, and reconnects to another when its own goes away)."""
+    return [part.strip() for part in url.split(",") if part.strip()]
+
+
 _encoder = msgspec.json.Encoder()
 _quota_state = msgspec.json.Decoder(QuotaState)
 _grant_revoked = msgspec.json.Decoder(GrantRevoked)
@@ -104,7 +110,7 @@ class RunnerBus:
         while True:
             try:
                 return await nats.connect(
-                    self.url, name=f"runner-{self.server_id}", user=self.user, password=self._password,
+                    nats_servers(self.url), name=f"runner-{self.server_id}", user=self.user, password=self._password,
                     inbox_prefix=f"_INBOX_{self.user}",  # the runner's replies arrive only there (nats.conf)
                     max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=2, allow_reconnect=True,
                     error_cb=on_error, disconnected_cb=on_disconnect, reconnected_cb=on_reconnect,

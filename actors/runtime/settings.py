@@ -15,7 +15,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Everything a process may be configured with; each field is `BMMS_<FIELD>` in the environment."""
 
     nats_url: str = "nats://127.0.0.1:4222"
-    """Where the NATS server answers."""
+    """Where the NATS server answers: one URL, or a comma-separated list of a cluster's servers (clients try
+    each, and reconnect to another when theirs goes away)."""
+    nats_replicas: int = 1
+    """How many servers keep a copy of every JetStream stream, key-value bucket and object store: 1, or 3 (5)
+    on a cluster of at least that many servers, so losing one (two) loses nothing and stops nothing.
+    `bmms migrate` applies it, to existing ones too."""
+    nats_placement_cluster: str | None = None
+    """Place the replicas in this JetStream cluster (a super-cluster's member); unset: the one connected to."""
+    nats_placement_tags: tuple[str, ...] = ()
+    """Place the replicas only on servers carrying every one of these `server_tags` (comma-separated)."""
     nats_user: str | None = None
     """This process's NATS user (its role in nats.conf)."""
     nats_password: str | None = None
