@@ -175,3 +175,19 @@ async def test_the_build_page_resumes_after_its_socket_drops_with_every_line_onc
     org_id = (await platform.http.get("/v1/me", headers=person.headers)).json()["org_id"]
     assert shown == await line_sequences(platform, org_id, build_id)  # every line once, in order, none missing
     await fits_the_width(page)
+
+
+async def test_a_failed_build_says_at_which_step_and_why(page: Page, platform: DashboardPlatform, person: Person
+                                                          ) -> None:
+    tool = {"name": "run", "description": "Run a text.", "parameters": [{"name": "text", "type": "string"}],
+            "implementation": {"kind": "function", "body": "return eval(text)"}}
+    build_id = await start_build(platform, person, {"name": "Broken", "source": {"kind": "tool_spec", "tools": [tool]}})
+    await as_person(page, platform, person)
+    await page.goto(f"{platform.base_url}/dashboard/builds/{build_id}")
+    failure = page.get_by_role("alert").filter(has_text="The build failed")
+    await expect(failure.get_by_role("heading")).to_have_text("The build failed at the Check step", timeout=DEPLOYED)
+    await expect(failure).to_contain_text("eval")
+    await expect(page.locator("#build-status")).to_have_text("failed")
+    await expect(page.get_by_role("list", name="Build steps").locator("li[data-step=check]")).to_have_class(
+        re.compile(r"\bfailed\b"))
+    await expect(page.locator("#log li.failure").last).to_contain_text("eval")
