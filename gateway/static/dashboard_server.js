@@ -162,10 +162,22 @@
     }
   }
 
+  /** A runner's JSON log line as one readable line (time, level, message, the request's outline); other lines as
+      they are. */
+  function readableLine(line) {
+    let entry;
+    try { entry = JSON.parse(line); } catch (_) { return line; }
+    if (!entry || typeof entry !== "object" || !entry.msg) return line;
+    const time = typeof entry.ts === "string" ? entry.ts.replace("T", " ").replace(/\.\d+Z$/, "Z") : "";
+    const extra = [entry.mcp_method, entry.tool, entry.status, entry.duration_ms !== undefined ? `${entry.duration_ms} ms` : ""]
+      .filter((part) => part !== undefined && part !== "").join(" ");
+    return `${time} ${String(entry.level || "").toUpperCase()} ${entry.msg}${extra ? ` (${extra})` : ""}`;
+  }
+
   async function loadLogs() {
     try {
       const logs = await api("GET", `${base}/logs?tail=200`);
-      $("logs").textContent = logs.lines.length ? logs.lines.join("\n") : "No log lines yet.";
+      $("logs").textContent = logs.lines.length ? logs.lines.map(readableLine).join("\n") : "No log lines yet.";
     } catch (error) {
       $("logs").textContent = error.message;
     }

@@ -104,6 +104,7 @@ async def test_a_second_version_is_rolled_back_from_the_server_page(
     await expect(second).to_contain_text("shout removed")
     await expect(second).to_contain_text("breaking")
     await expect(second).to_contain_text("current")
+    await expect(page.locator("#logs")).to_contain_text("INFO tools loaded")  # the runner's log, readable
     await screenshot(page, "server-page", full_page=False)
 
     await page.get_by_role("button", name="Roll back to version 1").click()
