@@ -137,7 +137,7 @@ class BuildsController(Controller):
             accepted = await services.bus.ask(SUBMIT_BUILD, request)
         except Unanswered as unanswered:
             raise Problem(504, f"{unanswered.detail}; the build may or may not be recorded: GET "
-                          f"{build_links(str(request.request_id)).self_} tells (404: it never will be)",
+                          f"{build_links(str(request.request_id)).self_} tells",
                           code=FailureCode.UNAVAILABLE, headers=unanswered.headers,
                           extra={"build_id": request.request_id}) from None
         if data.secrets:

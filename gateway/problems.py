@@ -1,7 +1,8 @@
 """Every error the gateway answers is an RFC 9457 problem document, and it is made here, in one place.
 
 Bus failures (`Failed(code, detail)` replies) map to HTTP statuses through `FAILURE_STATUS`; Litestar's own
-exceptions (routing, validation, malformed bodies) and crashes go through `problem_response`.
+exceptions (routing, validation, malformed bodies) and crashes go through `problem_response`. A dependency that
+did not answer (the bus, an actor, the database) is a 503 with `Retry-After`, never a 500.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
 
+from actors.runtime.faults import dependency_of
 from bus_schemas.base import Failed, FailureCode
 from gateway.tracing import TRACE_RESPONSE_HEADER, scope_trace_id
 
@@ -39,6 +41,9 @@ FAILURE_STATUS: dict[str, int] = {
     FailureCode.NOT_IMPLEMENTED: 501,
 }
 """The one mapping from a bus failure code to the HTTP status the edge answers with."""
+
+UNAVAILABLE_RETRY_AFTER_SECONDS = 2
+"""`Retry-After` of a 503 whose cause did not say how long: a dependency that did not answer."""
 
 _encoder = msgspec.json.Encoder()
 
@@ -98,8 +103,16 @@ def problem_from_failed(failed: Failed) -> Problem:
     if failed.retry_after_seconds is not None:
         # RFC 9110 §10.2.3: delay-seconds until the limit's window frees up.
         headers["Retry-After"] = str(max(1, failed.retry_after_seconds))
+    elif status == 503:
+        headers["Retry-After"] = str(UNAVAILABLE_RETRY_AFTER_SECONDS)
     errors = [ProblemField(field=failed.field, source="body", message=failed.detail)] if failed.field else None
     return Problem(status, failed.detail, code=failed.code, errors=errors, headers=headers)
+
+
+def unavailable_problem(detail: str) -> Problem:
+    """A 503: a dependency (the bus, an actor, the database) did not answer; retry after `Retry-After`."""
+    return Problem(503, detail, code=FailureCode.UNAVAILABLE,
+                   headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_SECONDS)})
 
 
 def unauthenticated(detail: str) -> Problem:
@@ -156,6 +169,10 @@ def as_problem(exc: Exception) -> Problem:
             return Problem(400, f"the request body is not valid JSON: {exc.detail}", code=FailureCode.INVALID,
                            errors=[ProblemField(field="$", source="body", message=exc.detail)])
         return Problem(exc.status_code, exc.detail, headers=dict(exc.headers or {}))
+    dependency = dependency_of(exc)
+    if dependency is not None:
+        log.warning("%s did not answer: %r", dependency, exc)
+        return unavailable_problem(f"{dependency} is unavailable; retry shortly")
     log.exception("unhandled error", exc_info=exc)
     return Problem(500, "internal error", code=FailureCode.INTERNAL)
 
@@ -181,6 +198,8 @@ def problem_response(request: Request[Any, Any, Any], exc: Exception) -> Respons
         body["errors"] = problem.errors
     body.update(problem.extra)
     headers = {**problem.headers, TRACE_RESPONSE_HEADER: trace_id}
+    if problem.status == 503:
+        headers.setdefault("Retry-After", str(UNAVAILABLE_RETRY_AFTER_SECONDS))  # every 503 says when to retry
     return Response(
         content=_encoder.encode(body), status_code=problem.status, media_type=PROBLEM_MEDIA_TYPE, headers=headers
     )

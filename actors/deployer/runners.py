@@ -17,6 +17,7 @@ from actors.deployer.state import DeployerState
 from actors.runtime.actor import Context, utc_now
 from actors.runtime.bus import call
 from actors.runtime.codec import encode
+from actors.runtime.faults import TransientError, unavailable
 from actors.runtime.objects import ObjectUnusable, load_verified
 from bus_schemas.base import Failed, FailureCode
 from bus_schemas.oauth import MintServiceToken, TokenIssued
@@ -71,9 +72,12 @@ async def service_token(ctx: Context, state: DeployerState, server: storage.Serv
     """A service token for the health check, its audience the server's public URL."""
     asked = MintServiceToken(service="deployer", issuer=state.issuer, resource=server.url, org_id=server.org_id)
     reply = await call(ctx.nc, OAUTH_MINT_SERVICE_TOKEN, asked, timeout=10)
-    if not isinstance(reply, TokenIssued):
-        raise DeployRefused(FailureCode.UNAVAILABLE, f"no token for the health check: {reply.detail}")
-    return reply.access_token
+    if isinstance(reply, TokenIssued):
+        return reply.access_token
+    if (away := unavailable(reply)) is not None:
+        # the oauth actor (or the server registry it asks) did not answer: retried, not a failed deploy
+        raise TransientError(f"no token for the health check: {away}")
+    raise DeployRefused(FailureCode.INTERNAL, f"no token for the health check: {reply.detail}")
 
 
 async def check_running_quota(ctx: Context, server: storage.Server) -> None:

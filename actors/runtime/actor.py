@@ -4,6 +4,12 @@ Delivery rules for consumers, the same for every actor:
 - the handler's effect must be durable before the ack, and safe to apply twice;
 - a message that cannot be decoded is poison: parked in the dead-letter stream at once;
 - a handler exception naks with backoff; after `max_deliveries` the message is parked with the reason;
+- a handler that fails because a dependency did not answer (`actors.runtime.faults`: the bus, another actor, the
+  database) is run again in place with the consumer's backoff (at most `TRANSIENT_BACKOFF_MAX_SECONDS` apart),
+  the message kept in progress, so an outage costs no delivery; `transient_retry_deadline` after the first such
+  failure it is parked naming the dependency (a build fails saying which). A stopping actor naks it at once;
+- an RPC handler that fails because a dependency did not answer answers `unavailable` (503 with `Retry-After`
+  at the edge), any other exception `internal`;
 - a message delivered more than `max_deliveries` times without an answer (its holder crashed every
   time) is parked before the handler runs again, so a crash loop ends;
 - on stop, no new messages are fetched, in-flight ones get `drain_timeout` to finish, and anything
@@ -40,6 +46,8 @@ from nats.micro.request import Request as MicroRequest
 
 from actors.runtime.bus import connect, publish_event, subscriptions_live
 from actors.runtime.codec import decode, encode
+from actors.runtime.faults import TransientError as TransientError  # where handlers have always found it
+from actors.runtime.faults import dependency_of, unavailable_reply
 from actors.runtime.logs import new_trace_id, trace_id_var
 from actors.runtime.settings import Settings
 from actors.runtime.storage import open_pool
@@ -55,8 +63,17 @@ LINGER_PROBE_SECONDS = 0.01
 """After a batch's linger, how long a pull waits for a first new message when none arrived."""
 
 
-class TransientError(Exception):
-    """A fault worth retrying later (a dependency is down); the message is nak'ed with backoff."""
+TRANSIENT_BACKOFF_MAX_SECONDS = 5.0
+"""The longest wait between two runs of a handler whose dependency did not answer: a consumer's long backoff is
+for a handler that fails, not for a dependency that comes back (it must carry on within seconds)."""
+
+
+class DependencyAway(Exception):
+    """A handler's dependency did not answer for the whole `transient_retry_deadline`; the message is parked."""
+
+
+class _Stopping(Exception):
+    """The actor stops while a handler waits for a dependency; the message is left to another copy."""
 
 
 @dataclass(frozen=True)
@@ -216,6 +233,9 @@ class Actor:
         self._timers: list[tuple[float, TimerHandler]] = []
         self.ready = asyncio.Event()
         """Set once every endpoint and consumer is listening."""
+        self.transient_retry_deadline = 300.0
+        """Seconds a handler whose dependency does not answer is retried (the setting, when serving)."""
+        self._stopping = asyncio.Event()
 
     def rpc(self, spec: Rpc[Req, Rep]) -> Callable[[RpcHandler[Req, Rep]], RpcHandler[Req, Rep]]:
         """Serve `spec` with the decorated handler."""
@@ -273,6 +293,7 @@ class Actor:
             if not settings.database_url:
                 raise RuntimeError(f"actor {self.name} needs BMMS_DATABASE_URL")
             db = await open_pool(settings.database_url, self.name, self.migrations, settings.db_pool_max)
+        self.transient_retry_deadline = settings.transient_retry_deadline
         nc = await connect(settings, f"bmms-{self.name}")
         js = nc.jetstream()
         base = Context(actor=self.name, nc=nc, js=js, db=db, log=self.log)
@@ -289,7 +310,7 @@ class Actor:
                         subject=endpoint.spec.subject,
                         handler=self._rpc_entry(endpoint, base),
                     )
-            stopping = asyncio.Event()
+            stopping = self._stopping = asyncio.Event()
             loops = [
                 asyncio.create_task(
                     (self._consume if sub.max_batch is None else self._consume_batches)(
@@ -357,7 +378,12 @@ class Actor:
                 else:
                     try:
                         result = await endpoint.handler(message, base)
-                    except Exception:
+                    except Exception as exc:
+                        if dependency_of(exc) is not None:
+                            self.log.warning("%s: %s did not answer: %r", spec.subject, dependency_of(exc), exc)
+                            result = unavailable_reply(exc)
+                            await request.respond(encode(result))
+                            return
                         self.log.exception("%s failed", spec.subject)
                         trace = trace_id_var.get()
                         result = Failed(code=FailureCode.INTERNAL, detail=f"internal error, trace id {trace}")
@@ -437,11 +463,18 @@ class Actor:
                 await self._park(sub, ctx, msg, f"undecodable message: {exc}")
                 return
             try:
-                await sub.handler(message, ctx)
+                await self._retrying(lambda: sub.handler(message, ctx), [msg], spec.backoff_seconds)
             except asyncio.CancelledError:
                 raise
+            except _Stopping:
+                with contextlib.suppress(Exception):
+                    await msg.nak()  # another copy takes it at once
+                return
+            except DependencyAway as away:
+                await self._park(sub, ctx, msg, str(away))
+                return
             except Exception as exc:
-                transient = isinstance(exc, TransientError | OSError | asyncpg.PostgresConnectionError)
+                transient = dependency_of(exc) is not None
                 if deliveries >= spec.max_deliveries:
                     self.log.error("%s: giving up on %s after %d deliveries", spec.durable, msg.subject, deliveries,
                                    exc_info=True)
@@ -455,6 +488,41 @@ class Actor:
             await msg.ack_sync()
         finally:
             trace_id_var.reset(token)
+
+    async def _retrying(self, handle: Callable[[], Awaitable[None]], msgs: list[Msg],
+                        backoff: tuple[float, ...]) -> None:
+        """Run `handle`; while it fails because a dependency did not answer, run it again after the consumer's
+        `backoff` (capped at TRANSIENT_BACKOFF_MAX_SECONDS), telling JetStream that `msgs` are still in progress.
+        DependencyAway once `transient_retry_deadline` passed since the first such failure, _Stopping when the
+        actor stops meanwhile; any other exception as it came."""
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None
+        attempt = 0
+        while True:
+            try:
+                await handle()
+                return
+            except Exception as exc:
+                dependency = dependency_of(exc)
+                if dependency is None:
+                    raise
+                now = loop.time()
+                deadline = now + self.transient_retry_deadline if deadline is None else deadline
+                if now >= deadline:
+                    raise DependencyAway(f"a dependency did not answer for {self.transient_retry_deadline:g} s "
+                                         f"(BMMS_TRANSIENT_RETRY_DEADLINE): {dependency}") from exc
+                attempt += 1
+                wait = min(backoff[min(attempt, len(backoff)) - 1] if backoff else 1.0,
+                           TRANSIENT_BACKOFF_MAX_SECONDS, deadline - now)
+                self.log.warning("waiting for a dependency (attempt %d), retry in %.1fs: %s (%r)", attempt, wait,
+                                 dependency, exc)
+            for msg in msgs:
+                with contextlib.suppress(Exception):  # the bus may be what is away; redelivery covers a lost one
+                    await msg.in_progress()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), wait)
+            if self._stopping.is_set():
+                raise _Stopping
 
     # --- batch consumers ---
 
@@ -531,10 +599,24 @@ class Actor:
     async def _handle_batch(self, sub: _Subscription, base: Context, items: list[BatchItem[Any]]) -> None:
         spec = sub.spec
         token = trace_id_var.set((items[0].trace_id if len(items) == 1 else None) or new_trace_id())
-        try:
+
+        async def handle() -> None:
+            for item in items:
+                item._verdict = None  # a run the dependency interrupted decided nothing
             await sub.handler(Batch(items), base)
+
+        try:
+            await self._retrying(handle, [item._msg for item in items], spec.backoff_seconds)
         except asyncio.CancelledError:
             raise
+        except _Stopping:
+            for item in items:
+                with contextlib.suppress(Exception):
+                    await item._msg.nak()  # another copy takes them at once
+            return
+        except DependencyAway as away:
+            for item in items:
+                item._verdict = ("park", str(away))
         except Exception as exc:
             if len(items) > 1:
                 self.log.warning("%s: a batch of %d failed (%r); handling its messages one by one", spec.durable,

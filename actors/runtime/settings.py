@@ -52,6 +52,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     or to tell it apart from a bug)."""
     drain_timeout: float = 20.0
     """Seconds a stopping actor waits for in-flight work before leaving it to redelivery."""
+    transient_retry_deadline: float = 300.0
+    """Seconds a pipeline step (any consumer's work) is retried while a dependency does not answer (the bus,
+    another actor such as oauth, the database): it carries on by itself when the dependency is back within this;
+    after it the work is parked and the build fails naming the dependency. Never an immediate failure."""
     db_pool_max: int = 10
     """Upper bound of an actor's asyncpg pool."""
     quota_builds_per_month: int = 100

@@ -1,11 +1,23 @@
-"""When an actor or the database is down the gateway answers 503 problems at once, never hangs or 500s."""
+"""When an actor or the database is down the gateway answers 503 problems (with `Retry-After`) at once, never hangs
+or 500s; a build request a registry copy took and died with is sent to another copy, and makes one build."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
+import asyncpg
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from actors.catalog import create_actor
+from actors.planner.build_registry import BuildRegistryState, submit_build
+from actors.runtime.actor import Context
+from actors.runtime.bus import connect, subscriptions_live
+from actors.runtime.codec import decode
+from bus_schemas.builds import BuildAccepted, SubmitBuild
 from bus_schemas.identity import ApiKeyCreated
+from bus_schemas.registry import SUBMIT_BUILD
 from gateway.requester import Requester
 from tests.conftest import Stack, eventually, running
 from tests.gateway.conftest import bearer, gateway_settings, new_api_key, serving_with_client
@@ -84,3 +96,61 @@ async def test_while_the_requests_connection_is_down_readyz_says_so_and_reads_ar
 
 async def _down(requester: Requester) -> bool:
     return not requester.is_connected
+
+
+async def test_a_build_request_whose_registry_copy_dies_after_recording_is_answered_by_another_copy_once(
+    stack: Stack, auth_actor: None, module_admin: Client, db: asyncpg.Connection
+) -> None:
+    key: ApiKeyCreated = await new_api_key(module_admin, "gateway-tests-dying-registry")
+    org = key.org_id
+    second_copy_ready = asyncio.Event()
+    recorded: list[str] = []
+    dying = await connect(stack.settings("planner"), "test-dying-registry-copy")
+    pool = await asyncpg.create_pool(stack.database_url, min_size=1, max_size=2)
+
+    async def record_then_die(msg: Msg) -> None:
+        # The build registry's own handler records the build and publishes `requested`; then this copy dies
+        # (its connection closes, as a SIGKILL's would) before it answers.
+        ctx = Context(actor="planner", nc=dying, js=dying.jetstream(), db=pool, log=logging.getLogger("dying"))
+        accepted = await submit_build(decode(SubmitBuild, msg.data), ctx, BuildRegistryState())
+        assert isinstance(accepted, BuildAccepted)
+        recorded.append(accepted.build_id)
+        await second_copy_ready.wait()
+        await dying.close()
+
+    try:
+        await dying.subscribe(SUBMIT_BUILD.subject, queue="planner", cb=record_then_die)
+        await subscriptions_live(dying)
+        async with serving_with_client(gateway_settings(stack, rpc_timeout=15.0), timeout=30) as (_, http):
+            submitted = asyncio.create_task(http.post("/v1/builds", json=PLAIN, headers=bearer(key)))
+            await eventually(lambda: _settled(recorded))
+            async with running(create_actor("planner"), stack.settings("planner")):
+                second_copy_ready.set()
+                response = await submitted
+        assert response.status_code == 202, response.text
+        assert response.json()["build_id"] == recorded[0]
+        builds = await db.fetch("SELECT build_id FROM builds WHERE org_id = $1", org)
+        assert [b["build_id"] for b in builds] == recorded
+    finally:
+        await pool.close()
+        if not dying.is_closed:
+            await dying.close()
+
+
+async def test_a_503_to_a_build_request_means_no_build_was_recorded(
+    stack: Stack, auth_actor: None, module_admin: Client, db: asyncpg.Connection
+) -> None:
+    key: ApiKeyCreated = await new_api_key(module_admin, "gateway-tests-503-no-build")
+    async with serving_with_client(gateway_settings(stack)) as (_, http):
+        response = await http.post("/v1/builds", json=PLAIN, headers=bearer(key))
+        assert response.status_code == 503, response.text
+        assert int(response.headers["retry-after"]) >= 1
+        assert await db.fetchval("SELECT count(*) FROM builds WHERE org_id = $1", key.org_id) == 0
+        async with running(create_actor("planner"), stack.settings("planner")):
+            again = await http.post("/v1/builds", json=PLAIN, headers=bearer(key))
+    assert again.status_code == 202, again.text
+    assert await db.fetchval("SELECT count(*) FROM builds WHERE org_id = $1", key.org_id) == 1
+
+
+async def _settled(values: list[str]) -> bool:
+    return bool(values)
