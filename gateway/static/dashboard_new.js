@@ -27,6 +27,8 @@
     note: "Note",
     token_budget: "Over the token budget",
   };
+  const query = new URLSearchParams(window.location.search);
+  const newVersionOf = query.get("server_id");  // a new version of this server (same URL), not a new server
   let kind = "openapi";
   let preview = null;          // the last plan preview, for the kind it was made for
   let previewedSource = null;  // the source it was made from (the picker narrows it)
@@ -203,6 +205,7 @@
         throw new Error("Give the server a name.");
       }
       const body = { name, source: await buildSource() };
+      if (newVersionOf) body.server_id = newVersionOf;
       const secrets = secretsGiven();
       if (secrets) body.secrets = secrets;
       button.disabled = true;
@@ -212,7 +215,7 @@
     } catch (error) {
       showError("submit-error", error);
       button.disabled = false;
-      button.textContent = "Build the server";
+      button.textContent = newVersionOf ? "Build the new version" : "Build the server";
     }
   }
 
@@ -243,7 +246,16 @@
     $("pick-all").addEventListener("click", () => { for (const b of document.querySelectorAll("#picker input")) b.checked = true; updateTotal(); });
     $("pick-none").addEventListener("click", () => { for (const b of document.querySelectorAll("#picker input")) b.checked = false; updateTotal(); });
     $("new-server").addEventListener("submit", submit);
-    const wanted = new URLSearchParams(window.location.search).get("from");
+    const wanted = query.get("from");
     if (wanted && $(`tab-${wanted}`)) selectTab(wanted);
+    if (newVersionOf) {
+      document.querySelector("h1").textContent = "New version";
+      $("server-name").value = query.get("name") || "";
+      const note = $("new-version");
+      note.textContent = "It is deployed as the next version of the server, at the same URL; clients keep their " +
+                         "configuration, and you can roll back from the server page.";
+      note.hidden = false;
+      $("build-button").textContent = "Build the new version";
+    }
   });
 })();

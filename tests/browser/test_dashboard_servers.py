@@ -95,9 +95,19 @@ async def test_a_second_version_is_rolled_back_from_the_server_page(
     page: Page, platform: DashboardPlatform, person: Person
 ) -> None:
     server_id = await deployed_server(platform, person, tool_spec_body("Versioned", "echo", "shout"))
-    await deployed_server(platform, person, tool_spec_body("Versioned", "echo", "scale", server_id=server_id))
     await as_person(page, platform, person)
     await page.goto(f"{platform.base_url}/dashboard/servers/{server_id}")
+    await expect(page.locator("#server-version")).to_have_text("version 1")
+
+    await page.get_by_role("link", name="Deploy a new version").click()
+    await expect(page.get_by_label("Server name")).to_have_value("Versioned")
+    await page.get_by_role("tab", name="Tool spec").click()
+    second_spec = tool_spec_body("Versioned", "echo", "scale")["source"]
+    await page.get_by_label("Tool spec (JSON)").fill(json.dumps(second_spec))
+    await page.get_by_role("button", name="Build the new version").click()
+    await expect(page.get_by_role("heading", name="Deployed: version 2 is live")).to_be_visible(timeout=180_000)
+    await page.get_by_role("link", name="Open the server page").click()
+    await expect(page).to_have_url(f"{platform.base_url}/dashboard/servers/{server_id}")
     await expect(page.locator("#server-version")).to_have_text("version 2")
     second = page.locator("#versions tr[data-version='2']")
     await expect(second).to_contain_text("+ scale added")
