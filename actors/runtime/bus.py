@@ -139,9 +139,10 @@ class ProvisionError(Exception):
     """JetStream refused the requested replication; the message names the setting to change."""
 
 
-# JetStream's answers when it cannot place the replicas asked for: replicas > 1 on a single server, fewer
-# servers (matching the placement) than replicas, or a placement naming no known cluster or tags.
-_UNPLACEABLE = frozenset({10074, 10023, 10005, 10006, 10007})
+# JetStream's answers (nats-server's errors.json) when it cannot place the replicas asked for: replicas > 1 on a
+# single server (10074) or a placement there (10006), fewer servers matching than replicas (10005 no suitable
+# peers, 10023 insufficient resources), tags it cannot honour (10011).
+_UNPLACEABLE = frozenset({10005, 10006, 10011, 10023, 10074})
 
 
 def _unplaceable(exc: nats.js.errors.APIError, what: str, replication: Replication) -> ProvisionError | None:
