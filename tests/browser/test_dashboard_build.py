@@ -191,3 +191,17 @@ async def test_a_failed_build_says_at_which_step_and_why(page: Page, platform: D
     await expect(page.get_by_role("list", name="Build steps").locator("li[data-step=check]")).to_have_class(
         re.compile(r"\bfailed\b"))
     await expect(page.locator("#log li.failure").last).to_contain_text("eval")
+
+
+async def test_dashboard_pages_send_strangers_to_sign_in_and_allow_no_inline_script(
+    platform: DashboardPlatform, person: Person
+) -> None:
+    for path in ("/dashboard", "/dashboard/new", "/dashboard/builds/b0123", "/dashboard/servers/s0123"):
+        stranger = await platform.http.get(path)
+        assert (stranger.status_code, stranger.headers["location"]) == (303, f"/sign-in?next={path}"), path
+    page = await platform.http.get("/dashboard/new", headers=person.headers)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    policy = page.headers["content-security-policy"]
+    assert "script-src 'self';" in policy and "connect-src 'self';" in policy and "unsafe" not in policy
+    missing = await platform.http.get("/dashboard/servers/s0123", headers=person.headers)
+    assert missing.status_code == 404 and "No such server" in missing.text
