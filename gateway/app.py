@@ -19,6 +19,9 @@ from gateway.browser import page_headers_middleware, same_origin_writes
 from gateway.builds import BuildsController
 from gateway.config import GatewayConfig
 from gateway.dashboard import DashboardController
+from gateway.dashboard_org import OrgPageController
+from gateway.dashboard_playground import PlaygroundController
+from gateway.dashboard_usage import UsagePageController
 from gateway.events import EventsController
 from gateway.health import HealthController
 from gateway.identity import SignInController
@@ -59,6 +62,7 @@ def create_app(settings: Settings, config: GatewayConfig | None = None) -> Lites
             HealthController, BuildsController, PlansController, SignInController, MeController, SessionsController,
             InvitesController, OrgController, ApiKeysController, SignInPageController, OAuthController,
             ServersController, UsageController, EventsController, DashboardController, *routing.route_handlers,
+            PlaygroundController, UsagePageController, OrgPageController,  # the dashboard's account pages
             create_static_files_router(path="/static", directories=[STATIC_DIR], include_in_schema=False),
         ],
         # Handlers reach the bus, the authenticator and the build feeds through `services`; the caller's

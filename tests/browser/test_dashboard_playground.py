@@ -1,0 +1,101 @@
+"""The playground and the usage page in a real browser: a server's tools listed and one called through its public
+URL with the person's own first-party OAuth token (the request and the result shown), then the call counted on the
+usage page. One platform (process backend) for the module."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from playwright.async_api import Browser, Page, expect
+
+from tests.browser.dashboard_support import (
+    DashboardPlatform,
+    Person,
+    as_person,
+    dashboard_platform,
+    fits_the_width,
+    settled_build,
+    signed_in_person,
+    start_build,
+)
+from tests.conftest import Stack, eventually
+
+
+@pytest.fixture(scope="module")
+async def platform(stack: Stack) -> AsyncIterator[DashboardPlatform]:
+    async with dashboard_platform(stack) as running_platform:
+        yield running_platform
+
+
+@pytest.fixture(scope="module")
+async def person(chromium: Browser, platform: DashboardPlatform) -> Person:
+    return await signed_in_person(chromium, platform, "player")
+
+
+def repeater(name: str) -> dict[str, Any]:
+    """A tool-spec build of one tool taking a string, an integer and a boolean."""
+    return {"name": name, "source": {"kind": "tool_spec", "tools": [{
+        "name": "repeat", "description": "Repeat a text.",
+        "parameters": [{"name": "text", "type": "string", "description": "what to repeat"},
+                       {"name": "times", "type": "integer"},
+                       {"name": "shout", "type": "boolean", "required": False}],
+        "implementation": {"kind": "function",
+                           "body": "said = (text.upper() if shout else text)\nreturn ' '.join([said] * times)"},
+    }]}}
+
+
+@pytest.fixture(scope="module")
+async def server_id(platform: DashboardPlatform, person: Person) -> str:
+    summary = await settled_build(platform, person, await start_build(platform, person, repeater("Parrot")))
+    assert summary["status"] == "deployed", summary
+    return str(summary["server_id"])
+
+
+async def test_a_tool_is_called_in_the_playground_and_the_call_is_counted_on_the_usage_page(
+    page: Page, platform: DashboardPlatform, person: Person, server_id: str
+) -> None:
+    await as_person(page, platform, person)
+    await page.goto(f"{platform.base_url}/dashboard/servers/{server_id}/playground")
+    await expect(page.get_by_role("status").filter(has_text="1 tool")).to_be_visible()
+    await expect(page.get_by_role("button", name="repeat")).to_be_visible()
+    # The form follows the input schema: a text, a whole number, a boolean as a choice; required ones marked.
+    await expect(page.get_by_label("text (required)")).to_be_visible()
+    await expect(page.get_by_label("shout")).to_have_js_property("tagName", "SELECT")
+    await page.get_by_label("times (required)").fill("2")
+    await page.get_by_role("button", name="Call tool").click()
+    await expect(page.get_by_role("alert").filter(has_text="text is required")).to_be_visible()
+    await page.get_by_label("text (required)").fill("hello")
+    await page.get_by_label("shout").select_option("true")
+    await page.get_by_role("button", name="Call tool").click()
+    await expect(page.locator("#result-content")).to_have_text("HELLO HELLO")
+    await expect(page.locator("#result-state")).to_have_text("isError: false")
+    request = page.get_by_label("JSON-RPC request")
+    await expect(request).to_contain_text('"method": "tools/call"')
+    await expect(request).to_contain_text('"times": 2')
+    await expect(page.get_by_label("structuredContent")).to_have_text("(none)")  # a text result has none
+    # The token stayed in the page's memory: nothing in its storage holds it.
+    stored = await page.evaluate("JSON.stringify(window.localStorage) + JSON.stringify(window.sessionStorage)")
+    assert "eyJ" not in stored
+
+    async def counted() -> bool:
+        usage = (await platform.http.get("/v1/usage", headers=person.headers)).json()
+        return any(t["tool"] == "repeat" and t["calls"] >= 1 for t in usage["by_tool"])
+
+    await eventually(counted, timeout=60, interval=0.2)
+    await page.get_by_role("link", name="Usage").click()
+    await expect(page.get_by_role("heading", name="Usage", exact=True)).to_be_visible()
+    row = page.locator("#tool-calls tr", has_text="repeat")
+    await expect(row.get_by_role("cell")).to_have_text([re.compile(f"repeat.*{server_id}"), "1", "0"])
+    await expect(page.get_by_role("img", name=re.compile(r"Tool calls per day .*: 1 in all"))).to_be_visible()
+    await expect(page.get_by_role("img", name=re.compile(r"^Tool calls this month: 1 "))).to_be_visible()
+
+
+@pytest.mark.parametrize("page", [375], indirect=True)
+async def test_the_usage_page_fits_a_phone(page: Page, platform: DashboardPlatform, person: Person) -> None:
+    await as_person(page, platform, person)
+    await page.goto(f"{platform.base_url}/dashboard/usage")
+    await expect(page.get_by_role("heading", name="Quotas")).to_be_visible()
+    await fits_the_width(page)
