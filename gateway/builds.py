@@ -23,6 +23,7 @@ from gateway.auth import (
     WEBSOCKET_BEARER_PROTOCOL,
     bearer_token,
     origin_allowed,
+    requested_org,
     session_token,
 )
 from gateway.bus import BusClient, Unanswered, new_request_id
@@ -180,6 +181,11 @@ class BuildsController(Controller):
         services: NamedDependency[EdgeServices],
         after: Annotated[int, QueryParameter(ge=0, le=MAX_SEQUENCE, description="Resume after this stream sequence.")
                          ] = 0,
+        org: Annotated[str | None, QueryParameter(
+            pattern=SUBJECT_TOKEN_RE.pattern,
+            description="The organisation to act in, as `X-Org` names it (a browser cannot set headers on a "
+                        "WebSocket; the dashboard sends its organisation switcher's choice)."),
+        ] = None,
     ) -> None:
         """The build's whole history, then live events, one JSON frame each:
         `{"seq", "subject", "kind", "event"}`. Authenticate with `Authorization: Bearer <key>`, from
@@ -205,7 +211,7 @@ class BuildsController(Controller):
                          socket.headers.get("origin", "")[:200])
                 raise Problem(403, "the session cookie is accepted only from this site's own pages; "
                               "send an API key instead", code=FailureCode.FORBIDDEN)
-            principal = await services.authenticator.principal(token)
+            principal = await services.authenticator.principal(token, org or requested_org(socket))
             request = GetBuild(org_id=principal.org_id, build_id=checked_build_id(build_id))
             await services.bus.ask(GET_BUILD, request)
             watcher = await services.feeds.watch(principal.org_id, build_id, after)

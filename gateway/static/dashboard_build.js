@@ -153,7 +153,7 @@
   function connect() {
     const scheme = window.location.protocol === "https:" ? "wss:" : "ws:";
     const url = `${scheme}//${window.location.host}/v1/builds/${encodeURIComponent(buildId)}/stream` +
-                `?after=${state.lastSeq}`;
+                `?after=${state.lastSeq}` + (BMMS.currentOrg() ? `&org=${encodeURIComponent(BMMS.currentOrg())}` : "");
     const socket = new WebSocket(url);
     state.socket = socket;
     socket.addEventListener("open", () => {

@@ -445,3 +445,29 @@ async def test_build_socket_takes_the_session_cookie_only_from_this_sites_pages(
             async with asyncio.timeout(10):
                 await ws.wait_closed()
             assert ws.close_code == 4403 and "own pages" in ws.close_reason
+
+
+async def test_build_socket_acts_in_the_organisation_its_org_parameter_names(
+    identity_gateway: Gateway, http: httpx.AsyncClient, mailbox: Mailbox
+) -> None:
+    # A browser cannot set X-Org on a WebSocket: the dashboard names the organisation it acts in with `?org=`.
+    owner = await sign_in(http, mailbox, fresh_email("owner"))
+    org = str((await me(http, with_session(owner)))["org_id"])
+    member_email = fresh_email("member")
+    invited = await http.post("/v1/invites", json={"email": member_email}, headers=with_session(owner))
+    assert invited.status_code == 201, invited.text
+    member = session_of(await follow(str(http.base_url), await mailbox.link_token(member_email)))[COOKIE].value
+    created = await http.post("/v1/builds", json=PLAIN, headers=with_session(owner))
+    url = f"{identity_gateway.ws_url}/v1/builds/{created.json()['build_id']}/stream"
+    cookie = {"Cookie": f"{COOKIE}={member}"}
+
+    async with websockets.connect(f"{url}?org={org}", additional_headers=cookie,  # type: ignore[arg-type]
+                                  origin=identity_gateway.base_url, open_timeout=10) as ws:
+        async with asyncio.timeout(15):
+            assert json.loads(await ws.recv())["kind"] == "requested"
+    for query, code in (("", 4404), ("?org=o-not-theirs", 4403)):  # their own organisation has no such build
+        async with websockets.connect(url + query, additional_headers=cookie,  # type: ignore[arg-type]
+                                      origin=identity_gateway.base_url, open_timeout=10) as ws:
+            async with asyncio.timeout(10):
+                await ws.wait_closed()
+            assert ws.close_code == code, (query, ws.close_code, ws.close_reason)
