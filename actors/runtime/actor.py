@@ -463,7 +463,7 @@ class Actor:
                 await self._park(sub, ctx, msg, f"undecodable message: {exc}")
                 return
             try:
-                await self._retrying(lambda: sub.handler(message, ctx), [msg], spec.backoff_seconds)
+                await self._retrying(lambda: sub.handler(message, ctx), [msg], spec)
             except asyncio.CancelledError:
                 raise
             except _Stopping:
@@ -489,10 +489,10 @@ class Actor:
         finally:
             trace_id_var.reset(token)
 
-    async def _retrying(self, handle: Callable[[], Awaitable[None]], msgs: list[Msg],
-                        backoff: tuple[float, ...]) -> None:
+    async def _retrying(self, handle: Callable[[], Awaitable[None]], msgs: list[Msg], spec: Consumer[Any]) -> None:
         """Run `handle`; while it fails because a dependency did not answer, run it again after the consumer's
-        `backoff` (capped at TRANSIENT_BACKOFF_MAX_SECONDS), telling JetStream that `msgs` are still in progress.
+        backoff (capped at TRANSIENT_BACKOFF_MAX_SECONDS, and within its ack wait), telling JetStream that `msgs`
+        are still in progress.
         DependencyAway once `transient_retry_deadline` passed since the first such failure, _Stopping when the
         actor stops meanwhile; any other exception as it came."""
         loop = asyncio.get_running_loop()
@@ -512,8 +512,9 @@ class Actor:
                     raise DependencyAway(f"a dependency did not answer for {self.transient_retry_deadline:g} s "
                                          f"(BMMS_TRANSIENT_RETRY_DEADLINE): {dependency}") from exc
                 attempt += 1
+                backoff = spec.backoff_seconds
                 wait = min(backoff[min(attempt, len(backoff)) - 1] if backoff else 1.0,
-                           TRANSIENT_BACKOFF_MAX_SECONDS, deadline - now)
+                           TRANSIENT_BACKOFF_MAX_SECONDS, spec.ack_wait_seconds / 2, deadline - now)
                 self.log.warning("waiting for a dependency (attempt %d), retry in %.1fs: %s (%r)", attempt, wait,
                                  dependency, exc)
             for msg in msgs:
@@ -606,7 +607,7 @@ class Actor:
             await sub.handler(Batch(items), base)
 
         try:
-            await self._retrying(handle, [item._msg for item in items], spec.backoff_seconds)
+            await self._retrying(handle, [item._msg for item in items], spec)
         except asyncio.CancelledError:
             raise
         except _Stopping:

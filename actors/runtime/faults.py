@@ -38,22 +38,28 @@ def dependency_of(exc: BaseException) -> str | None:
     """Which dependency did not answer when `exc` was raised ("the message bus", "the database", or the
     TransientError's own words), or None when `exc` is not transient."""
     if isinstance(exc, TransientError):
-        return str(exc) or "a dependency"
+        return str(exc) or _SOME_DEPENDENCY
     if isinstance(exc, _BUS_ERRORS):
         return "the message bus"
     if isinstance(exc, _DATABASE_ERRORS):
         return "the database"
-    if isinstance(exc, OSError | TimeoutError):  # refused, reset or timed-out connections: whose, says the code
+    if isinstance(exc, ConnectionError | TimeoutError):  # refused, reset or timed out: whose, the code says
         return _raised_in(exc)
+    if isinstance(exc, OSError):  # e.g. asyncio's "Multiple exceptions" of a host with two addresses
+        named = _raised_in(exc)
+        return None if named == _SOME_DEPENDENCY else named  # a missing file, a denied permission: not transient
     return None
+
+
+_SOME_DEPENDENCY = "a dependency"
 
 
 _CLIENT_PACKAGES = {"asyncpg": "the database", "nats": "the message bus"}
 
 
 def _raised_in(exc: BaseException) -> str:
-    """The dependency whose client library raised `exc` (its innermost such frame), else "a dependency"."""
-    named = "a dependency"
+    """The dependency whose client library raised `exc` (its innermost such frame), else `_SOME_DEPENDENCY`."""
+    named = _SOME_DEPENDENCY
     tb = exc.__traceback__
     while tb is not None:
         package = str(tb.tb_frame.f_globals.get("__name__", "")).partition(".")[0]

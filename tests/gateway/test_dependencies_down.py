@@ -13,8 +13,9 @@ from nats.aio.msg import Msg
 from actors.catalog import create_actor
 from actors.planner.build_registry import BuildRegistryState, submit_build
 from actors.runtime.actor import Context
-from actors.runtime.bus import connect, subscriptions_live
+from actors.runtime.bus import call, connect, subscriptions_live
 from actors.runtime.codec import decode
+from bus_schemas.base import Failed
 from bus_schemas.builds import BuildAccepted, SubmitBuild
 from bus_schemas.identity import ApiKeyCreated
 from bus_schemas.registry import SUBMIT_BUILD
@@ -154,3 +155,33 @@ async def test_a_503_to_a_build_request_means_no_build_was_recorded(
 
 async def _settled(values: list[str]) -> bool:
     return bool(values)
+
+
+async def test_a_build_request_taken_by_a_frozen_registry_copy_is_504_naming_the_build_and_never_recorded_late(
+    stack: Stack, auth_actor: None, module_admin: Client, db: asyncpg.Connection
+) -> None:
+    key: ApiKeyCreated = await new_api_key(module_admin, "gateway-tests-frozen-registry")
+    taken: list[bytes] = []
+    frozen = await connect(stack.settings("planner"), "test-frozen-registry-copy")
+
+    async def hold(msg: Msg) -> None:
+        taken.append(msg.data)  # and never answer, as a copy frozen (SIGSTOP) with the request would
+
+    try:
+        await frozen.subscribe(SUBMIT_BUILD.subject, queue="planner", cb=hold)
+        await subscriptions_live(frozen)
+        async with serving_with_client(gateway_settings(stack, rpc_timeout=1.5)) as (_, http):
+            response = await http.post("/v1/builds", json=PLAIN, headers=bearer(key))
+        assert response.status_code == 504, response.text
+        build_id = response.json()["build_id"]
+        assert len(taken) >= 2  # the request was sent again (to the only copy, which took it again)
+        await frozen.close()
+        # The copy thaws and records what it holds: too late, nothing is recorded.
+        async with running(create_actor("planner"), stack.settings("planner")):
+            late = await call(module_admin, SUBMIT_BUILD, decode(SubmitBuild, taken[0]), timeout=10)
+        assert isinstance(late, Failed) and late.code == "unavailable" and "deadline" in late.detail
+        assert await db.fetchval("SELECT count(*) FROM builds WHERE build_id = $1", build_id) == 0
+        assert decode(SubmitBuild, taken[0]).request_id == build_id
+    finally:
+        if not frozen.is_closed:
+            await frozen.close()
