@@ -99,3 +99,21 @@ async def test_the_usage_page_fits_a_phone(page: Page, platform: DashboardPlatfo
     await page.goto(f"{platform.base_url}/dashboard/usage")
     await expect(page.get_by_role("heading", name="Quotas")).to_be_visible()
     await fits_the_width(page)
+
+
+async def test_no_token_for_another_organisations_server_nor_for_an_api_key(
+    chromium: Browser, platform: DashboardPlatform, person: Person, server_id: str
+) -> None:
+    token_path = f"/dashboard/servers/{server_id}/playground/token"
+    mine = await platform.http.post(token_path, headers=person.headers)
+    assert mine.status_code == 200 and mine.headers["cache-control"] == "no-store", mine.text
+    assert mine.json()["url"].endswith(f"/servers/{server_id}/mcp") and "refresh_token" not in mine.json()
+    stranger = await signed_in_person(chromium, platform, "stranger")
+    refused = await platform.http.post(token_path, headers=stranger.headers)
+    assert refused.status_code == 404, refused.text
+    key = await platform.http.post("/v1/api-keys", json={"label": "script"}, headers=person.headers)
+    by_key = await platform.http.post(token_path, headers={"Authorization": f"Bearer {key.json()['secret']}"})
+    assert by_key.status_code == 403, by_key.text
+    # Another site's page cannot have a signed-in browser ask for one.
+    cross_site = await platform.http.post(token_path, headers={**person.headers, "Origin": "https://evil.example"})
+    assert cross_site.status_code == 403, cross_site.text

@@ -23,6 +23,8 @@ from actors.oauth.state import OAuthConfig
 from actors.oauth.tokens import digest
 from actors.runtime.bus import connect
 from bus_schemas.oauth import (
+    DASHBOARD_CLIENT_ID,
+    DASHBOARD_REDIRECT_PATH,
     AuthorizationRedirect,
     ClientMetadata,
     ClientRegistered,
@@ -564,3 +566,33 @@ async def key_set(nc: Client) -> KeySet:
     published = await ask(nc, OAUTH_GET_JWKS, GetJwks())
     assert isinstance(published, Jwks)
     return KeySet.import_key_set({"keys": [msgspec.to_builtins(k) for k in published.keys]})
+
+
+FIRST_PARTY_REDIRECT = ISSUER + DASHBOARD_REDIRECT_PATH
+
+
+async def test_the_first_party_dashboard_client_gets_a_code_without_a_consent_page_and_no_refresh_token(
+    nc: Client
+) -> None:
+    verifier, challenge = pkce_pair()
+    answered = await authorize(nc, DASHBOARD_CLIENT_ID, challenge, redirect_uri=FIRST_PARTY_REDIRECT)
+    assert isinstance(answered, AuthorizationRedirect), answered
+    params = query_of(answered.location)
+    assert answered.location.startswith(FIRST_PARTY_REDIRECT + "?") and params["state"] == "st-1"
+    assert params["iss"] == ISSUER
+    issued = await exchange(nc, DASHBOARD_CLIENT_ID, params["code"], verifier, redirect_uri=FIRST_PARTY_REDIRECT)
+    assert isinstance(issued, TokenIssued), issued
+    assert issued.refresh_token is None and issued.expires_in <= 15 * 60
+
+
+async def test_the_first_party_client_is_refused_another_organisations_server_and_any_other_redirect_uri(
+    nc: Client
+) -> None:
+    _, challenge = pkce_pair()
+    foreign = await authorize(nc, DASHBOARD_CLIENT_ID, challenge, redirect_uri=FIRST_PARTY_REDIRECT,
+                              resources=(FOREIGN,))
+    assert isinstance(foreign, OAuthError) and query_of(foreign.location or "")["error"] == "invalid_target"
+    elsewhere = await authorize(nc, DASHBOARD_CLIENT_ID, challenge, redirect_uri=REDIRECT)
+    assert isinstance(elsewhere, OAuthError) and elsewhere.location is None  # never redirected to
+    unsigned = await authorize(nc, DASHBOARD_CLIENT_ID, challenge, redirect_uri=FIRST_PARTY_REDIRECT, signer=None)
+    assert isinstance(unsigned, SignInRequired)
