@@ -64,6 +64,9 @@ restarted server subscribes again within this); waiting longer would only delay 
 FIRST_RETRY_SECONDS = 0.05
 """The wait before the first retry; it doubles up to `MAX_RETRY_WAIT_SECONDS`."""
 MAX_RETRY_WAIT_SECONDS = 0.5
+CLOCK_SKEW_SECONDS = 10.0
+"""How far the clock an actor goes by (the database's) may run ahead of the gateway's: a deadline handed to it
+is that much later, so a skewed clock never refuses a request the gateway still waits for."""
 
 
 def new_request_id() -> str:
@@ -111,9 +114,10 @@ class BusClient:
         self.rpc_timeout = rpc_timeout
 
     def answered_by(self, rpc: Rpc[Any, Any]) -> str:
-        """RFC 3339: when a call of `rpc` made now is answered at the latest (the last moment an actor may still
-        act on it for an answer the caller will see)."""
-        at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=max(self.rpc_timeout, rpc.timeout_seconds or 0.0))
+        """RFC 3339: when a call of `rpc` made now is answered at the latest, plus `CLOCK_SKEW_SECONDS` (the last
+        moment an actor, by its own clock, may still act on it)."""
+        timeout = max(self.rpc_timeout, rpc.timeout_seconds or 0.0)
+        at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=timeout + CLOCK_SKEW_SECONDS)
         return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
     async def ask(self, rpc: Rpc[Req, Rep], request: Req) -> Rep:

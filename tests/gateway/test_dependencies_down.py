@@ -4,6 +4,7 @@ or 500s; a build request a registry copy took and died with is sent to another c
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 
 import asyncpg
@@ -153,6 +154,10 @@ async def test_a_503_to_a_build_request_means_no_build_was_recorded(
     assert await db.fetchval("SELECT count(*) FROM builds WHERE org_id = $1", key.org_id) == 1
 
 
+async def _past(moment: dt.datetime) -> bool:
+    return dt.datetime.now(dt.UTC) > moment
+
+
 async def _settled(values: list[str]) -> bool:
     return bool(values)
 
@@ -176,12 +181,15 @@ async def test_a_build_request_taken_by_a_frozen_registry_copy_is_504_naming_the
         build_id = response.json()["build_id"]
         assert len(taken) >= 2  # the request was sent again (to the only copy, which took it again)
         await frozen.close()
+        held = decode(SubmitBuild, taken[0])
+        assert held.request_id == build_id and held.accept_by is not None
+        accept_by = dt.datetime.fromisoformat(held.accept_by)
+        await eventually(lambda: _past(accept_by), timeout=60)
         # The copy thaws and records what it holds: too late, nothing is recorded.
         async with running(create_actor("planner"), stack.settings("planner")):
             late = await call(module_admin, SUBMIT_BUILD, decode(SubmitBuild, taken[0]), timeout=10)
         assert isinstance(late, Failed) and late.code == "unavailable" and "deadline" in late.detail
         assert await db.fetchval("SELECT count(*) FROM builds WHERE build_id = $1", build_id) == 0
-        assert decode(SubmitBuild, taken[0]).request_id == build_id
     finally:
         if not frozen.is_closed:
             await frozen.close()
