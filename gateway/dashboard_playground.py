@@ -41,6 +41,7 @@ from bus_schemas.oauth import (
     TokenIssued,
 )
 from bus_schemas.registry import OAUTH_EXCHANGE_TOKEN, OAUTH_START_AUTHORIZATION
+from gateway.browser import DASHBOARD_CSP
 from gateway.dashboard import dashboard_page, signed_in, to_sign_in
 from gateway.oauth import issuer_of
 from gateway.problems import Problem
@@ -62,6 +63,15 @@ class PlaygroundToken(msgspec.Struct, frozen=True, kw_only=True):
     scope: str
     url: str
     """The server's MCP URL: the token's audience, and where the page sends its JSON-RPC."""
+
+
+def playground_csp(servers_url: str | None) -> str:
+    """The dashboard's policy, with the hosted servers' origin allowed to `fetch` when they live on another
+    one (BMMS_SERVERS_URL): the page talks to a server at its public URL, as any MCP client does."""
+    parts = urlsplit(servers_url or "")
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return DASHBOARD_CSP  # under the gateway's own origin: 'self' covers it
+    return DASHBOARD_CSP.replace("connect-src 'self'", f"connect-src 'self' {parts.scheme}://{parts.netloc}", 1)
 
 
 def pkce_pair() -> tuple[str, str]:
@@ -130,8 +140,10 @@ class PlaygroundController(Controller):
         principal = await signed_in(request, services)
         if principal is None:
             return to_sign_in(request)
-        return dashboard_page("playground.html", principal, title="Playground", active="servers",
+        page = dashboard_page("playground.html", principal, title="Playground", active="servers",
                               server_id=server_id)
+        page.headers["Content-Security-Policy"] = playground_csp(services.settings.servers_url)
+        return page
 
     @post("/token", status_code=200, summary="A first-party access token for this server")
     async def token(self, server_id: FromPath[str], request: Request[Any, Any, Any],
