@@ -103,6 +103,14 @@ async def signed_in(request: Request[Any, Any, Any], services: EdgeServices) -> 
     return await services.authenticator.session_principal(request)
 
 
+async def in_chosen_org(request: Request[Any, Any, Any], services: EdgeServices) -> Principal | None:
+    """The signed-in person in the organisation the switcher chose (`gateway.dashboard_org.page_principal`), or
+    None: what this module's pages read the server in and show in the top bar."""
+    from gateway.dashboard_org import page_principal  # imported here: dashboard_org builds on this module
+
+    return await page_principal(request, services)
+
+
 class DashboardController(Controller):
     """The servers list, a new server, a build, a server."""
 
@@ -112,7 +120,7 @@ class DashboardController(Controller):
     @get("/", summary="Servers")
     async def servers(self, request: Request[Any, Any, Any], services: NamedDependency[EdgeServices]) -> Response[Any]:
         """The organisation's servers: status, URL, current version, calls today."""
-        principal = await signed_in(request, services)
+        principal = await in_chosen_org(request, services)
         if principal is None:
             return to_sign_in(request)
         return dashboard_page("servers.html", principal, title="Servers", active="servers")
@@ -121,7 +129,7 @@ class DashboardController(Controller):
     async def new_server(self, request: Request[Any, Any, Any], services: NamedDependency[EdgeServices]
                          ) -> Response[Any]:
         """Describe a server in plain words, from an OpenAPI document, or as a tool spec."""
-        principal = await signed_in(request, services)
+        principal = await in_chosen_org(request, services)
         if principal is None:
             return to_sign_in(request)
         return dashboard_page("new.html", principal, title="New server", active="new")
@@ -130,7 +138,7 @@ class DashboardController(Controller):
     async def build(self, build_id: FromPath[str], request: Request[Any, Any, Any],
                     services: NamedDependency[EdgeServices]) -> Response[Any]:
         """A build's steps and log, live from its event stream."""
-        principal = await signed_in(request, services)
+        principal = await in_chosen_org(request, services)
         if principal is None:
             return to_sign_in(request)
         return dashboard_page("build.html", principal, title="Build", active="servers", build_id=build_id)
@@ -142,7 +150,7 @@ class DashboardController(Controller):
 
         The server is read here once (its name and URL never change) for the Connect section and the title;
         the rest of the page reads the JSON API from the browser and stays current after each action."""
-        principal = await signed_in(request, services)
+        principal = await in_chosen_org(request, services)
         if principal is None:
             return to_sign_in(request)
         try:

@@ -28,6 +28,7 @@ from tests.browser.dashboard_support import (
     tool_spec_body,
 )
 from tests.conftest import Stack
+from tests.support.sign_in import COOKIE, follow, fresh_email, fresh_ip, session_of
 
 
 @pytest.fixture(scope="module")
@@ -182,3 +183,22 @@ async def test_connect_gives_each_client_its_config_and_cursor_and_vs_code_insta
     await expect(page.get_by_role("status").filter(has_text="Copied")).to_be_visible()
     await expect(page.get_by_role("link", name="Open the playground")).to_have_attribute(
         "href", f"/dashboard/servers/{server_id}/playground")
+
+
+async def test_the_server_page_reads_the_server_in_the_organisation_the_switcher_chose(
+    platform: DashboardPlatform, person: Person
+) -> None:
+    server_id = await deployed_server(platform, person, tool_spec_body("Shared", "echo"))
+    org = (await platform.http.get("/v1/me", headers=person.headers)).json()["org_id"]
+    member_email = fresh_email("member")
+    invited = await platform.http.post("/v1/invites", json={"email": member_email}, headers=person.headers)
+    assert invited.status_code == 201, invited.text
+    followed = await follow(platform.base_url, await platform.mailbox.link_token(member_email),
+                            headers={"X-Forwarded-For": fresh_ip()})
+    member = session_of(followed)[COOKIE].value
+
+    chosen = await platform.http.get(f"/dashboard/servers/{server_id}",
+                                     headers={"Cookie": f"{COOKIE}={member}; bmms_org={org}"})
+    assert chosen.status_code == 200 and "<h1 id=\"server-title\">Shared</h1>" in chosen.text
+    own = await platform.http.get(f"/dashboard/servers/{server_id}", headers={"Cookie": f"{COOKIE}={member}"})
+    assert own.status_code == 404  # in their own organisation there is no such server
