@@ -84,7 +84,9 @@ async def test_a_person_in_two_organisations_switches_between_them(
     # A member sees no invitations to manage, and the owner among the people.
     await expect(page.get_by_role("heading", name="Invitations")).to_be_hidden()
     await expect(page.get_by_role("cell", name=owner.email, exact=True)).to_be_visible()
-    # Server-rendered pages follow the switch too.
+    # Server-rendered pages follow the switch too (the cookie they read).
+    chosen = {c["name"]: c["value"] for c in await page.context.cookies()}
+    assert chosen.get("bmms_org") == owners_org["org_id"]
     await page.get_by_role("link", name="Usage").click()
     await expect(page.get_by_role("heading", name="Usage", exact=True)).to_be_visible()
     await expect(switcher).to_have_value(owners_org["org_id"])
@@ -97,3 +99,12 @@ async def test_the_organisation_page_fits_a_phone(page: Page, platform: Dashboar
     await expect(page.get_by_role("cell", name=f"{owner.email} (you)", exact=True)).to_be_visible()
     await expect(page.get_by_role("cell", name=re.compile(r"\(this one\)$"))).to_be_visible()
     await fits_the_width(page)
+
+
+async def test_a_remembered_organisation_the_person_is_not_in_is_ignored_by_the_pages(
+    platform: DashboardPlatform, owner: Person
+) -> None:
+    for org in ("o0123456789abcdef", "not an id"):
+        shown = await platform.http.get("/dashboard/usage", headers={"Cookie": f"{owner.headers['Cookie']}; "
+                                                                               f"bmms_org={org}"})
+        assert shown.status_code == 200 and "<h1>Usage</h1>" in shown.text, shown.text
