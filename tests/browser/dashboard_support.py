@@ -77,7 +77,7 @@ paths:
 
 @contextlib.asynccontextmanager
 async def notes_upstream() -> AsyncIterator[str]:
-    """The notes API on a free port; yields its base URL."""
+    """The notes API on a free port (its document at /openapi.yaml); yields its base URL."""
 
     async def note(request: web.Request) -> web.Response:
         return web.json_response({"id": request.match_info["note_id"], "text": "buy milk"})
@@ -88,10 +88,14 @@ async def notes_upstream() -> AsyncIterator[str]:
     async def delete(_: web.Request) -> web.Response:
         return web.Response(status=204)
 
+    async def document(request: web.Request) -> web.Response:
+        return web.Response(text=notes_document(f"http://{request.host}"), content_type="application/yaml")
+
     app = web.Application()
     app.router.add_get("/notes", notes)
     app.router.add_get("/notes/{note_id}", note)
     app.router.add_delete("/notes/{note_id}", delete)
+    app.router.add_get("/openapi.yaml", document)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

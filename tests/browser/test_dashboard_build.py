@@ -138,6 +138,34 @@ async def test_an_openapi_server_has_exactly_the_two_operations_chosen_in_the_pi
     assert secrets["missing"] == [] and [s["name"] for s in secrets["secrets"]] == ["NOTES_KEY"]
 
 
+async def test_an_openapi_document_is_read_from_an_upload_or_a_url_for_the_picker(
+    page: Page, platform: DashboardPlatform, person: Person
+) -> None:
+    await as_person(page, platform, person)
+    await page.goto(f"{platform.base_url}/dashboard/new")
+    picker = page.locator("#picker").get_by_role("checkbox")
+    await page.get_by_label("OpenAPI file (YAML or JSON)").set_input_files(files=[{
+        "name": "notes.yaml", "mimeType": "application/yaml", "buffer": notes_document(platform.upstream).encode()}])
+    await page.get_by_role("button", name="Show its operations").click()
+    await expect(picker).to_have_count(3)
+
+    await page.get_by_label("From a URL").check()
+    await expect(page.locator("#preview")).to_be_hidden()  # another source: the picker starts over
+    await page.get_by_label("Document URL").fill(f"{platform.upstream}/openapi.yaml")
+    await page.get_by_role("button", name="Show its operations").click()
+    await expect(picker).to_have_count(3)
+    await expect(page.locator("#flags-box")).to_be_hidden()
+
+    await page.get_by_label("Document URL").fill(f"{platform.upstream}/missing.yaml")
+    await page.get_by_role("button", name="Show its operations").click()
+    await expect(page.locator("#preview-error")).to_contain_text("404")  # the planner's reason, in words
+    errors = page.console_errors  # type: ignore[attr-defined]  # the harness's list (tests/browser/conftest.py)
+    refused = [e for e in errors if "status of 422" in e]  # the browser logs the refused preview request itself
+    assert refused, errors
+    for error in refused:
+        errors.remove(error)
+
+
 @pytest.mark.parametrize("page", [375], indirect=True)
 async def test_the_build_page_resumes_after_its_socket_drops_with_every_line_once(
     page: Page, platform: DashboardPlatform, person: Person
