@@ -31,7 +31,9 @@ CHART_WIDTH = 640
 CHART_HEIGHT = 160
 """The per-day chart's drawing area (SVG user units; it scales to the page's width)."""
 BAR_ROW = 28
-"""Height of one horizontal bar's row (per tool, per quota)."""
+"""Height of one horizontal bar's row (per tool)."""
+LABEL_WIDTH = 200
+"""Room for a tool's name left of its bar; its count goes right of it, within CHART_WIDTH."""
 
 QUOTA_NAMES = {
     "tool_calls_per_month": "Tool calls this month",
@@ -84,11 +86,13 @@ def day_bars(period: str, days: tuple[DayUsage, ...]) -> list[Bar]:
 
 
 def tool_bars(tools: tuple[ToolUsage, ...]) -> list[Bar]:
-    """One horizontal bar per tool (most called first), widths scaled to the most called."""
+    """One horizontal bar per tool (most called first) right of its name, widths scaled to the most called."""
     ranked = sorted(tools, key=lambda t: (-t.calls, t.tool))
     peak = max([1, *(t.calls for t in ranked)])
-    return [Bar(label=t.tool, value=t.calls, x=0, y=i * BAR_ROW, width=round(100 * t.calls / peak, 2),
-                height=BAR_ROW * 0.6, title=f"{t.tool} ({t.server_id}): {t.calls} calls, {t.errors} errors")
+    room = CHART_WIDTH - LABEL_WIDTH - 60  # the count is written after the bar
+    return [Bar(label=t.tool if len(t.tool) <= 26 else t.tool[:25] + "…", value=t.calls, x=LABEL_WIDTH,
+                y=i * BAR_ROW + BAR_ROW * 0.2, width=round(max(1.0, room * t.calls / peak), 2), height=BAR_ROW * 0.6,
+                title=f"{t.tool} ({t.server_id}): {t.calls} calls, {t.errors} errors")
             for i, t in enumerate(ranked)]
 
 

@@ -7,10 +7,22 @@
   const { api, el, showError, confirm, formatTime, toast } = window.BMMS;
   let me = null;
 
+  /** A table; a header given as ["Name", true] is optional: hidden at a phone's width, like its cells. */
   function table(headers, rows) {
     return el("div", { class: "table-wrap" }, el("table", {},
-      el("thead", {}, el("tr", {}, ...headers.map((h) => el("th", { scope: "col" }, h)))),
+      el("thead", {}, el("tr", {}, ...headers.map((h) => Array.isArray(h)
+        ? el("th", { scope: "col", class: "optional" }, h[0]) : el("th", { scope: "col" }, h)))),
       el("tbody", {}, ...rows)));
+  }
+
+  /** "Chrome on Linux" from a user agent (the whole of it in the cell's title). */
+  function browserName(agent) {
+    if (!agent) return "unknown";
+    const browser = [["Edg/", "Edge"], ["Firefox/", "Firefox"], ["Chrome/", "Chrome"], ["Safari/", "Safari"]]
+      .find(([mark]) => agent.includes(mark));
+    const system = [["Android", "Android"], ["iPhone", "iOS"], ["Windows", "Windows"], ["Mac OS", "macOS"],
+                    ["Linux", "Linux"]].find(([mark]) => agent.includes(mark));
+    return browser ? `${browser[1]}${system ? ` on ${system[1]}` : ""}` : agent.slice(0, 40);
   }
 
   async function guarded(errorId, work) {
@@ -22,7 +34,7 @@
     const box = document.getElementById("members");
     const listed = await api("GET", "/v1/org/members");
     const owner = me.role === "owner";
-    box.replaceChildren(table(["Person", "Role", "Joined", ""], listed.members.map((member) => {
+    box.replaceChildren(table(["Person", "Role", ["Joined"], ""], listed.members.map((member) => {
       const self = member.person_id === me.person_id;
       const role = owner
         ? el("select", { "aria-label": `Role of ${member.email}`, onchange: (event) => changeRole(member, event.target) },
@@ -33,7 +45,7 @@
                          onclick: () => removeMember(member) }, self ? "Leave" : "Remove")
         : "";
       return el("tr", {}, el("td", {}, member.email, self ? el("span", { class: "hint" }, " (you)") : null),
-                el("td", {}, role), el("td", {}, formatTime(member.joined_at)), el("td", {}, remove));
+                el("td", {}, role), el("td", { class: "optional" }, formatTime(member.joined_at)), el("td", {}, remove));
     })));
     box.removeAttribute("aria-busy");
   }
@@ -70,8 +82,8 @@
       box.replaceChildren(el("p", { class: "empty" }, "No pending invitations."));
       return;
     }
-    box.replaceChildren(table(["Address", "Role", "Sent", ""], listed.invites.map((invite) => el("tr", {},
-      el("td", {}, invite.email), el("td", {}, invite.role), el("td", {}, formatTime(invite.created_at)),
+    box.replaceChildren(table(["Address", "Role", ["Sent"], ""], listed.invites.map((invite) => el("tr", {},
+      el("td", {}, invite.email), el("td", {}, invite.role), el("td", { class: "optional" }, formatTime(invite.created_at)),
       el("td", {}, el("button", { type: "button", class: "secondary small", "aria-label": `Withdraw the invitation of ${invite.email}`,
                                  onclick: () => withdraw(invite) }, "Withdraw"))))));
   }
@@ -102,8 +114,9 @@
       box.replaceChildren(el("p", { class: "empty" }, "No API keys. Create one to build servers from scripts or CI."));
       return;
     }
-    box.replaceChildren(table(["Label", "Key id", "Created", ""], listed.keys.map((key) => el("tr", {},
-      el("td", {}, key.label), el("td", {}, el("code", {}, key.key_id)), el("td", {}, formatTime(key.created_at)),
+    box.replaceChildren(table(["Label", ["Key id"], ["Created"], ""], listed.keys.map((key) => el("tr", {},
+      el("td", {}, key.label), el("td", { class: "optional" }, el("code", {}, key.key_id)),
+      el("td", { class: "optional" }, formatTime(key.created_at)),
       el("td", {}, el("button", { type: "button", class: "danger small", "aria-label": `Revoke the key ${key.label}`,
                                  onclick: () => revoke(key) }, "Revoke"))))));
   }
@@ -133,11 +146,13 @@
   async function loadSessions() {
     const box = document.getElementById("sessions");
     const listed = await api("GET", "/v1/sessions");
-    box.replaceChildren(table(["Browser", "From", "Signed in", "Expires", ""], listed.sessions.map((s) => el("tr", {},
-      el("td", {}, s.user_agent || "unknown", s.current ? el("span", { class: "hint" }, " (this one)") : null),
-      el("td", {}, s.client_ip || ""), el("td", {}, formatTime(s.created_at)), el("td", {}, formatTime(s.expires_at)),
+    box.replaceChildren(table(["Browser", ["From"], "Signed in", ["Expires"], ""], listed.sessions.map((s) => el("tr", {},
+      el("td", { title: s.user_agent || "" }, browserName(s.user_agent),
+         s.current ? el("span", { class: "hint" }, " (this one)") : null),
+      el("td", { class: "optional" }, s.client_ip || ""), el("td", {}, formatTime(s.created_at)),
+      el("td", { class: "optional" }, formatTime(s.expires_at)),
       el("td", {}, s.current ? "" : el("button", { type: "button", class: "secondary small",
-                                                   "aria-label": `End the session from ${s.user_agent || "unknown"}`,
+                                                   "aria-label": `End the session from ${browserName(s.user_agent)} signed in ${formatTime(s.created_at)}`,
                                                    onclick: () => endSession(s) }, "End"))))));
   }
 

@@ -17,6 +17,7 @@ from tests.browser.dashboard_support import (
     as_person,
     dashboard_platform,
     fits_the_width,
+    screenshot,
     sign_in_in_browser,
     signed_in_person,
 )
@@ -99,6 +100,7 @@ async def test_the_organisation_page_fits_a_phone(page: Page, platform: Dashboar
     await expect(page.get_by_role("cell", name=f"{owner.email} (you)", exact=True)).to_be_visible()
     await expect(page.get_by_role("cell", name=re.compile(r"\(this one\)$"))).to_be_visible()
     await fits_the_width(page)
+    await screenshot(page, "organisation-phone")
 
 
 async def test_a_remembered_organisation_the_person_is_not_in_is_ignored_by_the_pages(

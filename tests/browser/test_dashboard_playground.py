@@ -17,6 +17,7 @@ from tests.browser.dashboard_support import (
     as_person,
     dashboard_platform,
     fits_the_width,
+    screenshot,
     settled_build,
     signed_in_person,
     start_build,
@@ -76,6 +77,7 @@ async def test_a_tool_is_called_in_the_playground_and_the_call_is_counted_on_the
     await expect(request).to_contain_text('"method": "tools/call"')
     await expect(request).to_contain_text('"times": 2')
     await expect(page.get_by_label("structuredContent")).to_have_text("(none)")  # a text result has none
+    await screenshot(page, "playground")
     # The token stayed in the page's memory: nothing in its storage holds it.
     stored = await page.evaluate("JSON.stringify(window.localStorage) + JSON.stringify(window.sessionStorage)")
     assert "eyJ" not in stored
@@ -91,6 +93,7 @@ async def test_a_tool_is_called_in_the_playground_and_the_call_is_counted_on_the
     await expect(row.get_by_role("cell")).to_have_text([re.compile(f"repeat.*{server_id}"), "1", "0"])
     await expect(page.get_by_role("img", name=re.compile(r"Tool calls per day .*: 1 in all"))).to_be_visible()
     await expect(page.get_by_role("img", name=re.compile(r"^Tool calls this month: 1 "))).to_be_visible()
+    await screenshot(page, "usage")
 
 
 @pytest.mark.parametrize("page", [375], indirect=True)
