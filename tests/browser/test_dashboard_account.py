@@ -110,3 +110,23 @@ async def test_a_remembered_organisation_the_person_is_not_in_is_ignored_by_the_
         shown = await platform.http.get("/dashboard/usage", headers={"Cookie": f"{owner.headers['Cookie']}; "
                                                                                f"bmms_org={org}"})
         assert shown.status_code == 200 and "<h1>Usage</h1>" in shown.text, shown.text
+
+
+async def test_an_invitation_is_sent_and_withdrawn_and_the_last_owner_keeps_the_role(
+    page: Page, platform: DashboardPlatform, owner: Person
+) -> None:
+    await as_person(page, platform, owner)
+    await page.goto(f"{platform.base_url}/dashboard/org")
+    await page.get_by_label("Email address to invite").fill("later@example.com")
+    await page.get_by_role("button", name="Invite").click()
+    await expect(page.get_by_role("cell", name="later@example.com", exact=True)).to_be_visible()
+    await page.get_by_role("button", name="Withdraw the invitation of later@example.com").click()
+    await expect(page.get_by_text("No pending invitations.")).to_be_visible()
+
+    role = page.get_by_label(f"Role of {owner.email}")
+    await role.select_option("member")
+    await expect(page.get_by_role("alert").filter(has_text="last owner cannot become a member")).to_be_visible()
+    await expect(page.get_by_label(f"Role of {owner.email}")).to_have_value("owner")
+    # The browser logs the refused request itself (a 409); that refusal is what this test asks for.
+    errors: list[str] = page.console_errors  # type: ignore[attr-defined]  # set by the page fixture
+    errors[:] = [e for e in errors if "status of 409" not in e]

@@ -120,3 +120,47 @@ async def test_no_token_for_another_organisations_server_nor_for_an_api_key(
     # Another site's page cannot have a signed-in browser ask for one.
     cross_site = await platform.http.post(token_path, headers={**person.headers, "Origin": "https://evil.example"})
     assert cross_site.status_code == 403, cross_site.text
+
+
+def search_document(base_url: str) -> str:
+    """One operation whose input has an enum, an array and an object: what the form must offer besides text."""
+    return f"""openapi: 3.0.3
+info: {{title: Search, version: "1.0"}}
+servers: [{{url: "{base_url}"}}]
+paths:
+  /search:
+    post:
+      operationId: searchNotes
+      summary: Search notes
+      parameters:
+        - {{name: kind, in: query, required: true, schema: {{type: string, enum: [note, task]}}}}
+        - {{name: tags, in: query, schema: {{type: array, items: {{type: string}}}}}}
+      requestBody:
+        content: {{application/json: {{schema: {{type: object, properties: {{filter: {{type: object}}}}}}}}}}
+      responses:
+        "200": {{description: found, content: {{application/json: {{schema: {{type: object}}}}}}}}
+"""
+
+
+async def test_the_form_offers_enums_as_choices_and_arrays_as_json_and_shows_a_tool_error(
+    page: Page, platform: DashboardPlatform, person: Person
+) -> None:
+    body = {"name": "Search", "source": {"kind": "openapi", "document": search_document(platform.upstream)}}
+    summary = await settled_build(platform, person, await start_build(platform, person, body))
+    assert summary["status"] == "deployed", summary
+    await as_person(page, platform, person)
+    await page.goto(f"{platform.base_url}/dashboard/servers/{summary['server_id']}/playground")
+    kind = page.get_by_label("kind (required)")
+    await expect(kind).to_have_js_property("tagName", "SELECT")
+    await expect(kind.locator("option")).to_have_text(["note", "task"])
+    tags = page.get_by_label("tags")
+    await expect(tags).to_have_js_property("tagName", "TEXTAREA")
+    await tags.fill("[not json")
+    await page.get_by_role("button", name="Call tool").click()
+    await expect(page.get_by_role("alert").filter(has_text="tags must be valid JSON")).to_be_visible()
+    await kind.select_option("task")
+    await tags.fill('["a", "b"]')
+    await page.get_by_role("button", name="Call tool").click()
+    # The notes API has no /search: the upstream's 404 comes back as a tool error, shown as one.
+    await expect(page.locator("#result-state")).to_have_text("isError: true")
+    await expect(page.get_by_label("JSON-RPC request")).to_contain_text('"kind": "task"')
