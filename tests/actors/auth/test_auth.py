@@ -19,14 +19,23 @@ from bus_schemas.identity import (
     ApiKeyRevoked,
     Authenticate,
     CreateApiKey,
+    IssueSignInLink,
     MagicLinkRequested,
     Principal,
     RedeemMagicLink,
     RequestMagicLink,
     RevokeApiKey,
     SessionStarted,
+    SignInLinkIssued,
 )
-from bus_schemas.registry import AUTHENTICATE, CREATE_API_KEY, REDEEM_MAGIC_LINK, REQUEST_MAGIC_LINK, REVOKE_API_KEY
+from bus_schemas.registry import (
+    AUTHENTICATE,
+    CREATE_API_KEY,
+    ISSUE_SIGN_IN_LINK,
+    REDEEM_MAGIC_LINK,
+    REQUEST_MAGIC_LINK,
+    REVOKE_API_KEY,
+)
 from tests.conftest import Stack, running
 from tests.support.mailbox import Mailbox
 
@@ -100,3 +109,30 @@ async def test_a_link_followed_many_times_at_once_starts_one_session(
                        timeout=10)
     assert isinstance(again, SessionStarted)
     assert (again.person_id, again.org_id, again.first_sign_in) == (session.person_id, session.org_id, False)
+
+
+async def test_an_operator_sign_in_link_signs_in_an_owner_of_the_named_organisation_and_mails_nothing(
+    admin_nc: Client, auth: None, mailbox: Mailbox
+) -> None:
+    org = f"ops-{secrets.token_hex(4)}"
+    email = f"local-{secrets.token_hex(4)}@bmms.localhost"
+    key = await call(admin_nc, CREATE_API_KEY, CreateApiKey(org_name=org), timeout=10)
+    assert isinstance(key, ApiKeyCreated)
+    issued = await call(admin_nc, ISSUE_SIGN_IN_LINK, IssueSignInLink(email=email, org_name=org, link_base=LINK_BASE,
+                                                                       next="/dashboard"), timeout=10)
+    assert isinstance(issued, SignInLinkIssued) and issued.org_id == key.org_id
+    assert issued.link.startswith(f"{LINK_BASE}?token=") and mailbox.count(email) == 0
+    token = issued.link.split("?token=", 1)[1]
+    session = await call(admin_nc, REDEEM_MAGIC_LINK, RedeemMagicLink(token=token), timeout=10)
+    # Their first organisation is the named one (no organisation of their own is made), as an owner.
+    assert isinstance(session, SessionStarted) and session.org_id == key.org_id and session.next == "/dashboard"
+    principal = await call(admin_nc, AUTHENTICATE, Authenticate(token=session.token), timeout=10)
+    assert isinstance(principal, Principal) and principal.role == "owner"
+    # Once only; a second link for the same person keeps them as they are.
+    assert isinstance(await call(admin_nc, REDEEM_MAGIC_LINK, RedeemMagicLink(token=token), timeout=10), Failed)
+    again = await call(admin_nc, ISSUE_SIGN_IN_LINK, IssueSignInLink(email=email, org_name=org, link_base=LINK_BASE),
+                       timeout=10)
+    assert isinstance(again, SignInLinkIssued) and again.person_id == issued.person_id
+    refused = await call(admin_nc, ISSUE_SIGN_IN_LINK, IssueSignInLink(email="nobody", org_name=org,
+                                                                        link_base=LINK_BASE), timeout=10)
+    assert isinstance(refused, Failed) and refused.field == "email"
