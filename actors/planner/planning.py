@@ -24,8 +24,10 @@ from actors.runtime.fetch import FetchRefused, fetch_document
 from actors.runtime.injection import injection_markers, scan
 from actors.runtime.settings import Settings
 from bus_schemas.builds import BuildRequested, OpenApiSource, PlainWords, ToolSpecSource
-from bus_schemas.plans import PlanFlag, PureFunction, ToolPlan, canonical_plan_bytes
+from bus_schemas.plans import HttpCall, PlanFlag, PlannedTool, PureFunction, ToolPlan, canonical_plan_bytes
 from bus_schemas.registry import PLANS
+from runner_template.sdk import ToolInfo
+from runner_template.server import tool_annotations
 
 MAX_INJECTION_FLAGS = 20
 """Flags kept per plan; a document full of markers gets a count instead of hundreds of flags."""
@@ -75,9 +77,19 @@ def tool_list(plan: ToolPlan) -> list[dict[str, Any]]:
     """The plan's tools as an MCP client's `tools/list` shows them (what a model reads on every request)."""
     return [
         {"name": t.name, "title": t.title, "description": t.description, "inputSchema": t.input_schema,
-         **({"outputSchema": t.output_schema} if t.output_schema is not None else {})}
+         **({"outputSchema": t.output_schema} if t.output_schema is not None else {}),
+         "annotations": served_annotations(t)}
         for t in plan.tools
     ]
+
+
+def served_annotations(tool: PlannedTool) -> dict[str, Any]:
+    """The tool's MCP annotations as its runner serves them (`runner_template.server.tool_annotations`; codegen
+    marks a tool that calls upstream as open-world)."""
+    info = ToolInfo(name=tool.name, title=tool.title, read_only=tool.read_only,
+                    open_world=isinstance(tool.implementation, HttpCall))
+    annotations: dict[str, Any] = tool_annotations(info).model_dump(by_alias=True, exclude_none=True)
+    return annotations
 
 
 def estimate_tokens(plan: ToolPlan) -> int:

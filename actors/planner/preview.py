@@ -18,7 +18,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from actors.planner.handlers import PlannerState
 from actors.planner.planning import finish_plan, plan_request, tool_list
@@ -28,10 +27,8 @@ from actors.runtime.codec import encode
 from actors.runtime.settings import Settings
 from bus_schemas.base import Failed, FailureCode
 from bus_schemas.builds import BuildRequested
-from bus_schemas.plans import HttpCall, PlannedTool, ToolPlan
+from bus_schemas.plans import ToolPlan
 from bus_schemas.previews import PlanNote, PlanPreview, PlanPreviewed, PreviewPlan
-from runner_template.sdk import ToolInfo
-from runner_template.server import tool_annotations
 
 PREVIEW_BUILD_ID = "preview"
 """The build id of the `requested` event a preview plans from: it is never published and names no build."""
@@ -110,19 +107,9 @@ def as_build_request(request: PreviewPlan) -> BuildRequested:
                           requested_by=request.requested_by, source=request.source)
 
 
-def served_annotations(tool: PlannedTool) -> dict[str, Any]:
-    """The tool's MCP annotations as its runner serves them (`runner_template.server.tool_annotations`; codegen
-    marks a tool that calls upstream as open-world)."""
-    info = ToolInfo(name=tool.name, title=tool.title, read_only=tool.read_only,
-                    open_world=isinstance(tool.implementation, HttpCall))
-    annotations: dict[str, Any] = tool_annotations(info).model_dump(by_alias=True, exclude_none=True)
-    return annotations
-
-
 def preview_of(plan: ToolPlan, notes: PlanNotes) -> PlanPreview:
-    """A finished plan as a preview: its tool list as served, with each tool's annotations, and what planning said."""
-    tools = tuple({**served, "annotations": served_annotations(tool)}
-                  for served, tool in zip(tool_list(plan), plan.tools, strict=True))
+    """A finished plan as a preview: its tool list as served (annotations included), and what planning said."""
+    tools = tuple(tool_list(plan))
     return PlanPreview(
         server_name=plan.server_name, planned_from=plan.planned_from, tools=tools,
         tool_list_tokens=plan.tool_list_tokens, flags=plan.flags,

@@ -79,10 +79,6 @@ def petstore(**choice: Any) -> dict[str, Any]:
     return {"name": "petstore", "source": {"kind": "openapi", "document": PETSTORE, **choice}}
 
 
-def without_annotations(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{k: v for k, v in tool.items() if k != "annotations"} for tool in tools]
-
-
 async def test_a_preview_shows_the_tools_a_build_of_the_same_document_serves(
     http: httpx.AsyncClient, key: ApiKeyCreated, module_admin: Client
 ) -> None:
@@ -98,7 +94,7 @@ async def test_a_preview_shows_the_tools_a_build_of_the_same_document_serves(
     assert isinstance(planned, BuildPlanned), events
     plan = await read_plan(module_admin, planned.plan_hash)
 
-    assert without_annotations(preview["tools"]) == tool_list(plan)  # names, titles, descriptions, inputSchemas
+    assert preview["tools"] == tool_list(plan)  # names, titles, descriptions, schemas, annotations
     assert len(preview["tools"]) == 19
     assert preview["tool_list_tokens"] == plan.tool_list_tokens
     assert preview["flags"] == [{"kind": f.kind, "detail": f.detail} for f in plan.flags]
