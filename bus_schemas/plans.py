@@ -63,6 +63,10 @@ class HttpCall(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag=
     field_styles: dict[str, QueryStyle] = {}
     """Fields of a `form` body not sent as repeated fields (OpenAPI's `encoding` `style`/`explode`: an array joined
     with commas, spaces or pipes, an object as `name[field]`), by field name; an object field otherwise goes as JSON."""
+    body_renames: dict[str, Any] = {}
+    """Property names inside the body served other than the API names them (a name a model API would refuse),
+    as a tree the runner follows to send each by its wire name: `{"rename": {served: wire}, "fields": {served:
+    tree}, "items": tree}` (`runner_template.upstream.wire_value`)."""
     body_media_type: str | None = None
     """The media type of a `text` body (`text/plain`, `text/csv`...), sent as its Content-Type."""
     file_fields: tuple[str, ...] = ()

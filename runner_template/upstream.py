@@ -49,6 +49,19 @@ current_call: contextvars.ContextVar[tuple[int, Sender] | None] = contextvars.Co
 """The call a tool runs for, and the way to the front; set by the worker around each tool call."""
 
 
+def wire_value(value: Any, renames: Mapping[str, Any] | None) -> Any:
+    """`value` with the property names the tool serves other than the API names them put back to the API's
+    names, following `renames` (`HttpCall.body_renames`: `rename`, `fields`, `items`)."""
+    if not renames:
+        return value
+    if isinstance(value, Mapping):
+        names, fields = renames.get("rename") or {}, renames.get("fields") or {}
+        return {names.get(k, k): wire_value(v, fields.get(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple) and renames.get("items"):
+        return [wire_value(item, renames["items"]) for item in value]
+    return value
+
+
 async def request(
     method: str,
     url_template: str,
@@ -67,6 +80,7 @@ async def request(
     text: str | None = None,
     content_type: str | None = None,
     auth: Auth | None = None,
+    renames: Mapping[str, Any] | None = None,
 ) -> Any:
     """Ask the front to call upstream; the JSON body, else the text (or the status when empty).
 
@@ -79,6 +93,9 @@ async def request(
     if current is None:
         raise UpstreamRefused("upstream calls are made only while a tool call runs")
     call_id, send = current
+    if renames:
+        json, form, multipart = (wire_value(json, renames), wire_value(form, renames),
+                                 wire_value(multipart, renames))
     answer = await send(Egress(
         id=0, call_id=call_id, method=method, url_template=url_template,
         path=dict(path) if path is not None else None, query=dict(query) if query is not None else None,

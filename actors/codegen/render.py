@@ -246,6 +246,8 @@ def _http_body(tool: PlannedTool, call: HttpCall, params: list[Parameter], plan:
             args.append(f"{kind}={dict(sorted(styles.items()))!r}")
     if call.body_param is not None:
         body = ref("body", call.body_param)
+        if call.body_renames:
+            args.append(f"renames={call.body_renames!r}")
         if call.body_encoding == "multipart":
             args.append(f"multipart={body}")
             if call.file_fields:

@@ -177,6 +177,7 @@ class _Inputs:
     located: dict[str, list[str]] = field(
         default_factory=lambda: {"path": [], "query": [], "header": [], "cookie": []})
     body_param: str | None = None
+    body_renames: dict[str, Any] = field(default_factory=dict)
     body_encoding: BodyEncoding = "json"
     body_media_type: str | None = None
     file_fields: tuple[str, ...] = ()
@@ -451,6 +452,7 @@ class _Planner:
                 styles=inputs.styles,
                 wire_names=inputs.wire_names,
                 body_param=inputs.body_param,
+                body_renames=inputs.body_renames,
                 body_encoding=inputs.body_encoding,
                 field_styles=inputs.field_styles,
                 body_media_type=inputs.body_media_type,
@@ -579,6 +581,7 @@ class _Planner:
                     inputs.field_styles[field_name] = style
         elif inputs.body_encoding == "multipart":
             schema, inputs.file_fields = _file_fields(schema, media.get("encoding"))
+        schema, inputs.body_renames = model_safe_properties(schema)
         if isinstance(body.get("description"), str) and body["description"].strip():
             schema = {**schema, "description": body["description"].strip()}
         inputs.properties[inputs.body_param] = schema
@@ -720,6 +723,55 @@ def _file_fields(schema: dict[str, Any], encoding: Any) -> tuple[dict[str, Any],
 
 MODEL_SAFE_NAME = re.compile(r"^[a-zA-Z0-9_.-]{1,64}$")
 """A property name every major model API accepts."""
+
+
+def model_safe_properties(schema: Any) -> tuple[Any, dict[str, Any]]:
+    """`schema` with every property name a model API would refuse served as one it accepts (`model_safe_name`,
+    its description saying what it is sent as), and the tree that maps them back (`HttpCall.body_renames`), through
+    nested objects, array items and anyOf/oneOf/allOf branches (whose trees merge: a value matches one of them)."""
+    if not isinstance(schema, dict):
+        return schema, {}
+    out = dict(schema)
+    tree: dict[str, Any] = {}
+    properties = schema.get("properties")
+    if isinstance(properties, dict):
+        served: dict[str, Any] = {}
+        served_as: dict[str, str] = {}
+        for wire, sub in properties.items():
+            name = model_safe_name(wire, set(served))
+            sub, subtree = model_safe_properties(sub)
+            if name != wire:
+                said = sub.get("description", "") if isinstance(sub, dict) else ""
+                sub = {**sub, "description": f"{said} (sent as {wire!r})".strip()} if isinstance(sub, dict) else sub
+                tree.setdefault("rename", {})[name] = wire
+            if subtree:
+                tree.setdefault("fields", {})[name] = subtree
+            served[name] = sub
+            served_as[wire] = name
+        out["properties"] = served
+        if isinstance(schema.get("required"), list):
+            out["required"] = [served_as.get(r, r) for r in schema["required"]]
+    if isinstance(schema.get("items"), dict):
+        out["items"], items_tree = model_safe_properties(schema["items"])
+        if items_tree:
+            tree["items"] = items_tree
+    for key in ("anyOf", "oneOf", "allOf"):
+        if isinstance(schema.get(key), list):
+            branches = [model_safe_properties(branch) for branch in schema[key]]
+            out[key] = [branch for branch, _ in branches]
+            for _, branch_tree in branches:
+                _merge_tree(tree, branch_tree)
+    return out, tree
+
+
+def _merge_tree(into: dict[str, Any], other: dict[str, Any]) -> None:
+    """Merge the renames tree `other` into `into`."""
+    if other.get("rename"):
+        into.setdefault("rename", {}).update(other["rename"])
+    for name, subtree in other.get("fields", {}).items():
+        _merge_tree(into.setdefault("fields", {}).setdefault(name, {}), subtree)
+    if other.get("items"):
+        _merge_tree(into.setdefault("items", {}), other["items"])
 
 
 def unsafe_property_names(schema: Any) -> list[str]:

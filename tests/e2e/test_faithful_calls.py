@@ -113,6 +113,13 @@ def wire_api(base_url: str) -> str:
                 "responses": {"200": {"description": "the pet", "content": {"application/json": {"schema": {
                     "type": "object", "required": ["id"],
                     "properties": {"id": {"type": "integer"}, "ok": {"type": "boolean"}}}}}}}}},
+            "/labels": {"post": {
+                "operationId": "addLabels",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["project_ids[]"],
+                    "properties": {"project_ids[]": {"type": "array", "items": {"type": "integer"}},
+                                   "meta": {"type": "object", "properties": {"made by": {"type": "string"}}}}}}}},
+                "responses": {"200": {"description": "labelled"}}}},
             "/notes": {"post": {
                 "operationId": "putNote",
                 "requestBody": {"content": {"text/plain": {"schema": {"type": "string"}}}},
@@ -202,6 +209,15 @@ async def test_a_hosted_server_sends_upstream_exactly_what_the_document_says(sta
             bad = await client.call_tool("add_pet", {"body": {"name": "Rex", "status": "lost"}})
             assert bad.is_error and "status" in text_of(bad)  # checked against the schema, never sent
             assert len([s for s in upstream.seen if s.path == "/pets"]) == 1
+
+            # names a model API would refuse, at any depth: served renamed, sent by the API's own names
+            body_schema = tools["add_labels"].input_schema["properties"]["body"]
+            assert set(body_schema["properties"]) == {"project_ids", "meta"}
+            labelled = await client.call_tool("add_labels", {"body": {"project_ids": [1, 2],
+                                                                      "meta": {"made_by": "ann"}}})
+            assert not labelled.is_error, text_of(labelled)
+            assert json.loads(upstream.last("POST", "/labels").body) == {"project_ids[]": [1, 2],
+                                                                         "meta": {"made by": "ann"}}
 
             # text body
             note = await client.call_tool("put_note", {"body": "line one\nline two"})

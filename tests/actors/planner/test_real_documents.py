@@ -29,6 +29,7 @@ from actors.planner.problems import PlanNotes, PlanProblem
 from bus_schemas.builds import OpenApiSource
 from bus_schemas.plans import HttpCall, ToolPlan
 from runner_template.app import RunnerSettings, start_tools
+from runner_template.upstream import wire_value
 from tests.support.planning_helpers import FIXTURES
 
 DOCUMENTS = FIXTURES / "openapi"
@@ -259,13 +260,44 @@ def test_a_tool_list_over_the_budget_is_flagged_with_a_tag_subset_that_fits() ->
     assert not [f for f in chosen.flags if f.kind == "token_budget"]
 
 
-def test_a_nested_property_name_a_model_api_may_refuse_is_flagged_not_hidden() -> None:
+def test_nested_property_names_a_model_api_may_refuse_are_served_renamed_and_mapped_back() -> None:
     document = json.dumps({"openapi": "3.0.3", "info": {"title": "t", "version": "1"},
                            "servers": [{"url": "https://api.example.com"}],
-                           "paths": {"/a": {"post": {"operationId": "postA", "requestBody": {"content": {
-                               "application/json": {"schema": {"type": "object", "properties": {
-                                   "meta": {"type": "object", "properties": {"tags[]": {"type": "string"}}}}}}}},
+                           "paths": {"/a": {"post": {"operationId": "postA", "parameters": [
+                               {"name": "filter", "in": "query", "style": "deepObject", "schema": {
+                                   "type": "object", "properties": {"created<": {"type": "string"}}}}],
+                               "requestBody": {"content": {"application/json": {"schema": {
+                                   "type": "object", "required": ["tags[]"], "properties": {
+                                       "tags[]": {"type": "array", "items": {"type": "string"}},
+                                       "meta": {"type": "object", "properties": {"a b": {"type": "string"}}},
+                                       "rows": {"type": "array", "items": {"anyOf": [
+                                           {"type": "object", "properties": {"x>": {"type": "integer"}}},
+                                           {"type": "object", "properties": {"y y": {"type": "integer"}}}]}}}}}}},
                                "responses": {"200": {"description": "ok"}}}}}})
     plan = plan_openapi(document, OpenApiSource(document=document), "names", PlanNotes())
-    assert any("POST /a: nested property name(s)" in f.detail and "'tags[]'" in f.detail for f in plan.flags)
-    assert all(not any("nested property" in f.detail for f in plan_of(name).flags) for name in ("swagger_petstore",))
+    (tool,) = plan.tools
+    body = tool.input_schema["properties"]["body"]
+    assert body["required"] == ["tags"] and set(body["properties"]) == {"tags", "meta", "rows"}
+    assert body["properties"]["tags"]["description"] == "(sent as 'tags[]')"
+    assert set(body["properties"]["meta"]["properties"]) == {"a_b"}
+    assert isinstance(tool.implementation, HttpCall)
+    assert tool.implementation.body_renames == {
+        "rename": {"tags": "tags[]"},
+        "fields": {"meta": {"rename": {"a_b": "a b"}}, "rows": {"items": {"rename": {"x_after": "x>", "y_y": "y y"}}}},
+    }
+    assert wire_value({"tags": ["t"], "meta": {"a_b": 1}, "rows": [{"x_after": 1}, {"y_y": 2}]},
+                      tool.implementation.body_renames) == {
+        "tags[]": ["t"], "meta": {"a b": 1}, "rows": [{"x>": 1}, {"y y": 2}]}
+    # what is not renamed (a query parameter's fields) is flagged, not served silently
+    assert any("POST /a: nested property name(s)" in f.detail and "'created<'" in f.detail for f in plan.flags)
+    assert all(MODEL_SAFE_NAME.match(name) for t in plan_of("openai").tools for name in property_names(t.input_schema))
+
+
+def property_names(schema: Any) -> list[str]:
+    """Every property name in `schema`, at any depth."""
+    if isinstance(schema, list):
+        return [name for item in schema for name in property_names(item)]
+    if not isinstance(schema, dict):
+        return []
+    names = list(schema["properties"]) if isinstance(schema.get("properties"), dict) else []
+    return names + [name for key, value in schema.items() if key != "enum" for name in property_names(value)]
