@@ -12,6 +12,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, YamlRenderPlugin
 from litestar.static_files import create_static_files_router
 
+from actors.runtime.observability import configure as configure_observability
 from actors.runtime.settings import Settings
 from gateway.api_keys import ApiKeysController
 from gateway.bodies import GatewayRequest, known_fields_only
@@ -25,6 +26,7 @@ from gateway.dashboard_usage import UsagePageController
 from gateway.events import EventsController
 from gateway.health import HealthController
 from gateway.identity import SignInController
+from gateway.metrics import metrics_handlers, metrics_middleware
 from gateway.oauth import OAuthController
 from gateway.org import InvitesController, OrgController
 from gateway.pages import STATIC_DIR
@@ -44,6 +46,7 @@ def create_app(settings: Settings, config: GatewayConfig | None = None) -> Lites
 
     The running services are at `app.state.services` (an `EdgeServices`)."""
     services = EdgeServices(settings, config or GatewayConfig())
+    configure_observability(settings, "gateway")  # metrics and traces, when the settings ask for them
     routing = ServerRouting(lambda: services.bus)  # dev routing of <servers_url>/<id>/mcp (gateway.routing)
 
     @asynccontextmanager
@@ -64,13 +67,14 @@ def create_app(settings: Settings, config: GatewayConfig | None = None) -> Lites
             ServersController, UsageController, EventsController, DashboardController, *routing.route_handlers,
             PlaygroundController, UsagePageController, OrgPageController,  # the dashboard's account pages
             create_static_files_router(path="/static", directories=[STATIC_DIR], include_in_schema=False),
+            *metrics_handlers(settings),  # GET /metrics, only with BMMS_METRICS=true (gateway.metrics)
         ],
         # Handlers reach the bus, the authenticator and the build feeds through `services`; the caller's
         # principal (gateway.services.provide_principal) depends on it. Keeping the graph a single chain lets
         # Litestar resolve it without an anyio task group, and each dependency costs a resolution per request.
         dependencies={"services": Provide(provide_services, sync_to_thread=False)},
         lifespan=[lifespan, routing.lifespan],
-        middleware=[trace_middleware, page_headers_middleware],
+        middleware=[*metrics_middleware(settings), trace_middleware, page_headers_middleware],
         # Cookie-authenticated writes only from our own pages, JSON bodies only as JSON (gateway.browser), and
         # only with fields the route takes, at any depth (gateway.bodies).
         guards=[same_origin_writes, known_fields_only],

@@ -3,6 +3,10 @@
 The middleware sets `trace_id_var` for the request, so `actors.runtime.bus.call` forwards it in the NATS
 header, and answers it in `X-Trace-Id`. The id is also kept in the ASGI scope, so error responses made
 outside the middleware (an unknown route) carry the same id.
+
+When traces are recorded (`actors.runtime.observability`), the request also runs in a server span named by its
+route template (a child of the incoming `traceparent`, else a new trace with this id), whose context the bus
+carries on to every actor that works for it.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from actors.runtime.logs import new_trace_id, trace_id_var
+from actors.runtime.observability import http_span, tracing_on
 
 TRACE_RESPONSE_HEADER = "X-Trace-Id"
 _SCOPE_KEY = "bmms_trace_id"
@@ -72,8 +77,26 @@ def trace_middleware(app: ASGIApp) -> ASGIApp:
         token = trace_id_var.set(trace_id)
         try:
             # WebSocket frames are the hot path: no wrapper around their send.
-            await app(scope, receive, send if scope["type"] == ScopeType.WEBSOCKET else send_with_trace)
+            sending = send if scope["type"] == ScopeType.WEBSOCKET else send_with_trace
+            if tracing_on():
+                await _traced(app, scope, receive, sending)
+            else:
+                await app(scope, receive, sending)
         finally:
             trace_id_var.reset(token)
 
     return middleware
+
+
+async def _traced(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+    """Run the request in its server span, which records the answer's status."""
+    method = str(scope.get("method", "WEBSOCKET"))
+    with http_span(method, scope.get("path_template") or scope["path"],
+                   request_header(scope, b"traceparent")) as span:
+
+        async def send_status(message: Message) -> None:
+            if message["type"] == "http.response.start" and span is not None:
+                span.set_attribute("http.response.status_code", int(message["status"]))
+            await send(message)
+
+        await app(scope, receive, send_status)

@@ -4,6 +4,7 @@ or silent actor is a `Failed(unavailable)` value, not an exception."""
 
 from __future__ import annotations
 
+import contextvars
 from typing import Any, Protocol, TypeVar
 
 import nats.errors
@@ -16,6 +17,10 @@ from runner_template.logs import trace_id_var
 
 Req = TypeVar("Req", bound=Message)
 Rep = TypeVar("Rep")
+
+traceparent_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("traceparent", default=None)
+"""The W3C `traceparent` of the span doing this task's work, when traces are recorded
+(`actors.runtime.observability`): sent on with the trace id, so the next span is its child."""
 
 
 class Answer(Protocol):
@@ -56,6 +61,9 @@ def trace_headers(extra: dict[str, str] | None = None) -> dict[str, str]:
     trace = trace_id_var.get()
     if trace:
         headers[TRACE_HEADER] = trace
+    parent = traceparent_var.get()
+    if parent:
+        headers["traceparent"] = parent
     return headers
 
 

@@ -49,6 +49,14 @@ from actors.runtime.codec import decode, encode
 from actors.runtime.faults import TransientError as TransientError  # where handlers have always found it
 from actors.runtime.faults import dependency_of, unavailable_reply
 from actors.runtime.logs import new_trace_id, trace_id_var
+from actors.runtime.observability import (
+    MetricsListener,
+    configure,
+    consumer_handling,
+    dead_letter_parked,
+    rpc_handling,
+    serve_metrics,
+)
 from actors.runtime.settings import Settings
 from actors.runtime.storage import open_pool
 from bus_schemas.base import Failed, FailureCode, Message
@@ -236,6 +244,8 @@ class Actor:
         self.transient_retry_deadline = 300.0
         """Seconds a handler whose dependency does not answer is retried (the setting, when serving)."""
         self._stopping = asyncio.Event()
+        self.metrics: MetricsListener | None = None
+        """The metrics listener, while serving with `BMMS_METRICS_PORT` set."""
 
     def rpc(self, spec: Rpc[Req, Rep]) -> Callable[[RpcHandler[Req, Rep]], RpcHandler[Req, Rep]]:
         """Serve `spec` with the decorated handler."""
@@ -294,6 +304,7 @@ class Actor:
                 raise RuntimeError(f"actor {self.name} needs BMMS_DATABASE_URL")
             db = await open_pool(settings.database_url, self.name, self.migrations, settings.db_pool_max)
         self.transient_retry_deadline = settings.transient_retry_deadline
+        configure(settings, self.name)  # metrics and traces, when the settings ask for them
         nc = await connect(settings, f"bmms-{self.name}")
         js = nc.jetstream()
         base = Context(actor=self.name, nc=nc, js=js, db=db, log=self.log)
@@ -319,6 +330,8 @@ class Actor:
                 )
                 for sub in self._subscriptions
             ]
+            self.metrics = await serve_metrics(settings, js, [(s.spec.stream.name, s.spec.durable)
+                                                              for s in self._subscriptions])
             await asyncio.gather(*(self._bound(sub, js) for sub in self._subscriptions))
             loops += [asyncio.create_task(self._tick(seconds, handler, base, stopping))
                       for seconds, handler in self._timers]
@@ -336,6 +349,9 @@ class Actor:
             stopping.set()
             await asyncio.gather(*loops, return_exceptions=True)
         finally:
+            if self.metrics is not None:
+                await self.metrics.close()
+                self.metrics = None
             if service is not None:
                 await service.stop()
             try:
@@ -377,7 +393,9 @@ class Actor:
                     result: object = Failed(code=FailureCode.INVALID, detail=f"invalid {spec.request.__name__}: {exc}")
                 else:
                     try:
-                        result = await endpoint.handler(message, base)
+                        with rpc_handling(self.name, spec.subject, headers) as seen:
+                            result = await endpoint.handler(message, base)
+                            seen.answered(result)
                     except Exception as exc:
                         if dependency_of(exc) is not None:
                             self.log.warning("%s: %s did not answer: %r", spec.subject, dependency_of(exc), exc)
@@ -463,7 +481,8 @@ class Actor:
                 await self._park(sub, ctx, msg, f"undecodable message: {exc}")
                 return
             try:
-                await self._retrying(lambda: sub.handler(message, ctx), [msg], spec)
+                with consumer_handling(self.name, spec.durable, msg.headers):
+                    await self._retrying(lambda: sub.handler(message, ctx), [msg], spec)
             except asyncio.CancelledError:
                 raise
             except _Stopping:
@@ -607,7 +626,8 @@ class Actor:
             await sub.handler(Batch(items), base)
 
         try:
-            await self._retrying(handle, [item._msg for item in items], spec)
+            with consumer_handling(self.name, spec.durable, items[0]._msg.headers if len(items) == 1 else None):
+                await self._retrying(handle, [item._msg for item in items], spec)
         except asyncio.CancelledError:
             raise
         except _Stopping:
@@ -668,6 +688,7 @@ class Actor:
         subject = DEAD_LETTERS.subject(stream=spec.stream.name, consumer=spec.durable)
         letter_id = f"dl:{spec.stream.name}:{spec.durable}:{ctx.delivery.stream_seq}:{ctx.delivery.stored_at_us}"
         await ctx.publish(subject, letter, msg_id=letter_id)
+        dead_letter_parked(spec.stream.name, spec.durable)
         self.log.error("parked %s seq %d from %s: %s", msg.subject, ctx.delivery.stream_seq, spec.durable, reason)
         if sub.on_park is not None:
             try:

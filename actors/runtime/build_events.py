@@ -15,6 +15,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from actors.runtime.actor import Context, ParkHook, utc_now
 from actors.runtime.codec import decode
+from actors.runtime.observability import step_handling
 from bus_schemas.base import FailureCode
 from bus_schemas.builds import (
     AnyBuildEvent,
@@ -103,15 +104,17 @@ class PipelineStep(Generic[E, S]):
         if not isinstance(event, self.after):
             return  # the consumer's filter delivers only `after`; nothing else is this step's
         run: StepRun[E] = StepRun(ctx, event, self.step)
-        await run.changed("started")
-        try:
-            handed_on = await self.body(event, run, state)
-        except StepFailed as failure:
-            await fail_step(ctx, event, self.step, failure.code, failure.detail)
-            return
-        await run.changed("finished")
-        kind = build_kind(handed_on)
-        await emit(ctx, handed_on, kind, kind)
+        with step_handling(self.step) as seen:  # the step's time and span (`actors.runtime.observability`)
+            await run.changed("started")
+            try:
+                handed_on = await self.body(event, run, state)
+            except StepFailed as failure:
+                seen.outcome = "failed"
+                await fail_step(ctx, event, self.step, failure.code, failure.detail)
+                return
+            await run.changed("finished")
+            kind = build_kind(handed_on)
+            await emit(ctx, handed_on, kind, kind)
 
     @property
     def on_park(self) -> ParkHook:

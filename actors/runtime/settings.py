@@ -56,6 +56,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Seconds a pipeline step (any consumer's work) is retried while a dependency does not answer (the bus,
     another actor such as oauth, the database): it carries on by itself when the dependency is back within this;
     after it the work is parked and the build fails naming the dependency. Never an immediate failure."""
+    metrics: bool = False
+    """Record Prometheus metrics, served by the gateway at `/metrics` (off: no route, nothing recorded)."""
+    metrics_port: int | None = None
+    """An actor serves its Prometheus metrics (with its consumers' lag, read when scraped) on this port; unset:
+    no listener (0 picks a free one)."""
+    metrics_host: str = "127.0.0.1"
+    """Where an actor's metrics listener binds (`0.0.0.0` in a container, for the scraper on its network)."""
     db_pool_max: int = 10
     """Upper bound of an actor's asyncpg pool."""
     quota_builds_per_month: int = 100
