@@ -1,9 +1,9 @@
 """The `bmms` command: the dev stack, one actor or the gateway as a process, and operator tools.
 
 Settings come from `BMMS_*` environment variables, read once here (see actors.runtime.settings).
-Operator commands (migrate, events, apikey, oauth-client) take NATS credentials from BMMS_NATS_USER/BMMS_NATS_PASSWORD
-or BMMS_NATS_PASS_<ROLE>; without them they use the per-role passwords `bmms dev` keeps in
-<data-dir>/secrets/nats-passwords.json and the addresses it records in <data-dir>/run/stack.json.
+`bmms actor` and the operator commands (migrate, events, apikey, oauth-client) take NATS credentials from
+BMMS_NATS_USER/BMMS_NATS_PASSWORD or BMMS_NATS_PASS_<ROLE>; without them they use the per-role passwords
+`bmms dev` keeps in <data-dir>/secrets/nats-passwords.json and the addresses it records in <data-dir>/run/stack.json.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import msgspec
 import yaml
 
 from actors.catalog import ACTORS, create_actor
+from actors.runtime.actor import NatsRefused
 from actors.runtime.logs import configure_logging
 from actors.runtime.process import run_until_signalled
 from actors.runtime.settings import Settings
@@ -57,7 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--port", type=int, help="gateway port (default: BMMS_HTTP_PORT or 8080; 0 picks a free one)")
     dev.add_argument("--nats-port", type=int, default=0, help="port of the embedded nats-server (default: a free one)")
 
-    actor = commands.add_parser("actor", help="run one actor (run more copies to scale it)")
+    actor = commands.add_parser(
+        "actor", help="run one actor (run more copies to scale it)",
+        description="Acts as the NATS role of the actor's name; gives up (exit 1) when NATS refuses the "
+                    "credentials. " + CREDENTIALS_HELP,
+    )
     actor.add_argument("name", choices=sorted(ACTORS))
 
     gateway = commands.add_parser("gateway", help="run the HTTP gateway")
@@ -166,10 +171,15 @@ def cmd_dev(args: argparse.Namespace, env: Environment) -> int:
 
 
 def cmd_actor(args: argparse.Namespace, env: Environment) -> int:
-    """`bmms actor NAME`: one copy of one actor, until SIGTERM/SIGINT (then it drains)."""
-    settings = env.settings
+    """`bmms actor NAME`: one copy of one actor, until SIGTERM/SIGINT (then it drains). It acts as the NATS role
+    of its name, with the credentials the operator commands take (see CREDENTIALS_HELP)."""
+    settings = env.as_role(args.name)
     actor = create_actor(args.name)
-    run_until_signalled(settings, lambda stop: actor.serve(settings, stop))
+    try:
+        run_until_signalled(settings, lambda stop: actor.serve(settings, stop))
+    except NatsRefused as exc:
+        print(f"bmms actor {args.name}: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

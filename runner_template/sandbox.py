@@ -6,11 +6,13 @@
   own PID, IPC, UTS and network namespaces (no network at all: not even loopback reaches the host), every
   capability dropped, no new privileges, and, when this process is root, a user of its own
   (`sandbox_uid`) that owns nothing on the host (`setpriv`, util-linux, drops to it inside the namespaces).
-  It dies with this process. It listens on a Unix socket this process made (in a directory only it can
-  enter) and handed over: the sandbox sees no path of it.
-- `Unsandboxed`: the worker as a plain child process, for development machines without bubblewrap, only
-  when `BMMS_ALLOW_UNSANDBOXED_CODE` says so; it still holds no secret and no policy, but it can read what
-  this user can read and reach the network.
+  It dies with this process, even one killed by SIGKILL (`--die-with-parent`; its PID namespace takes every
+  process inside with it). It listens on a Unix socket this process made (in a directory only it can enter,
+  under this process's own `bmms-workers-<pid>-<start>` temp directory, which the next process to open a worker
+  removes once this one is gone) and handed over: the sandbox sees no path of it.
+- `Unsandboxed`: the worker as a plain child process (killed by the kernel when this process dies), for
+  development machines without bubblewrap, only when `BMMS_ALLOW_UNSANDBOXED_CODE` says so; it still holds no
+  secret and no policy, but it can read what this user can read and reach the network.
 - `Remote`: a worker someone else started (a container with no network), reached over a Unix socket in a
   volume both containers mount, or TCP on a network only the two share.
 - `Prewarmed`: any of these, one worker started ahead.
@@ -19,6 +21,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import dataclasses
 import hashlib
@@ -157,10 +160,70 @@ def bwrap_argv(bwrap: str, uid: int | None, limits: WorkerLimits) -> list[str]:
     return argv
 
 
+WORKER_DIRS_PREFIX = "bmms-workers-"
+"""The temp directory holding this process's workers' socket directories: `bmms-workers-<pid>-<start time>`. A
+process killed with SIGKILL cannot remove it; the next process that opens a worker does, once its owner is gone."""
+
+_worker_root: Path | None = None
+
+
+def _process_identity(pid: int) -> str | None:
+    """`<pid>-<start time in clock ticks since boot>` of a running process (unique across pid reuse), or None
+    when there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # the command name (field 2) may hold spaces and parentheses: count fields after its closing one
+    return f"{pid}-{stat[stat.rindex(')') + 2:].split()[19]}"
+
+
+def sweep_worker_dirs(tmp: Path | None = None) -> list[Path]:
+    """Remove the worker directories of processes that are gone (killed before they could clean up); returns
+    what it removed."""
+    removed = []
+    for directory in Path(tmp or tempfile.gettempdir()).glob(f"{WORKER_DIRS_PREFIX}*"):
+        owner = directory.name.removeprefix(WORKER_DIRS_PREFIX)
+        pid = owner.split("-", 1)[0]
+        if pid.isdigit() and _process_identity(int(pid)) != owner:
+            shutil.rmtree(directory, ignore_errors=True)
+            removed.append(directory)
+    return removed
+
+
+def worker_root() -> Path:
+    """This process's directory of worker socket directories, made (after sweeping those of dead processes) on
+    first use and removed when the process exits normally."""
+    global _worker_root
+    identity = _process_identity(os.getpid())
+    if _worker_root is None or _worker_root.name != f"{WORKER_DIRS_PREFIX}{identity}":  # a forked child: its own
+        sweep_worker_dirs()
+        root = Path(tempfile.gettempdir()) / f"{WORKER_DIRS_PREFIX}{identity}"
+        root.mkdir(mode=0o700, exist_ok=True)
+        atexit.register(_remove_worker_root, root, os.getpid())
+        _worker_root = root
+    return _worker_root
+
+
+def _remove_worker_root(root: Path, owner: int) -> None:
+    if os.getpid() == owner:  # not in a forked child that exits: the directory is its parent's
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def dies_with_this_process(argv: list[str]) -> list[str]:
+    """`argv` started so that the kernel kills it (SIGKILL) when this process dies, even by SIGKILL: through
+    util-linux `setpriv --pdeathsig` (bubblewrap's own `--die-with-parent` does the same for a sandbox)."""
+    setpriv = shutil.which("setpriv", path="/usr/bin:/bin")
+    if setpriv is None:
+        log.warning("setpriv (util-linux) is missing: a worker outlives this process if it is killed")
+        return argv
+    return [setpriv, "--pdeathsig=KILL", "--", *argv]
+
+
 async def _spawned(argv: list[str], env: dict[str, str] | None) -> Opened:
-    """The worker `argv` makes, listening on a Unix socket this process made in a directory only it can enter;
-    `{fd}` in `argv` is the listening socket's descriptor in the child."""
-    directory = Path(tempfile.mkdtemp(prefix="bmms-worker-"))
+    """The worker `argv` makes, listening on a Unix socket this process made in a directory only it can enter
+    (under `worker_root()`); `{fd}` in `argv` is the listening socket's descriptor in the child."""
+    directory = Path(tempfile.mkdtemp(prefix="w-", dir=worker_root()))
     path = str(directory / "worker.sock")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -231,7 +294,7 @@ class Unsandboxed:
                 *dataclasses.replace(self.limits, processes=0).argv()]
         env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(_package_dir(runner_template).parent),
                "PYTHONDONTWRITEBYTECODE": "1"}
-        return await _spawned(argv, env)
+        return await _spawned(dies_with_this_process(argv), env)
 
 
 @dataclass(frozen=True)

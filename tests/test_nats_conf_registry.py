@@ -11,7 +11,7 @@ be given. nats.conf, read by a small parser of its format, is then held to that:
 - missing: every subject a role needs is matched by one of its allow patterns;
 - unexplained: every allow pattern of a role is covered by something it may be given, or is a wildcard whose
   registry subjects are all its own (`rpc.auth.>` for auth), so a stale, misspelt or misplaced grant fails;
-- `allow_responses` is set exactly for the roles that serve RPCs (a `nats.micro` service answers with it);
+- `allow_responses` is set exactly for the actors (each one's `nats.micro` service answers with it);
 - every user is one of `ops.infra.NATS_ROLES`, and every RPC, build event kind and consumer filter has a
   publisher in `USES`, so a new registry entry fails here until someone is named for it and granted it.
 
@@ -36,6 +36,7 @@ from typing import Any, Literal, TypeAlias
 import pytest
 from nats.micro.service import ServiceVerb, control_subject
 
+from actors.catalog import ACTORS
 from bus_schemas.builds import BuildKind
 from bus_schemas.registry import (
     ARTIFACTS,
@@ -447,7 +448,7 @@ def expected_grants() -> dict[str, list[Grant]]:
 
     for rpc in RPCS:
         add(rpc.service, serving(rpc))
-    for service in sorted({rpc.service for rpc in RPCS}):
+    for service in sorted(ACTORS):
         add(service, micro_service(service))
     for consumer in CONSUMERS:
         add(consumer.owner, pull_consumer(consumer))
@@ -508,11 +509,12 @@ def unexplained_grants(roles: dict[str, Role], expected: dict[str, list[Grant]])
 
 
 def response_mismatches(roles: dict[str, Role]) -> list[str]:
-    """Roles whose `allow_responses` disagrees with whether they serve an RPC."""
-    servers = {rpc.service for rpc in RPCS}
+    """Roles whose `allow_responses` disagrees with whether they answer requests (every actor's nats.micro
+    service answers discovery, RPC endpoints or not)."""
+    servers = set(ACTORS)
     return [
         f"{role.name} {'has' if role.allow_responses else 'lacks'} allow_responses but "
-        f"{'serves' if role.name in servers else 'serves no'} RPC"
+        f"{'is' if role.name in servers else 'is no'} actor"
         for role in roles.values()
         if role.publish is not None and role.allow_responses != (role.name in servers)
     ]
@@ -689,7 +691,7 @@ def _answering(role: str) -> Callable[[dict[str, Role]], dict[str, Role]]:
             "events may subscribe _INBOX_planner.>",
             id="another role's inbox",
         ),
-        pytest.param(_answering("codegen"), "codegen has allow_responses but serves no RPC", id="needless responses"),
+        pytest.param(_answering("events"), "events has allow_responses but is no actor", id="needless responses"),
     ],
 )
 def test_a_disagreement_is_reported(

@@ -43,6 +43,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.object_store import ObjectStore
 from nats.micro.request import Request as MicroRequest
+from nats.micro.service import Service
 
 from actors.runtime.bus import connect, publish_event, subscriptions_live
 from actors.runtime.codec import decode, encode
@@ -66,6 +67,7 @@ from bus_schemas.registry import DEAD_LETTERS, TRACE_HEADER, Consumer, ObjectBuc
 Req = TypeVar("Req", bound=Message)
 Rep = TypeVar("Rep")
 M = TypeVar("M")
+T = TypeVar("T")
 
 LINGER_PROBE_SECONDS = 0.01
 """After a batch's linger, how long a pull waits for a first new message when none arrived."""
@@ -76,8 +78,23 @@ TRANSIENT_BACKOFF_MAX_SECONDS = 5.0
 for a handler that fails, not for a dependency that comes back (it must carry on within seconds)."""
 
 
+NATS_REFUSALS = 3
+"""Refusals of its credentials in a row after which an actor gives up connecting (an outage never refuses)."""
+
+NATS_DRAIN_FLOOR_SECONDS = 1.0
+"""The least time a stopping actor gives its connection to flush what it published, even past its drain timeout."""
+
+
 class DependencyAway(Exception):
     """A handler's dependency did not answer for the whole `transient_retry_deadline`; the message is parked."""
+
+
+class NatsRefused(Exception):
+    """NATS refused this actor's credentials every time it tried: a configuration error, not an outage."""
+
+    def __init__(self, user: str | None, role: str) -> None:
+        super().__init__(f"NATS refused the credentials for user {user or '(none set)'}: set "
+                         f"BMMS_NATS_USER/BMMS_NATS_PASSWORD or BMMS_NATS_PASS_{role.upper()}")
 
 
 class _Stopping(Exception):
@@ -297,30 +314,32 @@ class Actor:
         return register
 
     async def serve(self, settings: Settings, stop: asyncio.Event) -> None:
-        """Run until `stop` is set, then drain: finish in-flight work or leave it to redelivery."""
-        db = None
-        if self.migrations is not None:
-            if not settings.database_url:
-                raise RuntimeError(f"actor {self.name} needs BMMS_DATABASE_URL")
-            db = await open_pool(settings.database_url, self.name, self.migrations, settings.db_pool_max)
+        """Run until `stop` is set, then drain: finish in-flight work or leave it to redelivery. A `stop` that
+        comes while it still connects or starts listening ends it at once; NatsRefused when NATS refuses its
+        credentials (`NATS_REFUSALS` times in a row) instead of trying forever."""
         self.transient_retry_deadline = settings.transient_retry_deadline
         configure(settings, self.name)  # metrics and traces, when the settings ask for them
-        nc = await connect(settings, f"bmms-{self.name}")
+        opened = await _unless_stopped(stop, self._open(settings))
+        if opened is None:
+            self.log.info("actor %s stopped before it connected", self.name)
+            return
+        db, nc = opened
         js = nc.jetstream()
         base = Context(actor=self.name, nc=nc, js=js, db=db, log=self.log)
         service = None
+        drain_by = None
         try:
-            if self._endpoints:
-                service = await micro.add_service(
-                    nc, name=self.name, version=self.version, queue_group=self.name,
-                    description=f"Build My MCP Server {self.name} actor",
+            # Every actor answers $SRV.PING/INFO/STATS, those without endpoints (codegen, the checker) too.
+            service = await micro.add_service(
+                nc, name=self.name, version=self.version, queue_group=self.name,
+                description=f"Build My MCP Server {self.name} actor", metadata=self._service_metadata(),
+            )
+            for endpoint in self._endpoints:
+                await service.add_endpoint(
+                    name=endpoint.spec.endpoint,
+                    subject=endpoint.spec.subject,
+                    handler=self._rpc_entry(endpoint, base),
                 )
-                for endpoint in self._endpoints:
-                    await service.add_endpoint(
-                        name=endpoint.spec.endpoint,
-                        subject=endpoint.spec.subject,
-                        handler=self._rpc_entry(endpoint, base),
-                    )
             stopping = self._stopping = asyncio.Event()
             loops = [
                 asyncio.create_task(
@@ -332,35 +351,84 @@ class Actor:
             ]
             self.metrics = await serve_metrics(settings, js, [(s.spec.stream.name, s.spec.durable)
                                                               for s in self._subscriptions])
-            await asyncio.gather(*(self._bound(sub, js) for sub in self._subscriptions))
-            loops += [asyncio.create_task(self._tick(seconds, handler, base, stopping))
-                      for seconds, handler in self._timers]
-            # The endpoints' subscriptions must have reached the server before anyone is told we are
-            # ready, or a request sent right away finds no responders.
-            await subscriptions_live(nc)
-            self.ready.set()
-            await self.started(base)
-            self.log.info("actor %s serving", self.name, extra={"copy_of": self.name})
-            await stop.wait()
+            listening = await _unless_stopped(stop, self._listening(nc, js, base, stopping, loops))
+            if listening is not None:
+                self.log.info("actor %s serving", self.name, extra={"copy_of": self.name})
+                await stop.wait()
             self.log.info("actor %s draining", self.name)
-            if service is not None:
-                await service.stop()
-                service = None
+            drain_by = asyncio.get_running_loop().time() + settings.drain_timeout
+            await service.stop()
+            service = None
             stopping.set()
             await asyncio.gather(*loops, return_exceptions=True)
         finally:
             if self.metrics is not None:
                 await self.metrics.close()
                 self.metrics = None
-            if service is not None:
-                await service.stop()
-            try:
-                await nc.drain()
-            except Exception:  # already closed or the server went away; nothing left to flush
-                self.log.debug("drain after stop failed", exc_info=True)
+            await self._close(service, nc, db, drain_by)
+            self.log.info("actor %s stopped", self.name)
+
+    async def _open(self, settings: Settings) -> tuple[asyncpg.Pool | None, Client]:
+        """The actor's database pool (when it owns tables) and NATS connection; NatsRefused after
+        `NATS_REFUSALS` refusals of its credentials in a row."""
+        db = None
+        if self.migrations is not None:
+            if not settings.database_url:
+                raise RuntimeError(f"actor {self.name} needs BMMS_DATABASE_URL")
+            db = await open_pool(settings.database_url, self.name, self.migrations, settings.db_pool_max)
+        refusals = 0
+        refused = asyncio.Event()
+
+        async def count_refusals(exc: Exception) -> None:
+            nonlocal refusals
+            refusals = refusals + 1 if _is_refusal(exc) else 0
+            if refusals >= NATS_REFUSALS:
+                refused.set()
+
+        try:
+            connecting = asyncio.create_task(connect(settings, f"bmms-{self.name}", count_refusals))
+            nc = await _unless_stopped(refused, connecting)
+            if nc is None:
+                raise NatsRefused(settings.nats_user, self.name)
+        except BaseException:
             if db is not None:
                 await db.close()
-            self.log.info("actor %s stopped", self.name)
+            raise
+        return db, nc
+
+    async def _listening(self, nc: Client, js: JetStreamContext, base: Context, stopping: asyncio.Event,
+                         loops: list[asyncio.Task[None]]) -> bool:
+        """Once every consumer is bound and every subscription reached the server: ready, and `started`."""
+        await asyncio.gather(*(self._bound(sub, js) for sub in self._subscriptions))
+        loops += [asyncio.create_task(self._tick(seconds, handler, base, stopping))
+                  for seconds, handler in self._timers]
+        # The endpoints' subscriptions must have reached the server before anyone is told we are
+        # ready, or a request sent right away finds no responders.
+        await subscriptions_live(nc)
+        self.ready.set()
+        await self.started(base)
+        return True
+
+    async def _close(self, service: Service | None, nc: Client, db: asyncpg.Pool | None,
+                     drain_by: float | None) -> None:
+        """Stop the service, drain the connection until `drain_by` (then close it: a bus that went away does not
+        hold a stopping actor past its drain timeout), close the pool."""
+        try:
+            if service is not None:
+                await service.stop()
+            left = NATS_DRAIN_FLOOR_SECONDS if drain_by is None else drain_by - asyncio.get_running_loop().time()
+            await asyncio.wait_for(nc.drain(), max(left, NATS_DRAIN_FLOOR_SECONDS))
+        except Exception:  # already closed, the server went away, or the drain outlived its time
+            self.log.debug("drain after stop failed", exc_info=True)
+            with contextlib.suppress(Exception):
+                await nc.close()
+        if db is not None:
+            await db.close()
+
+    def _service_metadata(self) -> dict[str, str]:
+        """What $SRV.INFO and STATS say besides the endpoints: the durable consumers this actor pulls from."""
+        consumers = ",".join(f"{sub.spec.stream.name}/{sub.spec.durable}" for sub in self._subscriptions)
+        return {"consumers": consumers} if consumers else {}
 
     async def started(self, ctx: Context) -> None:
         """Called once every endpoint and consumer listens (e.g. to reconcile state); no-op by default."""
@@ -728,3 +796,25 @@ async def _rest_of_batch(pull: JetStreamContext.PullSubscription, first: Msg, ro
     except (nats.errors.TimeoutError, TimeoutError):
         return more
     return more + arrived + await _pending(pull, arrived[-1], room - len(more) - len(arrived))
+
+
+async def _unless_stopped(stop: asyncio.Event, work: Awaitable[T]) -> T | None:
+    """`work`'s result, or None when `stop` is set first (then `work` is cancelled and waited for)."""
+    working = asyncio.ensure_future(work)
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({working, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not working.done():
+            working.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await working
+    if working.cancelled():
+        return None
+    return working.result()
+
+
+def _is_refusal(exc: Exception) -> bool:
+    """Whether a NATS connection error is the server refusing the credentials."""
+    return isinstance(exc, nats.errors.AuthorizationError) or "authorization violation" in str(exc).lower()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -49,11 +50,15 @@ Req = TypeVar("Req", bound=Message)
 Rep = TypeVar("Rep")
 
 
-async def connect(settings: Settings, name: str) -> Client:
-    """Connect with endless reconnects; `name` shows in the server's connection list."""
+async def connect(settings: Settings, name: str,
+                  on_error_too: Callable[[Exception], Awaitable[None]] | None = None) -> Client:
+    """Connect with endless reconnects; `name` shows in the server's connection list. Each connection error is
+    logged and, when given, handed to `on_error_too` (an actor counts refused credentials there)."""
 
     async def on_error(exc: Exception) -> None:
         log.warning("nats error: %s", exc)
+        if on_error_too is not None:
+            await on_error_too(exc)
 
     async def on_disconnect() -> None:
         log.warning("disconnected from nats")
