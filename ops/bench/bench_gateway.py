@@ -60,6 +60,8 @@ class Stack:
     nats_url: str
     org: str
     data_dir: Path
+    sign_in: str = ""
+    """The one-time link `bmms dev` prints that opens the dashboard signed in (bench_dashboard)."""
 
     def pid(self, child: str) -> int:
         """Process id of one of the stack's children (from the record `bmms dev` writes)."""
@@ -85,7 +87,7 @@ def start_stack(root: Path, env: dict[str, str] | None = None) -> Stack:
     assert process.stdout is not None
     found: dict[str, str] = {}
     for line in process.stdout:
-        for name in ("URL", "API key", "NATS"):
+        for name in ("URL", "API key", "NATS", "Dashboard"):
             m = re.match(rf"\s+{name}:\s+(\S+)", line)
             if m:
                 found[name] = m.group(1)
@@ -94,10 +96,11 @@ def start_stack(root: Path, env: dict[str, str] | None = None) -> Stack:
             found["org"] = org.group(1)
         if "Press Ctrl-C" in line:
             break
-    if len(found) < 4:
+    if not {"URL", "API key", "NATS", "org"} <= found.keys():
         process.kill()
         raise RuntimeError(f"bmms dev did not start (exit {process.poll()})")
-    return Stack(process, found["URL"], found["API key"], found["NATS"], found["org"], root / "data")
+    return Stack(process, found["URL"], found["API key"], found["NATS"], found["org"], root / "data",
+                 found.get("Dashboard", ""))
 
 
 def http_json(method: str, url: str, key: str, body: object | None = None) -> dict[str, object]:
