@@ -67,6 +67,9 @@ class HttpCall(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag=
     """Property names inside the body served other than the API names them (a name a model API would refuse),
     as a tree the runner follows to send each by its wire name: `{"rename": {served: wire}, "fields": {served:
     tree}, "items": tree}` (`runner_template.upstream.wire_value`)."""
+    param_renames: dict[str, dict[str, Any]] = {}
+    """Like `body_renames`, for the fields of a path, query, header or cookie parameter's object value, by the
+    parameter's wire name."""
     body_media_type: str | None = None
     """The media type of a `text` body (`text/plain`, `text/csv`...), sent as its Content-Type."""
     file_fields: tuple[str, ...] = ()

@@ -80,7 +80,8 @@ async def request(
     text: str | None = None,
     content_type: str | None = None,
     auth: Auth | None = None,
-    renames: Mapping[str, Any] | None = None,
+    body_renames: Mapping[str, Any] | None = None,
+    param_renames: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Any:
     """Ask the front to call upstream; the JSON body, else the text (or the status when empty).
 
@@ -93,9 +94,13 @@ async def request(
     if current is None:
         raise UpstreamRefused("upstream calls are made only while a tool call runs")
     call_id, send = current
-    if renames:
-        json, form, multipart = (wire_value(json, renames), wire_value(form, renames),
-                                 wire_value(multipart, renames))
+    if body_renames:
+        json, form, multipart = (wire_value(json, body_renames), wire_value(form, body_renames),
+                                 wire_value(multipart, body_renames))
+    if param_renames:
+        path, query, headers, cookies = (
+            {k: wire_value(v, param_renames.get(k)) for k, v in values.items()} if values is not None else None
+            for values in (path, query, headers, cookies))
     answer = await send(Egress(
         id=0, call_id=call_id, method=method, url_template=url_template,
         path=dict(path) if path is not None else None, query=dict(query) if query is not None else None,

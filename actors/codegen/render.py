@@ -244,10 +244,12 @@ def _http_body(tool: PlannedTool, call: HttpCall, params: list[Parameter], plan:
     for kind, styles in (("query_styles", call.query_styles), ("styles", call.styles)):
         if styles:
             args.append(f"{kind}={dict(sorted(styles.items()))!r}")
+    if call.param_renames:
+        args.append(f"param_renames={call.param_renames!r}")
     if call.body_param is not None:
         body = ref("body", call.body_param)
         if call.body_renames:
-            args.append(f"renames={call.body_renames!r}")
+            args.append(f"body_renames={call.body_renames!r}")
         if call.body_encoding == "multipart":
             args.append(f"multipart={body}")
             if call.file_fields:

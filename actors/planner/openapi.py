@@ -12,11 +12,12 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import unquote, urljoin, urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import yaml
 
 from actors.planner.problems import PlanNotes, PlanProblem
+from actors.planner.refs import resolve_ref
 from actors.planner.swagger2 import is_swagger2, openapi3_from_swagger2
 from bus_schemas.builds import OpenApiSource, UpstreamCredentials
 from bus_schemas.plans import (
@@ -178,6 +179,7 @@ class _Inputs:
         default_factory=lambda: {"path": [], "query": [], "header": [], "cookie": []})
     body_param: str | None = None
     body_renames: dict[str, Any] = field(default_factory=dict)
+    param_renames: dict[str, dict[str, Any]] = field(default_factory=dict)
     body_encoding: BodyEncoding = "json"
     body_media_type: str | None = None
     file_fields: tuple[str, ...] = ()
@@ -210,17 +212,10 @@ class _Planner:
             raise PlanProblem(
                 f"{_where(where)}: $ref {ref!r} points outside the document; only '#/...' refs are supported"
             )
-        node: Any = self.doc
-        pointer = ref[1:]
-        for raw in pointer.split("/")[1:] if pointer else []:
-            token = unquote(raw).replace("~1", "/").replace("~0", "~")
-            if isinstance(node, dict) and token in node:
-                node = node[token]
-            elif isinstance(node, list) and token.isdigit() and int(token) < len(node):
-                node = node[int(token)]
-            else:
-                raise PlanProblem(f"{_where(where)}: $ref {ref!r} does not resolve")
-        return node
+        try:
+            return resolve_ref(self.doc, ref)
+        except LookupError:
+            raise PlanProblem(f"{_where(where)}: $ref {ref!r} does not resolve") from None
 
     def deref(self, node: Any, where: str) -> Any:
         """Follow a chain of `$ref`s to a non-reference object (parameters, bodies, schemes)."""
@@ -453,6 +448,7 @@ class _Planner:
                 wire_names=inputs.wire_names,
                 body_param=inputs.body_param,
                 body_renames=inputs.body_renames,
+                param_renames=inputs.param_renames,
                 body_encoding=inputs.body_encoding,
                 field_styles=inputs.field_styles,
                 body_media_type=inputs.body_media_type,
@@ -494,6 +490,9 @@ class _Planner:
                 schema = {"type": "string"}
             if isinstance(param.get("description"), str) and param["description"].strip():
                 schema = {**schema, "description": param["description"].strip()}
+            schema, renames = model_safe_properties(schema)
+            if renames:
+                inputs.param_renames[pname] = renames
             prop = model_safe_name(pname, set(properties))
             if prop != pname:
                 inputs.wire_names[prop] = pname

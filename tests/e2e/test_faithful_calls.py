@@ -130,7 +130,8 @@ def wire_api(base_url: str) -> str:
                     {"name": "type", "in": "query", "required": True, "style": "form", "explode": False,
                      "schema": {"type": "array", "items": {"type": "string"}}},
                     {"name": "filter", "in": "query", "style": "deepObject",
-                     "schema": {"type": "object", "properties": {"year": {"type": "integer"}}}},
+                     "schema": {"type": "object", "properties": {"year": {"type": "integer"},
+                                                                 "made<": {"type": "string"}}}},
                     {"name": "DateSent<", "in": "query", "schema": {"type": "string"}},
                 ],
                 "responses": {"200": {"description": "found"}}}},
@@ -227,11 +228,12 @@ async def test_a_hosted_server_sends_upstream_exactly_what_the_document_says(sta
 
             # query styles, and a wire name a model API would refuse
             assert "DateSent_before" in (tools["search"].input_schema["properties"])
-            found = await client.call_tool("search", {"type": ["album", "track"], "filter": {"year": 1999},
+            found = await client.call_tool("search", {"type": ["album", "track"],
+                                                      "filter": {"year": 1999, "made_before": "2000"},
                                                       "DateSent_before": "2024-01-01"})
             assert not found.is_error, text_of(found)
             assert upstream.last("GET", "/search").path == \
-                "/search?type=album,track&filter%5Byear%5D=1999&DateSent%3C=2024-01-01"
+                "/search?type=album,track&filter%5Byear%5D=1999&filter%5Bmade%3C%5D=2000&DateSent%3C=2024-01-01"
 
             # path styles, an array header, a cookie
             color = await client.call_tool("get_color", {"color": ["red", "green"], "point": {"x": 1, "y": 2},

@@ -288,8 +288,10 @@ def test_nested_property_names_a_model_api_may_refuse_are_served_renamed_and_map
     assert wire_value({"tags": ["t"], "meta": {"a_b": 1}, "rows": [{"x_after": 1}, {"y_y": 2}]},
                       tool.implementation.body_renames) == {
         "tags[]": ["t"], "meta": {"a b": 1}, "rows": [{"x>": 1}, {"y y": 2}]}
-    # what is not renamed (a query parameter's fields) is flagged, not served silently
-    assert any("POST /a: nested property name(s)" in f.detail and "'created<'" in f.detail for f in plan.flags)
+    # a parameter's object fields too (a deepObject filter), by the parameter's wire name
+    assert tool.implementation.param_renames == {"filter": {"rename": {"created_before": "created<"}}}
+    assert set(tool.input_schema["properties"]["filter"]["properties"]) == {"created_before"}
+    assert not any("nested property" in f.detail for f in plan.flags)
     assert all(MODEL_SAFE_NAME.match(name) for t in plan_of("openai").tools for name in property_names(t.input_schema))
 
 
