@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from actors.planner.problems import PlanProblem
+from actors.planner.refs import resolve_ref
 
 OPENAPI_VERSION = "3.0.3"
 """The OpenAPI version a converted document declares."""
@@ -197,16 +198,10 @@ class _Converter:
 
     def lookup(self, ref: str, where: str) -> Any:
         """The node a local `$ref` points at."""
-        node: Any = self.doc
-        for raw in ref[1:].split("/")[1:]:
-            token = unquote(raw).replace("~1", "/").replace("~0", "~")
-            if isinstance(node, dict) and token in node:
-                node = node[token]
-            elif isinstance(node, list) and token.isdigit() and int(token) < len(node):
-                node = node[int(token)]
-            else:
-                raise PlanProblem(f"{_where(where)}: $ref {ref!r} does not resolve")
-        return node
+        try:
+            return resolve_ref(self.doc, ref)
+        except LookupError:
+            raise PlanProblem(f"{_where(where)}: $ref {ref!r} does not resolve") from None
 
     # --- schemas ---
 
