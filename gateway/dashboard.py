@@ -36,7 +36,9 @@ from litestar.params import FromPath
 from litestar.response import Redirect
 
 from actors.deployer.install import client_name, install_snippets
+from bus_schemas.base import SUBJECT_TOKEN_RE
 from bus_schemas.identity import Principal
+from gateway.auth import session_token
 from gateway.browser import DASHBOARD_CSP
 from gateway.identity import SIGN_IN_PAGE
 from gateway.pages import Link, message_page, render
@@ -98,17 +100,23 @@ def to_sign_in(request: Request[Any, Any, Any]) -> Redirect:
                     headers={"Cache-Control": "no-store"})
 
 
-async def signed_in(request: Request[Any, Any, Any], services: EdgeServices) -> Principal | None:
-    """The signed-in person of a dashboard request (their session cookie), or None."""
-    return await services.authenticator.session_principal(request)
+ORG_COOKIE = "bmms_org"
+"""The organisation the dashboard's server-rendered pages act in (set by the organisation switcher)."""
 
 
-async def in_chosen_org(request: Request[Any, Any, Any], services: EdgeServices) -> Principal | None:
-    """The signed-in person in the organisation the switcher chose (`gateway.dashboard_org.page_principal`), or
-    None: what this module's pages read the server in and show in the top bar."""
-    from gateway.dashboard_org import page_principal  # imported here: dashboard_org builds on this module
-
-    return await page_principal(request, services)
+async def page_principal(request: Request[Any, Any, Any], services: EdgeServices) -> Principal | None:
+    """The signed-in person of a dashboard page (their session cookie), in the organisation the switcher chose
+    (the `bmms_org` cookie) when they are still a member of it, else in their first; None when nobody is signed
+    in. The cookie is no credential: the membership is checked on every page."""
+    principal = await services.authenticator.session_principal(request)
+    org = request.cookies.get(ORG_COOKIE)
+    if principal is None or not org or org == principal.org_id or not SUBJECT_TOKEN_RE.match(org):
+        return principal
+    try:
+        return await services.authenticator.principal(session_token(request), org)
+    except Problem:
+        log.info("dashboard page: %s is no longer in %s; showing their first organisation", principal.subject, org)
+        return principal
 
 
 class DashboardController(Controller):
@@ -120,7 +128,7 @@ class DashboardController(Controller):
     @get("/", summary="Servers")
     async def servers(self, request: Request[Any, Any, Any], services: NamedDependency[EdgeServices]) -> Response[Any]:
         """The organisation's servers: status, URL, current version, calls today."""
-        principal = await in_chosen_org(request, services)
+        principal = await page_principal(request, services)
         if principal is None:
             return to_sign_in(request)
         return dashboard_page("servers.html", principal, title="Servers", active="servers")
@@ -129,7 +137,7 @@ class DashboardController(Controller):
     async def new_server(self, request: Request[Any, Any, Any], services: NamedDependency[EdgeServices]
                          ) -> Response[Any]:
         """Describe a server in plain words, from an OpenAPI document, or as a tool spec."""
-        principal = await in_chosen_org(request, services)
+        principal = await page_principal(request, services)
         if principal is None:
             return to_sign_in(request)
         return dashboard_page("new.html", principal, title="New server", active="new")
@@ -138,7 +146,7 @@ class DashboardController(Controller):
     async def build(self, build_id: FromPath[str], request: Request[Any, Any, Any],
                     services: NamedDependency[EdgeServices]) -> Response[Any]:
         """A build's steps and log, live from its event stream."""
-        principal = await in_chosen_org(request, services)
+        principal = await page_principal(request, services)
         if principal is None:
             return to_sign_in(request)
         return dashboard_page("build.html", principal, title="Build", active="servers", build_id=build_id)
@@ -150,7 +158,7 @@ class DashboardController(Controller):
 
         The server is read here once (its name and URL never change) for the Connect section and the title;
         the rest of the page reads the JSON API from the browser and stays current after each action."""
-        principal = await in_chosen_org(request, services)
+        principal = await page_principal(request, services)
         if principal is None:
             return to_sign_in(request)
         try:

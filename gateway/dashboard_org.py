@@ -8,43 +8,20 @@ API keys (`/v1/api-keys`: created with the secret shown once, revoked) and the p
 **Which organisation.** The API acts in the organisation named by `X-Org` (gateway.auth), else the person's first.
 The organisation switcher in the top bar (`/static/org_switcher.js`, shown to people in several organisations)
 keeps the choice where both kinds of request find it: `localStorage["bmms.org"]`, which `BMMS.api` sends as
-`X-Org`, and the `bmms_org` cookie, which server-rendered pages read (`page_principal`). Neither is a credential:
-every request is checked against the person's memberships, and an organisation they left falls back to their first.
+`X-Org`, and the `bmms_org` cookie, which server-rendered pages read (`gateway.dashboard.page_principal`).
+Neither is a credential: every request is checked against the person's memberships, and an organisation they left
+falls back to their first.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from litestar import Controller, Request, Response, get
 from litestar.di import NamedDependency
 
-from bus_schemas.base import SUBJECT_TOKEN_RE
-from bus_schemas.identity import Principal
-from gateway.auth import session_token
-from gateway.dashboard import dashboard_page, signed_in, to_sign_in
-from gateway.problems import Problem
+from gateway.dashboard import dashboard_page, page_principal, to_sign_in
 from gateway.services import EdgeServices
-
-log = logging.getLogger("bmms.gateway.dashboard_org")
-
-ORG_COOKIE = "bmms_org"
-"""The organisation the dashboard's server-rendered pages act in (set by the organisation switcher)."""
-
-
-async def page_principal(request: Request[Any, Any, Any], services: EdgeServices) -> Principal | None:
-    """The signed-in person of a dashboard page, in the organisation the switcher chose (the `bmms_org` cookie)
-    when they are still a member of it, else in their first; None when nobody is signed in."""
-    principal = await signed_in(request, services)
-    org = request.cookies.get(ORG_COOKIE)
-    if principal is None or not org or org == principal.org_id or not SUBJECT_TOKEN_RE.match(org):
-        return principal
-    try:
-        return await services.authenticator.principal(session_token(request), org)
-    except Problem:
-        log.info("dashboard page: %s is no longer in %s; showing their first organisation", principal.subject, org)
-        return principal
 
 
 class OrgPageController(Controller):

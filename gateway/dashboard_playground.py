@@ -42,7 +42,7 @@ from bus_schemas.oauth import (
 )
 from bus_schemas.registry import OAUTH_EXCHANGE_TOKEN, OAUTH_START_AUTHORIZATION
 from gateway.browser import DASHBOARD_CSP
-from gateway.dashboard import dashboard_page, signed_in, to_sign_in
+from gateway.dashboard import dashboard_page, page_principal, to_sign_in
 from gateway.oauth import issuer_of
 from gateway.problems import Problem
 from gateway.servers import server_of
@@ -137,7 +137,7 @@ class PlaygroundController(Controller):
     async def page(self, server_id: FromPath[str], request: Request[Any, Any, Any],
                    services: NamedDependency[EdgeServices]) -> Response[Any]:
         """The page; its script (`/static/playground.js`) asks for a token, lists the tools and calls them."""
-        principal = await signed_in(request, services)
+        principal = await page_principal(request, services)
         if principal is None:
             return to_sign_in(request)
         page = dashboard_page("playground.html", principal, title="Playground", active="servers",

@@ -1,5 +1,5 @@
 """The usage page, `/dashboard/usage`: tool calls per day and per tool as charts, builds this month, and each quota
-as a bar against its limit, for the organisation the page acts in (gateway.dashboard_org.page_principal).
+as a bar against its limit, for the organisation the page acts in (gateway.dashboard.page_principal).
 
 Rendered on the server from the metering actor's answers (the same GET_USAGE and GET_QUOTA as `/v1/usage` and
 `/v1/quota`): the charts are SVG drawn by the template from the geometry computed here, no chart library and no
@@ -19,8 +19,7 @@ from litestar.di import NamedDependency
 
 from bus_schemas.registry import GET_QUOTA, GET_USAGE
 from bus_schemas.usage import DayUsage, GetQuota, GetUsage, QuotaUsage, ToolUsage
-from gateway.dashboard import dashboard_page, to_sign_in
-from gateway.dashboard_org import page_principal
+from gateway.dashboard import dashboard_page, page_principal, to_sign_in
 from gateway.problems import Problem
 from gateway.services import EdgeServices
 from gateway.usage import current_period
