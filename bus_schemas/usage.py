@@ -140,6 +140,8 @@ class ServerUsage(msgspec.Struct, frozen=True, kw_only=True):
     errors: int
     duration_ms: float
     bytes_out: int
+    calls_today: int = 0
+    """Calls on the current UTC day (0 in a report of another month)."""
 
 
 class DayUsage(msgspec.Struct, frozen=True, kw_only=True):

@@ -344,6 +344,14 @@ async def usage_report(conn: asyncpg.Connection, org_id: str, month: dt.date, se
         """,
         org_id, month, following, server_id,
     )
+    today = await conn.fetch(
+        """
+        SELECT server_id, sum(calls) AS calls FROM metering_tool_usage_daily
+        WHERE org_id = $1 AND day = $2 AND ($3::text IS NULL OR server_id = $3) GROUP BY server_id
+        """,
+        org_id, dt.datetime.now(dt.UTC).date(), server_id,
+    )
+    calls_today = {r["server_id"]: int(r["calls"]) for r in today}
     builds = await conn.fetchval(_COUNTED_BUILDS, org_id, month)
     tokens = await conn.fetchrow(
         "SELECT COALESCE(sum(input_tokens), 0) AS i, COALESCE(sum(output_tokens), 0) AS o "
@@ -373,7 +381,8 @@ async def usage_report(conn: asyncpg.Connection, org_id: str, month: dt.date, se
         total[2] += t.duration_ms
         total[3] += t.bytes_out
     by_server = tuple(
-        ServerUsage(server_id=s, calls=int(v[0]), errors=int(v[1]), duration_ms=v[2], bytes_out=int(v[3]))
+        ServerUsage(server_id=s, calls=int(v[0]), errors=int(v[1]), duration_ms=v[2], bytes_out=int(v[3]),
+                    calls_today=calls_today.get(s, 0))
         for s, v in servers.items()
     )
     return UsageReport(

@@ -1,5 +1,5 @@
-/* The servers list (the dashboard's home): each server's name, state, URL, current version and calls this month
-   (GET /v1/servers, and GET /v1/usage once for the month's figures per server and today's calls in all). */
+/* The servers list (the dashboard's home): each server's name, state, URL, current version and calls today
+   (GET /v1/servers, and GET /v1/usage once for each server's calls today and the organisation's totals). */
 "use strict";
 
 (() => {
@@ -26,7 +26,7 @@
       el("thead", {}, el("tr", {},
         el("th", { scope: "col" }, "Name"), el("th", { scope: "col" }, "Status"), el("th", { scope: "col" }, "URL"),
         el("th", { scope: "col", class: "optional" }, "Version"),
-        el("th", { scope: "col", class: "optional" }, "Calls this month"))),
+        el("th", { scope: "col", class: "optional" }, "Calls today"))),
       el("tbody", {}, rows)));
   }
 
@@ -45,7 +45,7 @@
     let callsByServer = null;
     try {
       const usage = await api("GET", "/v1/usage");
-      callsByServer = new Map(usage.by_server.map((s) => [s.server_id, s.calls]));
+      callsByServer = new Map(usage.by_server.map((s) => [s.server_id, s.calls_today]));
       const today = new Date().toISOString().slice(0, 10);
       const day = usage.by_day.find((d) => d.day.slice(0, 10) === today);
       document.getElementById("usage-summary").textContent =

@@ -87,6 +87,9 @@ async def test_a_tool_is_called_in_the_playground_and_the_call_is_counted_on_the
         return any(t["tool"] == "repeat" and t["calls"] >= 1 for t in usage["by_tool"])
 
     await eventually(counted, timeout=60, interval=0.2)
+    await page.get_by_role("link", name="Servers").click()  # the list says the server was called today
+    listed = page.get_by_role("row").filter(has=page.locator(f'a[href="/dashboard/servers/{server_id}"]'))
+    await expect(listed.get_by_role("cell").last).to_have_text("1")
     await page.get_by_role("link", name="Usage").click()
     await expect(page.get_by_role("heading", name="Usage", exact=True)).to_be_visible()
     row = page.locator("#tool-calls tr", has_text="repeat")

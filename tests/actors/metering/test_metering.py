@@ -135,6 +135,8 @@ async def test_ten_thousand_calls_with_duplicates_and_a_killed_metering_give_exa
     assert report.duration_ms == 10_000 * 1.5
     assert {(t.server_id, t.tool): t.calls for t in report.by_tool} == dict(expected_tools)
     assert {s.server_id: s.calls for s in report.by_server} == {servers[0]: 5000, servers[1]: 5000}
+    # the calls were made just now: all of each server's calls are today's
+    assert {s.server_id: s.calls_today for s in report.by_server} == {servers[0]: 5000, servers[1]: 5000}
     assert sum(d.calls for d in report.by_day) == 10_000
     seen = await db.fetchval("SELECT count(*) FROM metering_tool_calls_seen WHERE event_id LIKE ANY($1::text[])",
                              [f"{s}-%" for s in servers])
