@@ -5,8 +5,6 @@ theirs is lost without a flag saying so."""
 from __future__ import annotations
 
 import json
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -45,11 +43,6 @@ def plan_of(name: str) -> ToolPlan:
     text = text_of(name)
     notes = PlanNotes()
     return finish_plan(plan_openapi(text, OpenApiSource(document=text), name, notes), notes)
-
-
-@pytest.fixture(scope="module")
-def toolchain() -> Toolchain:
-    return Toolchain(cache_dir=Path(tempfile.mkdtemp(prefix="bmms-test-mypy-")))
 
 
 @pytest.mark.parametrize("name", PLANNED)

@@ -7,8 +7,6 @@ documents written here."""
 from __future__ import annotations
 
 import json
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -72,11 +70,6 @@ def convert(doc: dict[str, Any], document_url: str | None = None) -> tuple[dict[
 
 
 # --- real documents ---
-
-
-@pytest.fixture(scope="module")
-def toolchain() -> Toolchain:
-    return Toolchain(cache_dir=Path(tempfile.mkdtemp(prefix="bmms-test-mypy-")))
 
 
 @pytest.mark.parametrize("name", list(REAL))
