@@ -193,19 +193,30 @@ async def _mail_link(conn: asyncpg.Connection, auth: AuthState, email: str, link
     auth.mailer.send(Mail(to=email, subject=subject, body=body))
 
 
-async def request_magic_link(request: RequestMagicLink, ctx: Context, auth: AuthState) -> RequestMagicLinkReply:
-    """Mail a sign-in link to the address (within the rate limits)."""
+def checked_link_request(request: RequestMagicLink | IssueSignInLink, what: str,
+                         ctx: Context) -> tuple[str, str | None] | Failed:
+    """The normalised address and local `next` path of a sign-in link request (mailed or the operator's), or
+    why it is refused (logged as a rejected `what`)."""
     email = normalize_email(request.email)
     if email is None:
-        ctx.log.info("rejected magic link request: not an email address")
+        ctx.log.info("rejected %s: not an email address", what)
         return Failed(code=FailureCode.INVALID, detail="that is not an email address", field="email")
     next_path = safe_next(request.next)
     if request.next is not None and next_path is None:
-        ctx.log.info("rejected magic link request: `next` is not a local path")
+        ctx.log.info("rejected %s: `next` is not a local path", what)
         return Failed(code=FailureCode.INVALID, detail="`next` must be a path on this site", field="next")
     if not request.link_base.startswith(("https://", "http://")):
-        ctx.log.info("rejected magic link request: link base is not an http(s) URL")
+        ctx.log.info("rejected %s: link base is not an http(s) URL", what)
         return Failed(code=FailureCode.INVALID, detail="link_base must be an http(s) URL", field="link_base")
+    return email, next_path
+
+
+async def request_magic_link(request: RequestMagicLink, ctx: Context, auth: AuthState) -> RequestMagicLinkReply:
+    """Mail a sign-in link to the address (within the rate limits)."""
+    checked = checked_link_request(request, "magic link request", ctx)
+    if isinstance(checked, Failed):
+        return checked
+    email, next_path = checked
     async with ctx.pool.acquire() as conn, conn.transaction():
         limited = await _count_link(conn, email, ip_bucket(request.client_ip), auth, ctx.log)
         if limited is not None:
@@ -220,17 +231,10 @@ async def issue_sign_in_link(request: IssueSignInLink, ctx: Context, auth: AuthS
     """The operator's sign-in link for a person, returned rather than mailed (no rate limit: only the operator
     reaches this RPC); the person is made an owner of the named organisation unless already a member, so
     their first sign-in creates no organisation of their own."""
-    email = normalize_email(request.email)
-    if email is None:
-        ctx.log.info("rejected operator sign-in link: not an email address")
-        return Failed(code=FailureCode.INVALID, detail="that is not an email address", field="email")
-    next_path = safe_next(request.next)
-    if request.next is not None and next_path is None:
-        ctx.log.info("rejected operator sign-in link: `next` is not a local path")
-        return Failed(code=FailureCode.INVALID, detail="`next` must be a path on this site", field="next")
-    if not request.link_base.startswith(("https://", "http://")):
-        ctx.log.info("rejected operator sign-in link: link base is not an http(s) URL")
-        return Failed(code=FailureCode.INVALID, detail="link_base must be an http(s) URL", field="link_base")
+    checked = checked_link_request(request, "operator sign-in link", ctx)
+    if isinstance(checked, Failed):
+        return checked
+    email, next_path = checked
     async with ctx.pool.acquire() as conn, conn.transaction():
         org_id = await storage.org_named(conn, request.org_name)
         person_id, _ = await storage.person_for_email(conn, email)
