@@ -21,20 +21,8 @@ from tests.conftest import Stack, running
 from tests.gateway.conftest import assert_problem, bearer, new_api_key
 from tests.support.builds import build_events
 from tests.support.fake_anthropic import MessagesApi, messages_server
-from tests.support.planning_helpers import FIXTURES, read_plan
+from tests.support.planning_helpers import DANGLING, PETSTORE, read_plan
 
-PETSTORE = (FIXTURES / "openapi" / "swagger_petstore.yaml").read_text()
-DANGLING = """
-openapi: 3.1.0
-info: {title: Pets, version: '1'}
-servers: [{url: 'https://pets.example'}]
-paths:
-  /pets/{id}:
-    get:
-      parameters:
-        - $ref: '#/components/parameters/Nope'
-      responses: {'200': {description: ok}}
-"""
 JOKES_PLAN: dict[str, Any] = {
     "tools": [
         {

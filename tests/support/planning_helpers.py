@@ -17,6 +17,21 @@ from tests.support.builds import Recorded, build_events
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 
+PETSTORE = (FIXTURES / "openapi" / "swagger_petstore.yaml").read_text()
+"""A real OpenAPI 3 document (swagger-api's petstore), as the previews and their HTTP tests plan it."""
+DANGLING = """
+openapi: 3.1.0
+info: {title: Pets, version: '1'}
+servers: [{url: 'https://pets.example'}]
+paths:
+  /pets/{id}:
+    get:
+      parameters:
+        - $ref: '#/components/parameters/Nope'
+      responses: {'200': {description: ok}}
+"""
+"""A document whose parameter `$ref` resolves to nothing."""
+
 
 def new_org() -> str:
     """A fresh organisation id, so tests never see each other's builds."""

@@ -28,20 +28,7 @@ from bus_schemas.builds import (
 from bus_schemas.previews import PlanPreview, PlanPreviewed, PreviewPlan
 from bus_schemas.registry import BUILDS, PLANS, PREVIEW_PLAN
 from tests.conftest import Stack, running
-from tests.support.planning_helpers import FIXTURES, new_org, planned
-
-PETSTORE = (FIXTURES / "openapi" / "swagger_petstore.yaml").read_text()
-DANGLING = """
-openapi: 3.1.0
-info: {title: Pets, version: '1'}
-servers: [{url: 'https://pets.example'}]
-paths:
-  /pets/{id}:
-    get:
-      parameters:
-        - $ref: '#/components/parameters/Nope'
-      responses: {'200': {description: ok}}
-"""
+from tests.support.planning_helpers import DANGLING, PETSTORE, new_org, planned
 
 
 @pytest.fixture(scope="module")
