@@ -197,12 +197,38 @@ def child_environ(
     return environ
 
 
-async def spawn(name: str, args: list[str], environ: dict[str, str]) -> Child:
+def actor_environ(
+    base: Mapping[str, str], infra: Infrastructure, name: str, data_dir: Path, public_url: str
+) -> dict[str, str]:
+    """The environment of one copy of actor `name` (`child_environ` and what that actor needs besides: the
+    gateway's public URL, the secret key of oauth and the deployer, the runners' NATS password)."""
+    environ = child_environ(base, infra, name, data_dir, database=True)
+    environ["BMMS_PUBLIC_URL"] = public_url
+    if name in ("oauth", "deployer") and "BMMS_SECRET_KEY" not in environ:
+        # oauth seals its signing keys, the deployer the servers' upstream secrets (each its own
+        # derived key: actors.runtime.crypto)
+        environ["BMMS_SECRET_KEY"] = load_or_create_secret_key(data_dir / SECRET_KEY_FILE)
+    if name == "planner":
+        # dev: an OpenAPI document may be fetched from this machine or its network (`url` of http://...)
+        environ.setdefault("BMMS_PLANNER_ALLOW_PRIVATE_FETCH", "true")
+    if name == "deployer":
+        # runners get the `runner` role (usage events, the public keys, quota state) and nothing more;
+        # when `bmms dev` ends, the servers it runs stop too, and start again with it
+        environ["BMMS_RUNNER_NATS_PASSWORD"] = infra.passwords["runner"]
+        environ.setdefault("BMMS_DEPLOY_STOP_RUNNERS_ON_EXIT", "true")
+        # dev: servers may call APIs on this machine or its network (production refuses that)
+        environ.setdefault("BMMS_RUNNER_ALLOW_PRIVATE_UPSTREAMS", "true")
+    return environ
+
+
+async def spawn(name: str, args: list[str], environ: dict[str, str], *, output: int | None = None) -> Child:
     """Start `python -m ops.cli ARGS` in its own session, so a terminal's Ctrl-C reaches only the
-    supervisor, which then stops the children in order; their output goes to our stderr."""
+    supervisor, which then stops the children in order; their output goes to our stderr (or to the file
+    descriptor `output`)."""
+    output = sys.stderr.fileno() if output is None else output
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "ops.cli", *args,
-        env=environ, stdin=asyncio.subprocess.DEVNULL, stdout=sys.stderr.fileno(), stderr=sys.stderr.fileno(),
+        env=environ, stdin=asyncio.subprocess.DEVNULL, stdout=output, stderr=output,
         start_new_session=True,
     )
     return Child(name, process)
@@ -310,22 +336,7 @@ class DevStack:
             self.port = self._sticky_port()
         public_url = self.base_environ.get("BMMS_PUBLIC_URL") or f"http://127.0.0.1:{self.port}"
         for name in ACTORS:
-            environ = child_environ(self.base_environ, infra, name, self.root, database=True)
-            environ["BMMS_PUBLIC_URL"] = public_url
-            if name in ("oauth", "deployer") and "BMMS_SECRET_KEY" not in environ:
-                # oauth seals its signing keys, the deployer the servers' upstream secrets (each its own
-                # derived key: actors.runtime.crypto)
-                environ["BMMS_SECRET_KEY"] = load_or_create_secret_key(self.root / SECRET_KEY_FILE)
-            if name == "planner":
-                # dev: an OpenAPI document may be fetched from this machine or its network (`url` of http://...)
-                environ.setdefault("BMMS_PLANNER_ALLOW_PRIVATE_FETCH", "true")
-            if name == "deployer":
-                # runners get the `runner` role (usage events, the public keys, quota state) and nothing more;
-                # when `bmms dev` ends, the servers it runs stop too, and start again with it
-                environ["BMMS_RUNNER_NATS_PASSWORD"] = infra.passwords["runner"]
-                environ.setdefault("BMMS_DEPLOY_STOP_RUNNERS_ON_EXIT", "true")
-                # dev: servers may call APIs on this machine or its network (production refuses that)
-                environ.setdefault("BMMS_RUNNER_ALLOW_PRIVATE_UPSTREAMS", "true")
+            environ = actor_environ(self.base_environ, infra, name, self.root, public_url)
             self.children.append(await spawn(name, ["actor", name], environ))
         ready_file = self.root / "run" / "gateway.url"
         ready_file.parent.mkdir(parents=True, exist_ok=True)
