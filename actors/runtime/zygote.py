@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -98,6 +99,7 @@ def serve(path: Path) -> None:
             conn, _ = listener.accept()
         except TimeoutError:
             if os.getppid() != parent:  # whoever started us is gone: so are we (our children stay)
+                path.unlink(missing_ok=True)
                 return
             continue
         conn.settimeout(10.0)
@@ -152,7 +154,9 @@ class ForkServer:
 
     def __init__(self, directory: Path, *, start_timeout: float = 60.0) -> None:
         self.directory = directory
-        self.path = directory / "zygote.sock"
+        # A socket of its own: deployer copies on one data dir share `directory`, and a server binding another's
+        # path would take it over, leaving that copy without a fork server once this one's parent ended.
+        self.path = directory / f"zygote-{os.getpid()}-{secrets.token_hex(4)}.sock"
         self.start_timeout = start_timeout
         self._process: asyncio.subprocess.Process | None = None
         self._lock = asyncio.Lock()
