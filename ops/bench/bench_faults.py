@@ -717,21 +717,22 @@ def main() -> int:
     args = parser.parse_args()
     run = Run(builds=args.builds, interval=args.interval, fault_seconds=args.fault_seconds, wait=args.wait,
               timeline=args.timeline)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, interrupt)
     with work_dirs(args.logs) as (root, logs):
         try:
-            lines = asyncio.run(_main(run, root, logs))
+            lines = asyncio.run(bench(run, root, logs))
         finally:
             kill_leftovers(root)  # even when the run was interrupted before its own cleanup finished
     print("\n".join(lines))
     return 0
 
 
-async def _main(run: Run, root: Path, logs: Path) -> list[str]:
-    """`bench` with SIGTERM handled like Ctrl-C: the run is cancelled and everything it started stopped."""
-    task = asyncio.current_task()
-    assert task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    return await bench(run, root, logs)
+def interrupt(signum: int, frame: object) -> None:
+    """Ctrl-C and SIGTERM end the run wherever it is: asyncio.run then cancels every task, and each stops what
+    it started (a cancellation alone can be lost in a wait that completes at the same moment)."""
+    del frame
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 if __name__ == "__main__":
