@@ -13,10 +13,11 @@ import time
 from litestar import Response, get
 from litestar.enums import ScopeType
 from litestar.handlers import HTTPRouteHandler
-from litestar.types import ASGIApp, Message, Middleware, Receive, Scope, Send
+from litestar.types import ASGIApp, Middleware, Receive, Scope, Send
 
 from actors.runtime.observability import HTTP_DURATION, HTTP_REQUESTS, METRICS_CONTENT_TYPE, metrics_text
 from actors.runtime.settings import Settings
+from runner_template.logs import ResponseStatus
 
 METRICS_PATH = "/metrics"
 
@@ -35,17 +36,11 @@ def http_metrics_middleware(app: ASGIApp) -> ASGIApp:
             await app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 500  # what the client gets if the app raises before answering
-
-        async def watch(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
+        watch = ResponseStatus(send, 500)  # 500: what the client gets if the app raises before answering
         try:
             await app(scope, receive, watch)
         finally:
+            status = watch.status
             route, method = scope.get("path_template") or "unmatched", str(scope.get("method"))
             HTTP_REQUESTS.labels(route, method, str(status)).inc()
             HTTP_DURATION.labels(route, method).observe(time.perf_counter() - started)

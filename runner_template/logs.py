@@ -12,9 +12,11 @@ import logging
 import random
 import sys
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import msgspec
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 _json = msgspec.json.Encoder()
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
@@ -79,6 +81,20 @@ def configure_logging(level: str = "INFO", json_lines: bool = True) -> None:
     logging.getLogger("mcp").setLevel(logging.WARNING)
 
 
+class ResponseStatus:
+    """An ASGI `send` that passes every message on and notes the status the app answered with (`status` until
+    then: what to report when the app fails before answering). The access log and the gateway's metrics use it."""
+
+    def __init__(self, send: Callable[[Any], Awaitable[None]], status: int = 0) -> None:
+        self.status = status
+        self._send = send
+
+    async def __call__(self, message: Any) -> None:
+        if message["type"] == "http.response.start":
+            self.status = int(message["status"])
+        await self._send(message)
+
+
 class AccessLog:
     """ASGI middleware: one log line per HTTP request (no headers, no query string: they may hold secrets)."""
 
@@ -90,17 +106,11 @@ class AccessLog:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 0
-
-        async def watch(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
+        watch = ResponseStatus(send)
         try:
             await self.app(scope, receive, watch)
         finally:
+            status = watch.status
             access_log.info("%s %s %d", scope["method"], scope["path"], status, extra={
                 "event": "http", "method": scope["method"], "path": scope["path"], "status": status,
                 "duration_ms": round((time.perf_counter() - started) * 1000, 3),

@@ -32,7 +32,7 @@ import tarfile
 import tempfile
 import time
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -171,6 +171,11 @@ def wheel_platforms() -> tuple[str, ...]:
     return tuple(tags)
 
 
+def platform_args() -> list[str]:
+    """pip's `--platform` options for wheels the image can load."""
+    return [arg for tag in wheel_platforms() for arg in ("--platform", tag)]
+
+
 def base_inputs(settings: RunnerImageSettings) -> dict[str, Any]:
     """Everything that determines the base image (its tag is a hash of this)."""
     return {
@@ -254,19 +259,30 @@ def _finish_root(root: Path) -> None:
 async def pip_install_for_image(target: Path, requirements: Iterable[str], *, constraints: Path | None = None) -> None:
     """`pip install --target`: wheels the image's Python and glibc load (bookworm's cp311, glibc <= 2.36), picked
     by this machine's pip; `constraints` pins versions (a `pip` constraints file)."""
-    platforms = [arg for tag in wheel_platforms() for arg in ("--platform", tag)]
     pinned = ["--constraint", str(constraints)] if constraints is not None else []
     await run_command(
         sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
         "--no-warn-script-location", "--target", str(target),
         "--only-binary=:all:", "--implementation", "cp", "--python-version", PYTHON_VERSION,
-        "--abi", "cp" + PYTHON_VERSION.replace(".", ""), *platforms, *pinned, *requirements,
+        "--abi", "cp" + PYTHON_VERSION.replace(".", ""), *platform_args(), *pinned, *requirements,
     )
 
 
 def import_check(modules: Iterable[str]) -> str:
     """A Python one-liner that imports `modules` (and fails loudly if one is missing)."""
     return "import importlib\nfor m in %r: importlib.import_module(m)\n" % (tuple(modules),)  # noqa: UP031
+
+
+@contextlib.asynccontextmanager
+async def build_dir(settings: RunnerImageSettings, prefix: str) -> AsyncIterator[Path]:
+    """A private directory to assemble an image in, under BMMS_RUNNER_BUILD_DIR (default /var/tmp: it needs
+    device nodes, so not a nodev tmpfs), removed afterwards."""
+    parent = settings.build_dir or "/var/tmp"  # noqa: S108 - a private mkdtemp below it
+    directory = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    try:
+        yield directory
+    finally:
+        await asyncio.to_thread(shutil.rmtree, directory, True)
 
 
 async def build_base_image(settings: RunnerImageSettings, ref: str) -> None:
@@ -279,10 +295,8 @@ async def build_base_image(settings: RunnerImageSettings, ref: str) -> None:
     for tool in ("debootstrap", "docker", "tar"):
         if shutil.which(tool) is None:
             raise RunnerImageError(f"building the runner base image needs `{tool}` on PATH")
-    parent = settings.build_dir or "/var/tmp"  # noqa: S108 - a private mkdtemp below it
-    workdir = Path(tempfile.mkdtemp(prefix="bmms-runner-base-", dir=parent))
-    root = workdir / "root"
-    try:
+    async with build_dir(settings, "bmms-runner-base-") as workdir:
+        root = workdir / "root"
         started = time.monotonic()
         log.info("debootstrap %s into %s", DEBIAN_SUITE, root)
         await run_command(
@@ -304,8 +318,6 @@ async def build_base_image(settings: RunnerImageSettings, ref: str) -> None:
         await _docker_import(root, ref, settings)
         log.info("built %s: debootstrap %.0f s, pip %.0f s, import %.0f s", ref, debootstrapped - started,
                  installed - debootstrapped, time.monotonic() - installed)
-    finally:
-        await asyncio.to_thread(shutil.rmtree, workdir, True)
 
 
 async def _docker_import(root: Path, ref: str, settings: RunnerImageSettings) -> None:
@@ -351,7 +363,7 @@ async def _docker_import(root: Path, ref: str, settings: RunnerImageSettings) ->
 # -- runtime and server images ------------------------------------------------------------------------
 
 
-def _package_files(package_dir: Path) -> list[tuple[str, bytes]]:
+def package_files(package_dir: Path) -> list[tuple[str, bytes]]:
     """(path relative to the package's parent, bytes) of a package's sources, without caches."""
     files: list[tuple[str, bytes]] = []
     for path in sorted(package_dir.rglob("*")):
@@ -361,22 +373,24 @@ def _package_files(package_dir: Path) -> list[tuple[str, bytes]]:
     return files
 
 
+def packages_sources(*packages: Any) -> list[tuple[str, bytes]]:
+    """(path, bytes) of every source file of these packages, paths starting with the package's name."""
+    return [file for package in packages for file in package_files(package_dir(package))]
+
+
 def runtime_sources() -> list[tuple[str, bytes]]:
     """The trusted code every runner image carries: runner_template/ and bus_schemas/."""
-    files: list[tuple[str, bytes]] = []
-    for package in (runner_template, bus_schemas):
-        files += _package_files(_package_dir(package))
-    return files
+    return packages_sources(runner_template, bus_schemas)
 
 
-def _package_dir(package: Any) -> Path:
+def package_dir(package: Any) -> Path:
     return Path(str(package.__file__)).resolve().parent
 
 
 def _runtime_dockerfile(base: str) -> str:
     modules = ["runner_template.app", "runner_template.server", "runner_template.sdk",
                "runner_template.upstream", "bus_schemas.plans"]
-    modules += [f"runner_template.{p.stem}" for p in _package_dir(runner_template).glob("*.py")
+    modules += [f"runner_template.{p.stem}" for p in package_dir(runner_template).glob("*.py")
                 if not p.stem.startswith("_") and f"runner_template.{p.stem}" not in modules]
     check = json.dumps(["python3", "-P", "-c", import_check(sorted(modules))])
     return (

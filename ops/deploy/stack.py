@@ -19,13 +19,12 @@ import secrets
 import shutil
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from actors.runtime.runner_images import LABEL_PREFIX
+from ops.devstack import readyz_ok
 from ops.infra import NATS_ROLES, new_nats_password
 from ops.operator import OperatorError, write_private
 
@@ -147,39 +146,25 @@ def service_tasks(service: str) -> list[dict[str, str]]:
             if (task := json.loads(line))["CurrentState"].startswith("Running")]
 
 
-def converged(name: str) -> bool:
-    """Whether every long-running service of the stack runs all its replicas."""
-    for service in services(name):
-        if service["Name"] == f"{name}_migrate":
-            continue
-        running, _, wanted = service["Replicas"].partition(" ")[0].partition("/")
-        if running != wanted:
-            return False
-    return True
-
-
-def gateway_ready(public_url: str) -> bool:
-    """Whether the gateway answers `/readyz` (bus and database reachable) through the proxy."""
-    try:
-        with urllib.request.urlopen(f"{public_url.rstrip('/')}/readyz", timeout=5) as answer:  # noqa: S310
-            return bool(answer.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
+def short_of_replicas(name: str) -> list[str]:
+    """`<service> <running>/<wanted>` of each long-running service of the stack not running all its replicas."""
+    return [f"{s['Name']} {s['Replicas']}" for s in services(name)
+            if s["Name"] != f"{name}_migrate" and not _complete(s["Replicas"])]
 
 
 def wait_ready(config: StackConfig, timeout: float = READY_TIMEOUT) -> None:
     """Until every service runs its replicas and the gateway is ready through the proxy; OperatorError naming
     the services still short of their replicas after `timeout` seconds."""
     deadline = time.monotonic() + timeout
-    while not (converged(config.name) and gateway_ready(config.public_url)):
+    while (short := short_of_replicas(config.name)) or not readyz_ok(config.public_url.rstrip("/")):
         if time.monotonic() > deadline:
-            short = [f"{s['Name']} {s['Replicas']}" for s in services(config.name) if not _complete(s["Replicas"])]
             raise OperatorError(f"the stack is not ready after {timeout:.0f} s: " + (", ".join(short) or
                                 f"{config.public_url}/readyz does not answer 200"))
         time.sleep(2)  # polling the Engine and the proxy; bounded by the deadline
 
 
 def _complete(replicas: str) -> bool:
+    """`docker service ls`'s `2/2` (or `2/2 (max 1 per node)`): all running."""
     running, _, wanted = replicas.partition(" ")[0].partition("/")
     return running == wanted
 

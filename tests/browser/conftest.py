@@ -16,6 +16,9 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
+from tests.browser.dashboard_support import DashboardPlatform, dashboard_platform
+from tests.conftest import Stack
+
 CHROMIUM = os.environ.get("BMMS_TEST_CHROMIUM", "/usr/bin/chromium")
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "ci-artifacts" / "screenshots"
 
@@ -64,3 +67,10 @@ async def page(chromium: Browser, request: pytest.FixtureRequest) -> AsyncIterat
             await page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
         await context.close()
     assert not errors, f"the page logged errors: {errors}"
+
+
+@pytest.fixture(scope="module")
+async def platform(stack: Stack) -> AsyncIterator[DashboardPlatform]:
+    """A platform with its dashboard for each module of page tests (process backend)."""
+    async with dashboard_platform(stack) as running_platform:
+        yield running_platform

@@ -5,7 +5,6 @@ phone's width. One platform for the module."""
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -15,19 +14,11 @@ from tests.browser.dashboard_support import (
     DashboardPlatform,
     Person,
     as_person,
-    dashboard_platform,
     fits_the_width,
     screenshot,
     sign_in_in_browser,
     signed_in_person,
 )
-from tests.conftest import Stack
-
-
-@pytest.fixture(scope="module")
-async def platform(stack: Stack) -> AsyncIterator[DashboardPlatform]:
-    async with dashboard_platform(stack) as running_platform:
-        yield running_platform
 
 
 @pytest.fixture(scope="module")

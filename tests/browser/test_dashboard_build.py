@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
 
 import pytest
 from playwright.async_api import Browser, Page, WebSocketRoute, expect
@@ -16,7 +15,6 @@ from tests.browser.dashboard_support import (
     DashboardPlatform,
     Person,
     as_person,
-    dashboard_platform,
     fits_the_width,
     notes_document,
     screenshot,
@@ -27,7 +25,6 @@ from tests.browser.dashboard_support import (
     start_build,
     tool_spec_body,
 )
-from tests.conftest import Stack
 
 DEPLOYED = 180_000
 """How long a page may take to show a build deployed (ms): a first build's check warms mypy."""
@@ -51,12 +48,6 @@ async def line_sequences(platform: DashboardPlatform, org_id: str, build_id: str
                 return sequences
     finally:
         await sub.unsubscribe()
-
-
-@pytest.fixture(scope="module")
-async def platform(stack: Stack) -> AsyncIterator[DashboardPlatform]:
-    async with dashboard_platform(stack) as running_platform:
-        yield running_platform
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ usage page. One platform (process backend) for the module."""
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -15,20 +14,13 @@ from tests.browser.dashboard_support import (
     DashboardPlatform,
     Person,
     as_person,
-    dashboard_platform,
     fits_the_width,
     screenshot,
     settled_build,
     signed_in_person,
     start_build,
 )
-from tests.conftest import Stack, eventually
-
-
-@pytest.fixture(scope="module")
-async def platform(stack: Stack) -> AsyncIterator[DashboardPlatform]:
-    async with dashboard_platform(stack) as running_platform:
-        yield running_platform
+from tests.conftest import eventually
 
 
 @pytest.fixture(scope="module")

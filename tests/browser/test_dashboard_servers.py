@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import AsyncIterator
 from urllib.parse import unquote
 
 import pytest
@@ -17,7 +16,6 @@ from tests.browser.dashboard_support import (
     DashboardPlatform,
     Person,
     as_person,
-    dashboard_platform,
     fits_the_width,
     notes_document,
     screenshot,
@@ -27,14 +25,7 @@ from tests.browser.dashboard_support import (
     start_build,
     tool_spec_body,
 )
-from tests.conftest import Stack
 from tests.support.sign_in import COOKIE, follow, fresh_email, fresh_ip, session_of
-
-
-@pytest.fixture(scope="module")
-async def platform(stack: Stack) -> AsyncIterator[DashboardPlatform]:
-    async with dashboard_platform(stack) as running_platform:
-        yield running_platform
 
 
 @pytest.fixture(scope="module")

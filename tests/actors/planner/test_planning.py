@@ -31,7 +31,7 @@ from bus_schemas.builds import (
 from bus_schemas.plans import HttpCall, PureFunction
 from bus_schemas.registry import PLANNER_REQUESTED, build_subject
 from tests.conftest import Stack, eventually, running
-from tests.support.planning_helpers import FIXTURES, build_events, failure, planned, read_plan, submit
+from tests.support.planning_helpers import DANGLING, FIXTURES, build_events, failure, planned, read_plan, submit
 
 TRACKER = (FIXTURES / "issue_tracker.yaml").read_text()
 
@@ -143,19 +143,6 @@ async def test_choosing_operations_and_tags_narrows_the_plan(planner: None, admi
 async def test_a_choice_that_matches_nothing_fails_naming_it(planner: None, admin_nc) -> None:
     failed, _ = await failure(admin_nc, OpenApiSource(document=TRACKER, operations=("getIssue", "fetchEverything")))
     assert failed.step == "plan" and "operations: 'fetchEverything' matches no operation" in failed.detail
-
-
-DANGLING = """
-openapi: 3.1.0
-info: {title: Pets, version: '1'}
-servers: [{url: 'https://pets.example'}]
-paths:
-  /pets/{id}:
-    get:
-      parameters:
-        - $ref: '#/components/parameters/Nope'
-      responses: {'200': {description: ok}}
-"""
 
 
 @pytest.mark.parametrize(
