@@ -30,6 +30,7 @@ arrive, and it passes bytes through untouched (no decompression, no cookie jar, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -72,6 +73,9 @@ KEEPALIVE_SECONDS = 4.0
 sends a request on a connection the runner is closing."""
 SYNC_TIMEOUT = 5.0
 """How long the lifespan waits for the watch to deliver the bucket's current routes before serving."""
+WATCH_RETRY_FIRST = 0.5
+WATCH_RETRY_MAX = 5.0
+"""Seconds between attempts to watch a bucket that is not there yet: doubling from the first to the most."""
 
 # RFC 9110 section 7.6.1, plus the legacy Proxy-Connection.
 _HOP_BY_HOP = frozenset({
@@ -347,6 +351,7 @@ class ServerRouting:
         self.table = RouteTable()
         self.proxy = ServerProxy(self.table)
         self._bus = bus
+        self._waiting: asyncio.Task[None] | None = None
 
     @property
     def route_handlers(self) -> list[ASGIRouteHandler]:
@@ -354,20 +359,42 @@ class ServerRouting:
         return self.proxy.route_handlers()
 
     async def start(self) -> None:
-        """Open the client pool and start watching ROUTES (a missing bucket is logged, not fatal)."""
+        """Open the client pool and start watching ROUTES. A bucket that cannot be watched yet (not provisioned:
+        the gateway started before `bmms migrate` ran) is watched as soon as it can be, retried in the
+        background; meanwhile servers' URLs answer 404."""
         await self.proxy.open()
-        try:
-            await self.table.start(self._bus().nc.jetstream())
-        except (nats.errors.Error, nats.js.errors.Error) as exc:
-            log.error("dev routing is off: cannot watch the %s bucket (%s)", ROUTES.name, exc)
+        if not await self._watch():
+            self._waiting = asyncio.create_task(self._watch_when_ready())
             return
         try:
             await asyncio.wait_for(self.table.synced.wait(), SYNC_TIMEOUT)
         except TimeoutError:
             log.warning("serving before the %s bucket's routes arrived (waited %.0f s)", ROUTES.name, SYNC_TIMEOUT)
 
+    async def _watch(self) -> bool:
+        try:
+            await self.table.start(self._bus().nc.jetstream())
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            log.warning("cannot watch the %s bucket yet, retrying (%s)", ROUTES.name, exc)
+            return False
+        return True
+
+    async def _watch_when_ready(self) -> None:
+        delay = WATCH_RETRY_FIRST
+        while True:
+            await asyncio.sleep(delay)
+            if await self._watch():
+                log.info("watching the %s bucket: servers' URLs are routed", ROUTES.name)
+                return
+            delay = min(delay * 2, WATCH_RETRY_MAX)
+
     async def stop(self) -> None:
-        """Stop the watch and close the pool."""
+        """Stop the watch (or the wait for it) and close the pool."""
+        if self._waiting is not None:
+            self._waiting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._waiting
+            self._waiting = None
         await self.table.stop()
         await self.proxy.close()
 

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from actors.runtime.bus import connect
+from actors.runtime.bus import connect, provision
 from actors.runtime.codec import encode
 from bus_schemas.registry import ROUTES
 from bus_schemas.servers import ServerRoute
@@ -344,3 +344,20 @@ async def test_mcp_client_lists_a_real_runners_tools_through_the_public_path(
             added = await client.call_tool("add", {"a": 2, "b": 3.5})
     assert [t.name for t in listed] == list(artifact.tools)
     assert added.content[0].text == "5.5"  # type: ignore[union-attr]
+
+
+async def test_a_gateway_started_before_the_routes_bucket_exists_routes_once_it_is_made(
+    stack: Stack, admin_nc: Nats, echo: tuple[EchoRunner, str]
+) -> None:
+    # As in a stack whose gateway starts before `bmms migrate` ran: the bucket is not there yet.
+    js = admin_nc.jetstream()
+    await js.delete_key_value(ROUTES.name)
+    try:
+        async with serving(gateway_settings(stack)) as late, httpx.AsyncClient(base_url=late.base_url,
+                                                                               timeout=15) as http:
+            assert_problem(await http.post("/servers/srv-late/mcp", json={}), 404)
+            await provision(js)
+            await put_route(await js.key_value(ROUTES.name), "srv-late", echo[1])
+            await until_routed(http, "/servers/srv-late/mcp")
+    finally:
+        await provision(js)
