@@ -232,6 +232,12 @@ class Consumer(Generic[Msg]):
         return (self.filter_subject, *self.more_filter_subjects)
 
 
+LONG_STEP_ACK_WAIT_SECONDS = 6.0
+"""The acknowledgement wait of the steps that beat while they work (check, deploy): a copy killed mid-step hands
+its build on this soon. A second delivery while the first copy still works is harmless: both steps are
+idempotent per build (the deployer's per-server lock, the checker's same result)."""
+
+
 # --- streams ---
 
 BUILDS = Stream(
@@ -737,6 +743,9 @@ CHECKER_GENERATED: Consumer[AnyBuildEvent] = Consumer(
     message=AnyBuildEvent,
     owner="checker",
     description="Checks each generated artifact.",
+    # Its handler says it is still working every ack_wait/3 (Context.heartbeat) however long the check takes,
+    # so a short wait only means that a copy that dies hands its build to another within 6 s.
+    ack_wait_seconds=LONG_STEP_ACK_WAIT_SECONDS,
 )
 DEPLOYER_CHECKED: Consumer[AnyBuildEvent] = Consumer(
     stream=BUILDS,
@@ -745,6 +754,7 @@ DEPLOYER_CHECKED: Consumer[AnyBuildEvent] = Consumer(
     message=AnyBuildEvent,
     owner="deployer",
     description="Deploys each checked artifact.",
+    ack_wait_seconds=LONG_STEP_ACK_WAIT_SECONDS,  # as the checker's
 )
 METERING_USAGE: Consumer[ToolCalled] = Consumer(
     stream=USAGE,

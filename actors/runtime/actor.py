@@ -124,6 +124,9 @@ class Context:
     log: logging.Logger
     delivery: Delivery | None = None
     _msg: Msg | None = None
+    _ack_wait: float = 30.0
+    """The consumer's acknowledgement wait: how long JetStream waits for word from a handler before it gives the
+    message to another copy."""
 
     async def publish(self, subject: str, message: object, msg_id: str) -> int:
         """Publish an event to JetStream, de-duplicated by `msg_id`; returns its stream sequence."""
@@ -142,13 +145,19 @@ class Context:
             await self._msg.in_progress()
 
     @contextlib.asynccontextmanager
-    async def heartbeat(self, every: float = 10.0) -> AsyncIterator[None]:
-        """Say `still_working` every `every` seconds while the block runs, however long it takes."""
+    async def heartbeat(self, every: float | None = None) -> AsyncIterator[None]:
+        """Say `still_working` every `every` seconds (default: a third of the consumer's acknowledgement wait)
+        while the block runs, however long it takes. A beat the bus does not take (it is away a moment) is
+        not the end of the beating: the next one may arrive in time."""
+        interval = every if every is not None else self._ack_wait / 3
 
         async def beat() -> None:
             while True:
-                await asyncio.sleep(every)
-                await self.still_working()
+                await asyncio.sleep(interval)
+                try:
+                    await self.still_working()
+                except Exception as exc:  # the bus is away; JetStream redelivers if it stays away
+                    self.log.debug("a heartbeat was not taken: %r", exc)
 
         task = asyncio.create_task(beat())
         try:
@@ -537,7 +546,8 @@ class Actor:
             deliveries=deliveries,
             stored_at_us=int(meta.timestamp.timestamp() * 1_000_000),
         )
-        ctx = Context(actor=self.name, nc=base.nc, js=base.js, db=base.db, log=self.log, delivery=delivery, _msg=msg)
+        ctx = Context(actor=self.name, nc=base.nc, js=base.js, db=base.db, log=self.log, delivery=delivery, _msg=msg,
+                      _ack_wait=spec.ack_wait_seconds)
         try:
             if deliveries > spec.max_deliveries:
                 reason = f"delivered {deliveries - 1} times without an answer (crash or timeout)"

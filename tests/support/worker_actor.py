@@ -36,7 +36,7 @@ class Job(Message, frozen=True, kw_only=True, tag="test.job.v1"):
     """A unit of test work; `mode` says how the worker should behave."""
 
     job_id: str
-    mode: Literal["ok", "hang_first", "fail", "slow", "crash"]
+    mode: Literal["ok", "hang_first", "fail", "slow", "crash", "long"]
 
 
 WORKER = Consumer(**{**WORKER.__dict__, "message": Job})
@@ -73,6 +73,9 @@ def create_worker(dsn: str) -> Actor:
             raise RuntimeError(f"job {job.job_id} always fails")
         if job.mode == "slow":
             await asyncio.sleep(1.0)  # long enough for the test to stop the process mid-job
+        if job.mode == "long":
+            async with ctx.heartbeat():  # at its default pace
+                await asyncio.sleep(3 * WORKER.ack_wait_seconds)
         await conn.execute(
             "INSERT INTO test_job_effects (job_id, pid) VALUES ($1, $2) ON CONFLICT (job_id) DO NOTHING",
             job.job_id, os.getpid(),

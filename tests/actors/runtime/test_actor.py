@@ -158,6 +158,26 @@ async def test_job_held_by_a_killed_copy_is_redelivered_to_another_and_applied_o
                 w.stop()
 
 
+async def test_a_job_that_outlasts_the_ack_wait_while_beating_is_delivered_once(
+    stack: Stack, jobs: Client, db: asyncpg.Connection
+) -> None:
+    # The heartbeat's default pace follows the consumer's ack wait (2 s here), so a long job is not handed to
+    # the other copy meanwhile; a fixed pace slower than the wait would let JetStream redeliver it.
+    first, second = Worker(stack), Worker(stack)
+    try:
+        await asyncio.gather(first.ready(), second.ready())
+        job = Job(job_id=f"l{uuid.uuid4().hex[:8]}", mode="long")
+        await publish_job(jobs.jetstream(), job)
+        await eventually(lambda: db.fetchval("SELECT pid FROM test_job_effects WHERE job_id = $1", job.job_id),
+                         timeout=30)
+        deliveries = await db.fetch("SELECT pid, delivery FROM test_job_deliveries WHERE job_id = $1", job.job_id)
+        assert [r["delivery"] for r in deliveries] == [1]
+    finally:
+        for w in (first, second):
+            if w.process.poll() is None:
+                w.stop()
+
+
 async def _dead_letters(nc: Client, count: int) -> list[DeadLetter]:
     js = nc.jetstream()
     sub = await js.subscribe(DEAD_LETTERS.subject(stream=JOBS.name, consumer=WORKER.durable), ordered_consumer=True)
