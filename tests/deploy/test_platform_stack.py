@@ -60,6 +60,13 @@ def wait_for_build(client: httpx.Client, build_id: str, timeout: float = 300) ->
     raise AssertionError(f"build {build_id} did not end within {timeout} s")
 
 
+def assert_runner_answers(server_url: str) -> None:
+    """The runner's own answer to a call without a token: 401 pointing at its protected resource metadata."""
+    unauthenticated = httpx.post(server_url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+    assert unauthenticated.status_code == 401, unauthenticated.text
+    assert "resource_metadata=" in unauthenticated.headers["www-authenticate"]
+
+
 def running_tasks(service: str) -> int:
     return len(stack.service_tasks(f"{NAME}_{service}"))
 
@@ -90,15 +97,17 @@ def test_the_stack_builds_serves_scales_and_goes(deployed: tuple[str, Path]) -> 
         server_path = server_url.removeprefix(url)
         assert server_path.startswith("/servers/")
 
-        # Traefik routes the server's URL and its protected resource metadata to the runner itself
+        # the URL answers at once (the runner's metadata, its 401), through the gateway until Traefik has seen the
+        # new service, then through the runner's own Traefik router
         metadata = client.get(f"/.well-known/oauth-protected-resource{server_path}")
         assert metadata.status_code == 200, metadata.text
         assert metadata.json()["resource"] == server_url
-        unauthenticated = httpx.post(server_url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
-        assert unauthenticated.status_code == 401
-        assert "resource_metadata=" in unauthenticated.headers["www-authenticate"]
-        log = stack.docker("service", "logs", f"{NAME}_traefik")
-        assert f"bmms-{summary['server_id']}@swarm" in log  # the runner's own router, not the gateway's
+        assert_runner_answers(server_url)
+        deadline = time.monotonic() + 30
+        while f'"bmms-{summary["server_id"]}@swarm"' not in stack.docker("service", "logs", f"{NAME}_traefik"):
+            assert time.monotonic() < deadline, "Traefik never routed the server's URL with the runner's router"
+            time.sleep(0.5)
+            assert_runner_answers(server_url)
 
         # two deployers and two gateways: the platform keeps building (a redeploy of the same server)
         stack.scale(NAME, {"deployer": 2, "gateway": 2})
